@@ -2,6 +2,7 @@
 // the sampler builds on.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -131,6 +132,62 @@ TEST(SamplerMath, ShiftedExpSumsInDouble) {
     EXPECT_NEAR(out[i], e, 3e-7 * e + 1e-30) << i;
   }
   EXPECT_NEAR(sum, want, 1e-6 * want);
+}
+
+TEST(SamplerMath, VectorAndScalarExpGiveTheSameBits) {
+  // The list path (scalar) and the whole-vocabulary path (vector) must agree exactly, or the same
+  // token could get two weights.
+  std::vector<float> x(10007);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = -static_cast<float>(i) * 0.0091f + 0.37f;
+  x[17] = -INFINITY;
+  std::vector<float> out(x.size());
+  sampler_math::exp_shifted(x.data(), out.data(), static_cast<int>(x.size()), 0.37f, 1.3f);
+  for (size_t i = 0; i < x.size(); ++i) {
+    float want = sampler_math::exp_nonpositive((x[i] - 0.37f) * 1.3f);
+    ASSERT_EQ(std::bit_cast<uint32_t>(out[i]), std::bit_cast<uint32_t>(want)) << i;
+  }
+}
+
+TEST(SamplerMath, CopyMaxFlagsNanAndInfinity) {
+  std::vector<float> v(37, -1.0f), out(37);
+  v[29] = 4.0f;
+  bool bad = true;
+  EXPECT_EQ(sampler_math::copy_max(v.data(), out.data(), 37, &bad), 4.0f);
+  EXPECT_FALSE(bad);
+  EXPECT_EQ(out, v);
+  for (int at : {3, 36}) {  // in the vector body and in the scalar tail
+    std::vector<float> w = v;
+    w[at] = NAN;
+    sampler_math::copy_max(w.data(), out.data(), 37, &bad);
+    EXPECT_TRUE(bad) << at;
+    w[at] = INFINITY;
+    sampler_math::copy_max(w.data(), out.data(), 37, &bad);
+    EXPECT_TRUE(bad) << at;
+  }
+  EXPECT_EQ(sampler_math::max_of(v.data(), 37), 4.0f);
+}
+
+TEST(SamplerMath, FindCumulativeMatchesALinearWalk) {
+  std::vector<float> w(1000);
+  philox::Stream stream(5);
+  for (float& x : w) x = stream.next_f32() < 0.3f ? 0.0f : stream.next_f32();
+  double total = 0.0;
+  for (float x : w) total += x;
+  for (double f : {0.0, 1e-9, 0.25, 0.5, 0.999999, 1.0, 1.5}) {
+    double target = f * total;
+    int want = -1;
+    double cum = 0.0;
+    for (int i = 0; i < 1000 && want < 0; ++i) {
+      cum += w[i];
+      if (w[i] > 0 && target < cum) want = i;
+    }
+    if (want < 0)
+      for (int i = 999; i >= 0 && want < 0; --i)
+        if (w[i] > 0) want = i;
+    EXPECT_EQ(sampler_math::find_cumulative(w.data(), 1000, target), want) << f;
+  }
+  std::vector<float> zeros(100, 0.0f);
+  EXPECT_EQ(sampler_math::find_cumulative(zeros.data(), 100, 0.0), -1);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 
 #include "mind4/status.h"
@@ -84,15 +85,8 @@ int Sampler::prepare(std::span<const float> logits, std::span<const int> history
   }
   float* w = work_.data();
   const float* in = logits.data();
-  // NaN and +inf have no meaning as logits; both fail "x < +inf". Checked in one branch-free pass.
   bool bad = false;
-  float m = -std::numeric_limits<float>::infinity();
-  for (int i = 0; i < n; ++i) {
-    float x = in[i];
-    w[i] = x;
-    bad |= !(x < std::numeric_limits<float>::infinity());
-    m = x > m ? x : m;
-  }
+  float m = sampler_math::copy_max(in, w, n, &bad);
   if (bad) {
     for (int i = 0; i < n; ++i) {
       MIND4_CHECK(!std::isnan(in[i]), Status::kInvalidArgument, "sampler: logit of token ", i,
@@ -135,8 +129,7 @@ int Sampler::prepare(std::span<const float> logits, std::span<const int> history
                   detail::cat("sampler: the penalties push the logit of token ", overflow,
                               " out of range"));
     }
-    m = -std::numeric_limits<float>::infinity();
-    for (int i = 0; i < n; ++i) m = w[i] > m ? w[i] : m;
+    m = sampler_math::max_of(w, n);
   }
   MIND4_CHECK(m > -std::numeric_limits<float>::infinity(), Status::kInvalidArgument,
               "sampler: every token is masked (all ", n, " logits are -inf)");
@@ -173,6 +166,28 @@ void Sampler::compute_weights_list(int n) {
 
 void Sampler::select_top_k(int k) {
   const float* w = work_.data();
+  // Block maxima bound the k-th largest logit from below: with at least k blocks, the k-th
+  // largest block maximum v has k tokens >= v, so no token below v can be in the top k. One
+  // vectorised pass, a selection over V / B maxima, and a compare-only filter leave few tokens.
+  const int block = (vocab_ / (8 * k)) & ~7;
+  if (block >= 16) {
+    const int n_blocks = (vocab_ + block - 1) / block;
+    float* maxima = weight_.data();  // free until the weights are computed
+    for (int b = 0; b < n_blocks; ++b) {
+      int begin = b * block;
+      maxima[b] = sampler_math::max_of(w + begin, std::min(block, vocab_ - begin));
+    }
+    std::nth_element(maxima, maxima + (k - 1), maxima + n_blocks, std::greater<float>());
+    const float bound = maxima[k - 1];
+    int* cand = index2_.data();
+    const int n_cand = sampler_math::indices_at_least(w, vocab_, bound, cand);
+    auto before = [w](int a, int b) { return w[a] > w[b] || (w[a] == w[b] && a < b); };
+    std::nth_element(cand, cand + (k - 1), cand + n_cand, before);
+    std::copy(cand, cand + k, index_.data());
+    kept_ = k;
+    all_kept_ = false;
+    return;
+  }
   uint32_t* count = bucket_count_.data();
   std::fill(count, count + kTopKBuckets, 0u);
   for (int i = 0; i < vocab_; ++i) ++count[top_k_key(max_ - w[i])];
@@ -205,10 +220,18 @@ void Sampler::select_top_p(double top_p) {
   uint32_t* count = bucket_count_.data();
   std::fill(mass, mass + kTopPBuckets, 0.0);
   std::fill(count, count + kTopPBuckets, 0u);
-  const int n = all_kept_ ? vocab_ : kept_;
+  if (all_kept_) {
+    // Tokens below tau = (1 - p) * mass / V together weigh less than (1 - p) * mass, so the
+    // tokens at or above it hold at least p of the mass and the boundary is among them: the
+    // rest are dropped by one compare-only pass (0.99 absorbs rounding).
+    const float tau = static_cast<float>(0.99 * (1.0 - top_p) * kept_mass_ / vocab_);
+    kept_ = sampler_math::indices_at_least(e, vocab_, tau, index_.data());
+    all_kept_ = false;
+  }
+  const int n = kept_;
   const int* list = index_.data();
   for (int j = 0; j < n; ++j) {
-    int i = all_kept_ ? j : list[j];
+    int i = list[j];
     int key = top_p_key(e[i]);
     mass[key] += e[i];
     ++count[key];
@@ -235,7 +258,7 @@ void Sampler::select_top_p(double top_p) {
   int n_out = 0, n_edge = 0;
   double kept_mass = cum;
   for (int j = 0; j < n; ++j) {
-    int i = all_kept_ ? j : list[j];
+    int i = list[j];
     int key = top_p_key(e[i]);
     if (key < boundary)
       out[n_out++] = i;
@@ -305,6 +328,7 @@ void Sampler::select() {
 int Sampler::draw(double u) const {
   const float* e = weight_.data();
   const double target = u * kept_mass_;
+  if (all_kept_) return sampler_math::find_cumulative(e, vocab_, target);
   double cum = 0.0;
   int last = -1;
   const int n = kept_;
