@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <exception>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace mind4 {
@@ -35,14 +36,15 @@ class ThreadPool {
       fn(int64_t(0), n, 0);
       return;
     }
-    run(n, grain, &trampoline<std::remove_reference_t<Fn>>, &fn);
+    using F = std::remove_reference_t<Fn>;
+    run(n, grain, &trampoline<F>, const_cast<void*>(static_cast<const void*>(&fn)));
   }
 
  private:
   using Call = void (*)(void* fn, int64_t begin, int64_t end, int worker);
   template <typename Fn>
   static void trampoline(void* fn, int64_t begin, int64_t end, int worker) {
-    (*static_cast<Fn*>(fn))(begin, end, worker);
+    (*static_cast<Fn*>(fn))(begin, end, worker);  // Fn may be const
   }
 
   void run(int64_t n, int64_t grain, Call call, void* fn);

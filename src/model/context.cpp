@@ -15,6 +15,7 @@ struct Sequence {
   int generation = 0;       // bumped on release, so a stale id is recognised
   std::vector<int> tokens;  // processed, then queued
   int processed = 0;
+  int process_base = 0;  // processed when the current process() began
   bool has_logits = false;
   int all_rows = 0;              // rows in all_logits from the last process()
   std::vector<float> all_logits;  // [all_rows, V] (keep_all_logits only)
@@ -135,6 +136,7 @@ void Context::process() {
   for (Sequence& s : m.seqs) {
     if (!s.active) continue;
     const int queued = int(s.tokens.size()) - s.processed;
+    s.process_base = s.processed;
     if (keep_all) {
       s.all_rows = queued;
       if (queued > 0) s.all_logits.resize(size_t(queued) * V);
@@ -156,13 +158,12 @@ void Context::process() {
     m.logit_row_in_seq.clear();
     while (int(m.rows.size()) < B && slot < int(m.seqs.size())) {
       Sequence& s = m.seqs[slot];
-      const int first_queued = s.processed;
       while (int(m.rows.size()) < B && pos < int(s.tokens.size())) {
         const bool last = pos + 1 == int(s.tokens.size());
         if (keep_all || last) {
           m.logit_rows.push_back(int(m.rows.size()));
           m.logit_dest.push_back(slot);
-          m.logit_row_in_seq.push_back(keep_all ? pos - first_queued : -1);
+          m.logit_row_in_seq.push_back(keep_all ? pos - s.process_base : -1);
         }
         m.rows.push_back({slot, pos, s.tokens[pos]});
         ++pos;
