@@ -1,6 +1,7 @@
 // The streaming harmony parser: documented model outputs, one test per kind of malformation,
 // UTF-8 safe streaming, and render -> parse round trips. Documented token streams come from
-// openai/harmony docs/format.md ([FMT]) and its tests ([TD] = tests/test_harmony.py / src/tests.rs).
+// openai/harmony docs/format.md ([FMT]) and its tests ([TD] = tests/test_harmony.py /
+// src/tests.rs).
 #include <gtest/gtest.h>
 
 #include <random>
@@ -78,7 +79,8 @@ TEST(HarmonyParser, ConstrainAdjacentAndRecipientInRole) {
       "<|message|>{\"location\": \"Tokyo\"}<|end|>",
       std::nullopt);
   ASSERT_EQ(a.messages.size(), 1u);
-  EXPECT_EQ(a.messages[0], Message::tool_call("functions.get_weather", "{\"location\": \"Tokyo\"}"));
+  EXPECT_EQ(a.messages[0],
+            Message::tool_call("functions.get_weather", "{\"location\": \"Tokyo\"}"));
   Parsed b = parse(
       "<|start|>assistant<|channel|>commentary to=functions.get_weather<|constrain|>json"
       "<|message|>{\"latitude\":48.8566,\"longitude\":2.3522}<|call|>",
@@ -139,10 +141,13 @@ TEST(HarmonyParser, Utf8DeltasWaitForWholeCharacters) {
 TEST(HarmonyParser, InvalidUtf8BecomesReplacementAndDoesNotLeak) {
   // [TD] test_streamable_parser_does_not_leak_bytes_between_messages: a message ending in half
   // a character gets U+FFFD; the next message is clean.
-  Parsed p = parse(std::string("<|channel|>final<|message|>a\xFF" "b\xE2\x82<|end|>") +
+  Parsed p = parse(std::string("<|channel|>final<|message|>a\xFF"
+                               "b\xE2\x82<|end|>") +
                    "<|start|>assistant<|channel|>final<|message|>Hi<|end|>");
   ASSERT_EQ(p.messages.size(), 2u);
-  EXPECT_EQ(p.messages[0].content, "a\xEF\xBF\xBD" "b\xEF\xBF\xBD");
+  EXPECT_EQ(p.messages[0].content,
+            "a\xEF\xBF\xBD"
+            "b\xEF\xBF\xBD");
   EXPECT_EQ(p.messages[1].content, "Hi");
 }
 
@@ -187,7 +192,8 @@ TEST(HarmonyParserRecovery, StrayStartInsideContent) {
 }
 
 TEST(HarmonyParserRecovery, MissingEndBeforeNextChannelAndAtEndOfStream) {
-  Parsed p = parse("<|channel|>analysis<|message|>think<|channel|>final<|message|>answer<|return|>");
+  Parsed p =
+      parse("<|channel|>analysis<|message|>think<|channel|>final<|message|>answer<|return|>");
   ASSERT_EQ(p.messages.size(), 2u);
   EXPECT_EQ(p.messages[0], Message::assistant("analysis", "think"));
   EXPECT_EQ(p.messages[1], Message::assistant("final", "answer"));
@@ -229,7 +235,8 @@ TEST(HarmonyParserRecovery, UnexpectedSpecialTokens) {
       "<|channel|>final<|message|>a<|endoftext|>b<|message|>c<|constrain|>d");
   ids.push_back(-5);      // not a token
   ids.push_back(999999);  // beyond the vocabulary
-  for (int id : vocab.encode_allowing_special("e<|start|>assistant<|start|>user<|message|>f<|end|>"))
+  for (int id :
+       vocab.encode_allowing_special("e<|start|>assistant<|start|>user<|message|>f<|end|>"))
     ids.push_back(id);
   for (int id : ids) parser.push(id);
   parser.finish();
@@ -252,8 +259,9 @@ TEST(HarmonyParserRecovery, UnexpectedSpecialTokens) {
 TEST(HarmonyParserRecovery, RandomStreamsNeverThrowAndKeepText) {
   // Adversarial soup of specials and text: the parser must neither throw nor lose text bytes.
   ByteVocab vocab;
-  const std::vector<int> pool = {200002, 200003, 200005, 200006, 200007, 200008, 200012, 199999,
-                                 'a', ' ', 't', 'o', '=', 'x', 0xE2, 0x82, 0xAC, 0xFF, '\n'};
+  const std::vector<int> pool = {200002, 200003, 200005, 200006, 200007, 200008, 200012,
+                                 199999, 'a',    ' ',    't',    'o',    '=',    'x',
+                                 0xE2,   0x82,   0xAC,   0xFF,   '\n'};
   std::mt19937 rng(1234);
   for (int round = 0; round < 300; ++round) {
     StreamParser parser(vocab, {.start_role = round % 2 ? std::optional<Role>() : Role::kAssistant,
@@ -293,7 +301,8 @@ TEST(HarmonyParser, RoundTripRenderThenParse) {
                                 Message::tool_result("python", "1", "analysis"),
                                 Message::assistant("final", "It is 21 degrees.\nEnjoy!")};
   ByteVocab vocab;
-  std::vector<int> ids = to_tokens(render_conversation(convo, {.drop_finished_analysis = false}), vocab);
+  std::vector<int> ids =
+      to_tokens(render_conversation(convo, {.drop_finished_analysis = false}), vocab);
   StreamParser parser(vocab, {.start_role = std::nullopt});
   for (int id : ids) parser.push(id);
   parser.finish();

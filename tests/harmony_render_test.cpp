@@ -139,9 +139,9 @@ TEST(HarmonyRender, SimpleConversation) {
 TEST(HarmonyRender, ReasoningEffortWithAndWithoutInstructions) {
   // [TD] test_simple_convo_{low,medium,high}_effort.txt and ..._no_instruction.txt.
   const std::string question = "What is the capital of the largest country in the world?";
-  const std::pair<ReasoningEffort, std::string> efforts[] = {
-      {ReasoningEffort::kLow, "low"}, {ReasoningEffort::kMedium, "medium"},
-      {ReasoningEffort::kHigh, "high"}};
+  const std::pair<ReasoningEffort, std::string> efforts[] = {{ReasoningEffort::kLow, "low"},
+                                                             {ReasoningEffort::kMedium, "medium"},
+                                                             {ReasoningEffort::kHigh, "high"}};
   for (const auto& [effort, name] : efforts) {
     const std::string system =
         kSystemHeader + "\nReasoning: " + name + "\n\n" + kChannelsLine + "<|end|>";
@@ -156,7 +156,7 @@ TEST(HarmonyRender, ReasoningEffortWithAndWithoutInstructions) {
                          "questions like a robot.<|end|>" +
                          tail);
     std::vector<Message> without = {Message::system_message(system_with(effort)),
-                                     Message::user(question)};
+                                    Message::user(question)};
     expect_rendering(render_for_completion(without), system + tail);
   }
 }
@@ -178,7 +178,8 @@ TEST(HarmonyRender, DatesAndRequiredChannels) {
 
 TEST(HarmonyRender, NoToolsWithDate) {
   // [TD] test_no_tools.txt.
-  std::vector<Message> convo = {Message::system_message(system_with(ReasoningEffort::kMedium, "2025-06-28"))};
+  std::vector<Message> convo = {
+      Message::system_message(system_with(ReasoningEffort::kMedium, "2025-06-28"))};
   expect_rendering(render_for_completion(convo), kSystemHeader +
                                                      "Current date: 2025-06-28\n\nReasoning: "
                                                      "medium\n\n" +
@@ -324,8 +325,7 @@ TEST(HarmonyRender, OngoingToolChainKeepsAnalysisRecipientAfterRole) {
       Message::assistant("analysis",
                          "User asks: \xE2\x80\x9CWhat is the weather in SF?\xE2\x80\x9D We need "
                          "to use lookup_weather tool."),
-      Message::tool_call("functions.lookup_weather", R"({"location": "San Francisco"})"),
-      result};
+      Message::tool_call("functions.lookup_weather", R"({"location": "San Francisco"})"), result};
   expect_rendering(render_for_completion(convo),
                    "<|start|>user<|message|>What is the weather in SF?<|end|><|start|>assistant"
                    "<|channel|>analysis<|message|>User asks: \xE2\x80\x9CWhat is the weather in "
@@ -341,25 +341,29 @@ TEST(HarmonyRender, DropsAnalysisOfFinishedTurnsUnlessAskedToKeep) {
   // output in subsequent sampling".
   std::vector<Message> convo = {
       Message::user("What is 2 + 2?"),
-      Message::assistant("analysis", "User asks a simple question: \"What is 2 + 2?\" The answer: 4."),
+      Message::assistant("analysis",
+                         "User asks a simple question: \"What is 2 + 2?\" The answer: 4."),
       Message::assistant("final", "2 + 2 equals 4."), Message::user("What about 9 / 2?")};
   expect_rendering(render_for_completion(convo),
                    "<|start|>user<|message|>What is 2 + 2?<|end|><|start|>assistant<|channel|>"
                    "final<|message|>2 + 2 equals 4.<|end|><|start|>user<|message|>What about 9 / "
                    "2?<|end|><|start|>assistant");
-  expect_rendering(render_for_completion(convo, Role::kAssistant, {.drop_finished_analysis = false}),
-                   "<|start|>user<|message|>What is 2 + 2?<|end|><|start|>assistant<|channel|>"
-                   "analysis<|message|>User asks a simple question: \"What is 2 + 2?\" The "
-                   "answer: 4.<|end|><|start|>assistant<|channel|>final<|message|>2 + 2 equals "
-                   "4.<|end|><|start|>user<|message|>What about 9 / 2?<|end|><|start|>assistant");
+  expect_rendering(
+      render_for_completion(convo, Role::kAssistant, {.drop_finished_analysis = false}),
+      "<|start|>user<|message|>What is 2 + 2?<|end|><|start|>assistant<|channel|>"
+      "analysis<|message|>User asks a simple question: \"What is 2 + 2?\" The "
+      "answer: 4.<|end|><|start|>assistant<|channel|>final<|message|>2 + 2 equals "
+      "4.<|end|><|start|>user<|message|>What about 9 / 2?<|end|><|start|>assistant");
 }
 
 TEST(HarmonyRender, KeepsAnalysisOfTheLastTurn) {
   // [TD] test_keep_analysis_between_finals.txt (render without a generation prompt).
-  std::vector<Message> convo = {
-      Message::user("What is 2 + 2?"), Message::assistant("analysis", "thinking 2+2"),
-      Message::assistant("final", "4"), Message::user("What is 3 + 5?"),
-      Message::assistant("analysis", "thinking 3+5"), Message::assistant("final", "8")};
+  std::vector<Message> convo = {Message::user("What is 2 + 2?"),
+                                Message::assistant("analysis", "thinking 2+2"),
+                                Message::assistant("final", "4"),
+                                Message::user("What is 3 + 5?"),
+                                Message::assistant("analysis", "thinking 3+5"),
+                                Message::assistant("final", "8")};
   expect_rendering(render_conversation(convo),
                    "<|start|>user<|message|>What is 2 + 2?<|end|><|start|>assistant<|channel|>"
                    "final<|message|>4<|end|><|start|>user<|message|>What is 3 + 5?<|end|>"

@@ -132,7 +132,8 @@ struct RenderOptions {
 Rendering render_message(const Message& message, bool conversation_has_function_tools = false);
 Rendering render_conversation(std::span<const Message> messages, const RenderOptions& options = {});
 // The conversation followed by `<|start|>{next_role}`: the prompt for the next reply.
-Rendering render_for_completion(std::span<const Message> messages, Role next_role = Role::kAssistant,
+Rendering render_for_completion(std::span<const Message> messages,
+                                Role next_role = Role::kAssistant,
                                 const RenderOptions& options = {});
 // A training target: like render_conversation, but a last assistant message on the final
 // channel ends with <|return|> (what the model emits) instead of <|end|> (what history keeps).
@@ -163,15 +164,15 @@ std::vector<int> to_tokens(const Rendering& rendering, const Vocabulary& vocab);
 // ---- Streaming parser ----------------------------------------------------------------------
 
 enum class Diagnostic {
-  kTextOutsideMessage,   // text tokens where a <|start|> was expected (kept in `detail`)
-  kMissingStart,         // a header began (<|channel|>) without <|start|>
-  kUnknownRole,          // a header without a usable role or tool name
-  kMissingMessage,       // a header ended (<|end|>, <|return|>, <|call|>) without <|message|>
-  kHeaderTooLong,        // no <|message|> within Options::max_header_tokens
-  kMissingEnd,           // a message interrupted by <|start|> or <|channel|> without <|end|>
-  kUnexpectedSpecial,    // a special token that has no meaning where it appeared (ignored)
-  kInvalidToken,         // an id outside the vocabulary (ignored)
-  kTruncated,            // the stream ended inside a message (kept as a message)
+  kTextOutsideMessage,  // text tokens where a <|start|> was expected (kept in `detail`)
+  kMissingStart,        // a header began (<|channel|>) without <|start|>
+  kUnknownRole,         // a header without a usable role or tool name
+  kMissingMessage,      // a header ended (<|end|>, <|return|>, <|call|>) without <|message|>
+  kHeaderTooLong,       // no <|message|> within Options::max_header_tokens
+  kMissingEnd,          // a message interrupted by <|start|> or <|channel|> without <|end|>
+  kUnexpectedSpecial,   // a special token that has no meaning where it appeared (ignored)
+  kInvalidToken,        // an id outside the vocabulary (ignored)
+  kTruncated,           // the stream ended inside a message (kept as a message)
 };
 const char* diagnostic_name(Diagnostic kind);
 
@@ -252,8 +253,8 @@ class StreamParser {
   std::vector<HeaderSegment> header_;
   std::size_t header_tokens_ = 0;
   Message current_;
-  std::string pending_utf8_;  // bytes of an incomplete UTF-8 character
-  std::string stray_text_;    // text outside any message, reported as one diagnostic
+  std::string pending_utf8_;     // bytes of an incomplete UTF-8 character
+  std::string stray_text_;       // text outside any message, reported as one diagnostic
   std::size_t token_index_ = 0;  // position of the token being processed
   std::size_t tokens_seen_ = 0;
   StopReason turn_stop_ = StopReason::kNone;

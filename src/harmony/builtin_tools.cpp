@@ -13,12 +13,14 @@ ToolNamespace ToolNamespace::browser() {
       "The `cursor` appears in brackets before each browsing display: `[{cursor}]`.\n"
       "Cite information from the tool using the following format:\n"
       "`\xE3\x80\x90{cursor}\xE2\x80\xA0L{line_start}(-L{line_end})?\xE3\x80\x91`, for example: "
-      "`\xE3\x80\x90" "6\xE2\x80\xA0L9-L11\xE3\x80\x91` or `\xE3\x80\x90" "8\xE2\x80\xA0L3\xE3\x80\x91`.\n"
+      "`\xE3\x80\x90"
+      "6\xE2\x80\xA0L9-L11\xE3\x80\x91` or `\xE3\x80\x90"
+      "8\xE2\x80\xA0L3\xE3\x80\x91`.\n"
       "Do not quote more than 10 words directly from the tool output.\n"
       "sources=web (default: web)";
-  ns.tools.push_back(
-      {"search", "Searches for information related to `query` and displays `topn` results.",
-       Json::parse(R"({"type": "object",
+  ns.tools.push_back({"search",
+                      "Searches for information related to `query` and displays `topn` results.",
+                      Json::parse(R"({"type": "object",
                        "properties": {"query": {"type": "string"},
                                       "topn": {"type": "number", "default": 10},
                                       "source": {"type": "string"}},
@@ -27,7 +29,8 @@ ToolNamespace ToolNamespace::browser() {
       {"open",
        "Opens the link `id` from the page indicated by `cursor` starting at line number `loc`, "
        "showing `num_lines` lines.\n"
-       "Valid link ids are displayed with the formatting: `\xE3\x80\x90{id}\xE2\x80\xA0.*\xE3\x80\x91`.\n"
+       "Valid link ids are displayed with the formatting: "
+       "`\xE3\x80\x90{id}\xE2\x80\xA0.*\xE3\x80\x91`.\n"
        "If `cursor` is not provided, the most recent page is implied.\n"
        "If `id` is a string, it is treated as a fully qualified URL associated with `source`.\n"
        "If `loc` is not provided, the viewport will be positioned at the beginning of the "

@@ -47,7 +47,9 @@ class Reader {
   std::string path_;
 };
 
-Json optional_json(const std::optional<std::string>& s) { return s ? Json(*s) : Json(nullptr); }
+Json optional_json(const std::optional<std::string>& s) {
+  return s ? Json(*s) : Json(nullptr);
+}
 
 const char* effort_text(ReasoningEffort e) {
   return e == ReasoningEffort::kLow ? "low" : e == ReasoningEffort::kHigh ? "high" : "medium";
@@ -71,8 +73,8 @@ ToolDescription tool_from(const Json& j, const std::string& path) {
   MIND4_CHECK(!tool.name.empty(), Status::kInvalidArgument, "harmony json: ", path,
               ".name is missing or empty");
   if (r.has("parameters") && !r.at("parameters").is_null()) {
-    MIND4_CHECK(r.at("parameters").is_object(), Status::kInvalidArgument, "harmony json: ",
-                r.path("parameters"), " must be a JSON Schema object");
+    MIND4_CHECK(r.at("parameters").is_object(), Status::kInvalidArgument,
+                "harmony json: ", r.path("parameters"), " must be a JSON Schema object");
     tool.parameters = r.at("parameters");
   }
   return tool;
@@ -135,8 +137,8 @@ SystemContent system_from(const Json& j, const std::string& path) {
   if (const Json* channels = r.array("valid_channels")) {
     sys.valid_channels.clear();
     for (const Json& c : *channels) {
-      MIND4_CHECK(c.is_string(), Status::kInvalidArgument, "harmony json: ",
-                  r.path("valid_channels"), " must hold strings");
+      MIND4_CHECK(c.is_string(), Status::kInvalidArgument,
+                  "harmony json: ", r.path("valid_channels"), " must hold strings");
       sys.valid_channels.push_back(c.get<std::string>());
     }
   }
@@ -167,9 +169,10 @@ DeveloperContent developer_from(const Json& j, const std::string& path) {
   if (const Json* formats = r.array("response_formats")) {
     for (std::size_t i = 0; i < formats->size(); ++i) {
       Reader fr((*formats)[i], r.path("response_formats") + "[" + std::to_string(i) + "]");
-      MIND4_CHECK(fr.has("schema"), Status::kInvalidArgument, "harmony json: ",
-                  fr.path("schema"), " is missing");
-      dev.response_formats.push_back({fr.string("name"), fr.string("description"), fr.at("schema")});
+      MIND4_CHECK(fr.has("schema"), Status::kInvalidArgument, "harmony json: ", fr.path("schema"),
+                  " is missing");
+      dev.response_formats.push_back(
+          {fr.string("name"), fr.string("description"), fr.at("schema")});
     }
   }
   return dev;
@@ -231,7 +234,9 @@ Json to_json(std::span<const Message> messages) {
   return {{"format", "harmony"}, {"messages", j}};
 }
 
-Message message_from_json(const Json& j) { return message_from(j, "message"); }
+Message message_from_json(const Json& j) {
+  return message_from(j, "message");
+}
 
 std::vector<Message> conversation_from_json(const Json& j) {
   MIND4_CHECK(j.is_object() && j.contains("messages") && j.at("messages").is_array(),

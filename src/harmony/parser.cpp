@@ -66,7 +66,9 @@ std::string take_utf8(std::string& pending, bool final) {
   return out;
 }
 
-bool is_space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\n' || c == '\t' || c == '\r';
+}
 
 struct Word {
   std::size_t begin;
@@ -87,8 +89,8 @@ std::vector<Word> split_words(std::string_view s) {
 
 bool plausible_tool_name(std::string_view name) {
   return !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '.' || c == '-' || c == ':' || c == '/';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == '-' || c == ':' || c == '/';
   });
 }
 
@@ -104,15 +106,24 @@ std::string quoted(std::string_view text) {
 
 const char* diagnostic_name(Diagnostic kind) {
   switch (kind) {
-    case Diagnostic::kTextOutsideMessage: return "text_outside_message";
-    case Diagnostic::kMissingStart: return "missing_start";
-    case Diagnostic::kUnknownRole: return "unknown_role";
-    case Diagnostic::kMissingMessage: return "missing_message";
-    case Diagnostic::kHeaderTooLong: return "header_too_long";
-    case Diagnostic::kMissingEnd: return "missing_end";
-    case Diagnostic::kUnexpectedSpecial: return "unexpected_special";
-    case Diagnostic::kInvalidToken: return "invalid_token";
-    case Diagnostic::kTruncated: return "truncated";
+    case Diagnostic::kTextOutsideMessage:
+      return "text_outside_message";
+    case Diagnostic::kMissingStart:
+      return "missing_start";
+    case Diagnostic::kUnknownRole:
+      return "unknown_role";
+    case Diagnostic::kMissingMessage:
+      return "missing_message";
+    case Diagnostic::kHeaderTooLong:
+      return "header_too_long";
+    case Diagnostic::kMissingEnd:
+      return "missing_end";
+    case Diagnostic::kUnexpectedSpecial:
+      return "unexpected_special";
+    case Diagnostic::kInvalidToken:
+      return "invalid_token";
+    case Diagnostic::kTruncated:
+      return "truncated";
   }
   return "unknown";
 }
@@ -126,9 +137,9 @@ std::span<const ParseEvent> StreamParser::push(int token) {
   events_.clear();
   token_index_ = tokens_seen_++;
   if (token < 0 || token >= vocab_.vocab_size()) {
-    diagnose(Diagnostic::kInvalidToken,
-             "token id " + std::to_string(token) + " is outside the vocabulary (size " +
-                 std::to_string(vocab_.vocab_size()) + "); ignored");
+    diagnose(Diagnostic::kInvalidToken, "token id " + std::to_string(token) +
+                                            " is outside the vocabulary (size " +
+                                            std::to_string(vocab_.vocab_size()) + "); ignored");
   } else if (vocab_.is_special(token)) {
     on_special(token);
   } else {
@@ -147,7 +158,8 @@ std::span<const ParseEvent> StreamParser::finish() {
     });
     // A header still empty is only the prompt's `<|start|>assistant`: nothing was generated.
     if (!empty) {
-      diagnose(Diagnostic::kTruncated, "the stream ended inside a message header; kept as a message");
+      diagnose(Diagnostic::kTruncated,
+               "the stream ended inside a message header; kept as a message");
       parse_header(true);
       open_content();
       close_message(StopReason::kNone);
@@ -195,9 +207,9 @@ void StreamParser::on_special(int token) {
     } else if (state_ == State::kHeader) {
       std::string partial;
       for (const HeaderSegment& s : header_) partial += s.text;
-      diagnose(Diagnostic::kUnexpectedSpecial,
-               "<|start|> inside a header; the partial header " + quoted(partial) +
-                   " was abandoned and a new message begins");
+      diagnose(Diagnostic::kUnexpectedSpecial, "<|start|> inside a header; the partial header " +
+                                                   quoted(partial) +
+                                                   " was abandoned and a new message begins");
     } else {
       diagnose(Diagnostic::kMissingEnd,
                "<|start|> inside the content of a message: the message was closed there and a "

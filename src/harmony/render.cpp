@@ -39,8 +39,9 @@ std::string join(const std::vector<std::string>& parts, std::string_view separat
 
 // `# Tools` followed by one `## name` section per namespace.
 std::string tools_section(std::vector<const ToolNamespace*> namespaces) {
-  std::stable_sort(namespaces.begin(), namespaces.end(),
-                   [](const ToolNamespace* a, const ToolNamespace* b) { return a->name < b->name; });
+  std::stable_sort(
+      namespaces.begin(), namespaces.end(),
+      [](const ToolNamespace* a, const ToolNamespace* b) { return a->name < b->name; });
   std::vector<std::string> sections = {"# Tools"};
   for (const ToolNamespace* ns : namespaces) {
     std::vector<std::string> lines = {"## " + ns->name + "\n"};
@@ -52,8 +53,8 @@ std::string tools_section(std::vector<const ToolNamespace*> namespaces) {
       for (const ToolDescription& tool : ns->tools) {
         for (const std::string& line : split_lines(tool.description)) lines.push_back("// " + line);
         if (tool.parameters) {
-          lines.push_back("type " + tool.name + " = (_: " +
-                          schema_to_typescript(*tool.parameters, "") + ") => any;\n");
+          lines.push_back("type " + tool.name +
+                          " = (_: " + schema_to_typescript(*tool.parameters, "") + ") => any;\n");
         } else {
           lines.push_back("type " + tool.name + " = () => any;\n");
         }
@@ -67,9 +68,12 @@ std::string tools_section(std::vector<const ToolNamespace*> namespaces) {
 
 const char* effort_name(ReasoningEffort effort) {
   switch (effort) {
-    case ReasoningEffort::kLow: return "low";
-    case ReasoningEffort::kMedium: return "medium";
-    case ReasoningEffort::kHigh: return "high";
+    case ReasoningEffort::kLow:
+      return "low";
+    case ReasoningEffort::kMedium:
+      return "medium";
+    case ReasoningEffort::kHigh:
+      return "high";
   }
   return "medium";
 }
@@ -138,8 +142,8 @@ bool has_function_tools(std::span<const Message> messages) {
 std::vector<std::size_t> kept_indices(std::span<const Message> messages,
                                       const RenderOptions& options) {
   std::vector<bool> drop(messages.size(), false);
-  bool user_later = false;            // scanning backwards: a user message comes later
-  bool finished_turn_later = false;   // a final answer that a user message follows comes later
+  bool user_later = false;           // scanning backwards: a user message comes later
+  bool finished_turn_later = false;  // a final answer that a user message follows comes later
   for (std::size_t i = messages.size(); i-- > 0;) {
     const Message& m = messages[i];
     if (m.role == Role::kUser) user_later = true;
@@ -160,11 +164,16 @@ std::vector<std::size_t> kept_indices(std::span<const Message> messages,
 
 const char* role_name(Role role) {
   switch (role) {
-    case Role::kSystem: return "system";
-    case Role::kDeveloper: return "developer";
-    case Role::kUser: return "user";
-    case Role::kAssistant: return "assistant";
-    case Role::kTool: return "tool";
+    case Role::kSystem:
+      return "system";
+    case Role::kDeveloper:
+      return "developer";
+    case Role::kUser:
+      return "user";
+    case Role::kAssistant:
+      return "assistant";
+    case Role::kTool:
+      return "tool";
   }
   return "user";
 }
@@ -257,7 +266,8 @@ Rendering render_message(const Message& message, bool conversation_has_function_
 Rendering render_conversation(std::span<const Message> messages, const RenderOptions& options) {
   const bool functions = has_function_tools(messages);
   Rendering r;
-  for (std::size_t i : kept_indices(messages, options)) r.append(render_message(messages[i], functions));
+  for (std::size_t i : kept_indices(messages, options))
+    r.append(render_message(messages[i], functions));
   return r;
 }
 

@@ -7,8 +7,9 @@ namespace {
 
 int require_special(const Vocabulary& vocab, std::string_view text) {
   std::optional<int> id = vocab.special_id(text);
-  MIND4_CHECK(id.has_value(), Status::kInvalidArgument, "harmony: the vocabulary has no special token ",
-              text, "; the harmony format needs a vocabulary such as o200k_harmony");
+  MIND4_CHECK(id.has_value(), Status::kInvalidArgument,
+              "harmony: the vocabulary has no special token ", text,
+              "; the harmony format needs a vocabulary such as o200k_harmony");
   return *id;
 }
 

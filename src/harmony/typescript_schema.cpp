@@ -48,7 +48,8 @@ std::string variant_comments(const Json& variant, bool skip_description,
   std::vector<std::string> comments;
   if (!skip_description) {
     const std::string* desc = string_member(variant, "description");
-    if (desc && !(property_description && *desc == *property_description)) comments.push_back(*desc);
+    if (desc && !(property_description && *desc == *property_description))
+      comments.push_back(*desc);
   }
   if (const Json* def = member(variant, "default")) {
     comments.push_back("default: " + default_text(*def, variant));
