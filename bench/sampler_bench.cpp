@@ -107,6 +107,22 @@ void BM_SampleTopP09Penalties(benchmark::State& state) {
 }
 BENCHMARK(BM_SampleTopP09Penalties)->Unit(benchmark::kMicrosecond);
 
+void BM_SampleTopP09Logprobs20(benchmark::State& state) {
+  // The server's logprobs path: processed log-softmax over the vocabulary and the top 20.
+  const int vocab = 201088;
+  std::vector<float> logits = model_like_logits(vocab);
+  mind4::SamplingConfig c;
+  c.top_p = 0.9f;
+  mind4::Sampler sampler(c);
+  mind4::SampleResult result;
+  for (auto _ : state) {
+    sampler.sample_with_logprobs(logits, {}, 20, mind4::LogprobMode::kProcessed, result);
+    benchmark::DoNotOptimize(result.token);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_SampleTopP09Logprobs20)->Unit(benchmark::kMicrosecond);
+
 void BM_SampleTopK50(benchmark::State& state) {
   mind4::SamplingConfig c;
   c.top_k = 50;

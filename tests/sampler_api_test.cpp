@@ -2,7 +2,9 @@
 // reproducibility, log-probabilities, and clear errors for bad input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <thread>
@@ -163,6 +165,26 @@ TEST(SamplerLogprobs, RawAndProcessedMatchLogSoftmax) {
   bool found = false;
   for (int j = 0; j < 10; ++j) found |= proc.top[j].first == proc.token;
   EXPECT_TRUE(found);
+}
+
+TEST(SamplerLogprobs, TopAlternativesOnALargeVocabulary) {
+  const int n = std::getenv("MIND4_UNDER_SANITIZER") ? 50000 : 201088;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> logits(n);
+  for (float& x : logits) x = normal(rng);
+  logits[n - 1] = logits[123] = 25.0f;  // a tie at the top: the lower id comes first
+  Sampler s(SamplingConfig{.temperature = 0.0f});
+  SampleResult r = s.sample_with_logprobs(logits, {}, 20, LogprobMode::kRaw);
+  std::vector<int> order(n);
+  for (int i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+  ASSERT_EQ(r.top.size(), 20u);
+  EXPECT_EQ(r.token, 123);
+  for (int j = 0; j < 20; ++j) {
+    EXPECT_EQ(r.top[j].first, order[j]) << j;
+    EXPECT_NEAR(r.top[j].second, log_softmax_ref(logits, order[j], 1.0), 1e-4) << j;
+  }
 }
 
 TEST(SamplerLogprobs, SamplingModeDescribesTheTruncatedDistribution) {

@@ -32,6 +32,23 @@ inline int top_p_key(float weight) {  // weight in [0, 1]
   return static_cast<int>((0x3F800000u - float_bits(weight)) >> 19);
 }
 
+// Indices that include the k largest of values[0, n) (k <= n / 128), found without ordering the
+// array: block maxima bound the k-th largest value from below (with at least k blocks, the k-th
+// largest block maximum v has k values >= v, so nothing below v can be in the top k). One
+// vectorised pass, a selection over the n / B maxima and a compare-only filter leave few indices.
+// Returns how many were written to cand (>= k), or -1 when k is too large for the blocks to pay.
+int top_candidates(const float* values, int n, int k, float* maxima, int* cand) {
+  const int block = (n / (8 * k)) & ~7;
+  if (block < 16) return -1;
+  const int n_blocks = (n + block - 1) / block;
+  for (int b = 0; b < n_blocks; ++b) {
+    int begin = b * block;
+    maxima[b] = sampler_math::max_of(values + begin, std::min(block, n - begin));
+  }
+  std::nth_element(maxima, maxima + (k - 1), maxima + n_blocks, std::greater<float>());
+  return sampler_math::indices_at_least(values, n, maxima[k - 1], cand);
+}
+
 }  // namespace
 
 void Sampler::validate(const SamplingConfig& c) {
@@ -166,28 +183,17 @@ void Sampler::compute_weights_list(int n) {
 
 void Sampler::select_top_k(int k) {
   const float* w = work_.data();
-  // Block maxima bound the k-th largest logit from below: with at least k blocks, the k-th
-  // largest block maximum v has k tokens >= v, so no token below v can be in the top k. One
-  // vectorised pass, a selection over V / B maxima, and a compare-only filter leave few tokens.
-  const int block = (vocab_ / (8 * k)) & ~7;
-  if (block >= 16) {
-    const int n_blocks = (vocab_ + block - 1) / block;
-    float* maxima = weight_.data();  // free until the weights are computed
-    for (int b = 0; b < n_blocks; ++b) {
-      int begin = b * block;
-      maxima[b] = sampler_math::max_of(w + begin, std::min(block, vocab_ - begin));
-    }
-    std::nth_element(maxima, maxima + (k - 1), maxima + n_blocks, std::greater<float>());
-    const float bound = maxima[k - 1];
-    int* cand = index2_.data();
-    const int n_cand = sampler_math::indices_at_least(w, vocab_, bound, cand);
-    auto before = [w](int a, int b) { return w[a] > w[b] || (w[a] == w[b] && a < b); };
+  auto before = [w](int a, int b) { return w[a] > w[b] || (w[a] == w[b] && a < b); };
+  int* cand = index2_.data();
+  const int n_cand = top_candidates(w, vocab_, k, weight_.data(), cand);
+  if (n_cand >= 0) {
     std::nth_element(cand, cand + (k - 1), cand + n_cand, before);
     std::copy(cand, cand + k, index_.data());
     kept_ = k;
     all_kept_ = false;
     return;
   }
+  // Large k: a histogram over the distances from the maximum finds the boundary bucket.
   uint32_t* count = bucket_count_.data();
   std::fill(count, count + kTopKBuckets, 0u);
   for (int i = 0; i < vocab_; ++i) ++count[top_k_key(max_ - w[i])];
@@ -205,7 +211,6 @@ void Sampler::select_top_k(int k) {
       edge[n_edge++] = i;
   }
   int need = k - n_out;
-  auto before = [w](int a, int b) { return w[a] > w[b] || (w[a] == w[b] && a < b); };
   std::nth_element(edge, edge + (need - 1), edge + n_edge, before);
   std::copy(edge, edge + need, out + n_out);
   kept_ = k;
@@ -309,12 +314,8 @@ void Sampler::select() {
     // Only min-p: drop tokens that cannot pass before paying for their exp. The bound has slack;
     // the exact test on the weight follows.
     const float limit = -std::log(config_.min_p) * 1.0001f + 1e-4f;
-    const float* w = work_.data();
-    int* list = index_.data();
-    int n = 0;
-    for (int i = 0; i < vocab_; ++i)
-      if ((max_ - w[i]) * inv_temperature_ <= limit) list[n++] = i;
-    kept_ = n;
+    const float lowest = max_ - limit / inv_temperature_ - 1e-4f * std::fabs(max_);
+    kept_ = sampler_math::indices_at_least(work_.data(), vocab_, lowest, index_.data());
     all_kept_ = false;
   }
   if (all_kept_)
@@ -388,11 +389,14 @@ double Sampler::log_sum_exp(const float* values, float max, float scale) const {
 }
 
 void Sampler::top_n_by_value(const float* values, int n, std::vector<std::pair<int, float>>& out) {
-  // The n largest values (then lowest ids) without sorting the vocabulary: a bounded partial sort
-  // over an index scratch.
+  // The n largest values (then lowest ids) without sorting the vocabulary. weight_ is free here.
   int* idx = index2_.data();
-  for (int i = 0; i < vocab_; ++i) idx[i] = i;
-  std::partial_sort(idx, idx + n, idx + vocab_, [values](int a, int b) {
+  int n_cand = top_candidates(values, vocab_, n, weight_.data(), idx);
+  if (n_cand < 0) {
+    for (int i = 0; i < vocab_; ++i) idx[i] = i;
+    n_cand = vocab_;
+  }
+  std::partial_sort(idx, idx + n, idx + n_cand, [values](int a, int b) {
     return values[a] > values[b] || (values[a] == values[b] && a < b);
   });
   out.clear();

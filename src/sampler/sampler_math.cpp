@@ -140,10 +140,21 @@ int find_cumulative(const float* w, int n, double target) {
 }
 
 int indices_at_least(const float* w, int n, float threshold, int* out) {
-  // Branch-free: the write is unconditional and the count advances on a match, so a
-  // hard-to-predict predicate costs no mispredictions.
+  // Usually few values pass (the filters keep the head of a peaked distribution): a vector test
+  // skips eight values at a time when none pass; a block with a match is written branch-free
+  // (unconditional store, count advances on a match), so a dense match costs no mispredictions.
+  const f32x4 t = splat(threshold);
   int count = 0;
-  for (int i = 0; i < n; ++i) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    i32x4 hit = (load(w + i) >= t) | (load(w + i + 4) >= t);
+    if ((hit[0] | hit[1] | hit[2] | hit[3]) == 0) continue;
+    for (int j = i; j < i + 8; ++j) {
+      out[count] = j;
+      count += w[j] >= threshold ? 1 : 0;
+    }
+  }
+  for (; i < n; ++i) {
     out[count] = i;
     count += w[i] >= threshold ? 1 : 0;
   }
