@@ -94,7 +94,7 @@ bool plausible_tool_name(std::string_view name) {
   });
 }
 
-std::string quoted(std::string_view text) {
+std::string excerpt(std::string_view text) {
   constexpr std::size_t kShown = 80;
   std::string out = "'";
   out += text.substr(0, kShown);
@@ -208,7 +208,7 @@ void StreamParser::on_special(int token) {
       std::string partial;
       for (const HeaderSegment& s : header_) partial += s.text;
       diagnose(Diagnostic::kUnexpectedSpecial, "<|start|> inside a header; the partial header " +
-                                                   quoted(partial) +
+                                                   excerpt(partial) +
                                                    " was abandoned and a new message begins");
     } else {
       diagnose(Diagnostic::kMissingEnd,
@@ -320,7 +320,7 @@ void StreamParser::parse_header(bool content_in_header) {
           current_.author_name = word;
           if (!plausible_tool_name(word)) {
             diagnose(Diagnostic::kUnknownRole,
-                     "header role " + quoted(word) +
+                     "header role " + excerpt(word) +
                          " is neither a role nor a tool name; kept as a tool author");
           }
         }
