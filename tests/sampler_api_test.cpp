@@ -272,6 +272,8 @@ TEST(SamplerErrors, BadLogitsAndHistoryAreRejected) {
   expect_error(Status::kTokenOutOfRange, "history[2] = 3", [&] { s.sample(ok, history); });
   std::vector<int> negative = {-1};
   expect_error(Status::kTokenOutOfRange, "history[0] = -1", [&] { s.sample(ok, negative); });
+  Sampler plain(SamplingConfig{});  // history is checked even when no penalty reads it
+  expect_error(Status::kTokenOutOfRange, "history[2] = 3", [&] { plain.sample(ok, history); });
   expect_error(Status::kInvalidArgument, "top_n",
                [&] { s.sample_with_logprobs(ok, {}, -1, LogprobMode::kRaw); });
   std::vector<double> small(2);

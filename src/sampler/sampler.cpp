@@ -112,21 +112,15 @@ int Sampler::prepare(std::span<const float> logits, std::span<const int> history
                   "sampler: logit of token ", i, " is +inf");
     }
   }
+  for (size_t j = 0; j < history.size(); ++j) {
+    MIND4_CHECK(history[j] >= 0 && history[j] < n, Status::kTokenOutOfRange, "sampler: history[", j,
+                "] = ", history[j], " is outside the ", n, "-token vocabulary");
+  }
   const bool penalties = config_.repetition_penalty != 1.0f || config_.presence_penalty != 0.0f ||
                          config_.frequency_penalty != 0.0f;
   if (penalties && !history.empty()) {
     uint32_t* counts = counts_.data();
-    for (size_t j = 0; j < history.size(); ++j) {
-      int t = history[j];
-      if (t < 0 || t >= n) {
-        // Leave the scratch clean (all zero) before reporting.
-        for (size_t q = 0; q < j; ++q) counts[history[q]] = 0;
-        throw Error(Status::kTokenOutOfRange,
-                    detail::cat("sampler: history[", j, "] = ", t, " is outside the ", n,
-                                "-token vocabulary"));
-      }
-      ++counts[t];
-    }
+    for (int t : history) ++counts[t];
     const float rep = config_.repetition_penalty;
     const float presence = config_.presence_penalty;
     const float frequency = config_.frequency_penalty;

@@ -1,7 +1,8 @@
 // Numeric kernels of the sampler, written so that every build gives the same bits: no libm, no
-// table, no fused multiply-add the compiler could choose differently, and the same operations in
-// the scalar and the vector form (GCC/Clang vector extensions: SSE on baseline x86-64, NEON on
-// ARM, no intrinsics). exp has relative error <= 3e-7 against exp in double (tested); results
+// table, and the same operations in the scalar and the vector form (GCC/Clang vector extensions:
+// SSE on baseline x86-64, NEON on ARM, no intrinsics). One caveat: a build for a target with FMA
+// (-march=native) lets GCC fuse a * b + c unless -ffp-contract=off is given; the
+// VectorAndScalarExpGiveTheSameBits test catches a divergence between the two forms. exp has relative error <= 3e-7 against exp in double (tested); results
 // below exp(-87) are flushed to 0, which changes a probability by < 1e-37 relative to the most
 // likely token.
 #pragma once
