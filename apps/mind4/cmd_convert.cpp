@@ -36,7 +36,7 @@ void setup_convert(CLI::App& app) {
   });
 }
 
-mind4::cli::Command reg{"convert", "Convert a checkpoint between layouts (original | hf) and expert formats",
+mind4::cli::Command register_convert{"convert", "Convert a checkpoint between layouts (original | hf) and expert formats",
                         setup_convert};
 
 }  // namespace

@@ -62,6 +62,6 @@ void setup_inspect(CLI::App& app) {
   });
 }
 
-mind4::cli::Command reg{"inspect", "List a checkpoint's tensors, layout and config, and check them", setup_inspect};
+mind4::cli::Command register_inspect{"inspect", "List a checkpoint's tensors, layout and config, and check them", setup_inspect};
 
 }  // namespace

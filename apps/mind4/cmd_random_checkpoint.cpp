@@ -45,7 +45,7 @@ void setup_random(CLI::App& app) {
   });
 }
 
-mind4::cli::Command reg{"random-checkpoint", "Write a random gpt-oss checkpoint (20b, 120b or tiny shape)",
+mind4::cli::Command register_random_checkpoint{"random-checkpoint", "Write a random gpt-oss checkpoint (20b, 120b or tiny shape)",
                         setup_random};
 
 }  // namespace

@@ -116,7 +116,7 @@ void add_experts(std::vector<CheckpointTensor>& out, const std::string& base, Ch
     // Quantise; both tensors come from the same per-block rule, computed once for each.
     auto quantise = [src, R, C](std::span<uint8_t> dst, bool want_blocks) {
       parallel_for(src.experts * R, 0, [&](int64_t i0, int64_t i1) {
-        std::vector<float> row(size_t(C));
+        std::vector<float> row(static_cast<size_t>(C));
         uint8_t packed[16], scale;
         for (int64_t i = i0; i < i1; ++i) {
           src.row(i / R, i % R, row.data());
@@ -141,7 +141,7 @@ void add_experts(std::vector<CheckpointTensor>& out, const std::string& base, Ch
   out.push_back({{base, DType::kBF16, shape}, [src, hf, R, C](std::span<uint8_t> dst) {
                    uint16_t* d = reinterpret_cast<uint16_t*>(dst.data());
                    parallel_for(src.experts * R, 0, [&](int64_t i0, int64_t i1) {
-                     std::vector<float> row(size_t(C));
+                     std::vector<float> row(static_cast<size_t>(C));
                      for (int64_t i = i0; i < i1; ++i) {
                        int64_t e = i / R, r = i % R;
                        src.row(e, r, row.data());
