@@ -18,6 +18,8 @@ class Tokenizer {
   // (.tiktoken, tiktoken's JSON form, or a Hugging Face tokenizer.json). Throws Error with a
   // message that says how to get a missing built-in vocabulary.
   static Tokenizer load(const std::string& name_or_path);
+  // A vocabulary file, never a built-in name (for paths that might look like one).
+  static Tokenizer from_vocabulary_file(const std::string& path);
 
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
@@ -46,7 +48,9 @@ class Tokenizer {
 };
 
 // Token-by-token output that never prints half a UTF-8 character: push() returns the longest
-// complete prefix so far; flush() returns what is left (invalid bytes become U+FFFD).
+// complete prefix so far; flush() returns what is left. Invalid bytes become U+FFFD as soon as
+// they are clearly invalid (one U+FFFD per maximal invalid subpart, as Unicode recommends), and
+// an incomplete character left at flush() becomes one U+FFFD.
 class Utf8StreamDecoder {
  public:
   std::string push(std::string_view bytes);
