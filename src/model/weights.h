@@ -56,6 +56,9 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
   TensorView norm;         // vector [H]
   TensorView unembedding;  // matrix [V, H]
+  // The dtype the checkpoint stored the small vectors in (BF16 in published checkpoints, F32 when
+  // any of them was F32), so that a conversion writes them back bit for bit.
+  DType vector_dtype = DType::kBF16;
   // Keeps the mapped files and owned buffers alive as long as the views.
   std::shared_ptr<void> storage;
 };
