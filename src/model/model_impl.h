@@ -24,6 +24,8 @@ class FloatBuffer {
   float* data() { return data_.get(); }
   const float* data() const { return data_.get(); }
   size_t size() const { return size_; }
+  float& operator[](size_t i) { return data_[i]; }
+  float operator[](size_t i) const { return data_[i]; }
 
  private:
   std::unique_ptr<float[]> data_;
