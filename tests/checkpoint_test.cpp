@@ -21,18 +21,21 @@ namespace {
 
 using testing::ScratchDir;
 
-void expect_load_error(const std::string& path, Status status, std::initializer_list<std::string> parts) {
+void expect_load_error(const std::string& path, Status status,
+                       std::initializer_list<std::string> parts) {
   try {
     load_checkpoint(path);
     ADD_FAILURE() << "loading " << path << " did not fail";
   } catch (const Error& e) {
     EXPECT_EQ(e.status(), status) << e.what();
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+    for (const auto& p : parts)
+      EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
   }
 }
 
 // Writes the tiny random checkpoint with `edit` applied to its tensor list first.
-void write_edited(const std::string& dir, const std::function<void(std::vector<CheckpointTensor>&)>& edit,
+void write_edited(const std::string& dir,
+                  const std::function<void(std::vector<CheckpointTensor>&)>& edit,
                   bool mxfp4 = true) {
   ModelConfig c = model_preset("tiny");
   auto tensors = random_checkpoint_tensors(c, mxfp4, 1);
@@ -73,7 +76,8 @@ TEST(Checkpoint, LoadsTinyOriginalMxfp4AsViews) {
   // Realistic magnitudes: norm scales near 1, dense weights small.
   EXPECT_NEAR(L.attn_norm.f32()[0], 1.0f, 0.5f);
   double sum_sq = 0;
-  for (int64_t i = 0; i < w.embedding.numel(); ++i) sum_sq += std::pow(bf16_to_f32(w.embedding.bf16()[i]), 2);
+  for (int64_t i = 0; i < w.embedding.numel(); ++i)
+    sum_sq += std::pow(bf16_to_f32(w.embedding.bf16()[i]), 2);
   EXPECT_NEAR(std::sqrt(sum_sq / double(w.embedding.numel())), 0.02, 0.002);
   // Views stay valid after the set and the loader are gone: storage holds the mapping.
   ModelWeights moved = std::move(w);
@@ -99,7 +103,9 @@ TEST(Checkpoint, DetectsLayoutAndExpertFormat) {
 TEST(CheckpointBadInput, MissingTensor) {
   ScratchDir dir("ckpt");
   write_edited(dir.str(), [](auto& t) {
-    std::erase_if(t, [](const CheckpointTensor& x) { return x.spec.name == "block.1.mlp.mlp2_weight.scales"; });
+    std::erase_if(t, [](const CheckpointTensor& x) {
+      return x.spec.name == "block.1.mlp.mlp2_weight.scales";
+    });
   });
   expect_load_error(dir.str(), Status::kMissingTensor, {"'block.1.mlp.mlp2_weight.scales'"});
 }
@@ -110,7 +116,8 @@ TEST(CheckpointBadInput, WrongShapeNamesExpectedAndFound) {
     for (auto& x : t)
       if (x.spec.name == "block.1.attn.sinks") x.spec.shape = {5};
   });
-  expect_load_error(dir.str(), Status::kShapeMismatch, {"'block.1.attn.sinks'", "expected shape [4]", "found [5]"});
+  expect_load_error(dir.str(), Status::kShapeMismatch,
+                    {"'block.1.attn.sinks'", "expected shape [4]", "found [5]"});
 }
 
 TEST(CheckpointBadInput, WrongDtype) {
@@ -119,7 +126,8 @@ TEST(CheckpointBadInput, WrongDtype) {
     for (auto& x : t)
       if (x.spec.name == "block.0.attn.qkv.weight") x.spec.dtype = DType::kI16;
   });
-  expect_load_error(dir.str(), Status::kShapeMismatch, {"'block.0.attn.qkv.weight'", "BF16 or F32", "found I16"});
+  expect_load_error(dir.str(), Status::kShapeMismatch,
+                    {"'block.0.attn.qkv.weight'", "BF16 or F32", "found I16"});
 }
 
 TEST(CheckpointBadInput, ConfigDisagreesWithWeights) {
@@ -134,7 +142,8 @@ TEST(CheckpointBadInput, ConfigDisagreesWithWeights) {
   c = model_preset("tiny");
   c.hidden_size = 96;
   testing::write_file(dir / "config.json", model_config_json(c, CheckpointLayout::kOriginal, true));
-  expect_load_error(dir.str(), Status::kShapeMismatch, {"'embedding.weight'", "[1024, 96]", "[1024, 64]"});
+  expect_load_error(dir.str(), Status::kShapeMismatch,
+                    {"'embedding.weight'", "[1024, 96]", "[1024, 64]"});
 }
 
 TEST(CheckpointBadInput, MissingConfigOrPathOrUnknownLayout) {
@@ -146,7 +155,8 @@ TEST(CheckpointBadInput, MissingConfigOrPathOrUnknownLayout) {
   ScratchDir other("ckpt");
   float x = 1;
   write_safetensors(other / "model.safetensors", {{{"foo", DType::kF32, {1}}, &x}});
-  testing::write_file(other / "config.json", model_config_json(model_preset("tiny"), CheckpointLayout::kOriginal, true));
+  testing::write_file(other / "config.json",
+                      model_config_json(model_preset("tiny"), CheckpointLayout::kOriginal, true));
   expect_load_error(other.str(), Status::kMissingTensor, {"neither known layout"});
 }
 
@@ -210,8 +220,9 @@ TEST(CheckpointFixtures, OurHfConversionMatchesTransformersBytes) {
       EXPECT_EQ(std::memcmp(u->data, t->data, t->nbytes), 0) << t->name;
     }
     // And transformers' config reads back to the same model config as ours.
-    EXPECT_EQ(model_config_json(load_model_config(out.str()), CheckpointLayout::kOriginal, mxfp4),
-              model_config_json(load_model_config(dir + "/hf"), CheckpointLayout::kOriginal, mxfp4));
+    EXPECT_EQ(
+        model_config_json(load_model_config(out.str()), CheckpointLayout::kOriginal, mxfp4),
+        model_config_json(load_model_config(dir + "/hf"), CheckpointLayout::kOriginal, mxfp4));
   }
 }
 

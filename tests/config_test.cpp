@@ -15,10 +15,13 @@ namespace {
 
 using nlohmann::json;
 
-json repo_config() { return json::parse(testing::read_file("config.json")); }
+json repo_config() {
+  return json::parse(testing::read_file("config.json"));
+}
 
 // Parses `j` as a project config named "my.json" and expects an error mentioning every part.
-void expect_config_error(const json& j, std::initializer_list<std::string> parts, Status status = Status::kInvalidConfig) {
+void expect_config_error(const json& j, std::initializer_list<std::string> parts,
+                         Status status = Status::kInvalidConfig) {
   try {
     parse_config(j.dump(), "my.json");
     ADD_FAILURE() << "accepted: " << j.dump();
@@ -26,7 +29,8 @@ void expect_config_error(const json& j, std::initializer_list<std::string> parts
     EXPECT_EQ(e.status(), status) << e.what();
     std::string msg = e.what();
     EXPECT_NE(msg.find("my.json"), std::string::npos) << msg;
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "missing '" << p << "' in: " << msg;
+    for (const auto& p : parts)
+      EXPECT_NE(msg.find(p), std::string::npos) << "missing '" << p << "' in: " << msg;
   }
 }
 
@@ -149,8 +153,10 @@ TEST(Config, OutOfRangeValues) {
   expect_config_error(with("sampling", "max_new_tokens", 0), {"'sampling.max_new_tokens'"});
   expect_config_error(with("sampling", "repetition_penalty", 0), {"'sampling.repetition_penalty'"});
   expect_config_error(with("execution", "threads", -2), {"'execution.threads'"});
-  expect_config_error(with("model", "num_attention_heads", 60), {"'model.num_attention_heads'", "multiple of", "8"});
-  expect_config_error(with("model", "experts_per_token", 33), {"'model.experts_per_token'", "[1, model.num_experts = 32]"});
+  expect_config_error(with("model", "num_attention_heads", 60),
+                      {"'model.num_attention_heads'", "multiple of", "8"});
+  expect_config_error(with("model", "experts_per_token", 33),
+                      {"'model.experts_per_token'", "[1, model.num_experts = 32]"});
   expect_config_error(with("model", "head_dim", 63), {"'model.head_dim'", "even"});
   expect_config_error(with("model", "rope_scaling_factor", 0.5), {"'model.rope_scaling_factor'"});
   expect_config_error(with("model", "hidden_size", 0), {"'model.hidden_size'", "> 0"});

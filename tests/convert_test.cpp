@@ -69,7 +69,8 @@ TEST(Convert, Mxfp4OriginalToHfAndBackIsBitExact) {
   EXPECT_NE(hf.find("model.layers.0.self_attn.k_proj.bias"), nullptr);
   convert_checkpoint(b.str(), c.str(), CheckpointLayout::kOriginal, true, 0);
   expect_same_files(a.str(), c.str());
-  EXPECT_EQ(load_model_config(c.str()).rope_scaling_factor, model_preset("tiny").rope_scaling_factor);
+  EXPECT_EQ(load_model_config(c.str()).rope_scaling_factor,
+            model_preset("tiny").rope_scaling_factor);
   // Loading either layout gives the same weights.
   testing::expect_same_weights(load_checkpoint(a.str()), load_checkpoint(b.str()));
 }
@@ -122,7 +123,8 @@ TEST(Convert, Bf16ToMxfp4MatchesThePerBlockReference) {
   }
   // Dense tensors and vectors are untouched.
   EXPECT_EQ(std::memcmp(src.get("embedding.weight").data, dst.get("embedding.weight").data,
-                        src.get("embedding.weight").nbytes), 0);
+                        src.get("embedding.weight").nbytes),
+            0);
 }
 
 TEST(Convert, Mxfp4ToBf16DequantisesExactly) {
@@ -136,7 +138,8 @@ TEST(Convert, Mxfp4ToBf16DequantisesExactly) {
   ASSERT_EQ(w.dtype, DType::kBF16);
   for (int64_t j = 0; j < w.numel(); ++j) {
     uint8_t byte = blocks.data[j / 2];
-    float expected = kE2M1Values[j % 2 ? byte >> 4 : byte & 15] * std::ldexp(1.0f, int(scales.data[j / 32]) - 127);
+    float expected = kE2M1Values[j % 2 ? byte >> 4 : byte & 15] *
+                     std::ldexp(1.0f, int(scales.data[j / 32]) - 127);
     uint16_t h;
     std::memcpy(&h, w.data + 2 * j, 2);
     ASSERT_EQ(bf16_to_f32(h), expected) << j;
@@ -175,7 +178,8 @@ TEST(Convert, RefusesToMixWithOtherFilesOrOverwriteTheSource) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("other.safetensors"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(convert_checkpoint(a.str(), a.str(), CheckpointLayout::kHuggingFace, true, 0), Error);
+  EXPECT_THROW(convert_checkpoint(a.str(), a.str(), CheckpointLayout::kHuggingFace, true, 0),
+               Error);
 }
 
 TEST(RandomCheckpoint, SameSeedSameBytesDifferentSeedDifferentBytes) {
@@ -183,8 +187,10 @@ TEST(RandomCheckpoint, SameSeedSameBytesDifferentSeedDifferentBytes) {
   write_random_checkpoint(a.str(), model_preset("tiny"), true, 42);
   write_random_checkpoint(b.str(), model_preset("tiny"), true, 42);
   write_random_checkpoint(c.str(), model_preset("tiny"), true, 43);
-  EXPECT_EQ(testing::read_file(a / "model.safetensors"), testing::read_file(b / "model.safetensors"));
-  EXPECT_NE(testing::read_file(a / "model.safetensors"), testing::read_file(c / "model.safetensors"));
+  EXPECT_EQ(testing::read_file(a / "model.safetensors"),
+            testing::read_file(b / "model.safetensors"));
+  EXPECT_NE(testing::read_file(a / "model.safetensors"),
+            testing::read_file(c / "model.safetensors"));
   // MXFP4 scales stay in the range quantised N(0, 0.02) values produce (2^-9 .. 2^-6).
   SafeTensorsSet set = SafeTensorsSet::open(a.str());
   const SafeTensor& s = set.get("block.0.mlp.mlp1_weight.scales");
@@ -202,8 +208,12 @@ int run(const std::string& args) {
 
 TEST(ConvertCli, RandomConvertInspect) {
   ScratchDir a("cli"), b("cli");
-  ASSERT_EQ(run("random-checkpoint --preset tiny --seed 3 --out " + a.str() + " > " + (a / "log.txt")), 0);
-  ASSERT_EQ(run("convert --from " + a.str() + " --to " + b.str() + " --layout hf --experts bf16 > /dev/null"), 0);
+  ASSERT_EQ(
+      run("random-checkpoint --preset tiny --seed 3 --out " + a.str() + " > " + (a / "log.txt")),
+      0);
+  ASSERT_EQ(run("convert --from " + a.str() + " --to " + b.str() +
+                " --layout hf --experts bf16 > /dev/null"),
+            0);
   ASSERT_EQ(run("inspect " + b.str() + " > " + (a / "inspect.txt")), 0);
   std::string out = testing::read_file(a / "inspect.txt");
   EXPECT_NE(out.find("layout: hf"), std::string::npos) << out;
@@ -231,10 +241,12 @@ TEST(ConvertCli, MissingDefaultCheckpointSaysHowToPassOne) {
   // Flags reach the resolved config.
   ScratchDir ck("cli");
   ASSERT_EQ(run("random-checkpoint --preset tiny --out " + ck.str() + " > /dev/null"), 0);
-  ASSERT_EQ(run("inspect --summary --checkpoint " + ck.str() + " --top-k 7 > " + (a / "out.txt")), 0);
+  ASSERT_EQ(run("inspect --summary --checkpoint " + ck.str() + " --top-k 7 > " + (a / "out.txt")),
+            0);
   std::string out = testing::read_file(a / "out.txt");
   EXPECT_NE(out.find("\"top_k\": 7"), std::string::npos) << out;
-  EXPECT_NE(out.find("\"hidden_size\": 64"), std::string::npos) << out;  // from the checkpoint's config
+  EXPECT_NE(out.find("\"hidden_size\": 64"), std::string::npos)
+      << out;  // from the checkpoint's config
 }
 
 }  // namespace

@@ -19,13 +19,15 @@ using testing::ScratchDir;
 using testing::write_file;
 
 // Expects opening `path` to throw Error(status) whose message contains every one of `parts`.
-void expect_error(const std::string& path, Status status, std::initializer_list<std::string> parts) {
+void expect_error(const std::string& path, Status status,
+                  std::initializer_list<std::string> parts) {
   try {
     SafeTensorsSet::open(path);
     ADD_FAILURE() << "opening " << path << " did not fail";
   } catch (const Error& e) {
     EXPECT_EQ(e.status(), status) << e.what();
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+    for (const auto& p : parts)
+      EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
   }
 }
 
@@ -39,7 +41,8 @@ TEST(SafeTensors, ReadsAHandWrittenFile) {
   std::string header =
       R"({"__metadata__":{"format":"pt"},"b":{"dtype":"U8","shape":[3],"data_offsets":[8,11]},)"
       R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
-  write_file(dir / "m.safetensors", raw_safetensors(header, f32_bytes({1.5f, -2.0f}) + "\x01\x02\x03"));
+  write_file(dir / "m.safetensors",
+             raw_safetensors(header, f32_bytes({1.5f, -2.0f}) + "\x01\x02\x03"));
   auto set = SafeTensorsSet::open(dir / "m.safetensors");
   ASSERT_EQ(set.size(), 2u);
   const SafeTensor& ta = set.get("a");
@@ -117,13 +120,15 @@ TEST(SafeTensorsBadInput, TruncatedFile) {
   // A valid header whose data section was cut off.
   std::string header = R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})";
   write_file(dir / "b.safetensors", raw_safetensors(header, f32_bytes({1, 2})));
-  expect_error(dir / "b.safetensors", Status::kCorruptFile, {"b.safetensors", "'w'", "past the data section"});
+  expect_error(dir / "b.safetensors", Status::kCorruptFile,
+               {"b.safetensors", "'w'", "past the data section"});
 }
 
 TEST(SafeTensorsBadInput, HeaderLengthPastEndOfFile) {
   ScratchDir dir("st");
   write_file(dir / "a.safetensors", raw_safetensors("{}", "", 1000));
-  expect_error(dir / "a.safetensors", Status::kCorruptFile, {"a.safetensors", "header length 1000", "past the end"});
+  expect_error(dir / "a.safetensors", Status::kCorruptFile,
+               {"a.safetensors", "header length 1000", "past the end"});
   write_file(dir / "b.safetensors", raw_safetensors("{}", "", uint64_t(1) << 62));
   expect_error(dir / "b.safetensors", Status::kCorruptFile, {"exceeds the limit"});
 }
@@ -151,17 +156,22 @@ TEST(SafeTensorsBadInput, UnknownDtype) {
   ScratchDir dir("st");
   write_file(dir / "a.safetensors",
              raw_safetensors(R"({"w":{"dtype":"F12","shape":[1],"data_offsets":[0,1]}})", "a"));
-  expect_error(dir / "a.safetensors", Status::kCorruptFile, {"a.safetensors", "'w'", "unknown dtype 'F12'"});
+  expect_error(dir / "a.safetensors", Status::kCorruptFile,
+               {"a.safetensors", "'w'", "unknown dtype 'F12'"});
 }
 
 TEST(SafeTensorsBadInput, ShapeSpanMismatch) {
   ScratchDir dir("st");
   write_file(dir / "a.safetensors",
-             raw_safetensors(R"({"w":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,10]}})", std::string(10, 'x')));
-  expect_error(dir / "a.safetensors", Status::kCorruptFile, {"'w'", "[2, 3]", "needs 12 bytes", "span 10"});
+             raw_safetensors(R"({"w":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,10]}})",
+                             std::string(10, 'x')));
+  expect_error(dir / "a.safetensors", Status::kCorruptFile,
+               {"'w'", "[2, 3]", "needs 12 bytes", "span 10"});
   // Dimensions whose product overflows 64 bits.
-  write_file(dir / "b.safetensors",
-             raw_safetensors(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", ""));
+  write_file(
+      dir / "b.safetensors",
+      raw_safetensors(
+          R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", ""));
   expect_error(dir / "b.safetensors", Status::kCorruptFile, {"'w'", "overflows"});
 }
 
@@ -170,20 +180,23 @@ TEST(SafeTensorsBadInput, OverlappingSpans) {
   std::string header = R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
                        R"("b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})";
   write_file(dir / "a.safetensors", raw_safetensors(header, "abcdef"));
-  expect_error(dir / "a.safetensors", Status::kCorruptFile, {"a.safetensors", "'b'", "overlaps tensor 'a'"});
+  expect_error(dir / "a.safetensors", Status::kCorruptFile,
+               {"a.safetensors", "'b'", "overlaps tensor 'a'"});
 }
 
 TEST(SafeTensorsBadInput, OutOfRangeSpanGapAndTrailingBytes) {
   ScratchDir dir("st");
   write_file(dir / "a.safetensors",
              raw_safetensors(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[8,12]}})", "abcd"));
-  expect_error(dir / "a.safetensors", Status::kCorruptFile, {"'a'", "[8, 12)", "past the data section of 4"});
+  expect_error(dir / "a.safetensors", Status::kCorruptFile,
+               {"'a'", "[8, 12)", "past the data section of 4"});
   write_file(dir / "b.safetensors",
              raw_safetensors(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}})", "abcd"));
   expect_error(dir / "b.safetensors", Status::kCorruptFile, {"gap of 2 bytes", "'a'"});
   write_file(dir / "c.safetensors",
              raw_safetensors(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", "abcd"));
-  expect_error(dir / "c.safetensors", Status::kCorruptFile, {"data section has 4 bytes", "cover 2"});
+  expect_error(dir / "c.safetensors", Status::kCorruptFile,
+               {"data section has 4 bytes", "cover 2"});
   write_file(dir / "d.safetensors",
              raw_safetensors(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[3,2]}})", "abcd"));
   expect_error(dir / "d.safetensors", Status::kCorruptFile, {"'a'", "begin 3 > end 2"});
@@ -194,15 +207,19 @@ TEST(SafeTensorsBadInput, DuplicateTensorAcrossShards) {
   std::string h = R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})";
   write_file(dir / "model-1.safetensors", raw_safetensors(h, "a"));
   write_file(dir / "model-2.safetensors", raw_safetensors(h, "b"));
-  expect_error(dir.str(), Status::kCorruptFile, {"'w'", "model-1.safetensors", "model-2.safetensors"});
+  expect_error(dir.str(), Status::kCorruptFile,
+               {"'w'", "model-1.safetensors", "model-2.safetensors"});
 }
 
 TEST(SafeTensorsIndex, ReadsShardsThroughTheIndex) {
   ScratchDir dir("st");
-  write_file(dir / "s1.safetensors", raw_safetensors(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "a"));
-  write_file(dir / "s2.safetensors", raw_safetensors(R"({"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "b"));
-  write_file(dir / "model.safetensors.index.json",
-             R"({"metadata":{"total_size":2},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}})");
+  write_file(dir / "s1.safetensors",
+             raw_safetensors(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "a"));
+  write_file(dir / "s2.safetensors",
+             raw_safetensors(R"({"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "b"));
+  write_file(
+      dir / "model.safetensors.index.json",
+      R"({"metadata":{"total_size":2},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}})");
   auto set = SafeTensorsSet::open(dir.str());
   EXPECT_EQ(set.size(), 2u);
   EXPECT_EQ(set.get("b").data[0], 'b');
@@ -211,23 +228,31 @@ TEST(SafeTensorsIndex, ReadsShardsThroughTheIndex) {
 
 TEST(SafeTensorsBadInput, IndexNamingAMissingFile) {
   ScratchDir dir("st");
-  write_file(dir / "s1.safetensors", raw_safetensors(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "a"));
+  write_file(dir / "s1.safetensors",
+             raw_safetensors(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "a"));
   write_file(dir / "model.safetensors.index.json",
              R"({"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}})");
-  expect_error(dir.str(), Status::kIoError, {"model.safetensors.index.json", "'s2.safetensors'", "does not exist"});
+  expect_error(dir.str(), Status::kIoError,
+               {"model.safetensors.index.json", "'s2.safetensors'", "does not exist"});
 }
 
 TEST(SafeTensorsBadInput, IndexInconsistentWithShards) {
   ScratchDir dir("st");
-  write_file(dir / "s1.safetensors", raw_safetensors(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "a"));
-  write_file(dir / "s2.safetensors", raw_safetensors(R"({"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "b"));
+  write_file(dir / "s1.safetensors",
+             raw_safetensors(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "a"));
+  write_file(dir / "s2.safetensors",
+             raw_safetensors(R"({"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "b"));
   // Tensor placed in the wrong shard.
-  write_file(dir / "model.safetensors.index.json", R"({"weight_map":{"a":"s2.safetensors","b":"s2.safetensors","c":"s1.safetensors"}})");
+  write_file(dir / "model.safetensors.index.json",
+             R"({"weight_map":{"a":"s2.safetensors","b":"s2.safetensors","c":"s1.safetensors"}})");
   expect_error(dir.str(), Status::kCorruptFile, {"'a'", "s2.safetensors", "s1.safetensors"});
   // A tensor in a shard but not in the index.
   write_file(dir / "model.safetensors.index.json", R"({"weight_map":{"a":"s1.safetensors"}})");
-  write_file(dir / "s1.safetensors",
-             raw_safetensors(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"z":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})", "az"));
+  write_file(
+      dir / "s1.safetensors",
+      raw_safetensors(
+          R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"z":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})",
+          "az"));
   expect_error(dir.str(), Status::kCorruptFile, {"'z'", "missing from the index"});
   write_file(dir / "model.safetensors.index.json", R"({"weight_map":{"a":"../s1.safetensors"}})");
   expect_error(dir.str(), Status::kCorruptFile, {"'a'", "not a file in the index's directory"});
@@ -247,7 +272,8 @@ TEST(SafeTensorsBadInput, RandomCorruptionNeverCrashes) {
   // Flip bytes of a valid file's header: every outcome must be a clean Error or a valid read.
   ScratchDir dir("st");
   std::vector<float> f(8, 1.0f);
-  write_safetensors(dir / "ok.safetensors", {{{"t", DType::kF32, {2, 4}}, f.data()}, {{"u", DType::kU8, {3}}, f.data()}});
+  write_safetensors(dir / "ok.safetensors",
+                    {{{"t", DType::kF32, {2, 4}}, f.data()}, {{"u", DType::kU8, {3}}, f.data()}});
   std::string good = read_file(dir / "ok.safetensors");
   uint32_t state = 12345;
   for (int trial = 0; trial < 300; ++trial) {

@@ -11,16 +11,21 @@ namespace {
 
 // Optional flags: unset means "whatever the config files say", which --help shows as the default.
 template <typename T>
-void optional_flag(CLI::App& app, const std::string& name, std::optional<T>& target, const std::string& help) {
-  app.add_option_function<T>(name, [&target](const T& v) { target = v; }, help)->default_str("from --config");
+void optional_flag(CLI::App& app, const std::string& name, std::optional<T>& target,
+                   const std::string& help) {
+  app.add_option_function<T>(
+         name, [&target](const T& v) { target = v; }, help)
+      ->default_str("from --config");
 }
 
 }  // namespace
 
 void add_common_options(CLI::App& app, CommonOptions& o) {
-  app.add_option("--config", o.config_path, "Project config file (runtime settings; see docs/config.md)");
+  app.add_option("--config", o.config_path,
+                 "Project config file (runtime settings; see docs/config.md)");
   optional_flag(app, "--checkpoint", o.checkpoint, "Checkpoint directory or .safetensors file");
-  optional_flag(app, "--tokenizer", o.tokenizer, "Tokenizer: o200k_harmony, o200k_base or a vocabulary file");
+  optional_flag(app, "--tokenizer", o.tokenizer,
+                "Tokenizer: o200k_harmony, o200k_base or a vocabulary file");
   optional_flag(app, "--backend", o.backend, "Execution backend: cpu | cuda");
   optional_flag(app, "--dtype", o.dtype, "Activation dtype: float32 | bfloat16 | float16");
   optional_flag(app, "--device", o.device, "Device: cpu | cuda | auto");
@@ -44,7 +49,8 @@ ResolvedConfig resolve_config(const CommonOptions& o) {
   if (o.checkpoint) c.paths.checkpoint = *o.checkpoint;
   if (o.tokenizer) c.paths.tokenizer = *o.tokenizer;
   std::error_code ec;
-  r.checkpoint_exists = !c.paths.checkpoint.empty() && std::filesystem::exists(c.paths.checkpoint, ec);
+  r.checkpoint_exists =
+      !c.paths.checkpoint.empty() && std::filesystem::exists(c.paths.checkpoint, ec);
   if (r.checkpoint_exists) c.model = load_model_config(c.paths.checkpoint);
   if (o.backend) c.execution.backend = parse_backend(*o.backend, "--backend");
   if (o.dtype) c.execution.dtype = parse_activation_dtype(*o.dtype, "--dtype");
@@ -62,19 +68,22 @@ ResolvedConfig resolve_config(const CommonOptions& o) {
   if (o.frequency_penalty) s.frequency_penalty = *o.frequency_penalty;
   if (o.seed) s.seed = *o.seed;
   // Field paths in the message map to flags by name (sampling.top_p <-> --top-p).
-  validate_config(c, o.config_path + " with command-line flags" +
-                         (r.checkpoint_exists ? " and checkpoint '" + c.paths.checkpoint + "'" : ""));
+  validate_config(c,
+                  o.config_path + " with command-line flags" +
+                      (r.checkpoint_exists ? " and checkpoint '" + c.paths.checkpoint + "'" : ""));
   c.source = o.config_path;
   return r;
 }
 
 void require_checkpoint(const ResolvedConfig& r) {
   const std::string& path = r.config.paths.checkpoint;
-  MIND4_CHECK(r.checkpoint_exists, Status::kIoError, "checkpoint '", path,
-              "' does not exist. Pass --checkpoint DIR (a directory with config.json and *.safetensors, or one "
-              ".safetensors file), or set paths.checkpoint in ",
-              r.config.source.empty() ? "config.json" : r.config.source,
-              ". For a random model of the right shape: mind4 random-checkpoint --out DIR --preset 20b");
+  MIND4_CHECK(
+      r.checkpoint_exists, Status::kIoError, "checkpoint '", path,
+      "' does not exist. Pass --checkpoint DIR (a directory with config.json and *.safetensors, or "
+      "one "
+      ".safetensors file), or set paths.checkpoint in ",
+      r.config.source.empty() ? "config.json" : r.config.source,
+      ". For a random model of the right shape: mind4 random-checkpoint --out DIR --preset 20b");
 }
 
 }  // namespace mind4::cli
@@ -83,7 +92,8 @@ namespace mind4::cli {
 
 uint64_t parse_byte_size(const std::string& text, const std::string& flag) {
   size_t digits = 0;
-  while (digits < text.size() && (std::isdigit(static_cast<unsigned char>(text[digits])) || text[digits] == '.'))
+  while (digits < text.size() &&
+         (std::isdigit(static_cast<unsigned char>(text[digits])) || text[digits] == '.'))
     ++digits;
   std::string unit = text.substr(digits);
   for (auto& ch : unit) ch = char(std::toupper(static_cast<unsigned char>(ch)));
@@ -91,9 +101,16 @@ uint64_t parse_byte_size(const std::string& text, const std::string& flag) {
     const char* name;
     double bytes;
   };
-  static constexpr Unit kUnits[] = {{"", 1},       {"B", 1},          {"KB", 1e3},         {"MB", 1e6},
-                                    {"GB", 1e9},   {"TB", 1e12},      {"KIB", 1024.0},     {"MIB", 1048576.0},
-                                    {"GIB", 1073741824.0}, {"TIB", 1099511627776.0}};
+  static constexpr Unit kUnits[] = {{"", 1},
+                                    {"B", 1},
+                                    {"KB", 1e3},
+                                    {"MB", 1e6},
+                                    {"GB", 1e9},
+                                    {"TB", 1e12},
+                                    {"KIB", 1024.0},
+                                    {"MIB", 1048576.0},
+                                    {"GIB", 1073741824.0},
+                                    {"TIB", 1099511627776.0}};
   double value = 0;
   bool ok = digits > 0;
   try {
@@ -102,8 +119,10 @@ uint64_t parse_byte_size(const std::string& text, const std::string& flag) {
     ok = false;
   }
   for (const Unit& u : kUnits)
-    if (ok && unit == u.name && value >= 0 && value * u.bytes < 1.8e19) return uint64_t(value * u.bytes);
-  throw Error(Status::kInvalidArgument, flag + " '" + text + "' is not a size (examples: 2GB, 500MB, 4GiB, 0)");
+    if (ok && unit == u.name && value >= 0 && value * u.bytes < 1.8e19)
+      return uint64_t(value * u.bytes);
+  throw Error(Status::kInvalidArgument,
+              flag + " '" + text + "' is not a size (examples: 2GB, 500MB, 4GiB, 0)");
 }
 
 }  // namespace mind4::cli

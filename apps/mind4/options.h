@@ -16,7 +16,8 @@ struct CommonOptions {
   std::string config_path = "config.json";
   std::optional<std::string> checkpoint, tokenizer, backend, dtype, device, log_level;
   std::optional<int> threads, top_k, max_new_tokens;
-  std::optional<float> temperature, top_p, min_p, repetition_penalty, presence_penalty, frequency_penalty;
+  std::optional<float> temperature, top_p, min_p, repetition_penalty, presence_penalty,
+      frequency_penalty;
   std::optional<uint64_t> seed;
 };
 

@@ -31,7 +31,8 @@ struct CheckpointStorage {
     // 64-byte aligned (a cache line / an AVX-512 register) and never zero-sized.
     size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
     void* p = std::aligned_alloc(64, rounded);
-    MIND4_CHECK(p, Status::kOutOfMemory, "cannot allocate ", bytes, " bytes for checkpoint weights");
+    MIND4_CHECK(p, Status::kOutOfMemory, "cannot allocate ", bytes,
+                " bytes for checkpoint weights");
     buffers.emplace_back(p);
     return p;
   }
@@ -45,8 +46,9 @@ class Binder {
   const SafeTensor& get(const std::string& name, const std::vector<int64_t>& shape) {
     const SafeTensor& t = st_.tensors.get(name);
     used_.insert(name);
-    MIND4_CHECK(t.shape == shape, Status::kShapeMismatch, "tensor '", name, "' in '", *t.file, "': expected shape ",
-                shape_str(shape), " (from the config), found ", shape_str(t.shape));
+    MIND4_CHECK(t.shape == shape, Status::kShapeMismatch, "tensor '", name, "' in '", *t.file,
+                "': expected shape ", shape_str(shape), " (from the config), found ",
+                shape_str(t.shape));
     return t;
   }
 
@@ -56,8 +58,9 @@ class Binder {
       if (t.dtype == d) return;
       names += (names.empty() ? "" : " or ") + std::string(dtype_name(d));
     }
-    throw Error(Status::kShapeMismatch, "tensor '" + t.name + "' in '" + *t.file + "': expected dtype " + names +
-                                            ", found " + std::string(dtype_name(t.dtype)));
+    throw Error(Status::kShapeMismatch, "tensor '" + t.name + "' in '" + *t.file +
+                                            "': expected dtype " + names + ", found " +
+                                            std::string(dtype_name(t.dtype)));
   }
 
   // A view of the mapped bytes, or an aligned copy when the file left them misaligned for the
@@ -90,8 +93,8 @@ class Binder {
   }
 
   // Several stored vectors concatenated along their first dimension into one owned F32 vector.
-  TensorView vectors(const std::vector<std::string>& names, const std::vector<std::vector<int64_t>>& shapes,
-                     int64_t total_rows) {
+  TensorView vectors(const std::vector<std::string>& names,
+                     const std::vector<std::vector<int64_t>>& shapes, int64_t total_rows) {
     std::vector<const SafeTensor*> parts;
     int64_t n = 0;
     for (size_t i = 0; i < names.size(); ++i) {
@@ -108,9 +111,15 @@ class Binder {
         const uint8_t* p = t->data + i * dtype_size(t->dtype);
         uint16_t h;
         switch (t->dtype) {
-          case DType::kF32: std::memcpy(dst + i, p, 4); break;
-          case DType::kBF16: std::memcpy(&h, p, 2), dst[i] = bf16_to_f32(h); break;
-          default: std::memcpy(&h, p, 2), dst[i] = f16_to_f32(h); break;
+          case DType::kF32:
+            std::memcpy(dst + i, p, 4);
+            break;
+          case DType::kBF16:
+            std::memcpy(&h, p, 2), dst[i] = bf16_to_f32(h);
+            break;
+          default:
+            std::memcpy(&h, p, 2), dst[i] = f16_to_f32(h);
+            break;
         }
       }
       dst += t->numel();
@@ -121,7 +130,8 @@ class Binder {
   }
 
   // q, k, v matrices stacked row-wise into one owned matrix of their common dtype.
-  TensorView stacked_rows(const std::vector<std::string>& names, const std::vector<std::vector<int64_t>>& shapes) {
+  TensorView stacked_rows(const std::vector<std::string>& names,
+                          const std::vector<std::vector<int64_t>>& shapes) {
     std::vector<const SafeTensor*> parts;
     size_t bytes = 0;
     int64_t rows = 0;
@@ -129,9 +139,10 @@ class Binder {
       const SafeTensor& t = get(names[i], shapes[i]);
       require_dtype(t, {DType::kBF16, DType::kF32});
       if (!parts.empty() && t.dtype != parts[0]->dtype)
-        throw Error(Status::kShapeMismatch, "tensor '" + t.name + "' is " + std::string(dtype_name(t.dtype)) +
-                                                " but '" + parts[0]->name + "' is " +
-                                                std::string(dtype_name(parts[0]->dtype)) + "; q/k/v must share a dtype");
+        throw Error(Status::kShapeMismatch,
+                    "tensor '" + t.name + "' is " + std::string(dtype_name(t.dtype)) + " but '" +
+                        parts[0]->name + "' is " + std::string(dtype_name(parts[0]->dtype)) +
+                        "; q/k/v must share a dtype");
       parts.push_back(&t);
       bytes += t.nbytes;
       rows += t.shape[0];
@@ -143,7 +154,8 @@ class Binder {
   }
 
   // HF BF16 experts [E, cols, rows] -> owned original orientation [E, rows, cols].
-  TensorView transposed_experts(const std::string& name, int64_t experts, int64_t rows, int64_t cols) {
+  TensorView transposed_experts(const std::string& name, int64_t experts, int64_t rows,
+                                int64_t cols) {
     const SafeTensor& t = get(name, {experts, cols, rows});
     require_dtype(t, {DType::kBF16, DType::kF32});
     size_t es = dtype_size(t.dtype);
@@ -165,8 +177,9 @@ class Binder {
 
   void check_all_used() {
     for (const SafeTensor* t : st_.tensors.tensors())
-      MIND4_CHECK(used_.count(t->name), Status::kShapeMismatch, "checkpoint '", source_, "' has tensor '", t->name,
-                  "' (in '", *t->file, "') that a model with this config does not use: do config.json and the "
+      MIND4_CHECK(used_.count(t->name), Status::kShapeMismatch, "checkpoint '", source_,
+                  "' has tensor '", t->name, "' (in '", *t->file,
+                  "') that a model with this config does not use: do config.json and the "
                   "weights disagree (e.g. num_hidden_layers)?");
   }
 
@@ -185,28 +198,34 @@ CheckpointFormat detect_checkpoint_format(const SafeTensorsSet& t) {
   CheckpointFormat f;
   if (t.find("embedding.weight") || t.find("block.0.attn.qkv.weight")) {
     f.layout = CheckpointLayout::kOriginal;
-    f.mxfp4_experts = t.find("block.0.mlp.mlp1_weight.blocks") || !t.find("block.0.mlp.mlp1_weight");
-  } else if (t.find("model.embed_tokens.weight") || t.find("model.layers.0.self_attn.q_proj.weight")) {
+    f.mxfp4_experts =
+        t.find("block.0.mlp.mlp1_weight.blocks") || !t.find("block.0.mlp.mlp1_weight");
+  } else if (t.find("model.embed_tokens.weight") ||
+             t.find("model.layers.0.self_attn.q_proj.weight")) {
     f.layout = CheckpointLayout::kHuggingFace;
     f.mxfp4_experts = t.find("model.layers.0.mlp.experts.gate_up_proj_blocks") ||
                       !t.find("model.layers.0.mlp.experts.gate_up_proj");
   } else {
-    throw Error(Status::kMissingTensor, "checkpoint '" + t.source() +
-                                            "' is in neither known layout: it has no 'embedding.weight' (original "
-                                            "gpt-oss) and no 'model.embed_tokens.weight' (Hugging Face)");
+    throw Error(Status::kMissingTensor,
+                "checkpoint '" + t.source() +
+                    "' is in neither known layout: it has no 'embedding.weight' (original "
+                    "gpt-oss) and no 'model.embed_tokens.weight' (Hugging Face)");
   }
   return f;
 }
 
-ModelWeights bind_checkpoint(SafeTensorsSet tensors, const ModelConfig& c, const std::string& source) {
+ModelWeights bind_checkpoint(SafeTensorsSet tensors, const ModelConfig& c,
+                             const std::string& source) {
   auto storage = std::make_shared<CheckpointStorage>();
   storage->tensors = std::move(tensors);
   const SafeTensorsSet& set = storage->tensors;
   CheckpointFormat format = detect_checkpoint_format(set);
   validate_model_config(c, source, format.mxfp4_experts);
 
-  const int64_t H = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads, D = c.head_dim;
-  const int64_t E = c.num_experts, I = c.intermediate_size, V = c.vocab_size, QKV = (NH + 2 * NKV) * D;
+  const int64_t H = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads,
+                D = c.head_dim;
+  const int64_t E = c.num_experts, I = c.intermediate_size, V = c.vocab_size,
+                QKV = (NH + 2 * NKV) * D;
   Binder b(*storage, source);
   ModelWeights w;
   w.config = c;
@@ -252,8 +271,8 @@ ModelWeights bind_checkpoint(SafeTensorsSet tensors, const ModelConfig& c, const
       L.attn_norm = b.vector(p + "input_layernorm.weight", {H});
       L.qkv_w = b.stacked_rows({a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"},
                                {{NH * D, H}, {NKV * D, H}, {NKV * D, H}});
-      L.qkv_b = b.vectors({a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"}, {{NH * D}, {NKV * D}, {NKV * D}},
-                          QKV);
+      L.qkv_b = b.vectors({a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"},
+                          {{NH * D}, {NKV * D}, {NKV * D}}, QKV);
       L.sinks = b.vector(a + "sinks", {NH});
       L.out_w = b.matrix(a + "o_proj.weight", {H, NH * D});
       L.out_b = b.vector(a + "o_proj.bias", {H});

@@ -34,7 +34,8 @@ CheckpointFormat detect_checkpoint_format(const SafeTensorsSet& tensors);
 ModelWeights load_checkpoint(const std::string& path);
 
 // The same with the tensors already open and the config given (used by convert and tests).
-ModelWeights bind_checkpoint(SafeTensorsSet tensors, const ModelConfig& config, const std::string& source);
+ModelWeights bind_checkpoint(SafeTensorsSet tensors, const ModelConfig& config,
+                             const std::string& source);
 
 // One tensor to write for a checkpoint: its name, dtype, shape and a function that fills its bytes.
 struct CheckpointTensor {
@@ -45,18 +46,19 @@ struct CheckpointTensor {
 // The tensors of `weights` in `layout` with experts `mxfp4_experts` (converting between MXFP4 and
 // BF16, transposing HF's BF16 experts, splitting or joining q/k/v as needed). Fill functions read
 // `weights`, which must outlive them.
-std::vector<CheckpointTensor> checkpoint_tensors(const ModelWeights& weights, CheckpointLayout layout,
-                                                 bool mxfp4_experts);
+std::vector<CheckpointTensor> checkpoint_tensors(const ModelWeights& weights,
+                                                 CheckpointLayout layout, bool mxfp4_experts);
 
-// Writes `tensors` into `dir` as model.safetensors, or as model-0000i-of-0000n.safetensors shards of
-// at most `shard_bytes` each plus model.safetensors.index.json, and config.json for `layout`.
+// Writes `tensors` into `dir` as model.safetensors, or as model-0000i-of-0000n.safetensors shards
+// of at most `shard_bytes` each plus model.safetensors.index.json, and config.json for `layout`.
 // Each file appears atomically (written under a temporary name, then renamed).
-void write_checkpoint(const std::string& dir, const ModelConfig& config, CheckpointLayout layout, bool mxfp4_experts,
-                      std::vector<CheckpointTensor> tensors, uint64_t shard_bytes);
+void write_checkpoint(const std::string& dir, const ModelConfig& config, CheckpointLayout layout,
+                      bool mxfp4_experts, std::vector<CheckpointTensor> tensors,
+                      uint64_t shard_bytes);
 
 // Loads `from` and writes it to `to` in `layout` with `mxfp4_experts`.
-void convert_checkpoint(const std::string& from, const std::string& to, CheckpointLayout layout, bool mxfp4_experts,
-                        uint64_t shard_bytes);
+void convert_checkpoint(const std::string& from, const std::string& to, CheckpointLayout layout,
+                        bool mxfp4_experts, uint64_t shard_bytes);
 
 // Runs fn(begin, end) over [0, n) split across up to `threads` threads (0 = all cores).
 void parallel_for(int64_t n, int threads, const std::function<void(int64_t, int64_t)>& fn);

@@ -53,14 +53,16 @@ void parallel_copy(std::span<uint8_t> dst, const void* src) {
 }
 
 CheckpointTensor copy_of(std::string name, const TensorView& v) {
-  return {{std::move(name), v.dtype, v.shape}, [v](std::span<uint8_t> dst) { parallel_copy(dst, v.data); }};
+  return {{std::move(name), v.dtype, v.shape},
+          [v](std::span<uint8_t> dst) { parallel_copy(dst, v.data); }};
 }
 
 // Rows [row0, row0 + rows) of a matrix view.
 CheckpointTensor rows_of(std::string name, const TensorView& v, int64_t row0, int64_t rows) {
   size_t row_bytes = size_t(v.shape[1]) * dtype_size(v.dtype);
   const uint8_t* src = v.u8() + size_t(row0) * row_bytes;
-  return {{std::move(name), v.dtype, {rows, v.shape[1]}}, [src](std::span<uint8_t> dst) { parallel_copy(dst, src); }};
+  return {{std::move(name), v.dtype, {rows, v.shape[1]}},
+          [src](std::span<uint8_t> dst) { parallel_copy(dst, src); }};
 }
 
 // An owned F32 vector (or a slice of one) written back in `dtype`.
@@ -91,7 +93,8 @@ struct ExpertSource {
     if (!scales.empty()) {
       const uint8_t* b = blocks.u8() + size_t(index) * size_t(cols / 2);
       const uint8_t* s = scales.u8() + size_t(index) * size_t(cols / 32);
-      for (int64_t k = 0; k < cols / 32; ++k) dequantize_mxfp4_block(b + 16 * k, s[k], out + 32 * k);
+      for (int64_t k = 0; k < cols / 32; ++k)
+        dequantize_mxfp4_block(b + 16 * k, s[k], out + 32 * k);
     } else if (blocks.dtype == DType::kBF16) {
       const uint16_t* p = blocks.bf16() + size_t(index * cols);
       for (int64_t c = 0; c < cols; ++c) out[c] = bf16_to_f32(p[c]);
@@ -101,12 +104,14 @@ struct ExpertSource {
   }
 };
 
-// Appends the tensors of one expert set named `base` (HF: "…gate_up_proj", original: "…mlp1_weight").
-void add_experts(std::vector<CheckpointTensor>& out, const std::string& base, CheckpointLayout layout, bool mxfp4,
-                 const ExpertSource& src) {
+// Appends the tensors of one expert set named `base` (HF: "…gate_up_proj", original:
+// "…mlp1_weight").
+void add_experts(std::vector<CheckpointTensor>& out, const std::string& base,
+                 CheckpointLayout layout, bool mxfp4, const ExpertSource& src) {
   const int64_t E = src.experts, R = src.rows, C = src.cols;
   const bool hf = layout == CheckpointLayout::kHuggingFace;
-  const std::string blocks_name = base + (hf ? "_blocks" : ".blocks"), scales_name = base + (hf ? "_scales" : ".scales");
+  const std::string blocks_name = base + (hf ? "_blocks" : ".blocks"),
+                    scales_name = base + (hf ? "_scales" : ".scales");
   if (mxfp4) {
     if (!src.scales.empty()) {  // MXFP4 to MXFP4: the bytes as they are, bit for bit
       out.push_back(copy_of(blocks_name, src.blocks));
@@ -122,14 +127,18 @@ void add_experts(std::vector<CheckpointTensor>& out, const std::string& base, Ch
           src.row(i / R, i % R, row.data());
           for (int64_t k = 0; k < C / 32; ++k) {
             quantize_mxfp4_block(row.data() + 32 * k, packed, &scale);
-            if (want_blocks) std::memcpy(dst.data() + size_t(i * (C / 2) + 16 * k), packed, 16);
-            else dst[size_t(i * (C / 32) + k)] = scale;
+            if (want_blocks)
+              std::memcpy(dst.data() + size_t(i * (C / 2) + 16 * k), packed, 16);
+            else
+              dst[size_t(i * (C / 32) + k)] = scale;
           }
         }
       });
     };
-    out.push_back({{blocks_name, DType::kU8, {E, R, C / 32, 16}}, [quantise](std::span<uint8_t> d) { quantise(d, true); }});
-    out.push_back({{scales_name, DType::kU8, {E, R, C / 32}}, [quantise](std::span<uint8_t> d) { quantise(d, false); }});
+    out.push_back({{blocks_name, DType::kU8, {E, R, C / 32, 16}},
+                   [quantise](std::span<uint8_t> d) { quantise(d, true); }});
+    out.push_back({{scales_name, DType::kU8, {E, R, C / 32}},
+                   [quantise](std::span<uint8_t> d) { quantise(d, false); }});
     return;
   }
   if (!hf && src.scales.empty() && src.blocks.dtype == DType::kBF16) {
@@ -156,9 +165,11 @@ void add_experts(std::vector<CheckpointTensor>& out, const std::string& base, Ch
 
 }  // namespace
 
-std::vector<CheckpointTensor> checkpoint_tensors(const ModelWeights& w, CheckpointLayout layout, bool mxfp4) {
+std::vector<CheckpointTensor> checkpoint_tensors(const ModelWeights& w, CheckpointLayout layout,
+                                                 bool mxfp4) {
   const ModelConfig& c = w.config;
-  const int64_t H = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads, D = c.head_dim;
+  const int64_t H = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads,
+                D = c.head_dim;
   const int64_t E = c.num_experts, I = c.intermediate_size;
   const DType vd = w.vector_dtype;
   std::vector<CheckpointTensor> out;
@@ -210,8 +221,8 @@ std::vector<CheckpointTensor> checkpoint_tensors(const ModelWeights& w, Checkpoi
   return out;
 }
 
-void write_checkpoint(const std::string& dir, const ModelConfig& config, CheckpointLayout layout, bool mxfp4,
-                      std::vector<CheckpointTensor> tensors, uint64_t shard_bytes) {
+void write_checkpoint(const std::string& dir, const ModelConfig& config, CheckpointLayout layout,
+                      bool mxfp4, std::vector<CheckpointTensor> tensors, uint64_t shard_bytes) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   MIND4_CHECK(fs::is_directory(dir, ec), Status::kIoError, "cannot create directory '", dir, "'");
@@ -220,7 +231,8 @@ void write_checkpoint(const std::string& dir, const ModelConfig& config, Checkpo
   uint64_t in_shard = 0, total = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     uint64_t n = tensors[i].spec.nbytes();
-    if (shard_bytes > 0 && in_shard > 0 && in_shard + n > shard_bytes) shards.emplace_back(), in_shard = 0;
+    if (shard_bytes > 0 && in_shard > 0 && in_shard + n > shard_bytes)
+      shards.emplace_back(), in_shard = 0;
     shards.back().push_back(i);
     in_shard += n;
     total += n;
@@ -228,8 +240,10 @@ void write_checkpoint(const std::string& dir, const ModelConfig& config, Checkpo
   const size_t count = shards.size();
   auto shard_name = [count](size_t s) {
     char name[64];
-    if (count == 1) std::snprintf(name, sizeof name, "model.safetensors");
-    else std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, count);
+    if (count == 1)
+      std::snprintf(name, sizeof name, "model.safetensors");
+    else
+      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, count);
     return std::string(name);
   };
   // Other *.safetensors files in `dir` would be read together with the new ones.
@@ -237,14 +251,17 @@ void write_checkpoint(const std::string& dir, const ModelConfig& config, Checkpo
     if (e.path().extension() != ".safetensors") continue;
     bool ours = false;
     for (size_t s = 0; s < count; ++s) ours |= e.path().filename() == shard_name(s);
-    MIND4_CHECK(ours, Status::kInvalidArgument, "directory '", dir, "' already holds '", e.path().filename().string(),
-                "', which would be read together with the new checkpoint; remove it or write elsewhere");
+    MIND4_CHECK(
+        ours, Status::kInvalidArgument, "directory '", dir, "' already holds '",
+        e.path().filename().string(),
+        "', which would be read together with the new checkpoint; remove it or write elsewhere");
   }
   nlohmann::json weight_map = nlohmann::json::object();
   for (size_t s = 0; s < count; ++s) {
     const std::string name = shard_name(s);
     std::vector<TensorSpec> specs;
-    for (size_t i : shards[s]) specs.push_back(tensors[i].spec), weight_map[tensors[i].spec.name] = name;
+    for (size_t i : shards[s])
+      specs.push_back(tensors[i].spec), weight_map[tensors[i].spec.name] = name;
     SafeTensorsWriter writer((fs::path(dir) / name).string(), std::move(specs), {{"format", "pt"}});
     for (size_t i : shards[s]) tensors[i].fill(writer.data(tensors[i].spec.name));
     writer.commit();
@@ -256,7 +273,8 @@ void write_checkpoint(const std::string& dir, const ModelConfig& config, Checkpo
       out << text;
       MIND4_CHECK(out.good(), Status::kIoError, "cannot write '", temp, "'");
     }
-    MIND4_CHECK(std::rename(temp.c_str(), path.c_str()) == 0, Status::kIoError, "cannot rename '", temp, "'");
+    MIND4_CHECK(std::rename(temp.c_str(), path.c_str()) == 0, Status::kIoError, "cannot rename '",
+                temp, "'");
   };
   // A stale index from an earlier, differently sharded write would shadow the new files.
   fs::path index = fs::path(dir) / "model.safetensors.index.json";
@@ -269,8 +287,8 @@ void write_checkpoint(const std::string& dir, const ModelConfig& config, Checkpo
   write_text("config.json", model_config_json(config, layout, mxfp4));
 }
 
-void convert_checkpoint(const std::string& from, const std::string& to, CheckpointLayout layout, bool mxfp4,
-                        uint64_t shard_bytes) {
+void convert_checkpoint(const std::string& from, const std::string& to, CheckpointLayout layout,
+                        bool mxfp4, uint64_t shard_bytes) {
   std::error_code ec;
   MIND4_CHECK(!fs::exists(to, ec) || fs::weakly_canonical(from, ec) != fs::weakly_canonical(to, ec),
               Status::kInvalidArgument, "convert: --to '", to, "' is the source checkpoint itself");

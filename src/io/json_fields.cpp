@@ -18,7 +18,8 @@ int edit_distance(const std::string& a, const std::string& b) {
   for (size_t j = 0; j <= m; ++j) d[0][j] = int(j);
   for (size_t i = 1; i <= n; ++i)
     for (size_t j = 1; j <= m; ++j) {
-      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1])});
+      d[i][j] =
+          std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1])});
       if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
         d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
     }
@@ -47,8 +48,9 @@ std::string describe_json(const json& v) {
 JsonFields::JsonFields(const json& object, std::string prefix, std::string source)
     : object_(object), prefix_(std::move(prefix)), source_(std::move(source)) {
   if (!object_.is_object()) {
-    throw Error(Status::kInvalidConfig, source_ + ": " + (prefix_.empty() ? "the file" : "'" + prefix_ + "'") +
-                                            " must be a JSON object, found " + describe_json(object_));
+    throw Error(Status::kInvalidConfig,
+                source_ + ": " + (prefix_.empty() ? "the file" : "'" + prefix_ + "'") +
+                    " must be a JSON object, found " + describe_json(object_));
   }
 }
 
@@ -56,7 +58,9 @@ void JsonFields::fail(const std::string& key, const std::string& what) const {
   throw Error(Status::kInvalidConfig, source_ + ": field '" + path(key) + "' " + what);
 }
 
-bool JsonFields::has(const std::string& key) const { return object_.contains(key); }
+bool JsonFields::has(const std::string& key) const {
+  return object_.contains(key);
+}
 
 const json& JsonFields::require(const std::string& key) {
   known_.insert(key);
@@ -65,7 +69,8 @@ const json& JsonFields::require(const std::string& key) {
     std::vector<std::string> present;
     for (auto i = object_.begin(); i != object_.end(); ++i) present.push_back(i.key());
     std::string near = closest_match(key, present);
-    fail(key, "is missing" + (near.empty() ? std::string() : " (found '" + path(near) + "': misspelt?)"));
+    fail(key, "is missing" +
+                  (near.empty() ? std::string() : " (found '" + path(near) + "': misspelt?)"));
   }
   return *it;
 }
@@ -73,7 +78,8 @@ const json& JsonFields::require(const std::string& key) {
 int JsonFields::get_int(const std::string& key) {
   const json& v = require(key);
   if (!v.is_number_integer()) fail(key, "must be an integer, found " + describe_json(v));
-  int64_t x = v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX) ? INT64_MAX : v.get<int64_t>();
+  int64_t x = v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX) ? INT64_MAX
+                                                                                : v.get<int64_t>();
   if (x < std::numeric_limits<int>::min() || x > std::numeric_limits<int>::max())
     fail(key, "= " + v.dump() + " does not fit a 32-bit integer");
   return int(x);
@@ -81,7 +87,8 @@ int JsonFields::get_int(const std::string& key) {
 
 uint64_t JsonFields::get_u64(const std::string& key) {
   const json& v = require(key);
-  if (!v.is_number_unsigned()) fail(key, "must be a non-negative integer, found " + describe_json(v));
+  if (!v.is_number_unsigned())
+    fail(key, "must be a non-negative integer, found " + describe_json(v));
   return v.get<uint64_t>();
 }
 
@@ -118,7 +125,8 @@ void JsonFields::finish(bool strict) {
     if (known_.count(it.key())) continue;
     std::string near = closest_match(it.key(), known);
     if (!strict && near.empty()) continue;
-    fail(it.key(), "is unknown" + (near.empty() ? std::string() : " (did you mean '" + path(near) + "'?)"));
+    fail(it.key(),
+         "is unknown" + (near.empty() ? std::string() : " (did you mean '" + path(near) + "'?)"));
   }
 }
 

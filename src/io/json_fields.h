@@ -39,7 +39,9 @@ class JsonFields {
   // use): only a key that looks like a misspelling of a known one is an error.
   void finish(bool strict);
 
-  std::string path(const std::string& key) const { return prefix_.empty() ? key : prefix_ + "." + key; }
+  std::string path(const std::string& key) const {
+    return prefix_.empty() ? key : prefix_ + "." + key;
+  }
   [[noreturn]] void fail(const std::string& key, const std::string& what) const;
 
  private:

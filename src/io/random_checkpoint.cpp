@@ -82,8 +82,9 @@ void fill_random(const Generator& g, DType dtype, std::span<uint8_t> dst) {
   const NormalTable& n = normals();
   const Mxfp4Table& mx = mxfp4_blocks();
   const bool blocks = g.kind == Fill::kMxfp4Blocks || g.kind == Fill::kMxfp4Scales;
-  const int64_t count = blocks ? int64_t(g.kind == Fill::kMxfp4Blocks ? dst.size() / 16 : dst.size())
-                               : int64_t(dst.size() / dtype_size(dtype));
+  const int64_t count = blocks
+                            ? int64_t(g.kind == Fill::kMxfp4Blocks ? dst.size() / 16 : dst.size())
+                            : int64_t(dst.size() / dtype_size(dtype));
   const int64_t chunks = (count + kChunk - 1) / kChunk;
   parallel_for(chunks, 0, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -101,7 +102,8 @@ void fill_random(const Generator& g, DType dtype, std::span<uint8_t> dst) {
           int rotate = int(bits >> 44) & 15;
           uint8_t* out = dst.data() + size_t(b) * 16;
           for (int k = 0; k < 16; ++k) {
-            uint8_t flip = uint8_t(((signs >> (2 * k)) & 1) << 3 | ((signs >> (2 * k + 1)) & 1) << 7);
+            uint8_t flip =
+                uint8_t(((signs >> (2 * k)) & 1) << 3 | ((signs >> (2 * k + 1)) & 1) << 7);
             out[k] = mx.packed[index][(k + rotate) & 15] ^ flip;
           }
         }
@@ -149,19 +151,24 @@ ModelConfig model_preset(const std::string& name) {
     c.experts_per_token = 2;
     return c;
   }
-  throw Error(Status::kInvalidArgument, "unknown preset '" + name + "'; expected 20b, 120b or tiny");
+  throw Error(Status::kInvalidArgument,
+              "unknown preset '" + name + "'; expected 20b, 120b or tiny");
 }
 
-std::vector<CheckpointTensor> random_checkpoint_tensors(const ModelConfig& c, bool mxfp4, uint64_t seed) {
-  const int64_t H = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads, D = c.head_dim;
-  const int64_t E = c.num_experts, I = c.intermediate_size, V = c.vocab_size, QKV = (NH + 2 * NKV) * D;
+std::vector<CheckpointTensor> random_checkpoint_tensors(const ModelConfig& c, bool mxfp4,
+                                                        uint64_t seed) {
+  const int64_t H = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads,
+                D = c.head_dim;
+  const int64_t E = c.num_experts, I = c.intermediate_size, V = c.vocab_size,
+                QKV = (NH + 2 * NKV) * D;
   std::vector<CheckpointTensor> out;
   uint64_t tensor_id = 0;
   auto add = [&](std::string name, DType dtype, std::vector<int64_t> shape, Fill kind, float sigma,
                  bool same_seed_as_previous = false) {
     if (!same_seed_as_previous) ++tensor_id;
     Generator g{kind, sigma, splitmix64(seed * 0x100000001b3ull + tensor_id)};
-    out.push_back({{std::move(name), dtype, std::move(shape)}, [g, dtype](std::span<uint8_t> dst) { fill_random(g, dtype, dst); }});
+    out.push_back({{std::move(name), dtype, std::move(shape)},
+                   [g, dtype](std::span<uint8_t> dst) { fill_random(g, dtype, dst); }});
   };
   auto dense = [&](std::string name, std::vector<int64_t> shape) {
     add(std::move(name), DType::kBF16, std::move(shape), Fill::kNormal, 0.02f);
@@ -196,11 +203,11 @@ std::vector<CheckpointTensor> random_checkpoint_tensors(const ModelConfig& c, bo
   return out;
 }
 
-void write_random_checkpoint(const std::string& dir, const ModelConfig& config, bool mxfp4, uint64_t seed,
-                             uint64_t shard_bytes) {
+void write_random_checkpoint(const std::string& dir, const ModelConfig& config, bool mxfp4,
+                             uint64_t seed, uint64_t shard_bytes) {
   validate_model_config(config, "random-checkpoint", mxfp4);
-  write_checkpoint(dir, config, CheckpointLayout::kOriginal, mxfp4, random_checkpoint_tensors(config, mxfp4, seed),
-                   shard_bytes);
+  write_checkpoint(dir, config, CheckpointLayout::kOriginal, mxfp4,
+                   random_checkpoint_tensors(config, mxfp4, seed), shard_bytes);
 }
 
 }  // namespace mind4

@@ -18,10 +18,11 @@ namespace mind4 {
 ModelConfig model_preset(const std::string& name);
 
 // The tensors of a random original-layout checkpoint for `config`.
-std::vector<CheckpointTensor> random_checkpoint_tensors(const ModelConfig& config, bool mxfp4_experts, uint64_t seed);
+std::vector<CheckpointTensor> random_checkpoint_tensors(const ModelConfig& config,
+                                                        bool mxfp4_experts, uint64_t seed);
 
 // Writes it (config.json included) into `dir`.
-void write_random_checkpoint(const std::string& dir, const ModelConfig& config, bool mxfp4_experts, uint64_t seed,
-                             uint64_t shard_bytes = 0);
+void write_random_checkpoint(const std::string& dir, const ModelConfig& config, bool mxfp4_experts,
+                             uint64_t seed, uint64_t shard_bytes = 0);
 
 }  // namespace mind4

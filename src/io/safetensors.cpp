@@ -87,17 +87,19 @@ SafeTensor parse_entry(const std::string& path, const std::string& name, const j
     t.shape.push_back(int64_t(v));
   }
   auto off = entry.find("data_offsets");
-  if (off == entry.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
-      !(*off)[1].is_number_unsigned())
+  if (off == entry.end() || !off->is_array() || off->size() != 2 ||
+      !(*off)[0].is_number_unsigned() || !(*off)[1].is_number_unsigned())
     bad("'data_offsets' must be two non-negative integers [begin, end]");
   *begin = (*off)[0].get<uint64_t>();
   *end = (*off)[1].get<uint64_t>();
-  if (*begin > *end) bad("data_offsets begin " + std::to_string(*begin) + " > end " + std::to_string(*end));
+  if (*begin > *end)
+    bad("data_offsets begin " + std::to_string(*begin) + " > end " + std::to_string(*end));
   if (*end > data_size)
     bad("data_offsets [" + std::to_string(*begin) + ", " + std::to_string(*end) +
         ") run past the data section of " + std::to_string(data_size) + " bytes");
   uint64_t expected = 0;
-  if (!span_bytes(t.shape, t.dtype, &expected)) bad("shape " + shape_string(t.shape) + " overflows");
+  if (!span_bytes(t.shape, t.dtype, &expected))
+    bad("shape " + shape_string(t.shape) + " overflows");
   if (expected != *end - *begin)
     bad("shape " + shape_string(t.shape) + " of " + std::string(dtype_name(t.dtype)) + " needs " +
         std::to_string(expected) + " bytes but data_offsets span " + std::to_string(*end - *begin));
@@ -118,7 +120,9 @@ std::unique_ptr<SafeTensorsFile> SafeTensorsFile::open(const std::string& path) 
   f->path_ = path;
   f->file_ = MappedFile::open(path);
   const uint64_t size = f->file_.size();
-  if (size < 8) corrupt(path, "only " + std::to_string(size) + " bytes, too short for the 8-byte header length");
+  if (size < 8)
+    corrupt(path,
+            "only " + std::to_string(size) + " bytes, too short for the 8-byte header length");
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | f->file_.data()[i];  // little-endian on any host
   if (n > kMaxSafetensorsHeaderBytes)
@@ -141,7 +145,8 @@ std::unique_ptr<SafeTensorsFile> SafeTensorsFile::open(const std::string& path) 
     if (it.key() == "__metadata__") {
       if (!it->is_object()) corrupt(path, "'__metadata__' is not an object");
       for (auto m = it->begin(); m != it->end(); ++m) {
-        if (!m->is_string()) corrupt(path, "'__metadata__' value of '" + m.key() + "' is not a string");
+        if (!m->is_string())
+          corrupt(path, "'__metadata__' value of '" + m.key() + "' is not a string");
         f->metadata_[m.key()] = m->get<std::string>();
       }
       continue;
@@ -160,8 +165,9 @@ std::unique_ptr<SafeTensorsFile> SafeTensorsFile::open(const std::string& path) 
   for (const Span& s : spans) {
     const std::string& name = f->tensors_[s.index].name;
     if (s.begin < cursor)
-      corrupt(path, "tensor '" + name + "' [" + std::to_string(s.begin) + ", " + std::to_string(s.end) +
-                        ") overlaps " + previous + " (which ends at " + std::to_string(cursor) + ")");
+      corrupt(path, "tensor '" + name + "' [" + std::to_string(s.begin) + ", " +
+                        std::to_string(s.end) + ") overlaps " + previous + " (which ends at " +
+                        std::to_string(cursor) + ")");
     if (s.begin > cursor)
       corrupt(path, "gap of " + std::to_string(s.begin - cursor) + " bytes between " + previous +
                         " and tensor '" + name + "'");
@@ -169,8 +175,8 @@ std::unique_ptr<SafeTensorsFile> SafeTensorsFile::open(const std::string& path) 
     previous = "tensor '" + name + "'";
   }
   if (cursor != data_size)
-    corrupt(path, "data section has " + std::to_string(data_size) + " bytes but the tensors cover " +
-                      std::to_string(cursor));
+    corrupt(path, "data section has " + std::to_string(data_size) +
+                      " bytes but the tensors cover " + std::to_string(cursor));
   std::vector<SafeTensor> ordered;
   ordered.reserve(spans.size());
   for (const Span& s : spans) {
@@ -189,8 +195,8 @@ void SafeTensorsSet::add_file(std::unique_ptr<SafeTensorsFile> file) {
   for (const SafeTensor& t : file->tensors()) {
     auto [it, inserted] = by_name_.emplace(t.name, &t);
     if (!inserted)
-      throw Error(Status::kCorruptFile, "tensor '" + t.name + "' appears in both '" + *it->second->file +
-                                            "' and '" + file->path() + "'");
+      throw Error(Status::kCorruptFile, "tensor '" + t.name + "' appears in both '" +
+                                            *it->second->file + "' and '" + file->path() + "'");
   }
   files_.push_back(std::move(file));
 }
@@ -199,7 +205,8 @@ SafeTensorsSet SafeTensorsSet::open(const std::string& path) {
   SafeTensorsSet set;
   set.source_ = path;
   std::error_code ec;
-  MIND4_CHECK(fs::exists(path, ec), Status::kIoError, "checkpoint path '", path, "' does not exist");
+  MIND4_CHECK(fs::exists(path, ec), Status::kIoError, "checkpoint path '", path,
+              "' does not exist");
   std::string index_path;
   if (fs::is_directory(path, ec)) {
     fs::path idx = fs::path(path) / "model.safetensors.index.json";
@@ -231,13 +238,13 @@ SafeTensorsSet SafeTensorsSet::open(const std::string& path) {
     throw Error(Status::kCorruptFile, "index '" + index_path + "' is not valid JSON: " + e.what());
   }
   auto wm = index.is_object() ? index.find("weight_map") : index.end();
-  MIND4_CHECK(index.is_object() && wm != index.end() && wm->is_object(), Status::kCorruptFile, "index '",
-              index_path, "' has no 'weight_map' object");
+  MIND4_CHECK(index.is_object() && wm != index.end() && wm->is_object(), Status::kCorruptFile,
+              "index '", index_path, "' has no 'weight_map' object");
   std::map<std::string, std::string> expected_file;  // tensor -> file name
   std::vector<std::string> shard_names;
   for (auto it = wm->begin(); it != wm->end(); ++it) {
-    MIND4_CHECK(it->is_string(), Status::kCorruptFile, "index '", index_path, "': weight_map entry '",
-                it.key(), "' is not a file name");
+    MIND4_CHECK(it->is_string(), Status::kCorruptFile, "index '", index_path,
+                "': weight_map entry '", it.key(), "' is not a file name");
     std::string file = it->get<std::string>();
     MIND4_CHECK(!file.empty() && file.find('/') == std::string::npos && file != "." && file != "..",
                 Status::kCorruptFile, "index '", index_path, "': weight_map entry '", it.key(),
@@ -246,7 +253,8 @@ SafeTensorsSet SafeTensorsSet::open(const std::string& path) {
     if (std::find(shard_names.begin(), shard_names.end(), file) == shard_names.end())
       shard_names.push_back(file);
   }
-  MIND4_CHECK(!shard_names.empty(), Status::kCorruptFile, "index '", index_path, "' lists no tensors");
+  MIND4_CHECK(!shard_names.empty(), Status::kCorruptFile, "index '", index_path,
+              "' lists no tensors");
   std::sort(shard_names.begin(), shard_names.end());
   fs::path dir = fs::path(index_path).parent_path();
   for (const auto& name : shard_names) {
@@ -257,15 +265,15 @@ SafeTensorsSet SafeTensorsSet::open(const std::string& path) {
   }
   for (const auto& [tensor, file] : expected_file) {
     auto it = set.by_name_.find(tensor);
-    MIND4_CHECK(it != set.by_name_.end(), Status::kCorruptFile, "index '", index_path, "' places tensor '",
-                tensor, "' in '", file, "', which does not hold it");
+    MIND4_CHECK(it != set.by_name_.end(), Status::kCorruptFile, "index '", index_path,
+                "' places tensor '", tensor, "' in '", file, "', which does not hold it");
     MIND4_CHECK(fs::path(*it->second->file).filename() == file, Status::kCorruptFile, "index '",
                 index_path, "' places tensor '", tensor, "' in '", file, "' but it is in '",
                 *it->second->file, "'");
   }
   for (const auto& [tensor, t] : set.by_name_)
-    MIND4_CHECK(expected_file.count(tensor), Status::kCorruptFile, "tensor '", tensor, "' in '", *t->file,
-                "' is missing from the index '", index_path, "'");
+    MIND4_CHECK(expected_file.count(tensor), Status::kCorruptFile, "tensor '", tensor, "' in '",
+                *t->file, "' is missing from the index '", index_path, "'");
   return set;
 }
 
@@ -310,7 +318,9 @@ SafeTensorsWriter::SafeTensorsWriter(const std::string& path, std::vector<Tensor
     MIND4_CHECK(s.name != "__metadata__" && names.insert(s.name).second, Status::kInvalidArgument,
                 "tensor name '", s.name, "' is reserved or used twice in '", path, "'");
     uint64_t n = s.nbytes();
-    header[s.name] = {{"dtype", std::string(dtype_name(s.dtype))}, {"shape", s.shape}, {"data_offsets", {offset, offset + n}}};
+    header[s.name] = {{"dtype", std::string(dtype_name(s.dtype))},
+                      {"shape", s.shape},
+                      {"data_offsets", {offset, offset + n}}};
     offset += n;
   }
   std::string text = header.dump();
@@ -320,7 +330,8 @@ SafeTensorsWriter::SafeTensorsWriter(const std::string& path, std::vector<Tensor
 
   temp_path_ = path + ".tmp." + std::to_string(::getpid());
   fd_ = ::open(temp_path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  MIND4_CHECK(fd_ >= 0, Status::kIoError, "cannot create '", temp_path_, "': ", std::strerror(errno));
+  MIND4_CHECK(fd_ >= 0, Status::kIoError, "cannot create '", temp_path_,
+              "': ", std::strerror(errno));
   // Reserve the blocks now: a full disk then fails here with a message instead of SIGBUS later when
   // a page of the mapping is first written.
   int err = ::posix_fallocate(fd_, 0, off_t(size_));
@@ -328,8 +339,8 @@ SafeTensorsWriter::SafeTensorsWriter(const std::string& path, std::vector<Tensor
   if (err != 0) {
     ::close(fd_);
     ::unlink(temp_path_.c_str());
-    throw Error(Status::kIoError, "cannot allocate " + std::to_string(size_) + " bytes for '" + path +
-                                      "': " + std::strerror(err));
+    throw Error(Status::kIoError, "cannot allocate " + std::to_string(size_) + " bytes for '" +
+                                      path + "': " + std::strerror(err));
   }
   void* p = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
   if (p == MAP_FAILED) {
@@ -351,8 +362,8 @@ SafeTensorsWriter::SafeTensorsWriter(const std::string& path, std::vector<Tensor
 
 std::span<uint8_t> SafeTensorsWriter::data(const std::string& name) {
   auto it = spans_.find(name);
-  MIND4_CHECK(it != spans_.end(), Status::kInvalidArgument, "tensor '", name, "' was not declared for '",
-              path_, "'");
+  MIND4_CHECK(it != spans_.end(), Status::kInvalidArgument, "tensor '", name,
+              "' was not declared for '", path_, "'");
   return it->second;
 }
 
