@@ -1,6 +1,3 @@
-// Built once the io helper's checkpoint reader (src/io/checkpoint.h) is merged; until then this
-// file compiles to nothing (nothing here is reachable without it).
-#if __has_include("io/checkpoint.h")
 // The model against the independent oracle: Hugging Face transformers' GptOssForCausalLM run in
 // float64 on small random checkpoints (tests/fixtures, made by scripts/fixtures/make_fixtures.py).
 // Each fixture is loaded in both layouts it ships (original gpt-oss and HF); logits of every prompt
@@ -133,4 +130,3 @@ TEST(FixtureSet, AllThreeFixturesArePresent) { EXPECT_GE(fixture_names().size(),
 
 }  // namespace
 }  // namespace mind4
-#endif  // __has_include("io/checkpoint.h")

@@ -1,6 +1,3 @@
-// Built once the io helper's checkpoint reader (src/io/checkpoint.h) is merged; until then this
-// file compiles to nothing (nothing here is reachable without it).
-#if __has_include("io/checkpoint.h")
 // `mind4 bench`: prefill and decode speed of a checkpoint on the CPU reference line, beside the
 // physical bound. Decode is memory-bound: each token reads every dense weight, the k active
 // experts of each layer, the unembedding and the KV cache, so its ceiling is measured read
@@ -142,4 +139,3 @@ mind4::cli::Command reg{"bench", "Prefill/decode speed vs the memory-bandwidth b
                         setup_bench};
 
 }  // namespace
-#endif  // __has_include("io/checkpoint.h")

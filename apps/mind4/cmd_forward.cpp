@@ -1,6 +1,3 @@
-// Built once the io helper's checkpoint reader (src/io/checkpoint.h) is merged; until then this
-// file compiles to nothing (nothing here is reachable without it).
-#if __has_include("io/checkpoint.h")
 // `mind4 forward`: logits of every position of a token sequence, written as the safetensors
 // tensor `logits` F32 [T, vocab] (compare with another implementation, or feed an eval).
 #include <algorithm>
@@ -113,4 +110,3 @@ mind4::cli::Command reg{"forward", "Logits of every position of a token sequence
                         setup_forward};
 
 }  // namespace
-#endif  // __has_include("io/checkpoint.h")

@@ -1,6 +1,3 @@
-// Built once the io helper's checkpoint reader (src/io/checkpoint.h) is merged; until then this
-// file compiles to nothing (nothing here is reachable without it).
-#if __has_include("io/checkpoint.h")
 // Model::load: the checkpoint reader of src/io binds the tensors; Model::from_weights checks them.
 #include "io/checkpoint.h"
 #include "mind4/model.h"
@@ -17,4 +14,3 @@ std::shared_ptr<const Model> Model::load(const Config& config) {
 }
 
 }  // namespace mind4
-#endif  // __has_include("io/checkpoint.h")
