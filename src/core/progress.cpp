@@ -201,8 +201,9 @@ std::string ProgressBar::render(uint64_t done, double elapsed_s, bool final) con
   double fraction =
       known ? std::min(1.0, static_cast<double>(done) / static_cast<double>(total_)) : 0;
   std::string amounts = pf::amount(done, unit_);
-  if (known) amounts += "/" + pf::amount(total_, unit_);
-  if (unit_ != "B") amounts += " " + unit_;
+  // Appends rather than "literal" + string: GCC 12 warns falsely (-Wrestrict) on the latter.
+  if (known) amounts.append("/").append(pf::amount(total_, unit_));
+  if (unit_ != "B") amounts.append(" ").append(unit_);
   double eta = (known && rate > 0 && done < total_) ? static_cast<double>(total_ - done) / rate
                                                     : (known && done >= total_ ? 0.0 : -1.0);
   char pct[8];
@@ -215,14 +216,14 @@ std::string ProgressBar::render(uint64_t done, double elapsed_s, bool final) con
     }
     std::string s = label_ + ": ";
     if (known) s += std::string(pct) + " ";
-    s += amounts + ", " + pf::duration(elapsed_s) + " elapsed";
-    if (known) s += ", ETA " + pf::duration(eta);
-    return s + ", " + pf::rate(rate, unit_);
+    s.append(amounts).append(", ").append(pf::duration(elapsed_s)).append(" elapsed");
+    if (known) s.append(", ETA ").append(pf::duration(eta));
+    return s.append(", ").append(pf::rate(rate, unit_));
   }
 
   std::string stats = amounts + " [" + pf::duration(elapsed_s);
-  if (known) stats += "<" + pf::duration(eta);
-  stats += ", " + pf::rate(rate, unit_) + "]";
+  if (known) stats.append("<").append(pf::duration(eta));
+  stats.append(", ").append(pf::rate(rate, unit_)).append("]");
   if (!known) return label_ + " " + stats;
   std::string head = label_ + " " + pct + " |";
   int bar = width_ - 1 - static_cast<int>(head.size() + 2 + stats.size());
