@@ -69,4 +69,40 @@ struct Config {
   std::string source;  // the file the runtime fields came from, for messages
 };
 
+// ---- loading (src/io/config.cpp, src/io/model_config.cpp); the JSON shapes are in docs/config.md ----
+
+// The project's config.json: groups "model", "execution", "paths", "sampling", "logging", every
+// field present and of the right type and range. Throws Error(kInvalidConfig) naming the file and
+// the field path (e.g. "sampling.top_p"), with a "did you mean" for a misspelt key; Error(kIoError)
+// when the file cannot be read.
+Config load_config(const std::string& path);
+// The same from text; `source` names it in messages.
+Config parse_config(const std::string& text, const std::string& source);
+
+// A checkpoint's own config.json (path = the checkpoint directory, or a .safetensors file whose
+// directory holds config.json), in the original gpt-oss layout or Hugging Face's (model_type
+// "gpt_oss": num_local_experts, num_experts_per_tok, max_position_embeddings, rope_scaling{...}).
+ModelConfig load_model_config(const std::string& checkpoint_path);
+ModelConfig parse_model_config(const std::string& text, const std::string& source);
+
+// Range checks; `source` names where the values came from. With MXFP4 experts the hidden and
+// intermediate sizes must be multiples of the 32-value block.
+void validate_model_config(const ModelConfig& m, const std::string& source, bool mxfp4_experts = false);
+// Every range check of a whole Config (model, execution, sampling).
+void validate_config(const Config& c, const std::string& source);
+
+// The project config.json text for `c` (the shape load_config reads).
+std::string config_to_json(const Config& c);
+
+// Spellings used in config.json and on the command line.
+const char* backend_name(Backend b);
+const char* activation_dtype_name(ActivationDType d);
+const char* device_name(Device d);
+const char* log_level_name(LogLevel l);
+// Parse a spelling; throw Error(kInvalidConfig) naming `what` and listing the valid spellings.
+Backend parse_backend(const std::string& s, const std::string& what);
+ActivationDType parse_activation_dtype(const std::string& s, const std::string& what);
+Device parse_device(const std::string& s, const std::string& what);
+LogLevel parse_log_level(const std::string& s, const std::string& what);
+
 }  // namespace mind4

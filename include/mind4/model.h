@@ -1,0 +1,117 @@
+// The engine's public API: an immutable Model (weights, shared by any number of contexts) and a
+// Context (KV cache, token history and positions of a set of sequences, scratch buffers), on the
+// CPU reference line.
+//
+//   auto model = mind4::Model::load(config);               // or Model::from_weights(weights)
+//   mind4::Context ctx(model, {.context_length = 4096, .max_sequences = 8});
+//   int a = ctx.new_sequence(), b = ctx.new_sequence();
+//   ctx.append(a, prompt_a); ctx.append(b, prompt_b);      // queued, any lengths
+//   ctx.process();                                         // one batched forward over all queued
+//   std::span<const float> la = ctx.logits(a);             // last position, vocab_size floats
+//   ctx.release(b);                                        // its KV slot returns to the pool
+//
+// Failures are mind4::Error with the Status named at each function below. A Context is used by
+// one thread at a time (it runs its own thread pool inside process()); a Model may be shared by
+// contexts on different threads.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "mind4/config.h"
+
+namespace mind4 {
+
+struct ModelWeights;  // src/model/weights.h: views of the checkpoint's tensors
+
+class Model {
+ public:
+  // Loads config.paths.checkpoint (a directory with config.json + *.safetensors in the original
+  // or the Hugging Face layout, or one .safetensors file). Errors: kIoError (unreadable file),
+  // kCorruptFile (malformed safetensors), kInvalidConfig (bad config.json field),
+  // kMissingTensor / kShapeMismatch (a tensor absent or of the wrong dtype/shape, named).
+  static std::shared_ptr<const Model> load(const Config& config);
+  // Takes ownership of weights already bound to tensors. Checks every tensor's dtype and shape
+  // against weights.config: kShapeMismatch or kMissingTensor naming the tensor, kInvalidConfig
+  // for an impossible configuration (e.g. heads not divisible by kv heads, odd head_dim).
+  static std::shared_ptr<const Model> from_weights(ModelWeights weights);
+
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelConfig& config() const;
+  const ModelWeights& weights() const;
+  // Bytes of weights one decoded token reads at batch 1: every dense matrix, the embedding row,
+  // experts_per_token experts per layer, the unembedding (the KV cache comes on top).
+  int64_t decode_weight_bytes() const;
+
+  struct Impl;
+
+ private:
+  friend class Context;
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+struct ContextOptions {
+  int context_length = 4096;  // positions per sequence (KV cache rows); <= max_context_length
+  int max_sequences = 1;      // KV slots; new_sequence() fails when all are taken
+  // Tokens per internal forward step. process() cuts the queued tokens of all sequences into
+  // steps of at most this many rows; scratch buffers are sized for it at construction.
+  int max_batch_tokens = 256;
+  int threads = 0;  // worker threads for the matrix products; 0 = all hardware threads
+  // Keep the logits of every position processed by the last process() (all_logits()).
+  bool keep_all_logits = false;
+};
+
+class Context {
+ public:
+  // Allocates the KV cache (fp32, max_sequences x context_length x layers x 2 x kv_heads x
+  // head_dim) and all scratch now; nothing is allocated per token afterwards (except the
+  // all-positions logits store when keep_all_logits is set, grown once per process()).
+  // Errors: kInvalidArgument (a non-positive option, context_length > max_context_length),
+  // kOutOfMemory when the KV cache cannot be allocated (the message gives its size).
+  Context(std::shared_ptr<const Model> model, ContextOptions options = {});
+  ~Context();
+  Context(Context&&) noexcept;
+  Context& operator=(Context&&) noexcept;
+
+  // A fresh, empty sequence; returns its id. kOutOfMemory when all max_sequences slots are in
+  // use (the message says so and names the limit).
+  int new_sequence();
+  // Queues tokens for the next process(). kInvalidArgument for an unknown or released id;
+  // kTokenOutOfRange naming the token and its index for an id outside [0, vocab_size);
+  // kContextOverflow naming the sequence, its length (processed + queued), the number appended
+  // and context_length when it would not fit. On error nothing is queued.
+  void append(int seq, std::span<const int> tokens);
+  // One batched forward over every queued token of every sequence (weight rows read once per
+  // step for all rows of all sequences). Afterwards logits(s) is the last position's logits of
+  // each sequence that had queued tokens. No-op when nothing is queued.
+  void process();
+
+  // Logits (vocab_size floats) of the last position processed for seq; kInvalidArgument when
+  // seq is unknown or has not been processed yet. Valid until the next process() or release().
+  std::span<const float> logits(int seq) const;
+  // Logits [n, vocab_size] of the n positions of seq processed by the last process() (row i =
+  // i-th of them). kInvalidArgument unless options.keep_all_logits.
+  std::span<const float> all_logits(int seq) const;
+  // Every token of seq: processed ones followed by queued ones.
+  std::span<const int> tokens(int seq) const;
+  int processed(int seq) const;  // positions in the KV cache
+  // Frees seq's slot (its KV memory returns to the pool); kInvalidArgument for an unknown id.
+  void release(int seq);
+
+  const Model& model() const;
+  const ContextOptions& options() const;
+  int threads() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mind4

@@ -1,0 +1,230 @@
+// Context: sequences (token history, positions, KV slot), the queue of appended tokens, and the
+// batching of process() into forward steps of at most max_batch_tokens rows that mix sequences.
+#include <algorithm>
+#include <cstdint>
+#include <new>
+
+#include "model/model_impl.h"
+#include "mind4/status.h"
+
+namespace mind4 {
+
+namespace {
+struct Sequence {
+  bool active = false;
+  int generation = 0;       // bumped on release, so a stale id is recognised
+  std::vector<int> tokens;  // processed, then queued
+  int processed = 0;
+  int process_base = 0;  // processed when the current process() began
+  bool has_logits = false;
+  int all_rows = 0;              // rows in all_logits from the last process()
+  std::vector<float> all_logits;  // [all_rows, V] (keep_all_logits only)
+};
+}  // namespace
+
+struct Context::Impl {
+  std::shared_ptr<const Model> model;
+  ContextOptions options;
+  ThreadPool pool;
+  KvCache kv;
+  Workspace ws;
+  std::vector<Sequence> seqs;  // one per KV slot
+  FloatBuffer last_logits;     // [max_sequences, V]
+  std::vector<StepRow> rows;   // the current step
+  std::vector<int> logit_rows;     // step rows whose logits are wanted
+  std::vector<int> logit_dest;     // for each: slot
+  std::vector<int> logit_row_in_seq;  // for each: row index in the sequence's all_logits, or -1
+
+  Impl(std::shared_ptr<const Model> m, ContextOptions o)
+      : model(std::move(m)), options(o), pool(o.threads) {}
+
+  int slot_of(int seq, const char* what) const {
+    const int S = options.max_sequences;
+    const int slot = seq >= 0 ? seq % S : -1;
+    MIND4_CHECK(slot >= 0 && seqs[slot].active && seqs[slot].generation == seq / S,
+                Status::kInvalidArgument, what, ": sequence ", seq,
+                " is not a live sequence of this context (never created or released)");
+    return slot;
+  }
+};
+
+Context::Context(std::shared_ptr<const Model> model, ContextOptions options) {
+  MIND4_CHECK(model != nullptr, Status::kInvalidArgument, "Context: model is null");
+  const ModelConfig& c = model->config();
+  MIND4_CHECK(options.context_length > 0, Status::kInvalidArgument,
+              "Context: context_length = ", options.context_length, " must be positive");
+  MIND4_CHECK(options.context_length <= c.max_context_length, Status::kInvalidArgument,
+              "Context: context_length = ", options.context_length,
+              " exceeds the model's max_context_length = ", c.max_context_length);
+  MIND4_CHECK(options.max_sequences > 0, Status::kInvalidArgument,
+              "Context: max_sequences = ", options.max_sequences, " must be positive");
+  MIND4_CHECK(options.max_batch_tokens > 0, Status::kInvalidArgument,
+              "Context: max_batch_tokens = ", options.max_batch_tokens, " must be positive");
+  MIND4_CHECK(options.threads >= 0, Status::kInvalidArgument, "Context: threads = ",
+              options.threads, " must be >= 0 (0 = all cores)");
+  impl_ = std::make_unique<Impl>(std::move(model), options);
+  Impl& m = *impl_;
+  const int S = options.max_sequences, B = options.max_batch_tokens;
+  const int width = c.num_key_value_heads * c.head_dim;
+  const int64_t kv_floats = int64_t(S) * c.num_hidden_layers * options.context_length * width;
+  const int logit_rows = options.keep_all_logits ? B : std::min(B, S);
+  try {
+    m.kv.layers = c.num_hidden_layers;
+    m.kv.positions = options.context_length;
+    m.kv.width = width;
+    m.kv.k = FloatBuffer(kv_floats);
+    m.kv.v = FloatBuffer(kv_floats);
+    workspace_init(m.ws, c, B, logit_rows, m.pool.size(), options.context_length);
+    m.last_logits = FloatBuffer(int64_t(S) * c.vocab_size);
+    m.seqs.resize(S);
+    for (auto& s : m.seqs) s.tokens.reserve(options.context_length);
+    m.rows.reserve(B);
+    m.logit_rows.reserve(B);
+    m.logit_dest.reserve(B);
+    m.logit_row_in_seq.reserve(B);
+  } catch (const std::bad_alloc&) {
+    throw Error(Status::kOutOfMemory,
+                detail::cat("Context: cannot allocate the KV cache and scratch (KV cache ",
+                            2 * kv_floats * 4 / (1 << 20), " MiB for ", S, " sequences x ",
+                            options.context_length, " positions)"));
+  }
+}
+
+Context::~Context() = default;
+Context::Context(Context&&) noexcept = default;
+Context& Context::operator=(Context&&) noexcept = default;
+
+int Context::new_sequence() {
+  Impl& m = *impl_;
+  for (int slot = 0; slot < int(m.seqs.size()); ++slot) {
+    Sequence& s = m.seqs[slot];
+    if (s.active) continue;
+    s.active = true;
+    s.tokens.clear();
+    s.processed = 0;
+    s.has_logits = false;
+    s.all_rows = 0;
+    return s.generation * m.options.max_sequences + slot;
+  }
+  throw Error(Status::kOutOfMemory,
+              detail::cat("new_sequence: all ", m.options.max_sequences,
+                          " sequence slots are in use (ContextOptions.max_sequences); release "
+                          "one first"));
+}
+
+void Context::append(int seq, std::span<const int> tokens) {
+  Impl& m = *impl_;
+  Sequence& s = m.seqs[m.slot_of(seq, "append")];
+  const int V = m.model->config().vocab_size;
+  for (size_t i = 0; i < tokens.size(); ++i)
+    MIND4_CHECK(tokens[i] >= 0 && tokens[i] < V, Status::kTokenOutOfRange, "append: token ",
+                tokens[i], " at index ", i, " for sequence ", seq,
+                " is outside the vocabulary [0, ", V, ")");
+  const int64_t length = int64_t(s.tokens.size());
+  MIND4_CHECK(length + int64_t(tokens.size()) <= m.options.context_length,
+              Status::kContextOverflow, "append: sequence ", seq, " has ", length,
+              " tokens; appending ", tokens.size(), " would exceed context_length ",
+              m.options.context_length);
+  s.tokens.insert(s.tokens.end(), tokens.begin(), tokens.end());
+}
+
+void Context::process() {
+  Impl& m = *impl_;
+  const int V = m.model->config().vocab_size;
+  const int B = m.options.max_batch_tokens;
+  const bool keep_all = m.options.keep_all_logits;
+  for (Sequence& s : m.seqs) {
+    if (!s.active) continue;
+    const int queued = int(s.tokens.size()) - s.processed;
+    s.process_base = s.processed;
+    if (keep_all) {
+      s.all_rows = queued;
+      if (queued > 0) s.all_logits.resize(size_t(queued) * V);
+    }
+  }
+  // Walk the queued tokens of all sequences in slot order, cutting steps of at most B rows.
+  int slot = 0, pos = 0;
+  auto advance_to_queued = [&] {
+    while (slot < int(m.seqs.size()) &&
+           (!m.seqs[slot].active || int(m.seqs[slot].tokens.size()) == m.seqs[slot].processed))
+      ++slot;
+    if (slot < int(m.seqs.size())) pos = m.seqs[slot].processed;
+  };
+  advance_to_queued();
+  while (slot < int(m.seqs.size())) {
+    m.rows.clear();
+    m.logit_rows.clear();
+    m.logit_dest.clear();
+    m.logit_row_in_seq.clear();
+    while (int(m.rows.size()) < B && slot < int(m.seqs.size())) {
+      Sequence& s = m.seqs[slot];
+      while (int(m.rows.size()) < B && pos < int(s.tokens.size())) {
+        const bool last = pos + 1 == int(s.tokens.size());
+        if (keep_all || last) {
+          m.logit_rows.push_back(int(m.rows.size()));
+          m.logit_dest.push_back(slot);
+          m.logit_row_in_seq.push_back(keep_all ? pos - s.process_base : -1);
+        }
+        m.rows.push_back({slot, pos, s.tokens[pos]});
+        ++pos;
+      }
+      if (pos == int(s.tokens.size())) {
+        ++slot;
+        advance_to_queued();
+      }
+    }
+    forward_step(*m.model->impl_, m.ws, m.kv, m.pool, m.rows, m.logit_rows);
+    for (size_t i = 0; i < m.logit_rows.size(); ++i) {
+      Sequence& s = m.seqs[m.logit_dest[i]];
+      const float* src = m.ws.logits.data() + int64_t(i) * V;
+      if (m.logit_row_in_seq[i] >= 0)
+        std::copy_n(src, V, s.all_logits.data() + int64_t(m.logit_row_in_seq[i]) * V);
+      const StepRow& row = m.rows[m.logit_rows[i]];
+      if (row.pos + 1 == int(s.tokens.size())) {
+        std::copy_n(src, V, m.last_logits.data() + int64_t(m.logit_dest[i]) * V);
+        s.has_logits = true;
+      }
+    }
+    for (const StepRow& row : m.rows) m.seqs[row.slot].processed = row.pos + 1;
+  }
+}
+
+std::span<const float> Context::logits(int seq) const {
+  const Impl& m = *impl_;
+  const int slot = m.slot_of(seq, "logits");
+  MIND4_CHECK(m.seqs[slot].has_logits, Status::kInvalidArgument, "logits: sequence ", seq,
+              " has not been processed yet (append tokens, then call process())");
+  const int V = m.model->config().vocab_size;
+  return {m.last_logits.data() + int64_t(slot) * V, size_t(V)};
+}
+
+std::span<const float> Context::all_logits(int seq) const {
+  const Impl& m = *impl_;
+  const int slot = m.slot_of(seq, "all_logits");
+  MIND4_CHECK(m.options.keep_all_logits, Status::kInvalidArgument,
+              "all_logits: the context was created without ContextOptions.keep_all_logits");
+  const Sequence& s = m.seqs[slot];
+  return {s.all_logits.data(), size_t(s.all_rows) * m.model->config().vocab_size};
+}
+
+std::span<const int> Context::tokens(int seq) const {
+  const Sequence& s = impl_->seqs[impl_->slot_of(seq, "tokens")];
+  return {s.tokens.data(), s.tokens.size()};
+}
+
+int Context::processed(int seq) const { return impl_->seqs[impl_->slot_of(seq, "processed")].processed; }
+
+void Context::release(int seq) {
+  Sequence& s = impl_->seqs[impl_->slot_of(seq, "release")];
+  s.active = false;
+  s.generation = (s.generation + 1) % (INT32_MAX / impl_->options.max_sequences);
+  s.tokens.clear();
+  s.has_logits = false;
+  s.all_rows = 0;
+}
+
+const Model& Context::model() const { return *impl_->model; }
+const ContextOptions& Context::options() const { return impl_->options; }
+int Context::threads() const { return impl_->pool.size(); }
+
+}  // namespace mind4
