@@ -135,7 +135,7 @@ void setup_bench(CLI::App& app) {
   app.callback([o] { run_bench(*o); });
 }
 
-mind4::cli::Command reg{"bench", "Prefill/decode speed vs the memory-bandwidth bound",
+mind4::cli::Command register_bench{"bench", "Prefill/decode speed vs the memory-bandwidth bound",
                         setup_bench};
 
 }  // namespace

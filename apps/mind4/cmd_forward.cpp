@@ -106,7 +106,7 @@ void setup_forward(CLI::App& app) {
   app.callback([o] { run_forward(*o); });
 }
 
-mind4::cli::Command reg{"forward", "Logits of every position of a token sequence (safetensors)",
+mind4::cli::Command register_forward{"forward", "Logits of every position of a token sequence (safetensors)",
                         setup_forward};
 
 }  // namespace

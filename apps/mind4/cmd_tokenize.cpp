@@ -89,7 +89,7 @@ void setup_tokenize(CLI::App& app) {
   });
 }
 
-mind4::cli::Command reg{"tokenize", "Text to token ids and back (tiktoken-exact BPE)",
+mind4::cli::Command register_tokenize{"tokenize", "Text to token ids and back (tiktoken-exact BPE)",
                         setup_tokenize};
 
 }  // namespace

@@ -67,7 +67,7 @@ void setup_train_tokenizer(CLI::App& app) {
   app.callback([o] { run(*o); });
 }
 
-mind4::cli::Command reg{"train-tokenizer", "Train a byte-level BPE vocabulary (.tiktoken)",
+mind4::cli::Command register_train_tokenizer{"train-tokenizer", "Train a byte-level BPE vocabulary (.tiktoken)",
                         setup_train_tokenizer};
 
 }  // namespace

@@ -19,6 +19,6 @@ void setup_info(CLI::App& app) {
   });
 }
 
-mind4::cli::Command reg{"info", "Show what this build supports (CPU features, CUDA)", setup_info};
+mind4::cli::Command register_info{"info", "Show what this build supports (CPU features, CUDA)", setup_info};
 
 }  // namespace
