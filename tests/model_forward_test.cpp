@@ -472,7 +472,8 @@ TEST(ModelErrors, BadOptionsAndBadWeightsAreNamed) {
   auto model = Model::from_weights(build(yarn_mxfp4_gqa()));
   expect_error([&] { Context(model, {.context_length = 257}); }, Status::kInvalidArgument,
                {"context_length = 257", "max_context_length = 256"});
-  expect_error([&] { Context(model, {.max_sequences = 0}); }, Status::kInvalidArgument,
+  expect_error([&] { Context(model, {.context_length = 16, .max_sequences = 0}); },
+               Status::kInvalidArgument,
                {"max_sequences"});
   ModelWeights w = build(yarn_mxfp4_gqa());
   w.layers[1].qkv_w.shape[0] += 1;

@@ -166,7 +166,8 @@ TEST(TokenizerBadInput, LongSingleClassPiecesAreFastAndRoundTrip) {
     }
     std::vector<int> ids = harmony().encode(s);
     EXPECT_EQ(harmony().decode(ids), s);
-    EXPECT_LT(ids.size(), s.size() / 2);
+    // At least two bytes per token: "Я" (2 bytes) is one token and does not merge with itself.
+    EXPECT_LE(ids.size(), s.size() / 2);
   }
 }
 

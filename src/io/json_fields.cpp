@@ -59,6 +59,8 @@ void JsonFields::fail(const std::string& key, const std::string& what) const {
 }
 
 bool JsonFields::has(const std::string& key) const {
+  // An optional key asked about is part of the schema: finish() then suggests it for a misspelling.
+  known_.insert(key);
   return object_.contains(key);
 }
 
@@ -66,8 +68,11 @@ const json& JsonFields::require(const std::string& key) {
   known_.insert(key);
   auto it = object_.find(key);
   if (it == object_.end()) {
+    // Suggest a key of the file that is not (yet) a known field: "top_pp" for a missing "top_p",
+    // rather than its correctly spelt neighbour "top_k".
     std::vector<std::string> present;
-    for (auto i = object_.begin(); i != object_.end(); ++i) present.push_back(i.key());
+    for (auto i = object_.begin(); i != object_.end(); ++i)
+      if (!known_.count(i.key())) present.push_back(i.key());
     std::string near = closest_match(key, present);
     fail(key, "is missing" +
                   (near.empty() ? std::string() : " (found '" + path(near) + "': misspelt?)"));

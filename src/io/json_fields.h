@@ -48,7 +48,7 @@ class JsonFields {
   const nlohmann::json& require(const std::string& key);
   const nlohmann::json& object_;
   std::string prefix_, source_;
-  std::set<std::string> known_;
+  mutable std::set<std::string> known_;  // has() marks a key as part of the schema too
 };
 
 // "string \"abc\"", "number 1.5", ... for messages about a value of the wrong type.

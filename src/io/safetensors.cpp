@@ -210,8 +210,14 @@ SafeTensorsSet SafeTensorsSet::open(const std::string& path) {
   std::string index_path;
   if (fs::is_directory(path, ec)) {
     fs::path idx = fs::path(path) / "model.safetensors.index.json";
+    fs::path single = fs::path(path) / "model.safetensors";
     if (fs::exists(idx, ec)) {
       index_path = idx.string();
+    } else if (fs::exists(single, ec)) {
+      // The original gpt-oss layout: one model.safetensors. Other *.safetensors files beside it
+      // (reference logits, say) are not part of the model.
+      set.add_file(SafeTensorsFile::open(single.string()));
+      return set;
     } else {
       std::vector<std::string> names;
       for (const auto& e : fs::directory_iterator(path, ec))

@@ -64,9 +64,10 @@ class SafeTensorsFile {
 // The tensors of a checkpoint spread over one or more files.
 class SafeTensorsSet {
  public:
-  // `path` is one .safetensors file, a model.safetensors.index.json, or a directory holding either
-  // an index (used when present) or *.safetensors files (all of them). With an index, every file it
-  // names must exist and every tensor must be in the file the index says, exactly once.
+  // `path` is one .safetensors file, a model.safetensors.index.json, or a directory holding, in
+  // order of preference, an index, a single model.safetensors, or *.safetensors files (all of
+  // them). With an index, every file it names must exist and every tensor must be in the file the
+  // index says, exactly once.
   static SafeTensorsSet open(const std::string& path);
 
   SafeTensorsSet() = default;
