@@ -92,15 +92,23 @@ class Binder {
     return vectors({name}, {std::move(shape)}, -1);
   }
 
+  // Expert biases, whose stored dtype is tracked apart: a checkpoint may keep them bf16 beside
+  // f32 norms and attention vectors, and a conversion must write each group back as it was.
+  TensorView expert_bias(const std::string& name, std::vector<int64_t> shape) {
+    return vectors({name}, {std::move(shape)}, -1, &any_f32_expert_bias_);
+  }
+
   // Several stored vectors concatenated along their first dimension into one owned F32 vector.
   TensorView vectors(const std::vector<std::string>& names,
-                     const std::vector<std::vector<int64_t>>& shapes, int64_t total_rows) {
+                     const std::vector<std::vector<int64_t>>& shapes, int64_t total_rows,
+                     bool* any_f32 = nullptr) {
+    if (!any_f32) any_f32 = &any_f32_vector_;
     std::vector<const SafeTensor*> parts;
     int64_t n = 0;
     for (size_t i = 0; i < names.size(); ++i) {
       const SafeTensor& t = get(names[i], shapes[i]);
       require_dtype(t, {DType::kBF16, DType::kF32, DType::kF16});
-      if (t.dtype != DType::kBF16) any_f32_vector_ = true;
+      if (t.dtype != DType::kBF16) *any_f32 = true;
       parts.push_back(&t);
       n += t.numel();
     }
@@ -184,12 +192,14 @@ class Binder {
   }
 
   bool any_f32_vector() const { return any_f32_vector_; }
+  bool any_f32_expert_bias() const { return any_f32_expert_bias_; }
 
  private:
   CheckpointStorage& st_;
   std::string source_;
   std::set<std::string> used_;
   bool any_f32_vector_ = false;
+  bool any_f32_expert_bias_ = false;
 };
 
 }  // namespace
@@ -257,8 +267,8 @@ ModelWeights bind_checkpoint(SafeTensorsSet tensors, const ModelConfig& c,
         L.mlp1_blocks = b.matrix(p + "mlp.mlp1_weight", {E, 2 * I, H});
         L.mlp2_blocks = b.matrix(p + "mlp.mlp2_weight", {E, H, I});
       }
-      L.mlp1_b = b.vector(p + "mlp.mlp1_bias", {E, 2 * I});
-      L.mlp2_b = b.vector(p + "mlp.mlp2_bias", {E, H});
+      L.mlp1_b = b.expert_bias(p + "mlp.mlp1_bias", {E, 2 * I});
+      L.mlp2_b = b.expert_bias(p + "mlp.mlp2_bias", {E, H});
     }
   } else {
     w.embedding = b.matrix("model.embed_tokens.weight", {V, H});
@@ -288,12 +298,13 @@ ModelWeights bind_checkpoint(SafeTensorsSet tensors, const ModelConfig& c,
         L.mlp1_blocks = b.transposed_experts(x + "gate_up_proj", E, 2 * I, H);
         L.mlp2_blocks = b.transposed_experts(x + "down_proj", E, H, I);
       }
-      L.mlp1_b = b.vector(x + "gate_up_proj_bias", {E, 2 * I});
-      L.mlp2_b = b.vector(x + "down_proj_bias", {E, H});
+      L.mlp1_b = b.expert_bias(x + "gate_up_proj_bias", {E, 2 * I});
+      L.mlp2_b = b.expert_bias(x + "down_proj_bias", {E, H});
     }
   }
   b.check_all_used();
   w.vector_dtype = b.any_f32_vector() ? DType::kF32 : DType::kBF16;
+  w.expert_bias_dtype = b.any_f32_expert_bias() ? DType::kF32 : DType::kBF16;
   w.storage = storage;
   return w;
 }

@@ -171,7 +171,7 @@ std::vector<CheckpointTensor> checkpoint_tensors(const ModelWeights& w, Checkpoi
   const int64_t H = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads,
                 D = c.head_dim;
   const int64_t E = c.num_experts, I = c.intermediate_size;
-  const DType vd = w.vector_dtype;
+  const DType vd = w.vector_dtype, bd = w.expert_bias_dtype;
   std::vector<CheckpointTensor> out;
   const bool hf = layout == CheckpointLayout::kHuggingFace;
   out.push_back(copy_of(hf ? "model.embed_tokens.weight" : "embedding.weight", w.embedding));
@@ -191,9 +191,9 @@ std::vector<CheckpointTensor> checkpoint_tensors(const ModelWeights& w, Checkpoi
       out.push_back(copy_of(p + "mlp.gate.weight", L.gate_w));
       out.push_back(vector_of(p + "mlp.gate.bias", L.gate_b, vd));
       add_experts(out, p + "mlp.mlp1_weight", layout, mxfp4, mlp1);
-      out.push_back(vector_of(p + "mlp.mlp1_bias", L.mlp1_b, vd));
+      out.push_back(vector_of(p + "mlp.mlp1_bias", L.mlp1_b, bd));
       add_experts(out, p + "mlp.mlp2_weight", layout, mxfp4, mlp2);
-      out.push_back(vector_of(p + "mlp.mlp2_bias", L.mlp2_b, vd));
+      out.push_back(vector_of(p + "mlp.mlp2_bias", L.mlp2_b, bd));
     } else {
       const std::string p = "model.layers." + std::to_string(l) + ".";
       const std::string a = p + "self_attn.", x = p + "mlp.experts.";
@@ -211,9 +211,9 @@ std::vector<CheckpointTensor> checkpoint_tensors(const ModelWeights& w, Checkpoi
       out.push_back(copy_of(p + "mlp.router.weight", L.gate_w));
       out.push_back(vector_of(p + "mlp.router.bias", L.gate_b, vd));
       add_experts(out, x + "gate_up_proj", layout, mxfp4, mlp1);
-      out.push_back(vector_of(x + "gate_up_proj_bias", L.mlp1_b, vd));
+      out.push_back(vector_of(x + "gate_up_proj_bias", L.mlp1_b, bd));
       add_experts(out, x + "down_proj", layout, mxfp4, mlp2);
-      out.push_back(vector_of(x + "down_proj_bias", L.mlp2_b, vd));
+      out.push_back(vector_of(x + "down_proj_bias", L.mlp2_b, bd));
     }
   }
   out.push_back(vector_of(hf ? "model.norm.weight" : "norm.scale", w.norm, vd));

@@ -59,6 +59,8 @@ struct ModelWeights {
   // The dtype the checkpoint stored the small vectors in (BF16 in published checkpoints, F32 when
   // any of them was F32), so that a conversion writes them back bit for bit.
   DType vector_dtype = DType::kBF16;
+  // The same for the expert biases (mlp1/mlp2 biases), which a checkpoint may store apart.
+  DType expert_bias_dtype = DType::kBF16;
   // Keeps the mapped files and owned buffers alive as long as the views.
   std::shared_ptr<void> storage;
 };
