@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <vector>
 
+#include "mind4/status.h"
 #include "mind4/tokenizer.h"
 #include "tokenizer/test_util.h"
 #include "tokenizer/trainer.h"
