@@ -114,14 +114,14 @@ TEST_P(Fixture, MatchesTransformers) {
   EXPECT_EQ(got, want.greedy) << name << "/" << layout;
 }
 
-std::vector<std::tuple<std::string, std::string>> cases() {
+std::vector<std::tuple<std::string, std::string>> fixture_cases() {
   std::vector<std::tuple<std::string, std::string>> out;
   for (const auto& n : fixture_names())
     for (const char* layout : {"original", "hf"}) out.emplace_back(n, layout);
   return out;
 }
 
-INSTANTIATE_TEST_SUITE_P(HfTransformers, Fixture, ::testing::ValuesIn(cases()),
+INSTANTIATE_TEST_SUITE_P(HfTransformers, Fixture, ::testing::ValuesIn(fixture_cases()),
                          [](const auto& info) {
                            return std::get<0>(info.param) + "_" + std::get<1>(info.param);
                          });
