@@ -57,12 +57,12 @@ TEST(HarmonyTokens, RenderingMatchesTiktokenWithHarmonySpecials) {
     ours.push_back(to_tokens(r, *vocab));
     if (i + 1 < conversations.size()) strings += r.str() + '\0';
   }
-  mind4::testing::TempDir dir("harmony_tokens");
-  mind4::testing::write_all(dir.path() / "strings.txt", strings);
+  mind4::testing::ScratchDir dir("harmony_tokens");
+  mind4::testing::write_file(dir.path() / "strings.txt", strings);
   std::string cmd = "node tests/harmony/encode_harmony.js " + (dir.path() / "strings.txt").string() +
                     " > " + (dir.path() / "ids.txt").string();
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  std::istringstream lines(mind4::testing::read_all(dir.path() / "ids.txt"));
+  std::istringstream lines(mind4::testing::read_file(dir.path() / "ids.txt"));
   std::string line;
   for (size_t i = 0; i + 1 < conversations.size(); ++i) {
     ASSERT_TRUE(std::getline(lines, line)) << "oracle gave too few lines";

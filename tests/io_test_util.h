@@ -1,4 +1,4 @@
-// Helpers shared by the io tests: a scratch directory removed at the end of the test, and raw
+// Helpers shared by the tests: a scratch directory removed at the end of the test, and raw
 // safetensors files built byte by byte (so that a test can make them lie on purpose).
 #pragma once
 
@@ -27,6 +27,7 @@ class ScratchDir {
   ScratchDir& operator=(const ScratchDir&) = delete;
   std::string operator/(const std::string& name) const { return (path_ / name).string(); }
   std::string str() const { return path_.string(); }
+  const std::filesystem::path& path() const { return path_; }
 
  private:
   static int& counter() {

@@ -90,7 +90,7 @@ TEST(TokenizerBadInput, MissingVocabularyFileIsNamed) {
 }
 
 TEST(TokenizerBadInput, CorruptVocabularyFilesAreNamed) {
-  mind4::testing::TempDir dir("corrupt");
+  mind4::testing::ScratchDir dir("corrupt");
   struct Case {
     const char* name;
     std::string content;
@@ -107,7 +107,7 @@ TEST(TokenizerBadInput, CorruptVocabularyFilesAreNamed) {
   };
   for (const auto& c : cases) {
     auto path = (dir.path() / c.name).string();
-    mind4::testing::write_all(path, c.content);
+    mind4::testing::write_file(path, c.content);
     std::string msg = error_of([&] { Tokenizer::load(path); }, Status::kCorruptFile);
     EXPECT_NE(msg.find(path), std::string::npos) << c.name << ": " << msg;
   }
@@ -115,7 +115,7 @@ TEST(TokenizerBadInput, CorruptVocabularyFilesAreNamed) {
 
 TEST(TokenizerBadInput, MissingBuiltinVocabularySaysHowToGetIt) {
   // MIND4_DATA_DIR, when set, is the only place searched: an empty one makes the file missing.
-  mind4::testing::TempDir dir("nodata");
+  mind4::testing::ScratchDir dir("nodata");
   setenv("MIND4_DATA_DIR", dir.path().c_str(), 1);
   std::string msg = error_of([] { mind4::tok::find_o200k_base_json(); }, Status::kIoError);
   unsetenv("MIND4_DATA_DIR");

@@ -20,7 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 
 std::vector<std::string> read_strings(const fs::path& file) {
-  std::string data = mind4::testing::read_all(file);
+  std::string data = mind4::testing::read_file(file);
   std::vector<std::string> out;
   for (size_t pos = 0; pos + 4 <= data.size();) {
     uint32_t n;
@@ -32,7 +32,7 @@ std::vector<std::string> read_strings(const fs::path& file) {
 }
 
 std::vector<std::vector<int>> read_ids(const fs::path& file) {
-  std::string data = mind4::testing::read_all(file);
+  std::string data = mind4::testing::read_file(file);
   std::vector<std::vector<int>> out;
   for (size_t pos = 0; pos + 4 <= data.size();) {
     uint32_t n;
@@ -64,7 +64,7 @@ TEST(TokenizerOracle, SameIdsAsTiktokenNpmOnGeneratedStringsAndProse) {
   ASSERT_EQ(std::system("node --version > /dev/null 2>&1"), 0)
       << "node is missing: the tokenizer oracle needs Node.js and the tiktoken npm package "
          "(bash scripts/setup.sh)";
-  mind4::testing::TempDir dir("oracle");
+  mind4::testing::ScratchDir dir("oracle");
   fs::path kjv = dir.path() / "kjv.txt";
   ASSERT_TRUE(mind4::testing::write_kjv_text(kjv))
       << "the KJV text (Debian packages bible-kjv and bible-kjv-text) is missing: run "

@@ -19,12 +19,12 @@ namespace fs = std::filesystem;
 
 TEST(TokenizerTrainer, TrainsWritesLoadsAndIsDeterministic) {
   const bool sanitizer = std::getenv("MIND4_UNDER_SANITIZER") != nullptr;
-  mind4::testing::TempDir dir("train");
+  mind4::testing::ScratchDir dir("train");
   fs::path kjv = dir.path() / "kjv.txt";
   ASSERT_TRUE(mind4::testing::write_kjv_text(kjv)) << "bible-kjv missing: bash scripts/setup.sh";
-  std::string text = mind4::testing::read_all(kjv).substr(0, sanitizer ? 100000 : 600000);
+  std::string text = mind4::testing::read_file(kjv).substr(0, sanitizer ? 100000 : 600000);
   fs::path corpus = dir.path() / "corpus.txt";
-  mind4::testing::write_all(corpus, text);
+  mind4::testing::write_file(corpus, text);
 
   mind4::tok::TrainOptions opt;
   opt.vocab_size = 1000;
@@ -56,11 +56,11 @@ TEST(TokenizerTrainer, TrainsWritesLoadsAndIsDeterministic) {
   ASSERT_EQ(std::system("node --version > /dev/null 2>&1"), 0) << "node is missing";
   fs::path sample = dir.path() / "sample.txt";
   std::string sample_text = text.substr(0, 20000) + " Привет, мир! 123456 don't";
-  mind4::testing::write_all(sample, sample_text);
+  mind4::testing::write_file(sample, sample_text);
   std::string cmd = "node tests/tokenizer/encode_file.js " + out.string() + " " +
                     sample.string() + " > " + (dir.path() / "ids.txt").string();
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  std::string expected = mind4::testing::read_all(dir.path() / "ids.txt");
+  std::string expected = mind4::testing::read_file(dir.path() / "ids.txt");
   std::string got;
   for (int id : tok.encode(sample_text)) got += std::to_string(id) + " ";
   EXPECT_EQ(got + "\n", expected);

@@ -1,50 +1,16 @@
-// Helpers shared by the tokenizer tests: a scratch directory, whole-file reads and writes, the
-// King James text from Debian's bible-kjv packages (real prose, installed by scripts/setup.sh),
-// and a printable form of arbitrary bytes for failure messages.
+// Helpers shared by the tokenizer tests, beside io_test_util.h (scratch directory, file reads and
+// writes): the King James text from Debian's bible-kjv packages (real prose, installed by
+// scripts/setup.sh), and a printable form of arbitrary bytes for failure messages.
 #pragma once
-
-#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <string>
 
+#include "io_test_util.h"
+
 namespace mind4::testing {
-
-// A directory under the system temp dir, unique per process and instance, removed at the end.
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag) {
-    static int counter = 0;
-    path_ = std::filesystem::temp_directory_path() /
-            ("mind4_tok_" + tag + "_" + std::to_string(::getpid()) + "_" +
-             std::to_string(counter++));
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
-
-inline std::string read_all(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-inline void write_all(const std::filesystem::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-}
 
 // The whole King James Bible (about 4.3 MB of text) through the `bible` command of bible-kjv.
 // False when the command or its data (bible-kjv-text) is missing.
