@@ -10,6 +10,10 @@
 //   std::span<const float> la = ctx.logits(a);             // last position, vocab_size floats
 //   ctx.release(b);                                        // its KV slot returns to the pool
 //
+// The execution line is the config's: backend cpu (fp32 reference line) or cuda (weights uploaded
+// to the GPU once when the model loads; activations bf16, or fp32 with dtype float32). Every
+// Context of a model runs on its line; the API is the same for both.
+//
 // Failures are mind4::Error with the Status named at each function below. A Context is used by
 // one thread at a time (it runs its own thread pool inside process()); a Model may be shared by
 // contexts on different threads.
@@ -32,11 +36,16 @@ class Model {
   // or the Hugging Face layout, or one .safetensors file). Errors: kIoError (unreadable file),
   // kCorruptFile (malformed safetensors), kInvalidConfig (bad config.json field),
   // kMissingTensor / kShapeMismatch (a tensor absent or of the wrong dtype/shape, named).
+  // config.execution picks the line: for backend cuda, kUnsupported when the build has no CUDA
+  // line, when there is no GPU or for an activation dtype the line lacks (float16), and
+  // kOutOfMemory when the weights do not fit in the GPU's free memory (checked before uploading).
   static std::shared_ptr<const Model> load(const Config& config);
   // Takes ownership of weights already bound to tensors. Checks every tensor's dtype and shape
   // against weights.config: kShapeMismatch or kMissingTensor naming the tensor, kInvalidConfig
   // for an impossible configuration (e.g. heads not divisible by kv heads, odd head_dim).
-  static std::shared_ptr<const Model> from_weights(ModelWeights weights);
+  // execution as for load().
+  static std::shared_ptr<const Model> from_weights(ModelWeights weights,
+                                                   const ExecutionConfig& execution = {});
 
   ~Model();
   Model(const Model&) = delete;
@@ -44,6 +53,8 @@ class Model {
 
   const ModelConfig& config() const;
   const ModelWeights& weights() const;
+  // The execution line (backend, activation dtype) every Context of this model runs on.
+  const ExecutionConfig& execution() const;
   // Bytes of weights one decoded token reads at batch 1: every dense matrix, the embedding row,
   // experts_per_token experts per layer, the unembedding (the KV cache comes on top).
   int64_t decode_weight_bytes() const;
@@ -69,8 +80,8 @@ struct ContextOptions {
 
 class Context {
  public:
-  // Allocates the KV cache (fp32, max_sequences x context_length x layers x 2 x kv_heads x
-  // head_dim) and all scratch now; nothing is allocated per token afterwards (except the
+  // Allocates the KV cache (max_sequences x context_length x layers x 2 x kv_heads x head_dim,
+  // fp32 on the CPU line, the activation dtype on the CUDA line, in GPU memory) and all scratch now; nothing is allocated per token afterwards (except the
   // all-positions logits store when keep_all_logits is set, grown once per process()).
   // Errors: kInvalidArgument (a non-positive option, context_length > max_context_length),
   // kOutOfMemory when the KV cache cannot be allocated (the message gives its size).
@@ -106,7 +117,7 @@ class Context {
 
   const Model& model() const;
   const ContextOptions& options() const;
-  int threads() const;
+  int threads() const;  // the CPU line's worker threads; 1 on the CUDA line
 
   struct Impl;
 

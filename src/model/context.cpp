@@ -4,8 +4,9 @@
 #include <cstdint>
 #include <new>
 
-#include "model/model_impl.h"
 #include "mind4/status.h"
+#include "model/backend.h"
+#include "model/model_impl.h"
 
 namespace mind4 {
 
@@ -25,9 +26,7 @@ struct Sequence {
 struct Context::Impl {
   std::shared_ptr<const Model> model;
   ContextOptions options;
-  ThreadPool pool;
-  KvCache kv;
-  Workspace ws;
+  std::unique_ptr<StepBackend> backend;  // the model's execution line: KV cache and scratch
   std::vector<Sequence> seqs;  // one per KV slot
   FloatBuffer last_logits;     // [max_sequences, V]
   std::vector<StepRow> rows;   // the current step
@@ -36,7 +35,7 @@ struct Context::Impl {
   std::vector<int> logit_row_in_seq;  // for each: row index in the sequence's all_logits, or -1
 
   Impl(std::shared_ptr<const Model> m, ContextOptions o)
-      : model(std::move(m)), options(o), pool(o.threads) {}
+      : model(std::move(m)), options(o) {}
 
   int slot_of(int seq, const char* what) const {
     const int S = options.max_sequences;
@@ -65,16 +64,12 @@ Context::Context(std::shared_ptr<const Model> model, ContextOptions options) {
   impl_ = std::make_unique<Impl>(std::move(model), options);
   Impl& m = *impl_;
   const int S = options.max_sequences, B = options.max_batch_tokens;
-  const int width = c.num_key_value_heads * c.head_dim;
-  const int64_t kv_floats = int64_t(S) * c.num_hidden_layers * options.context_length * width;
   const int logit_rows = options.keep_all_logits ? B : std::min(B, S);
+  const Model::Impl& mi = *m.model->impl_;
+  // The backend allocates its KV cache and scratch now (kOutOfMemory names their size).
+  m.backend = mi.execution.backend == Backend::kCuda ? make_cuda_backend(mi, options, logit_rows)
+                                                     : make_cpu_backend(mi, options, logit_rows);
   try {
-    m.kv.layers = c.num_hidden_layers;
-    m.kv.positions = options.context_length;
-    m.kv.width = width;
-    m.kv.k = FloatBuffer(kv_floats);
-    m.kv.v = FloatBuffer(kv_floats);
-    workspace_init(m.ws, c, B, logit_rows, m.pool.size(), options.context_length);
     m.last_logits = FloatBuffer(int64_t(S) * c.vocab_size);
     m.seqs.resize(S);
     for (auto& s : m.seqs) s.tokens.reserve(options.context_length);
@@ -84,9 +79,8 @@ Context::Context(std::shared_ptr<const Model> model, ContextOptions options) {
     m.logit_row_in_seq.reserve(B);
   } catch (const std::bad_alloc&) {
     throw Error(Status::kOutOfMemory,
-                detail::cat("Context: cannot allocate the KV cache and scratch (KV cache ",
-                            2 * kv_floats * 4 / (1 << 20), " MiB for ", S, " sequences x ",
-                            options.context_length, " positions)"));
+                detail::cat("Context: cannot allocate the logits store (", S, " sequences x ",
+                            c.vocab_size, " floats)"));
   }
 }
 
@@ -173,10 +167,10 @@ void Context::process() {
         advance_to_queued();
       }
     }
-    forward_step(*m.model->impl_, m.ws, m.kv, m.pool, m.rows, m.logit_rows);
+    const std::span<const float> step_logits = m.backend->forward(m.rows, m.logit_rows);
     for (size_t i = 0; i < m.logit_rows.size(); ++i) {
       Sequence& s = m.seqs[m.logit_dest[i]];
-      const float* src = m.ws.logits.data() + int64_t(i) * V;
+      const float* src = step_logits.data() + int64_t(i) * V;
       if (m.logit_row_in_seq[i] >= 0)
         std::copy_n(src, V, s.all_logits.data() + int64_t(m.logit_row_in_seq[i]) * V);
       const StepRow& row = m.rows[m.logit_rows[i]];
@@ -225,6 +219,6 @@ void Context::release(int seq) {
 
 const Model& Context::model() const { return *impl_->model; }
 const ContextOptions& Context::options() const { return impl_->options; }
-int Context::threads() const { return impl_->pool.size(); }
+int Context::threads() const { return impl_->backend->threads(); }
 
 }  // namespace mind4

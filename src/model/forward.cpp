@@ -5,9 +5,12 @@
 // token, I intermediate, V vocabulary.
 #include <algorithm>
 #include <cmath>
+#include <new>
 
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
+#include "mind4/status.h"
+#include "model/backend.h"
 #include "model/model_impl.h"
 
 namespace mind4 {
@@ -233,6 +236,56 @@ void forward_step(const Model::Impl& model, Workspace& ws, KvCache& kv, ThreadPo
   if (L > 0)
     linear(pool, w.unembedding, c.vocab_size, H, nullptr, ws.final_hidden.data(), L,
            ws.logits.data());
+}
+
+}  // namespace mind4
+
+namespace mind4 {
+namespace {
+
+// The reference line behind the StepBackend seam: fp32 KV cache, workspace and thread pool.
+class CpuBackend final : public StepBackend {
+ public:
+  CpuBackend(const Model::Impl& model, const ContextOptions& o, int max_logit_rows)
+      : model_(model), pool_(o.threads) {
+    const ModelConfig& c = model.weights.config;
+    const int S = o.max_sequences;
+    const int width = c.num_key_value_heads * c.head_dim;
+    const int64_t kv_floats = int64_t(S) * c.num_hidden_layers * o.context_length * width;
+    try {
+      kv_.layers = c.num_hidden_layers;
+      kv_.positions = o.context_length;
+      kv_.width = width;
+      kv_.k = FloatBuffer(kv_floats);
+      kv_.v = FloatBuffer(kv_floats);
+      workspace_init(ws_, c, o.max_batch_tokens, max_logit_rows, pool_.size(), o.context_length);
+    } catch (const std::bad_alloc&) {
+      throw Error(Status::kOutOfMemory,
+                  detail::cat("Context: cannot allocate the KV cache and scratch (KV cache ",
+                              2 * kv_floats * 4 / (1 << 20), " MiB for ", S, " sequences x ",
+                              o.context_length, " positions)"));
+    }
+  }
+
+  std::span<const float> forward(std::span<const StepRow> rows,
+                                 std::span<const int> logit_rows) override {
+    forward_step(model_, ws_, kv_, pool_, rows, logit_rows);
+    return {ws_.logits.data(), logit_rows.size() * size_t(model_.weights.config.vocab_size)};
+  }
+  int threads() const override { return pool_.size(); }
+
+ private:
+  const Model::Impl& model_;
+  ThreadPool pool_;
+  KvCache kv_;
+  Workspace ws_;
+};
+
+}  // namespace
+
+std::unique_ptr<StepBackend> make_cpu_backend(const Model::Impl& model,
+                                              const ContextOptions& options, int max_logit_rows) {
+  return std::make_unique<CpuBackend>(model, options, max_logit_rows);
 }
 
 }  // namespace mind4

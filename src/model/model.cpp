@@ -2,8 +2,9 @@
 // forward pass can trust shapes and dtypes without checks in the token loop.
 #include <string>
 
-#include "model/model_impl.h"
 #include "mind4/status.h"
+#include "model/backend.h"
+#include "model/model_impl.h"
 
 namespace mind4 {
 namespace {
@@ -122,17 +123,21 @@ int64_t matrix_bytes(const TensorView& t, int64_t rows, int64_t cols) {
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 
-std::shared_ptr<const Model> Model::from_weights(ModelWeights weights) {
+std::shared_ptr<const Model> Model::from_weights(ModelWeights weights,
+                                                const ExecutionConfig& execution) {
   check_weights(weights);
   auto impl = std::make_unique<Impl>();
   const ModelConfig& c = weights.config;
   impl->qkv_rows = (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim;
+  impl->execution = execution;
+  if (execution.backend == Backend::kCuda) impl->device = cuda_upload_model(weights, execution);
   impl->weights = std::move(weights);
   return std::shared_ptr<const Model>(new Model(std::move(impl)));
 }
 
 const ModelConfig& Model::config() const { return impl_->weights.config; }
 const ModelWeights& Model::weights() const { return impl_->weights; }
+const ExecutionConfig& Model::execution() const { return impl_->execution; }
 
 int64_t Model::decode_weight_bytes() const {
   const ModelWeights& w = impl_->weights;

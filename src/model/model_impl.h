@@ -11,9 +11,15 @@
 
 namespace mind4 {
 
+namespace cuda {
+struct DeviceModel;  // src/cuda/device_model.h: the weights uploaded to the GPU
+}
+
 struct Model::Impl {
   ModelWeights weights;
   int qkv_rows = 0;  // (NH + 2 NKV) * D
+  ExecutionConfig execution;  // backend and activation dtype every Context of this model uses
+  std::shared_ptr<const cuda::DeviceModel> device;  // set when execution.backend is kCuda
 };
 
 // Owned, uninitialised fp32 storage (RAII); sized once, never resized in the token loop.

@@ -10,7 +10,7 @@ std::shared_ptr<const Model> Model::load(const Config& config) {
   MIND4_CHECK(!config.paths.checkpoint.empty(), Status::kInvalidArgument,
               "Model::load: no checkpoint given (paths.checkpoint", 
               config.source.empty() ? "" : " in " + config.source, " is empty)");
-  return from_weights(load_checkpoint(config.paths.checkpoint));
+  return from_weights(load_checkpoint(config.paths.checkpoint), config.execution);
 }
 
 }  // namespace mind4

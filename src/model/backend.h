@@ -1,0 +1,43 @@
+// The seam between a Context (sequences, queue, batching into steps) and an execution line.
+// A Context owns one StepBackend, made for its model's backend: the CPU reference line
+// (src/model/forward.cpp) or the CUDA line (src/cuda/). Both see the same steps: rows that mix
+// any number of sequences, each a (KV slot, position, token), and the rows whose logits are
+// wanted. Nothing here allocates per step.
+#pragma once
+
+#include <memory>
+#include <span>
+
+#include "model/model_impl.h"
+
+namespace mind4 {
+
+class StepBackend {
+ public:
+  virtual ~StepBackend() = default;
+  // One forward step over rows (at most options.max_batch_tokens). Writes K/V of every row into
+  // the backend's cache; returns the logits [logit_rows.size(), V] of the rows named, in host
+  // memory, valid until the next call.
+  virtual std::span<const float> forward(std::span<const StepRow> rows,
+                                         std::span<const int> logit_rows) = 0;
+  // Host threads the backend computes with (the CPU line's pool; 1 for the CUDA line).
+  virtual int threads() const = 0;
+};
+
+// max_logit_rows: the most rows whose logits one step may want.
+std::unique_ptr<StepBackend> make_cpu_backend(const Model::Impl& model,
+                                              const ContextOptions& options, int max_logit_rows);
+
+// ---- the CUDA line (src/cuda/backend.cu; src/model/backend_no_cuda.cpp when nvcc was absent) --
+
+// True when this build has the CUDA line compiled in.
+bool cuda_compiled();
+// Checks that a GPU exists and has room, then uploads the weights once (dense matrices in the
+// activation dtype, MXFP4 experts packed as stored). kUnsupported without a GPU or without the
+// CUDA line in this build, kOutOfMemory when the GPU lacks room (both before any upload).
+std::shared_ptr<const cuda::DeviceModel> cuda_upload_model(const ModelWeights& weights,
+                                                           const ExecutionConfig& execution);
+std::unique_ptr<StepBackend> make_cuda_backend(const Model::Impl& model,
+                                               const ContextOptions& options, int max_logit_rows);
+
+}  // namespace mind4
