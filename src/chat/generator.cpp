@@ -194,6 +194,10 @@ GenerateStats Generator::generate(std::span<const int> prompt, const GenerateLim
       break;
     }
     emit(pending.size() - hold);
+    if (stats.generated >= limits.max_new_tokens) {  // no forward pass for a token never used
+      stats.stop = StopCause::kMaxTokens;
+      break;
+    }
     if (ctx_->processed(seq_) + 1 > context_length_) {
       stats.stop = StopCause::kContextFull;
       break;
