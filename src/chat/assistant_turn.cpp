@@ -1,5 +1,7 @@
 #include "chat/assistant_turn.h"
 
+#include <algorithm>
+
 #include "mind4/status.h"
 
 namespace mind4::chat {
@@ -37,8 +39,11 @@ TurnResult run_assistant_turn(Conversation& conversation, TokenSource& source,
   std::unique_ptr<harmony::Vocabulary> vocab;
   if (harmony) vocab = harmony::vocabulary_of(tokenizer);
 
+  // Room kept for the reply when old turns are dropped: all of max_new_tokens, but never more
+  // than half the context (a reply may still run until the context is full).
+  const int reserve = std::min(o.max_new_tokens, o.context / 2);
   for (int round = 0;; ++round) {
-    PromptTokens prompt = conversation.prompt(o.context, o.max_new_tokens);
+    PromptTokens prompt = conversation.prompt(o.context, reserve);
     if (prompt.dropped_turns > result.dropped_turns) {
       turn_notice(o, "[context: the " + std::to_string(prompt.dropped_turns) +
                          " oldest turn(s) no longer fit and are left out]");
