@@ -1,7 +1,8 @@
-// `mind4 bench`: prefill and decode speed of a checkpoint on the CPU reference line, beside the
-// physical bound. Decode is memory-bound: each token reads every dense weight, the k active
-// experts of each layer, the unembedding and the KV cache, so its ceiling is measured read
-// bandwidth / bytes per token. Both are measured here, in this process, on these threads.
+// `mind4 bench`: prefill and decode speed of a checkpoint beside the physical bound, on the CPU
+// reference line or (--backend cuda) the CUDA line. Decode is memory-bound: each token reads every
+// dense weight, the k active experts of each layer, the unembedding and the KV cache, so its
+// ceiling is measured bandwidth / bytes per token. Prefill is compute-bound: its ceiling is the
+// measured matrix throughput over the FLOPs per token. Ceilings are measured here, in this process.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_cuda.h"
 #include "command.h"
 #include "core/thread_pool.h"
 #include "cpu/isa.h"
@@ -24,6 +26,10 @@ struct BenchOptions {
   std::string checkpoint;
   int prompt_tokens = 128, decode_tokens = 32, threads = 0;
   bool json = false;
+  std::string backend = "cpu", dtype = "bfloat16";
+  // CUDA line only: prefill length, decode context, batched decode sizes, timed runs per figure.
+  int prefill_tokens = 2048, decode_context = 128, runs = 5;
+  std::vector<int> batch_sizes = {16, 64};
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -40,7 +46,13 @@ int64_t kv_bytes_at(const mind4::ModelConfig& c, int pos) {
   return visible * 2 * c.num_key_value_heads * c.head_dim * int64_t(sizeof(float));
 }
 
+void run_cuda_bench(const BenchOptions& o) {
+  mind4_bench_cuda::run({o.checkpoint, o.dtype, o.prefill_tokens, o.decode_context, o.decode_tokens,
+                         o.runs, o.batch_sizes, o.json});
+}
+
 void run_bench(const BenchOptions& o) {
+  if (o.backend == "cuda") return run_cuda_bench(o);
   MIND4_CHECK(o.prompt_tokens > 0 && o.decode_tokens > 0, mind4::Status::kInvalidArgument,
               "bench: --prompt-tokens and --decode-tokens must be positive");
   mind4::Config config;
@@ -62,7 +74,8 @@ void run_bench(const BenchOptions& o) {
                              .max_batch_tokens = o.prompt_tokens,
                              .threads = o.threads});
   std::vector<int> prompt(o.prompt_tokens);
-  for (int i = 0; i < o.prompt_tokens; ++i) prompt[i] = int((uint64_t(i) * 2654435761u + 17) % c.vocab_size);
+  for (int i = 0; i < o.prompt_tokens; ++i)
+    prompt[i] = int((uint64_t(i) * 2654435761u + 17) % c.vocab_size);
   const int seq = ctx.new_sequence();
 
   // Prefill. The first pass over the weights also brings them from disk into the page cache,
@@ -115,13 +128,15 @@ void run_bench(const BenchOptions& o) {
               prefill_tps);
   std::printf("decode       %d tokens in %.3f s: %.2f tok/s\n", o.decode_tokens, decode_s,
               decode_tps);
-  std::printf("bytes/token  %.3f GB (weights %.3f GB: dense + %d of %d experts per layer + "
-              "unembedding; KV %.1f MB)\n",
-              bytes_per_token / 1e9, weight_bytes / 1e9, c.experts_per_token, c.num_experts,
-              (bytes_per_token - weight_bytes) / 1e6);
-  std::printf("decode reads %.2f GB/s of %.2f GB/s measured read bandwidth (%.0f%%); bound "
-              "%.2f tok/s\n",
-              achieved, bandwidth, 100 * achieved / bandwidth, bound_tps);
+  std::printf(
+      "bytes/token  %.3f GB (weights %.3f GB: dense + %d of %d experts per layer + "
+      "unembedding; KV %.1f MB)\n",
+      bytes_per_token / 1e9, weight_bytes / 1e9, c.experts_per_token, c.num_experts,
+      (bytes_per_token - weight_bytes) / 1e6);
+  std::printf(
+      "decode reads %.2f GB/s of %.2f GB/s measured read bandwidth (%.0f%%); bound "
+      "%.2f tok/s\n",
+      achieved, bandwidth, 100 * achieved / bandwidth, bound_tps);
 }
 
 void setup_bench(CLI::App& app) {
@@ -132,10 +147,18 @@ void setup_bench(CLI::App& app) {
   app.add_option("--decode-tokens", o->decode_tokens, "Greedy tokens decoded after the prompt");
   app.add_option("--threads", o->threads, "Worker threads (0 = all cores)");
   app.add_flag("--json", o->json, "Print the results as JSON");
+  app.add_option("--backend", o->backend, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--dtype", o->dtype, "CUDA activations: bfloat16 | float32")
+      ->check(CLI::IsMember({"bfloat16", "float32"}));
+  app.add_option("--prefill-tokens", o->prefill_tokens, "CUDA: prompt length of the prefill run");
+  app.add_option("--decode-context", o->decode_context, "CUDA: tokens in context before decoding");
+  app.add_option("--batch-sizes", o->batch_sizes, "CUDA: batched decode sizes (sequences)")
+      ->delimiter(',');
+  app.add_option("--runs", o->runs, "CUDA: timed runs per figure (the median is printed)");
   app.callback([o] { run_bench(*o); });
 }
 
 mind4::cli::Command register_bench{"bench", "Prefill/decode speed vs the memory-bandwidth bound",
-                        setup_bench};
+                                   setup_bench};
 
 }  // namespace

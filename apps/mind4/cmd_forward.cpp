@@ -5,8 +5,8 @@
 #include <climits>
 #include <cstdio>
 #include <cstring>
-#include <memory>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -22,6 +22,7 @@ struct ForwardOptions {
   std::string checkpoint, tokens, tokens_file, out;
   int threads = 0;
   int batch = 256;
+  std::string backend = "cpu", dtype = "float32";
 };
 
 // "1, 2,3" or whitespace/newline separated; every entry must be an integer.
@@ -70,6 +71,8 @@ void run_forward(const ForwardOptions& o) {
   }
   mind4::Config config;
   config.paths.checkpoint = o.checkpoint;
+  config.execution.backend = mind4::parse_backend(o.backend, "--backend");
+  config.execution.dtype = mind4::parse_activation_dtype(o.dtype, "--dtype");
   auto model = mind4::Model::load(config);
   const int T = int(tokens.size()), V = model->config().vocab_size;
   MIND4_CHECK(T <= model->config().max_context_length, mind4::Status::kContextOverflow,
@@ -103,10 +106,13 @@ void setup_forward(CLI::App& app) {
       ->required();
   app.add_option("--threads", o->threads, "Worker threads (0 = all cores)");
   app.add_option("--batch", o->batch, "Tokens per forward step")->check(CLI::PositiveNumber);
+  app.add_option("--backend", o->backend, "Execution line: cpu | cuda");
+  app.add_option("--dtype", o->dtype,
+                 "Activations: float32 (default: logits for comparison) | bfloat16 (cuda)");
   app.callback([o] { run_forward(*o); });
 }
 
-mind4::cli::Command register_forward{"forward", "Logits of every position of a token sequence (safetensors)",
-                        setup_forward};
+mind4::cli::Command register_forward{
+    "forward", "Logits of every position of a token sequence (safetensors)", setup_forward};
 
 }  // namespace

@@ -1,0 +1,276 @@
+// The CUDA line behind the StepBackend seam: a Context's KV cache and scratch in GPU memory, and
+// the forward step as a sequence of kernel launches on one stream. A step copies its rows'
+// (token, position, slot) and the logit rows up, runs every layer on the GPU and copies the
+// wanted logits back; that final copy is the only synchronisation. Steps of up to kGraphMaxRows
+// rows (decode) are captured once per shape as a CUDA graph and replayed.
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <vector>
+
+#include "cpu/ops.h"
+#include "cuda/buffer.h"
+#include "cuda/device_model.h"
+#include "cuda/kernels.h"
+#include "cuda/profiler.h"
+#include "model/backend.h"
+
+namespace mind4 {
+namespace {
+
+using cuda::ActType;
+using cuda::DeviceBuffer;
+
+constexpr float kCudaRmsEps = 1e-5f;
+constexpr int kGraphMaxRows = 64;
+constexpr int kAttnPartialRows = 2048;  // capacity of the split-K buffer, in (row, split) pairs
+constexpr size_t kBlasWorkspace = size_t(32) << 20;
+
+class CudaBackend final : public StepBackend {
+ public:
+  CudaBackend(const Model::Impl& model, const ContextOptions& o, int max_logit_rows)
+      : model_(model), dm_(*model.device), c_(dm_.config), act_(dm_.act) {
+    cuda::select_device("Context");
+    const int64_t B = o.max_batch_tokens, L = max_logit_rows, S = o.max_sequences;
+    const int64_t H = c_.hidden_size, D = c_.head_dim, NH = c_.num_attention_heads,
+                  NKV = c_.num_key_value_heads, E = c_.num_experts, K = c_.experts_per_token,
+                  I = c_.intermediate_size, V = c_.vocab_size, QKV = model.qkv_rows;
+    const int64_t a = cuda::act_size(act_), A = B * K;
+    positions_ = o.context_length;
+    max_rows_ = int(B);
+    kv_layer_elems_ = S * positions_ * NKV * D;
+    const int64_t kv_bytes = 2 * c_.num_hidden_layers * kv_layer_elems_ * a;
+    const int64_t partial_floats = int64_t(kAttnPartialRows) * NH * (D + 2);
+    const int64_t scratch = 2 * B * H * 4 + B * (2 * H + QKV + NH * D) * a + B * E * 4 + A * 8 +
+                            (2 * E + 2) * 4 + A * 12 + A * I * a + A * H * 4 + partial_floats * 4 +
+                            L * H * a + L * V * 4 + (3 * B + L) * 4 + 2 * positions_ * (D / 2) * 4 +
+                            int64_t(kBlasWorkspace);
+    size_t free_b = 0, total_b = 0;
+    cuda::check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+    MIND4_CHECK(size_t(kv_bytes + scratch) <= free_b, Status::kOutOfMemory,
+                "Context: the KV cache (", kv_bytes / double(1 << 20), " MiB for ", S,
+                " sequences x ", positions_, " positions) and scratch (", scratch / double(1 << 20),
+                " MiB) do not fit in the GPU's ", free_b / double(1 << 20), " MiB free");
+    auto dev = [](int64_t bytes, const char* what) { return DeviceBuffer(size_t(bytes), what); };
+    k_cache_ = dev(kv_bytes / 2, "cudaMalloc (KV cache)");
+    v_cache_ = dev(kv_bytes / 2, "cudaMalloc (KV cache)");
+    x_ = dev(B * H * 4, "cudaMalloc (scratch)");
+    t32_ = dev(act_ == ActType::kF32 ? 0 : B * H * 4, "cudaMalloc (scratch)");
+    t_ = dev(B * H * a, "cudaMalloc (scratch)");
+    qkv_ = dev(B * QKV * a, "cudaMalloc (scratch)");
+    attn_ = dev(B * NH * D * a, "cudaMalloc (scratch)");
+    proj_ = dev(B * H * a, "cudaMalloc (scratch)");
+    gate_ = dev(B * E * 4, "cudaMalloc (scratch)");
+    topk_e_ = dev(A * 4, "cudaMalloc (scratch)");
+    topk_w_ = dev(A * 4, "cudaMalloc (scratch)");
+    groups_buf_ = dev((2 * (E + 1) + 3 * A) * 4, "cudaMalloc (scratch)");
+    act_buf_ = dev(A * I * a, "cudaMalloc (scratch)");
+    y_ = dev(A * H * 4, "cudaMalloc (scratch)");
+    partial_ = dev(partial_floats * 4, "cudaMalloc (scratch)");
+    final_ = dev(std::max<int64_t>(L, 1) * H * a, "cudaMalloc (scratch)");
+    logits_ = dev(std::max<int64_t>(L, 1) * V * 4, "cudaMalloc (logits)");
+    meta_ = dev((3 * B + L) * 4, "cudaMalloc (step rows)");
+    blas_ws_ = dev(kBlasWorkspace, "cudaMalloc (cuBLAS workspace)");
+    meta_host_ = cuda::PinnedBuffer(size_t(3 * B + L) * 4);
+    logits_host_ = cuda::PinnedBuffer(size_t(std::max<int64_t>(L, 1) * V) * 4);
+    int* gb = groups_buf_.data<int>();
+    groups_ = {gb, gb + (E + 1), gb + 2 * (E + 1), gb + 2 * (E + 1) + A, gb + 2 * (E + 1) + 2 * A};
+    partial_capacity_ = partial_floats;
+
+    // RoPE tables in double on the host (as the CPU line), once per context.
+    std::vector<float> cos_t(size_t(positions_) * (D / 2)), sin_t(cos_t.size());
+    cpu::rope_tables(c_, positions_, cos_t.data(), sin_t.data());
+    rope_ = dev(int64_t(cos_t.size()) * 8, "cudaMalloc (RoPE tables)");
+    cuda::check(cudaMemcpy(rope_.data(), cos_t.data(), cos_t.size() * 4, cudaMemcpyHostToDevice),
+                "cudaMemcpy (RoPE tables)");
+    cuda::check(cudaMemcpy(rope_.data<float>() + cos_t.size(), sin_t.data(), sin_t.size() * 4,
+                           cudaMemcpyHostToDevice),
+                "cudaMemcpy (RoPE tables)");
+    sin_offset_ = int64_t(cos_t.size());
+
+    cuda::check(cublasSetStream(blas_.get(), stream_.get()), "cublasSetStream");
+    cuda::check(cublasSetWorkspace(blas_.get(), blas_ws_.data(), kBlasWorkspace),
+                "cublasSetWorkspace");
+  }
+
+  std::span<const float> forward(std::span<const StepRow> rows,
+                                 std::span<const int> logit_rows) override {
+    const int B = int(rows.size()), L = int(logit_rows.size()), V = c_.vocab_size;
+    MIND4_CHECK(B > 0 && B <= max_rows_, Status::kInternal, "CudaBackend: ", B, " rows for ",
+                max_rows_);
+    int* h = meta_host_.data<int>();
+    for (int r = 0; r < B; ++r) {
+      h[r] = rows[r].token;
+      h[max_rows_ + r] = rows[r].pos;
+      h[2 * max_rows_ + r] = rows[r].slot;
+    }
+    for (int i = 0; i < L; ++i) h[3 * max_rows_ + i] = logit_rows[i];
+    cudaStream_t s = stream_.get();
+    cuda::check(
+        cudaMemcpyAsync(meta_.data(), h, size_t(3 * max_rows_ + L) * 4, cudaMemcpyHostToDevice, s),
+        "cudaMemcpyAsync (step rows)");
+    if (B <= kGraphMaxRows && !prof_.on()) {
+      const int64_t key = int64_t(B) * (kGraphMaxRows + 1) + L;
+      auto it = graphs_.find(key);
+      if (it != graphs_.end()) {
+        it->second.launch(s);
+      } else if (++seen_[key] < 2) {
+        run_layers(B, L);  // first time: eager (sets kernel attributes, warms cuBLAS)
+      } else {
+        cudaGraph_t g = nullptr;
+        cuda::check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal),
+                    "cudaStreamBeginCapture");
+        cuda::capturing_graph = true;
+        try {
+          run_layers(B, L);
+        } catch (...) {
+          cuda::capturing_graph = false;
+          cudaStreamEndCapture(s, &g);
+          if (g) cudaGraphDestroy(g);
+          throw;
+        }
+        cuda::capturing_graph = false;
+        cuda::check(cudaStreamEndCapture(s, &g), "cudaStreamEndCapture");
+        auto [pos, ok] = graphs_.emplace(key, cuda::Graph(g));
+        pos->second.launch(s);
+      }
+    } else {
+      run_layers(B, L);
+    }
+    if (L > 0)
+      cuda::check(cudaMemcpyAsync(logits_host_.data(), logits_.data(), size_t(L) * V * 4,
+                                  cudaMemcpyDeviceToHost, s),
+                  "cudaMemcpyAsync (logits)");
+    cuda::check(cudaStreamSynchronize(s), "the forward step (cudaStreamSynchronize)");
+    prof_.end();
+    return {logits_host_.data<float>(), size_t(L) * V};
+  }
+
+  int threads() const override { return 1; }
+
+ private:
+  cuda::KvLayer kv_layer(int l) const {
+    const int64_t off = int64_t(l) * kv_layer_elems_ * cuda::act_size(act_);
+    return {k_cache_.data<char>() + off, v_cache_.data<char>() + off, positions_};
+  }
+
+  // Every launch of one step; no allocation, no synchronisation (graph-capturable).
+  void run_layers(int B, int L) {
+    cudaStream_t s = stream_.get();
+    cublasHandle_t blas = blas_.get();
+    const int H = c_.hidden_size, D = c_.head_dim, NH = c_.num_attention_heads,
+              NKV = c_.num_key_value_heads, E = c_.num_experts, K = c_.experts_per_token,
+              I = c_.intermediate_size, V = c_.vocab_size, QKV = model_.qkv_rows;
+    const int A = B * K, max_active = std::min(E, A);
+    const int tokens_hint = (A + max_active - 1) / max_active;
+    const int* tokens = meta_.data<int>();
+    const int* pos = tokens + max_rows_;
+    const int* slot = pos + max_rows_;
+    const int* logit_rows = slot + max_rows_;
+    const float* cos_t = rope_.data<float>();
+    const float* sin_t = cos_t + sin_offset_;
+    const float scale = 1.0f / std::sqrt(float(D));
+    float* x = x_.data<float>();
+    void* t = t_.data();
+    prof_.begin(s, B);
+    auto mark = [&](const char* op) { prof_.mark(s, op); };
+
+    cuda::embedding_gather(act_, dm_.embedding, tokens, B, H, x, s);
+    // The router reads f32 activations whatever the dtype (t32: its own copy in bf16 mode).
+    float* t32 = act_ == ActType::kF32 ? static_cast<float*>(t) : t32_.data<float>();
+    float* t32_out = act_ == ActType::kF32 ? nullptr : t32;
+    cuda::residual_rmsnorm(act_, x, nullptr, nullptr, dm_.layers[0].attn_norm, B, H, kCudaRmsEps, t,
+                           nullptr, s);
+    mark("embedding+norm");
+    for (int l = 0; l < c_.num_hidden_layers; ++l) {
+      const cuda::DeviceLayer& lw = dm_.layers[l];
+      const cuda::KvLayer kv = kv_layer(l);
+      cuda::linear(blas, act_, t, B, H, lw.qkv_w, QKV, qkv_.data(), false);
+      mark("qkv_gemm");
+      cuda::qkv_bias_rope(act_, qkv_.data(), lw.qkv_b, cos_t, sin_t, pos, slot, B, NH, NKV, D, kv,
+                          s);
+      mark("qkv_bias_rope");
+      const bool windowed = c_.sliding_window > 0 && l % 2 == 0;
+      const int window = windowed ? c_.sliding_window : 0;
+      const int max_keys = windowed ? std::min(c_.sliding_window, positions_) : positions_;
+      const int cap = int(std::min<int64_t>(64, partial_capacity_ / (int64_t(B) * NH * (D + 2))));
+      const int splits = cuda::attention_splits(B, NH, max_keys, cap);
+      cuda::attention(act_, qkv_.data(), NH, NKV, D, kv, pos, slot, lw.sinks, B, window, scale,
+                      splits, partial_.data<float>(), attn_.data(), s);
+      mark(windowed ? "attention_window" : "attention_full");
+      cuda::linear(blas, act_, attn_.data(), B, NH * D, lw.out_w, H, proj_.data(), false);
+      mark("out_gemm");
+      cuda::residual_rmsnorm(act_, x, proj_.data(), lw.out_b, lw.mlp_norm, B, H, kCudaRmsEps, t,
+                             t32_out, s);
+      mark("residual_norm");
+      cuda::linear(blas, ActType::kF32, t32, B, H, lw.gate_w, E, gate_.data(), true);
+      mark("router_gemm");
+      cuda::router_topk_softmax(gate_.data<float>(), lw.gate_b, B, E, K, topk_e_.data<int>(),
+                                topk_w_.data<float>(), s);
+      mark("router_topk");
+      cuda::moe_group(topk_e_.data<int>(), A, K, E, groups_, s);
+      mark("moe_group");
+      if (dm_.experts_mxfp4) {
+        cuda::moe_mlp1_swiglu_mf4(act_, t, lw.mlp1_blocks, lw.mlp1_scales, lw.mlp1_b, groups_,
+                                  max_active, tokens_hint, H, I, c_.swiglu_limit, act_buf_.data(),
+                                  s);
+        mark("moe_mlp1_swiglu");
+        cuda::moe_mlp2_mf4(act_, act_buf_.data(), lw.mlp2_blocks, lw.mlp2_scales, lw.mlp2_b,
+                           groups_, max_active, tokens_hint, H, I, y_.data<float>(), s);
+        mark("moe_mlp2");
+      } else {
+        cuda::moe_mlp1_swiglu_dense(act_, t, lw.mlp1_w, lw.mlp1_b, groups_, A, H, I,
+                                    c_.swiglu_limit, act_buf_.data(), s);
+        cuda::moe_mlp2_dense(act_, act_buf_.data(), lw.mlp2_w, lw.mlp2_b, groups_, A, H, I,
+                             y_.data<float>(), s);
+      }
+      // The experts' sum joins the residual, then the next norm: the next layer's attention
+      // norm, or after the last layer the final norm.
+      const float* next_scale =
+          l + 1 < c_.num_hidden_layers ? dm_.layers[l + 1].attn_norm : dm_.norm;
+      cuda::moe_combine_rmsnorm(act_, x, y_.data<float>(), groups_.assign_at, topk_w_.data<float>(),
+                                K, next_scale, B, H, kCudaRmsEps, t, nullptr, s);
+      mark("moe_combine_norm");
+    }
+    if (L == 0) return;
+    cuda::gather_rows(act_, t, logit_rows, L, H, final_.data(), s);
+    cuda::linear(blas, act_, final_.data(), L, H, dm_.unembedding, V, logits_.data(), true);
+    mark("unembedding");
+  }
+
+  const Model::Impl& model_;
+  const cuda::DeviceModel& dm_;
+  const ModelConfig& c_;
+  const ActType act_;
+  int positions_ = 0, max_rows_ = 0;
+  int64_t kv_layer_elems_ = 0, sin_offset_ = 0, partial_capacity_ = 0;
+  cuda::Stream stream_;
+  cuda::BlasHandle blas_;
+  DeviceBuffer k_cache_, v_cache_, x_, t32_, t_, qkv_, attn_, proj_, gate_, topk_e_, topk_w_,
+      groups_buf_, act_buf_, y_, partial_, final_, logits_, meta_, blas_ws_, rope_;
+  cuda::PinnedBuffer meta_host_, logits_host_;
+  cuda::MoeGroups groups_{};
+  std::map<int64_t, cuda::Graph> graphs_;
+  std::map<int64_t, int> seen_;
+  cuda::StepProfiler prof_;
+};
+
+}  // namespace
+
+bool cuda_compiled() {
+  return true;
+}
+
+std::shared_ptr<const cuda::DeviceModel> cuda_upload_model(const ModelWeights& weights,
+                                                           const ExecutionConfig& execution) {
+  return cuda::upload_model(weights, execution);
+}
+
+std::unique_ptr<StepBackend> make_cuda_backend(const Model::Impl& model,
+                                               const ContextOptions& options, int max_logit_rows) {
+  MIND4_CHECK(model.device != nullptr, Status::kInternal,
+              "Context: the model has backend cuda but no uploaded weights");
+  return std::make_unique<CudaBackend>(model, options, max_logit_rows);
+}
+
+}  // namespace mind4

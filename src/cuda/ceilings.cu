@@ -1,0 +1,81 @@
+// Measures the copy bandwidth and the bf16 matrix throughput with CUDA events around repeated
+// operations after a warm-up, on random data (zeros run faster on some parts).
+#include <algorithm>
+#include <vector>
+
+#include "cuda/buffer.h"
+#include "cuda/ceilings.h"
+#include "cuda/device_util.cuh"
+
+namespace mind4::cuda {
+namespace {
+
+__global__ void ceilings_fill_random_bf16(__nv_bfloat16* p, int64_t n, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
+    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
+    p[i] = __float2bfloat16(float(h & 0xffff) / 65536.0f - 0.5f);
+  }
+}
+
+template <typename F>
+double median_ms(cudaStream_t s, int reps, F&& f) {
+  cudaEvent_t a, b;
+  check(cudaEventCreate(&a), "cudaEventCreate");
+  check(cudaEventCreate(&b), "cudaEventCreate");
+  f();  // warm-up
+  std::vector<float> ms;
+  for (int i = 0; i < reps; ++i) {
+    check(cudaEventRecord(a, s), "cudaEventRecord");
+    f();
+    check(cudaEventRecord(b, s), "cudaEventRecord");
+    check(cudaEventSynchronize(b), "cudaEventSynchronize");
+    float t = 0;
+    check(cudaEventElapsedTime(&t, a, b), "cudaEventElapsedTime");
+    ms.push_back(t);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+Ceilings measure_ceilings() {
+  Ceilings c;
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  c.device = prop.name;
+  Stream stream;
+  const cudaStream_t s = stream.get();
+  {
+    const size_t bytes = size_t(1) << 30;
+    DeviceBuffer src(bytes), dst(bytes);
+    ceilings_fill_random_bf16<<<1024, 256, 0, s>>>(src.data<__nv_bfloat16>(), int64_t(bytes / 2),
+                                                   1);
+    check_launch("ceilings_fill_random_bf16");
+    const double ms = median_ms(s, 10, [&] {
+      check(cudaMemcpyAsync(dst.data(), src.data(), bytes, cudaMemcpyDeviceToDevice, s),
+            "cudaMemcpyAsync (copy ceiling)");
+    });
+    c.copy_gb_per_s = 2.0 * bytes / (ms * 1e-3) / 1e9;
+  }
+  {
+    const int n = 8192;
+    DeviceBuffer a(size_t(n) * n * 2), b(size_t(n) * n * 2), out(size_t(n) * n * 2);
+    ceilings_fill_random_bf16<<<1024, 256, 0, s>>>(a.data<__nv_bfloat16>(), int64_t(n) * n, 2);
+    ceilings_fill_random_bf16<<<1024, 256, 0, s>>>(b.data<__nv_bfloat16>(), int64_t(n) * n, 3);
+    check_launch("ceilings_fill_random_bf16");
+    BlasHandle blas;
+    check(cublasSetStream(blas.get(), s), "cublasSetStream");
+    const double ms = median_ms(s, 10, [&] {
+      linear(blas.get(), ActType::kBF16, a.data(), n, n, b.data(), n, out.data(), false);
+    });
+    c.bf16_tflops = 2.0 * n * n * double(n) / (ms * 1e-3) / 1e12;
+  }
+  return c;
+}
+
+}  // namespace mind4::cuda

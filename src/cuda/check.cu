@@ -1,0 +1,27 @@
+// check_launch: the one place that turns a failed launch into an error naming the kernel.
+#include <cstdlib>
+
+#include "cuda/check.h"
+
+namespace mind4::cuda {
+
+namespace {
+// Read once: MIND4_CUDA_SYNC_CHECK=1 makes every launch synchronous (debugging a fault).
+bool cuda_sync_each_launch() {
+  static const bool on = [] {
+    const char* v = std::getenv("MIND4_CUDA_SYNC_CHECK");
+    return v && *v && *v != '0';
+  }();
+  return on;
+}
+}  // namespace
+
+thread_local bool capturing_graph = false;
+
+void check_launch(const char* kernel) {
+  cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess && cuda_sync_each_launch() && !capturing_graph) e = cudaDeviceSynchronize();
+  if (e != cudaSuccess) throw_cuda_error(e, kernel);
+}
+
+}  // namespace mind4::cuda

@@ -1,0 +1,117 @@
+// Host launchers of the CUDA kernels, one .cu per op family. Plain C++ (tests call them). Each
+// launcher checks its arguments (kInvalidArgument naming the launcher and the argument) and the
+// launch (kDeviceError naming the kernel), and enqueues on `stream` without synchronising.
+//
+// "act" buffers hold the activation dtype: bf16 (__nv_bfloat16 bits) or f32, chosen per call by
+// ActType. Shapes: B rows of a step, H hidden, NH/NKV heads, D head_dim, E experts, K experts per
+// row, I intermediate, V vocabulary, A = B*K (row, expert) assignments.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace mind4::cuda {
+
+enum class ActType { kF32, kBF16 };
+inline int act_size(ActType t) {
+  return t == ActType::kF32 ? 4 : 2;
+}
+inline const char* act_name(ActType t) {
+  return t == ActType::kF32 ? "f32" : "bf16";
+}
+
+// ---- embedding.cu: x[r] = float(table[tokens[r]]), table act [V, H], x f32 [B, H].
+void embedding_gather(ActType t, const void* table, const int* tokens, int B, int H, float* x,
+                      cudaStream_t stream);
+
+// ---- rmsnorm.cu. Residual stream x f32 [B, H]; out act [B, H] = x / rms(x) * scale, and the
+// same in f32 into out32 [B, H] when out32 is given (the router's input in bf16 mode).
+// Before the norm, x += delta (act [B, H]) + delta_bias ([H]) when delta is given.
+void residual_rmsnorm(ActType t, float* x, const void* delta, const float* delta_bias,
+                      const float* scale, int B, int H, float eps, void* out, float* out32,
+                      cudaStream_t stream);
+// The mixture of experts' weighted sum joins the residual, then the next norm:
+// x[r] += sum_s weights[r, s] * y[assign_at[r, s]] (slots in order), y f32 [A, H].
+void moe_combine_rmsnorm(ActType t, float* x, const float* y, const int* assign_at,
+                         const float* weights, int K, const float* scale, int B, int H, float eps,
+                         void* out, float* out32, cudaStream_t stream);
+// dst[i] = src[rows[i]] for i < L, rows of H act values (the rows whose logits are wanted).
+void gather_rows(ActType t, const void* src, const int* rows, int L, int H, void* dst,
+                 cudaStream_t stream);
+
+// ---- rope.cu: qkv act [B, (NH + 2 NKV) D] (the GEMM output, in place): add bias, rotate q and
+// k by YaRN RoPE at pos[r] (tables f32 [positions, D/2], concentration folded in), and store k,
+// v into the cache of this layer: k_cache/v_cache act [slots, positions, NKV D].
+struct KvLayer {
+  void* k;
+  void* v;
+  int positions;  // rows per slot
+};
+void qkv_bias_rope(ActType t, void* qkv, const float* bias, const float* cos_table,
+                   const float* sin_table, const int* pos, const int* slot, int B, int NH, int NKV,
+                   int D, KvLayer kv, cudaStream_t stream);
+
+// ---- attention.cu: out act [B, NH D] = attention of q (from qkv, row stride QKV) over the
+// cache of each row's slot, keys [first, pos[r]] with first = pos - window + 1 when window > 0.
+// Sink logits f32 [NH] join the softmax denominator. splits > 1 divides each row's keys into
+// that many chunks (flash-decoding) combined afterwards; partial must then hold
+// B * NH * splits * (D + 2) floats.
+void attention(ActType t, const void* qkv, int NH, int NKV, int D, KvLayer kv, const int* pos,
+               const int* slot, const float* sinks, int B, int window, float scale, int splits,
+               float* partial, void* out, cudaStream_t stream);
+// Splits that keep the GPU busy for B rows over keys of up to max_keys, given the partial
+// buffer's capacity in splits.
+int attention_splits(int B, int NH, int max_keys, int max_splits);
+
+// ---- router.cu: per row, logits f32 [B, E] + bias -> the K largest (ties: lower index) ->
+// softmax over them: experts int [B, K], weights f32 [B, K], largest first. E <= 256.
+void router_topk_softmax(const float* logits, const float* bias, int B, int E, int K, int* experts,
+                         float* weights, cudaStream_t stream);
+
+// ---- moe_group.cu: groups the A = B*K assignments by expert (counting sort in one block).
+// offsets int [E + 1]; active int [E + 1]: active[0] = number of experts with rows, then their
+// ids ascending; group_row int [A]: row of each grouped assignment; group_expert int [A];
+// assign_at int [A]: grouped position of assignment (r, s) = r*K + s.
+struct MoeGroups {
+  int* offsets;
+  int* active;
+  int* group_row;
+  int* group_expert;
+  int* assign_at;
+};
+void moe_group(const int* experts, int A, int K, int E, MoeGroups g, cudaStream_t stream);
+
+// ---- moe_mf4.cu: expert matrices as MXFP4 blocks [E, rows, cols/32, 16] + scales
+// [E, rows, cols/32], read packed. max_active bounds the experts with rows (grid size, so that
+// no host synchronisation is needed); tokens_hint is the mean rows per active expert (picks the
+// tile).
+// mlp1 + clamped SwiGLU: act_out act [A, I] (grouped order) from rows group_row[a] of x act [B, H];
+// weight rows interleave gate (even) and linear (odd); bias f32 [E, 2I].
+void moe_mlp1_swiglu_mf4(ActType t, const void* x, const uint8_t* blocks, const uint8_t* scales,
+                         const float* bias, MoeGroups g, int max_active, int tokens_hint, int H,
+                         int I, float limit, void* act_out, cudaStream_t stream);
+// mlp2: y f32 [A, H] = act [A, I] (grouped) times expert matrices [E, H, I] + bias f32 [E, H].
+void moe_mlp2_mf4(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
+                  const float* bias, MoeGroups g, int max_active, int tokens_hint, int H, int I,
+                  float* y, cudaStream_t stream);
+
+// ---- moe_dense.cu: the same two products for experts stored as act matrices (checkpoints with
+// bf16/f32 experts): w1 [E, 2I, H], w2 [E, H, I]. A is the number of assignments.
+void moe_mlp1_swiglu_dense(ActType t, const void* x, const void* w1, const float* bias, MoeGroups g,
+                           int A, int H, int I, float limit, void* act_out, cudaStream_t stream);
+void moe_mlp2_dense(ActType t, const void* act, const void* w2, const float* bias, MoeGroups g,
+                    int A, int H, int I, float* y, cudaStream_t stream);
+
+// ---- gemm.cu: out [M, N] = x [M, K] times w [N, K] transposed, both of dtype t (a linear layer),
+// through cuBLAS with f32 accumulation (and no TF32: the f32 line is the accurate one). out is f32
+// when out_f32, else act. The handle must already be bound to the stream.
+void linear(cublasHandle_t blas, ActType t, const void* x, int M, int K, const void* w, int N,
+            void* out, bool out_f32);
+
+// ---- convert.cu: dst act [n] = src (bf16 or f32 bits per src_bf16) on the device.
+void convert_to_act(ActType t, const void* src, bool src_bf16, int64_t n, void* dst,
+                    cudaStream_t stream);
+
+}  // namespace mind4::cuda

@@ -1,0 +1,206 @@
+// Mixture-of-experts products on MXFP4 weights read as stored: 16 bytes of e2m1 pairs and one
+// e8m0 scale per 32 weights. One kernel serves decode (GEMV: one row per expert) and prefill
+// (a grouped GEMM: the rows of each expert are staged TOK at a time and every weight block read
+// is used for all of them). Grid: x over tiles of weight rows, y over active-expert slots; the
+// number of active experts is read on the device, so a step needs no host synchronisation.
+//
+// Each warp owns kMf4RowsAtOnce weight rows at a time; lane j takes 32-weight block j of each
+// (a 16-byte load), so a warp streams 512 contiguous bytes per row and iteration. Activations
+// sit in shared memory as f32, 33 floats per 32 (padding: lane j reads bank (j + i) % 32, no
+// conflicts); the 16 e2m1 values come from a 16-float table in shared memory (16 distinct
+// banks). mlp1 rows interleave gate and linear, so the pair meets in one warp and the clamped
+// SwiGLU is applied before anything is written.
+#include <algorithm>
+
+#include "cuda/device_util.cuh"
+
+namespace mind4::cuda {
+namespace {
+
+constexpr int kMf4Warps = 4;
+constexpr int kMf4RowsAtOnce = 4;  // even: whole (gate, linear) pairs
+constexpr int kMf4RowIters = 2;
+constexpr int kMf4RowsPerBlock = kMf4Warps * kMf4RowsAtOnce * kMf4RowIters;
+
+__constant__ float kMf4E2M1[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
+                                   -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+__device__ __forceinline__ float mf4_scale(uint8_t s) {
+  return __uint_as_float(s ? uint32_t(s) << 23 : 0x00400000u);  // 2^(s-127); s = 0: 2^-127
+}
+
+// SWIGLU: mlp1 (x gathered through group_row, output act [A, N/2]); else mlp2 (x grouped,
+// output f32 [A, N]).
+template <typename T, int TOK, bool SWIGLU>
+__global__ void __launch_bounds__(kMf4Warps * 32)
+    moe_mf4w_kernel(const T* __restrict__ x, const uint8_t* __restrict__ blocks,
+                    const uint8_t* __restrict__ scales, const float* __restrict__ bias, MoeGroups g,
+                    int N, int Kd, float limit, T* __restrict__ act_out,
+                    float* __restrict__ y_out) {
+  extern __shared__ float mf4_xs[];  // [TOK][nb * 33]
+  __shared__ float lut[16];
+  const int n_active = g.active[0];
+  if (int(blockIdx.y) >= n_active) return;
+  const int e = g.active[1 + blockIdx.y];
+  const int a0 = g.offsets[e], count = g.offsets[e + 1] - a0;
+  const int nb = Kd / 32, stride = nb * 33;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (threadIdx.x < 16) lut[threadIdx.x] = kMf4E2M1[threadIdx.x];
+  const int row_base = blockIdx.x * kMf4RowsPerBlock + warp * kMf4RowsAtOnce * kMf4RowIters;
+
+  for (int t0 = 0; t0 < count; t0 += TOK) {
+    __syncthreads();  // the previous group's readers are done with mf4_xs
+    for (int idx = threadIdx.x; idx < TOK * (Kd / 2); idx += blockDim.x) {
+      const int tt = idx / (Kd / 2), c = (idx % (Kd / 2)) * 2;
+      float2 v = make_float2(0.0f, 0.0f);
+      if (t0 + tt < count) {
+        const int a = a0 + t0 + tt;
+        const int64_t src_row = SWIGLU ? g.group_row[a] : a;
+        v = load2(x + src_row * Kd + c);
+      }
+      float* dst = mf4_xs + tt * stride + (c / 32) * 33 + c % 32;
+      dst[0] = v.x;
+      dst[1] = v.y;
+    }
+    __syncthreads();
+
+#pragma unroll 1
+    for (int it = 0; it < kMf4RowIters; ++it) {
+      const int r0 = row_base + it * kMf4RowsAtOnce;
+      if (r0 >= N) break;
+      float acc[TOK][kMf4RowsAtOnce];
+#pragma unroll
+      for (int tt = 0; tt < TOK; ++tt)
+#pragma unroll
+        for (int rr = 0; rr < kMf4RowsAtOnce; ++rr) acc[tt][rr] = 0.0f;
+      const int64_t row0 = int64_t(e) * N + r0;
+      const uint8_t* wrow = blocks + row0 * nb * 16;
+      const uint8_t* srow = scales + row0 * nb;
+      for (int j = lane; j < nb; j += 32) {
+        uint4 w[kMf4RowsAtOnce];
+        float sc[kMf4RowsAtOnce];
+#pragma unroll
+        for (int rr = 0; rr < kMf4RowsAtOnce; ++rr) {
+          w[rr] = __ldg(reinterpret_cast<const uint4*>(wrow + (int64_t(rr) * nb + j) * 16));
+          sc[rr] = mf4_scale(srow[int64_t(rr) * nb + j]);
+        }
+        const float* xj = mf4_xs + j * 33;
+        float part[TOK][kMf4RowsAtOnce];
+#pragma unroll
+        for (int tt = 0; tt < TOK; ++tt)
+#pragma unroll
+          for (int rr = 0; rr < kMf4RowsAtOnce; ++rr) part[tt][rr] = 0.0f;
+#pragma unroll
+        for (int b = 0; b < 16; ++b) {
+          float x0[TOK], x1[TOK];
+#pragma unroll
+          for (int tt = 0; tt < TOK; ++tt) {
+            x0[tt] = xj[tt * stride + 2 * b];
+            x1[tt] = xj[tt * stride + 2 * b + 1];
+          }
+#pragma unroll
+          for (int rr = 0; rr < kMf4RowsAtOnce; ++rr) {
+            const uint32_t word = b < 4 ? w[rr].x : b < 8 ? w[rr].y : b < 12 ? w[rr].z : w[rr].w;
+            const uint32_t byte = (word >> (8 * (b % 4))) & 0xffu;
+            const float w0 = lut[byte & 15u], w1 = lut[byte >> 4];
+#pragma unroll
+            for (int tt = 0; tt < TOK; ++tt) part[tt][rr] += w0 * x0[tt] + w1 * x1[tt];
+          }
+        }
+#pragma unroll
+        for (int tt = 0; tt < TOK; ++tt)
+#pragma unroll
+          for (int rr = 0; rr < kMf4RowsAtOnce; ++rr) acc[tt][rr] += part[tt][rr] * sc[rr];
+      }
+#pragma unroll
+      for (int tt = 0; tt < TOK; ++tt)
+#pragma unroll
+        for (int rr = 0; rr < kMf4RowsAtOnce; ++rr) acc[tt][rr] = warp_sum(acc[tt][rr]);
+      if (lane == 0) {
+        const float* b = bias + row0;
+#pragma unroll
+        for (int tt = 0; tt < TOK; ++tt) {
+          if (t0 + tt >= count) break;
+          const int64_t a = a0 + t0 + tt;
+          if constexpr (SWIGLU) {
+#pragma unroll
+            for (int q = 0; q < kMf4RowsAtOnce / 2; ++q) {
+              const float gt = fminf(acc[tt][2 * q] + b[2 * q], limit);
+              const float ln = fminf(fmaxf(acc[tt][2 * q + 1] + b[2 * q + 1], -limit), limit);
+              const float v = gt / (1.0f + __expf(-1.702f * gt)) * (ln + 1.0f);
+              act_out[a * (N / 2) + r0 / 2 + q] = from_f32<T>(v);
+            }
+          } else {
+#pragma unroll
+            for (int rr = 0; rr < kMf4RowsAtOnce; ++rr)
+              y_out[a * N + r0 + rr] = acc[tt][rr] + b[rr];
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T, bool SWIGLU>
+void moe_mf4_launch(const void* x, const uint8_t* blocks, const uint8_t* scales, const float* bias,
+                    MoeGroups g, int max_active, int tokens_hint, int N, int Kd, float limit,
+                    void* act_out, float* y_out, cudaStream_t stream) {
+  const dim3 grid((N + kMf4RowsPerBlock - 1) / kMf4RowsPerBlock, max_active);
+  auto go = [&](auto kernel, int tok) {
+    const size_t smem = size_t(tok) * (Kd / 32) * 33 * sizeof(float);
+    if (smem > 48 * 1024)
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+            "cudaFuncSetAttribute(moe_mf4w)");
+    kernel<<<grid, kMf4Warps * 32, smem, stream>>>(static_cast<const T*>(x), blocks, scales, bias,
+                                                   g, N, Kd, limit, static_cast<T*>(act_out),
+                                                   y_out);
+  };
+  if (tokens_hint <= 1)
+    go(moe_mf4w_kernel<T, 1, SWIGLU>, 1);
+  else if (tokens_hint <= 4)
+    go(moe_mf4w_kernel<T, 4, SWIGLU>, 4);
+  else
+    go(moe_mf4w_kernel<T, 8, SWIGLU>, 8);
+}
+
+void moe_mf4_check(const char* launcher, const void* x, const uint8_t* blocks,
+                   const uint8_t* scales, const float* bias, const MoeGroups& g, int max_active,
+                   int H, int I) {
+  MIND4_CUDA_ARG(x && blocks && scales && bias && g.offsets && g.active && g.group_row, launcher,
+                 "null pointer");
+  MIND4_CUDA_ARG(
+      H > 0 && I > 0 && H % 32 == 0 && I % 32 == 0 && max_active >= 0 && max_active <= 65535,
+      launcher, "H = ", H, ", I = ", I, " (multiples of 32), max_active = ", max_active);
+  MIND4_CUDA_ARG(reinterpret_cast<uintptr_t>(blocks) % 16 == 0, launcher,
+                 "blocks must be 16-byte aligned");
+}
+
+}  // namespace
+
+void moe_mlp1_swiglu_mf4(ActType t, const void* x, const uint8_t* blocks, const uint8_t* scales,
+                         const float* bias, MoeGroups g, int max_active, int tokens_hint, int H,
+                         int I, float limit, void* act_out, cudaStream_t stream) {
+  moe_mf4_check("moe_mlp1_swiglu_mf4", x, blocks, scales, bias, g, max_active, H, I);
+  MIND4_CUDA_ARG(act_out, "moe_mlp1_swiglu_mf4", "null output");
+  if (max_active == 0) return;
+  dispatch_act(t, [&](auto tag) {
+    moe_mf4_launch<decltype(tag), true>(x, blocks, scales, bias, g, max_active, tokens_hint, 2 * I,
+                                        H, limit, act_out, nullptr, stream);
+  });
+  check_launch(t == ActType::kF32 ? "moe_mlp1_swiglu_f32_mf4w" : "moe_mlp1_swiglu_bf16_mf4w");
+}
+
+void moe_mlp2_mf4(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
+                  const float* bias, MoeGroups g, int max_active, int tokens_hint, int H, int I,
+                  float* y, cudaStream_t stream) {
+  moe_mf4_check("moe_mlp2_mf4", act, blocks, scales, bias, g, max_active, H, I);
+  MIND4_CUDA_ARG(y, "moe_mlp2_mf4", "null output");
+  if (max_active == 0) return;
+  dispatch_act(t, [&](auto tag) {
+    moe_mf4_launch<decltype(tag), false>(act, blocks, scales, bias, g, max_active, tokens_hint, H,
+                                         I, 0.0f, nullptr, y, stream);
+  });
+  check_launch(t == ActType::kF32 ? "moe_mlp2_f32_mf4w" : "moe_mlp2_bf16_mf4w");
+}
+
+}  // namespace mind4::cuda

@@ -1,0 +1,129 @@
+// RMSNorm fused with the residual add that precedes it. One block per row: the row's update and
+// its sum of squares in one pass over x, the normed row written in the activation dtype. The
+// residual stream stays f32 whatever the activation dtype, so that bf16 rounding does not
+// accumulate over layers.
+#include "cuda/device_util.cuh"
+
+namespace mind4::cuda {
+namespace {
+
+constexpr int kNormThreads = 256;
+
+__device__ float cuda_block_sum(float v) {
+  __shared__ float partial[kNormThreads / 32];
+  __shared__ float total;
+  v = warp_sum(v);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float s = threadIdx.x < kNormThreads / 32 ? partial[threadIdx.x] : 0.0f;
+    s = warp_sum(s);
+    if (threadIdx.x == 0) total = s;
+  }
+  __syncthreads();
+  return total;
+}
+
+template <typename T>
+__device__ void cuda_norm_row(const float* xr, const float* scale, int H, float eps, float ss,
+                              T* out, float* out32) {
+  const float r = rsqrtf(cuda_block_sum(ss) / H + eps);
+  for (int j = threadIdx.x; j < H; j += blockDim.x) {
+    const float v = xr[j] * r * scale[j];
+    out[j] = from_f32<T>(v);
+    if (out32) out32[j] = v;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kNormThreads)
+    residual_rmsnorm_kernel(float* __restrict__ x, const T* __restrict__ delta,
+                            const float* __restrict__ bias, const float* __restrict__ scale, int H,
+                            float eps, T* __restrict__ out, float* __restrict__ out32) {
+  const int64_t r = blockIdx.x;
+  float* xr = x + r * H;
+  float ss = 0.0f;
+  for (int j = threadIdx.x; j < H; j += blockDim.x) {
+    float v = xr[j];
+    if (delta) v += to_f32(delta[r * H + j]) + (bias ? bias[j] : 0.0f);
+    xr[j] = v;
+    ss += v * v;
+  }
+  cuda_norm_row(xr, scale, H, eps, ss, out + r * H, out32 ? out32 + r * H : nullptr);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kNormThreads)
+    moe_combine_rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ y,
+                               const int* __restrict__ assign_at, const float* __restrict__ w,
+                               int K, const float* __restrict__ scale, int H, float eps,
+                               T* __restrict__ out, float* __restrict__ out32) {
+  const int64_t r = blockIdx.x;
+  float* xr = x + r * H;
+  float ss = 0.0f;
+  for (int j = threadIdx.x; j < H; j += blockDim.x) {
+    // Sum over slots in order, then add: the CPU line's order, so results agree bit-closely.
+    float m = 0.0f;
+    for (int s = 0; s < K; ++s) m += w[r * K + s] * y[int64_t(assign_at[r * K + s]) * H + j];
+    const float v = xr[j] + m;
+    xr[j] = v;
+    ss += v * v;
+  }
+  cuda_norm_row(xr, scale, H, eps, ss, out + r * H, out32 ? out32 + r * H : nullptr);
+}
+
+template <typename T>
+__global__ void gather_rows_kernel(const T* __restrict__ src, const int* __restrict__ rows, int H,
+                                   T* __restrict__ dst) {
+  const int64_t i = blockIdx.x;
+  for (int j = threadIdx.x; j < H; j += blockDim.x) dst[i * H + j] = src[int64_t(rows[i]) * H + j];
+}
+
+}  // namespace
+
+void residual_rmsnorm(ActType t, float* x, const void* delta, const float* delta_bias,
+                      const float* scale, int B, int H, float eps, void* out, float* out32,
+                      cudaStream_t stream) {
+  MIND4_CUDA_ARG(x && scale && out, "residual_rmsnorm", "null pointer");
+  MIND4_CUDA_ARG(B >= 0 && H > 0 && eps > 0, "residual_rmsnorm", "B = ", B, ", H = ", H,
+                 ", eps = ", eps);
+  MIND4_CUDA_ARG(delta || !delta_bias, "residual_rmsnorm", "a bias without a delta");
+  if (B == 0) return;
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    residual_rmsnorm_kernel<T><<<B, kNormThreads, 0, stream>>>(
+        x, static_cast<const T*>(delta), delta_bias, scale, H, eps, static_cast<T*>(out), out32);
+  });
+  check_launch(t == ActType::kF32 ? "residual_rmsnorm_f32" : "residual_rmsnorm_f32_bf16out");
+}
+
+void moe_combine_rmsnorm(ActType t, float* x, const float* y, const int* assign_at,
+                         const float* weights, int K, const float* scale, int B, int H, float eps,
+                         void* out, float* out32, cudaStream_t stream) {
+  MIND4_CUDA_ARG(x && y && assign_at && weights && scale && out, "moe_combine_rmsnorm",
+                 "null pointer");
+  MIND4_CUDA_ARG(B >= 0 && H > 0 && K > 0 && eps > 0, "moe_combine_rmsnorm", "B = ", B, ", H = ", H,
+                 ", K = ", K);
+  if (B == 0) return;
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    moe_combine_rmsnorm_kernel<T><<<B, kNormThreads, 0, stream>>>(
+        x, y, assign_at, weights, K, scale, H, eps, static_cast<T*>(out), out32);
+  });
+  check_launch(t == ActType::kF32 ? "moe_combine_rmsnorm_f32" : "moe_combine_rmsnorm_f32_bf16out");
+}
+
+void gather_rows(ActType t, const void* src, const int* rows, int L, int H, void* dst,
+                 cudaStream_t stream) {
+  MIND4_CUDA_ARG(src && rows && dst, "gather_rows", "null pointer");
+  MIND4_CUDA_ARG(L >= 0 && H > 0, "gather_rows", "L = ", L, ", H = ", H);
+  if (L == 0) return;
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    gather_rows_kernel<T>
+        <<<L, 256, 0, stream>>>(static_cast<const T*>(src), rows, H, static_cast<T*>(dst));
+  });
+  check_launch(t == ActType::kF32 ? "gather_rows_f32" : "gather_rows_bf16");
+}
+
+}  // namespace mind4::cuda

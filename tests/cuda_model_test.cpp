@@ -1,0 +1,236 @@
+// The whole model on the CUDA line: logits of the committed Hugging Face fixtures (bf16 within
+// 2e-2 * max|logit|, f32 within 1e-3 * max|logit|), prefill and token-by-token decode (the decode
+// steps run as captured CUDA graphs after their first occurrence), several sequences in one
+// Context against the CPU line, and the errors a user can meet (no CUDA line in the build, no
+// GPU, an unsupported dtype).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "mind4/model.h"
+#include "mind4/status.h"
+#include "model/backend.h"
+
+#ifdef MIND4_HAVE_CUDA
+#include "cuda_test_util.h"
+#endif
+
+namespace mind4 {
+namespace {
+
+std::string cuda_fixture_dir(const std::string& name) {
+  return std::string(MIND4_SOURCE_DIR) + "/tests/fixtures/" + name;
+}
+
+Config cuda_config(const std::string& checkpoint, ActivationDType dtype) {
+  Config c;
+  c.paths.checkpoint = checkpoint;
+  c.execution.backend = Backend::kCuda;
+  c.execution.dtype = dtype;
+  return c;
+}
+
+#ifdef MIND4_HAVE_CUDA
+
+struct CudaExpected {
+  std::vector<int> tokens, greedy;
+  std::vector<float> logits;
+};
+
+CudaExpected cuda_read_expected(const std::string& dir) {
+  auto file = SafeTensorsFile::open(dir + "/expected.safetensors");
+  CudaExpected out;
+  for (const SafeTensor& t : file->tensors()) {
+    if (t.name == "tokens" || t.name == "greedy") {
+      const int32_t* p = reinterpret_cast<const int32_t*>(t.data);
+      (t.name == "tokens" ? out.tokens : out.greedy).assign(p, p + t.nbytes / 4);
+    } else if (t.name == "logits") {
+      const float* p = reinterpret_cast<const float*>(t.data);
+      out.logits.assign(p, p + t.nbytes / 4);
+    }
+  }
+  return out;
+}
+
+double cuda_max_abs(std::span<const float> v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, double(std::abs(x)));
+  return m;
+}
+
+class CudaFixture
+    : public ::testing::TestWithParam<std::tuple<std::string, std::string, ActivationDType>> {
+  void SetUp() override { MIND4_REQUIRE_GPU(); }
+};
+
+TEST_P(CudaFixture, MatchesTransformers) {
+  const auto& [name, layout, dtype] = GetParam();
+  const std::string dir = cuda_fixture_dir(name);
+  const CudaExpected want = cuda_read_expected(dir);
+  ASSERT_FALSE(want.tokens.empty());
+  auto model = Model::load(cuda_config(layout == "original" ? dir : dir + "/hf", dtype));
+  const int V = model->config().vocab_size, T = int(want.tokens.size());
+  const bool f32 = dtype == ActivationDType::kFloat32;
+  const double bound = (f32 ? 1e-3 : 2e-2) * cuda_max_abs(want.logits);
+  const int total = T + int(want.greedy.size());
+
+  Context prefill(model,
+                  {.context_length = total, .max_batch_tokens = 16, .keep_all_logits = true});
+  const int a = prefill.new_sequence();
+  prefill.append(a, want.tokens);
+  prefill.process();
+  auto all = prefill.all_logits(a);
+  ASSERT_EQ(all.size(), want.logits.size());
+  double worst = 0;
+  for (size_t i = 0; i < all.size(); ++i)
+    worst = std::max(worst, double(std::abs(all[i] - want.logits[i])));
+  EXPECT_LE(worst, bound) << name << "/" << layout << ": max |logit - HF| over all positions";
+
+  Context decode(model, {.context_length = total});
+  const int b = decode.new_sequence();
+  for (int t = 0; t < T; ++t) {
+    decode.append(b, std::span<const int>(&want.tokens[t], 1));
+    decode.process();
+    auto step = decode.logits(b);
+    double err = 0;
+    for (int v = 0; v < V; ++v)
+      err = std::max(err, double(std::abs(step[v] - want.logits[size_t(t) * V + v])));
+    ASSERT_LE(err, bound) << name << "/" << layout << ": decode at position " << t;
+  }
+  if (!f32) return;  // bf16 rounding may flip a near-tie of the greedy choice
+  std::vector<int> got;
+  for (size_t i = 0; i < want.greedy.size(); ++i) {
+    auto l = decode.logits(b);
+    const int next = int(std::max_element(l.begin(), l.end()) - l.begin());
+    got.push_back(next);
+    decode.append(b, std::span<const int>(&next, 1));
+    decode.process();
+  }
+  EXPECT_EQ(got, want.greedy) << name << "/" << layout;
+}
+
+std::vector<std::tuple<std::string, std::string, ActivationDType>> cuda_fixture_cases() {
+  std::vector<std::tuple<std::string, std::string, ActivationDType>> out;
+  for (const char* n : {"plain_bf16_mqa", "yarn32_mxfp4_mha", "yarn_mxfp4_gqa"})
+    for (const char* layout : {"original", "hf"})
+      for (ActivationDType d : {ActivationDType::kBFloat16, ActivationDType::kFloat32})
+        out.emplace_back(n, layout, d);
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(HfTransformers, CudaFixture, ::testing::ValuesIn(cuda_fixture_cases()),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) + "_" + std::get<1>(info.param) + "_" +
+                                  (std::get<2>(info.param) == ActivationDType::kFloat32 ? "f32"
+                                                                                        : "bf16");
+                         });
+
+// Three sequences of different lengths share steps (prefill cut into steps of 5 rows, then
+// batched decode steps replayed from graphs) and each must match the CPU line run alone.
+TEST(CudaContext, SequencesBatchedTogetherMatchTheCpuLineAlone) {
+  MIND4_REQUIRE_GPU();
+  const std::string dir = cuda_fixture_dir("yarn_mxfp4_gqa");
+  Config cpu_cfg;
+  cpu_cfg.paths.checkpoint = dir;
+  auto cpu_model = Model::load(cpu_cfg);
+  auto gpu_model = Model::load(cuda_config(dir, ActivationDType::kFloat32));
+  const int V = cpu_model->config().vocab_size;
+  const std::vector<std::vector<int>> prompts = {{1, 2, 3, 4, 5, 6, 7}, {9}, {11, 12, 13, 14}};
+  const int steps = 6;
+  Context gpu(gpu_model, {.context_length = 32, .max_sequences = 4, .max_batch_tokens = 5});
+  std::vector<int> ids;
+  for (const auto& p : prompts) {
+    ids.push_back(gpu.new_sequence());
+    gpu.append(ids.back(), p);
+  }
+  gpu.process();
+  std::vector<std::vector<float>> gpu_logits(prompts.size());
+  std::vector<std::vector<int>> fed(prompts.size());
+  for (int s = 0; s < steps; ++s) {
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      auto l = gpu.logits(ids[i]);
+      gpu_logits[i].insert(gpu_logits[i].end(), l.begin(), l.end());
+      const int next = (s * 31 + int(i) * 7 + 3) % V;  // fixed tokens: both lines see the same
+      fed[i].push_back(next);
+      gpu.append(ids[i], std::span<const int>(&next, 1));
+    }
+    gpu.process();
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    Context cpu(cpu_model, {.context_length = 32});
+    const int c = cpu.new_sequence();
+    cpu.append(c, prompts[i]);
+    cpu.process();
+    double worst = 0, top = 0;
+    for (int s = 0; s < steps; ++s) {
+      auto l = cpu.logits(c);
+      for (int v = 0; v < V; ++v) {
+        worst = std::max(worst, double(std::abs(l[v] - gpu_logits[i][size_t(s) * V + v])));
+        top = std::max(top, double(std::abs(l[v])));
+      }
+      cpu.append(c, std::span<const int>(&fed[i][s], 1));
+      cpu.process();
+    }
+    EXPECT_LE(worst, 1e-3 * top) << "sequence " << i;
+  }
+  // A released slot is reused by a new sequence, whose results do not see the old one's cache.
+  gpu.release(ids[1]);
+  const int again = gpu.new_sequence();
+  gpu.append(again, prompts[1]);
+  gpu.process();
+  Context cpu(cpu_model, {.context_length = 32});
+  const int c = cpu.new_sequence();
+  cpu.append(c, prompts[1]);
+  cpu.process();
+  auto lg = gpu.logits(again), lc = cpu.logits(c);
+  double worst = 0;
+  for (int v = 0; v < V; ++v) worst = std::max(worst, double(std::abs(lg[v] - lc[v])));
+  EXPECT_LE(worst, 1e-3 * cuda_max_abs(lc));
+}
+
+TEST(CudaModel, Float16ActivationsAreRefusedClearly) {
+  MIND4_REQUIRE_GPU();
+  try {
+    Model::load(cuda_config(cuda_fixture_dir("yarn_mxfp4_gqa"), ActivationDType::kFloat16));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), Status::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("float16"), std::string::npos) << e.what();
+  }
+}
+
+TEST(CudaModel, NoGpuGivesAClearMessageBeforeAnyWork) {
+  if (cuda_test::cuda_gpu_missing().empty())
+    GTEST_SKIP() << "this machine has a GPU; the no-GPU message is checked where there is none";
+  try {
+    Model::load(cuda_config(cuda_fixture_dir("yarn_mxfp4_gqa"), ActivationDType::kBFloat16));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), Status::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("GPU"), std::string::npos) << e.what();
+  }
+}
+
+#else  // no CUDA line in this build
+
+TEST(CudaModel, BackendCudaSaysItIsNotCompiledIn) {
+  EXPECT_FALSE(cuda_compiled());
+  try {
+    Model::load(cuda_config(cuda_fixture_dir("yarn_mxfp4_gqa"), ActivationDType::kBFloat16));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), Status::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("not compiled"), std::string::npos) << e.what();
+  }
+}
+
+#endif
+
+}  // namespace
+}  // namespace mind4

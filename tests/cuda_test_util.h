@@ -1,0 +1,111 @@
+// Helpers of the CUDA tests: skip without a GPU, move vectors to and from the device, poison
+// outputs (NaN bytes) before a kernel runs, and the relative error ||out - ref|| / ||ref||.
+#pragma once
+
+#ifdef MIND4_HAVE_CUDA
+
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "cuda/buffer.h"
+#include "cuda/kernels.h"
+
+namespace mind4::cuda_test {
+
+// Empty when a Hopper-class GPU is usable; otherwise why not.
+inline std::string cuda_gpu_missing() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) return std::string("no usable CUDA GPU (") + cudaGetErrorString(e) + ")";
+  if (n == 0) return "no CUDA GPU on this machine";
+  cudaDeviceProp p{};
+  cudaGetDeviceProperties(&p, 0);
+  if (p.major < 9) return std::string("GPU ") + p.name + " is older than compute capability 9.0";
+  return "";
+}
+
+#define MIND4_REQUIRE_GPU()                                         \
+  do {                                                              \
+    const std::string why = ::mind4::cuda_test::cuda_gpu_missing(); \
+    if (!why.empty())                                               \
+      GTEST_SKIP() << "CUDA test skipped: " << why                  \
+                   << " (the CUDA line is "                         \
+                      "compiled in)";                               \
+  } while (0)
+
+template <typename T>
+cuda::DeviceBuffer upload(const std::vector<T>& v) {
+  cuda::DeviceBuffer b(std::max<size_t>(v.size() * sizeof(T), 1));
+  cuda::check(cudaMemcpy(b.data(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice),
+              "test upload");
+  return b;
+}
+
+// A buffer of `bytes` filled with 0xff bytes: NaN as f32 and bf16, -1 as int.
+inline cuda::DeviceBuffer poisoned(size_t bytes) {
+  cuda::DeviceBuffer b(std::max<size_t>(bytes, 1));
+  cuda::check(cudaMemset(b.data(), 0xff, bytes), "test poison");
+  return b;
+}
+
+template <typename T>
+std::vector<T> download(const cuda::DeviceBuffer& b, size_t n) {
+  cuda::check(cudaDeviceSynchronize(), "test kernel");
+  std::vector<T> v(n);
+  cuda::check(cudaMemcpy(v.data(), b.data(), n * sizeof(T), cudaMemcpyDeviceToHost),
+              "test download");
+  return v;
+}
+
+// Activation values as the device holds them (bf16 rounds) and back to float.
+inline std::vector<uint8_t> to_act(const std::vector<float>& v, cuda::ActType t) {
+  std::vector<uint8_t> out(v.size() * cuda::act_size(t));
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (t == cuda::ActType::kF32)
+      reinterpret_cast<float*>(out.data())[i] = v[i];
+    else
+      reinterpret_cast<uint16_t*>(out.data())[i] = f32_to_bf16(v[i]);
+  }
+  return out;
+}
+inline std::vector<float> from_act(const std::vector<uint8_t>& b, cuda::ActType t) {
+  const size_t n = b.size() / cuda::act_size(t);
+  std::vector<float> out(n);
+  for (size_t i = 0; i < n; ++i)
+    out[i] = t == cuda::ActType::kF32 ? reinterpret_cast<const float*>(b.data())[i]
+                                      : bf16_to_f32(reinterpret_cast<const uint16_t*>(b.data())[i]);
+  return out;
+}
+// What the device sees of v in dtype t (bf16 rounding applied).
+inline std::vector<float> rounded(const std::vector<float>& v, cuda::ActType t) {
+  return from_act(to_act(v, t), t);
+}
+inline std::vector<float> download_act(const cuda::DeviceBuffer& b, size_t n, cuda::ActType t) {
+  return from_act(download<uint8_t>(b, n * cuda::act_size(t)), t);
+}
+
+// ||out - ref|| / ||ref||; infinity when any output is NaN (an unwritten, poisoned element).
+inline double rel_error(const std::vector<float>& out, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (std::isnan(out[i])) return INFINITY;
+    num += (out[i] - ref[i]) * (out[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+// Tolerance of a result computed from inputs in dtype t with f32 accumulation.
+inline double tol(cuda::ActType t) {
+  return t == cuda::ActType::kF32 ? 1e-5 : 1e-2;
+}
+
+}  // namespace mind4::cuda_test
+
+#endif  // MIND4_HAVE_CUDA
