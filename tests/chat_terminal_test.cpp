@@ -5,6 +5,7 @@
 #include <pty.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -67,6 +68,19 @@ class PtySession {
       if (std::chrono::steady_clock::now() > deadline || !pump(100)) return std::string::npos;
     }
   }
+  // The line editor switches the terminal out of canonical mode while it reads a line (on Linux
+  // the master side reports the terminal's modes). Keys typed before that, Ctrl-D above all, may
+  // be taken by the kernel's line discipline instead.
+  bool wait_line_editor(double timeout_s = 30) {
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    termios t{};
+    while (tcgetattr(master_, &t) == 0 && (t.c_lflag & ICANON)) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      pump(10);
+    }
+    return true;
+  }
   // Reads whatever arrives within `ms`; false when the child closed the terminal.
   bool pump(int ms) {
     pollfd p{master_, POLLIN, 0};
@@ -97,7 +111,7 @@ class PtySession {
   // Enter, and waits for `expect`; returns where it appeared (npos when it did not).
   size_t say(size_t& from, const std::string& line, const std::string& expect) {
     size_t prompt = wait_for("\n> ", from);
-    if (prompt == std::string::npos) return prompt;
+    if (prompt == std::string::npos || !wait_line_editor()) return std::string::npos;
     type(line + "\r");
     size_t at = wait_for(expect, prompt + 3);
     from = at == std::string::npos ? prompt + 3 : at;
@@ -201,6 +215,7 @@ TEST(ChatTerminal, APromptLongerThanTheContextIsRefusedAndTheChatGoesOn) {
   EXPECT_NE(chat.say(at, "/stats", "generated, stop max_tokens"), std::string::npos)
       << chat.output();
   chat.wait_for("\n> ", at);
+  ASSERT_TRUE(chat.wait_line_editor());
   chat.type("\x04");  // Ctrl-D leaves
   EXPECT_EQ(chat.wait_exit(), 0) << chat.output();
 }

@@ -81,10 +81,11 @@ struct ContextOptions {
 class Context {
  public:
   // Allocates the KV cache (max_sequences x context_length x layers x 2 x kv_heads x head_dim,
-  // fp32 on the CPU line, the activation dtype on the CUDA line, in GPU memory) and all scratch now; nothing is allocated per token afterwards (except the
-  // all-positions logits store when keep_all_logits is set, grown once per process()).
-  // Errors: kInvalidArgument (a non-positive option, context_length > max_context_length),
-  // kOutOfMemory when the KV cache cannot be allocated (the message gives its size).
+  // fp32 on the CPU line, the activation dtype on the CUDA line, in GPU memory) and all scratch
+  // now; nothing is allocated per token afterwards (except the all-positions logits store when
+  // keep_all_logits is set, grown once per process()). Errors: kInvalidArgument (a non-positive
+  // option, context_length > max_context_length), kOutOfMemory when the KV cache cannot be
+  // allocated (the message gives its size).
   Context(std::shared_ptr<const Model> model, ContextOptions options = {});
   ~Context();
   Context(Context&&) noexcept;
@@ -112,6 +113,12 @@ class Context {
   // Every token of seq: processed ones followed by queued ones.
   std::span<const int> tokens(int seq) const;
   int processed(int seq) const;  // positions in the KV cache
+  // Keeps the first `length` tokens of seq (processed or queued) and forgets the rest, so that a
+  // conversation that changed after some point (an edited or dropped message) is processed again
+  // only from there. The KV rows past `length` are overwritten as new tokens are processed.
+  // logits(seq) is unavailable until the next process(). kInvalidArgument for an unknown id or a
+  // length outside [0, tokens(seq).size()].
+  void truncate(int seq, int length);
   // Frees seq's slot (its KV memory returns to the pool); kInvalidArgument for an unknown id.
   void release(int seq);
 

@@ -115,12 +115,9 @@ void Generator::sync_prompt(std::span<const int> prompt, GenerateStats& stats) {
   size_t common = 0;
   while (common < cached.size() && common < prompt.size() && cached[common] == prompt[common])
     ++common;
-  // The cache can only grow: a prompt that diverges from it, or that ends inside it (then the
-  // logits of its last token are gone), is processed again from the start.
-  if (common < cached.size() || common == prompt.size()) {
-    reset();
-    common = 0;
-  }
+  // The last prompt token is always processed again: its logits are the ones to sample from.
+  if (common == prompt.size()) --common;
+  if (common < cached.size()) ctx_->truncate(seq_, int(common));
   stats.reused_tokens = int(common);
   ctx_->append(seq_, prompt.subspan(common));
   ctx_->process();

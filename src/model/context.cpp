@@ -18,7 +18,7 @@ struct Sequence {
   int processed = 0;
   int process_base = 0;  // processed when the current process() began
   bool has_logits = false;
-  int all_rows = 0;              // rows in all_logits from the last process()
+  int all_rows = 0;               // rows in all_logits from the last process()
   std::vector<float> all_logits;  // [all_rows, V] (keep_all_logits only)
 };
 }  // namespace
@@ -27,15 +27,14 @@ struct Context::Impl {
   std::shared_ptr<const Model> model;
   ContextOptions options;
   std::unique_ptr<StepBackend> backend;  // the model's execution line: KV cache and scratch
-  std::vector<Sequence> seqs;  // one per KV slot
-  FloatBuffer last_logits;     // [max_sequences, V]
-  std::vector<StepRow> rows;   // the current step
-  std::vector<int> logit_rows;     // step rows whose logits are wanted
-  std::vector<int> logit_dest;     // for each: slot
-  std::vector<int> logit_row_in_seq;  // for each: row index in the sequence's all_logits, or -1
+  std::vector<Sequence> seqs;            // one per KV slot
+  FloatBuffer last_logits;               // [max_sequences, V]
+  std::vector<StepRow> rows;             // the current step
+  std::vector<int> logit_rows;           // step rows whose logits are wanted
+  std::vector<int> logit_dest;           // for each: slot
+  std::vector<int> logit_row_in_seq;     // for each: row index in the sequence's all_logits, or -1
 
-  Impl(std::shared_ptr<const Model> m, ContextOptions o)
-      : model(std::move(m)), options(o) {}
+  Impl(std::shared_ptr<const Model> m, ContextOptions o) : model(std::move(m)), options(o) {}
 
   int slot_of(int seq, const char* what) const {
     const int S = options.max_sequences;
@@ -59,8 +58,8 @@ Context::Context(std::shared_ptr<const Model> model, ContextOptions options) {
               "Context: max_sequences = ", options.max_sequences, " must be positive");
   MIND4_CHECK(options.max_batch_tokens > 0, Status::kInvalidArgument,
               "Context: max_batch_tokens = ", options.max_batch_tokens, " must be positive");
-  MIND4_CHECK(options.threads >= 0, Status::kInvalidArgument, "Context: threads = ",
-              options.threads, " must be >= 0 (0 = all cores)");
+  MIND4_CHECK(options.threads >= 0, Status::kInvalidArgument,
+              "Context: threads = ", options.threads, " must be >= 0 (0 = all cores)");
   impl_ = std::make_unique<Impl>(std::move(model), options);
   Impl& m = *impl_;
   const int S = options.max_sequences, B = options.max_batch_tokens;
@@ -78,9 +77,8 @@ Context::Context(std::shared_ptr<const Model> model, ContextOptions options) {
     m.logit_dest.reserve(B);
     m.logit_row_in_seq.reserve(B);
   } catch (const std::bad_alloc&) {
-    throw Error(Status::kOutOfMemory,
-                detail::cat("Context: cannot allocate the logits store (", S, " sequences x ",
-                            c.vocab_size, " floats)"));
+    throw Error(Status::kOutOfMemory, detail::cat("Context: cannot allocate the logits store (", S,
+                                                  " sequences x ", c.vocab_size, " floats)"));
   }
 }
 
@@ -115,10 +113,9 @@ void Context::append(int seq, std::span<const int> tokens) {
                 tokens[i], " at index ", i, " for sequence ", seq,
                 " is outside the vocabulary [0, ", V, ")");
   const int64_t length = int64_t(s.tokens.size());
-  MIND4_CHECK(length + int64_t(tokens.size()) <= m.options.context_length,
-              Status::kContextOverflow, "append: sequence ", seq, " has ", length,
-              " tokens; appending ", tokens.size(), " would exceed context_length ",
-              m.options.context_length);
+  MIND4_CHECK(length + int64_t(tokens.size()) <= m.options.context_length, Status::kContextOverflow,
+              "append: sequence ", seq, " has ", length, " tokens; appending ", tokens.size(),
+              " would exceed context_length ", m.options.context_length);
   s.tokens.insert(s.tokens.end(), tokens.begin(), tokens.end());
 }
 
@@ -206,7 +203,22 @@ std::span<const int> Context::tokens(int seq) const {
   return {s.tokens.data(), s.tokens.size()};
 }
 
-int Context::processed(int seq) const { return impl_->seqs[impl_->slot_of(seq, "processed")].processed; }
+int Context::processed(int seq) const {
+  return impl_->seqs[impl_->slot_of(seq, "processed")].processed;
+}
+
+void Context::truncate(int seq, int length) {
+  Sequence& s = impl_->seqs[impl_->slot_of(seq, "truncate")];
+  MIND4_CHECK(length >= 0 && length <= int(s.tokens.size()), Status::kInvalidArgument,
+              "truncate: sequence ", seq, " has ", s.tokens.size(), " tokens; cannot keep ",
+              length);
+  s.tokens.resize(size_t(length));
+  // Attention reads the cache only up to each row's own position, so rows past `length` need no
+  // clearing: they are rewritten before anything reads them again.
+  s.processed = std::min(s.processed, length);
+  s.has_logits = false;
+  s.all_rows = 0;
+}
 
 void Context::release(int seq) {
   Sequence& s = impl_->seqs[impl_->slot_of(seq, "release")];
@@ -217,8 +229,14 @@ void Context::release(int seq) {
   s.all_rows = 0;
 }
 
-const Model& Context::model() const { return *impl_->model; }
-const ContextOptions& Context::options() const { return impl_->options; }
-int Context::threads() const { return impl_->backend->threads(); }
+const Model& Context::model() const {
+  return *impl_->model;
+}
+const ContextOptions& Context::options() const {
+  return impl_->options;
+}
+int Context::threads() const {
+  return impl_->backend->threads();
+}
 
 }  // namespace mind4
