@@ -219,6 +219,43 @@ TEST(ChatTools, AHangingToolIsKilledAndTheTurnGoesOn) {
   EXPECT_EQ(conv.messages()[3].content, "The tool timed out.");
 }
 
+TEST(ChatTools, PythonRunsWithTimeAndMemoryLimitsAndAnswersOnTheCallsChannel) {
+  const auto& tok = testing::harmony_tokenizer();
+  chat::ToolBox tools;
+  testing::ScratchDir dir("python_tool");
+  tools.enable_python(
+      {.timeout_s = 2, .memory_bytes = size_t(512) << 20, .working_dir = dir.str()});
+  ASSERT_EQ(tools.builtin_namespaces().size(), 1u);
+  auto call = [&](const std::string& code) {
+    harmony::Message m = harmony::Message::tool_call("python", code, "analysis", "code");
+    return tools.call(m);
+  };
+  auto ok = call("import os\nprint(6 * 7, os.getcwd())");
+  EXPECT_TRUE(ok.ok);
+  EXPECT_EQ(ok.output, "42 " + std::filesystem::canonical(dir.path()).string() + "\n");
+  auto big = call("x = bytearray(2 * 1024 ** 3)");
+  EXPECT_FALSE(big.ok);
+  EXPECT_NE(big.output.find("MemoryError"), std::string::npos) << big.output;
+  auto loop = call("while True: pass");
+  EXPECT_FALSE(loop.ok);
+  EXPECT_NE(loop.output.find("time limit"), std::string::npos) << loop.output;
+
+  chat::Conversation conv(chat::ChatMode::kHarmony, tok);
+  conv.builtin_tools = tools.builtin_namespaces();
+  conv.add_user("compute");
+  ScriptedModel model({"<|channel|>analysis to=python code<|message|>print(6 * 7)<|call|>",
+                       "<|channel|>final<|message|>42<|return|>"});
+  chat::TurnOptions options;
+  options.style.out = nullptr;
+  chat::run_assistant_turn(conv, model, tok, &tools, options);
+  ASSERT_EQ(model.prompts.size(), 2u);
+  const std::string second = tok.decode(model.prompts[1]);
+  EXPECT_NE(second.find("## python"), std::string::npos) << second;
+  EXPECT_NE(second.find("<|start|>python to=assistant<|channel|>analysis<|message|>42\n<|end|>"),
+            std::string::npos)
+      << second;
+}
+
 TEST(ChatTools, OldestTurnsAreDroppedWhenTheContextIsFull) {
   const auto& tok = testing::harmony_tokenizer();
   chat::Conversation conv(chat::ChatMode::kHarmony, tok);

@@ -86,7 +86,7 @@ TurnResult run_assistant_turn(Conversation& conversation, TokenSource& source,
     }
     turn_notice(o, "[" + called.tool + "(" + turn_preview(call->content) + ") -> " +
                        turn_preview(called.output) + "]");
-    conversation.add_tool_result(called.tool, called.output);
+    conversation.add_tool_result(called.tool, called.output, call->channel);
   }
 }
 

@@ -103,8 +103,10 @@ void Conversation::add_assistant(std::vector<Message> messages) {
   }
 }
 
-void Conversation::add_tool_result(const std::string& tool, std::string output) {
-  messages_.push_back(Message::tool_result(tool, std::move(output)));
+void Conversation::add_tool_result(const std::string& tool, std::string output,
+                                   const std::string& channel) {
+  messages_.push_back(
+      Message::tool_result(tool, std::move(output), channel.empty() ? "commentary" : channel));
 }
 
 void Conversation::add_plain_reply(std::string text) {

@@ -51,7 +51,10 @@ class Conversation {
   void add_user(std::string text);
   // Harmony: the assistant's parsed messages of one turn (analysis, tool calls, final).
   void add_assistant(std::vector<harmony::Message> messages);
-  void add_tool_result(const std::string& tool, std::string output);
+  // The result goes back on the channel the call was made on (commentary for functions, analysis
+  // for the built-in python tool).
+  void add_tool_result(const std::string& tool, std::string output,
+                       const std::string& channel = "commentary");
   void add_plain_reply(std::string text);  // plain mode: the model's continuation
   void clear();                            // forget every turn, keep the header material
   void undo_last_user();                   // drops the last user message and everything after it
