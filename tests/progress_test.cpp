@@ -197,12 +197,12 @@ TEST(Log, WritesLevelPrefixAndRespectsThreshold) {
   LogLevel saved = log::level();
   log::set_level(LogLevel::kWarning);
   g_evaluations = 0;
-  testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStderr();
   MIND4_LOG_INFO("hidden ", counted());
   MIND4_LOG_DEBUG("hidden too ", counted());
   MIND4_LOG_WARNING("disk ", 3, " is slow");
   MIND4_LOG_ERROR("gone");
-  std::string text = testing::internal::GetCapturedStderr();
+  std::string text = ::testing::internal::GetCapturedStderr();
   log::set_level(saved);
   EXPECT_EQ(text, "[warning] disk 3 is slow\n[error] gone\n");
   EXPECT_EQ(g_evaluations, 0) << "disabled log lines must not evaluate their arguments";

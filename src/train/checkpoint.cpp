@@ -1,0 +1,148 @@
+#include "train/checkpoint.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "io/model_config.h"
+#include "io/safetensors.h"
+#include "mind4/status.h"
+
+namespace mind4::train {
+namespace fs = std::filesystem;
+
+namespace {
+
+void ckpt_write_text_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    MIND4_CHECK(out, Status::kIoError, "cannot write ", tmp);
+    out << text;
+    out.flush();
+    MIND4_CHECK(out.good(), Status::kIoError, "write failed: ", tmp);
+  }
+  MIND4_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, Status::kIoError, "cannot rename ", tmp,
+              " to ", path);
+}
+
+std::string ckpt_step_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step_%08lld", (long long)step);
+  return buf;
+}
+
+}  // namespace
+
+void write_model_files(const std::string& dir, const ParamLayout& layout, const float* params,
+                       DType matrix_dtype) {
+  fs::create_directories(dir);
+  std::vector<TensorSpec> specs;
+  for (const auto& t : layout.tensors)
+    specs.push_back({t.name, t.decay ? matrix_dtype : DType::kF32, t.shape});
+  SafeTensorsWriter w(dir + "/model.safetensors", specs, {{"format", "pt"}});
+  for (const auto& t : layout.tensors) {
+    std::span<uint8_t> dst = w.data(t.name);
+    const float* src = params + t.offset;
+    if (t.decay && matrix_dtype == DType::kBF16) {
+      auto* out = reinterpret_cast<uint16_t*>(dst.data());
+      for (int64_t i = 0; i < t.numel; ++i) out[i] = f32_to_bf16(src[i]);
+    } else {
+      std::memcpy(dst.data(), src, size_t(t.numel) * 4);
+    }
+  }
+  w.commit();
+  ckpt_write_text_atomic(dir + "/config.json",
+                         model_config_json(layout.config, CheckpointLayout::kOriginal, false));
+}
+
+void save_checkpoint(const std::string& ckpt_dir, const ParamLayout& layout, const float* params,
+                     const float* adam_m, const float* adam_v, const TrainState& state,
+                     int keep_last, const std::vector<std::string>& extra_files) {
+  fs::create_directories(ckpt_dir);
+  const std::string name = ckpt_step_name(state.step);
+  const std::string final_dir = ckpt_dir + "/" + name, tmp_dir = ckpt_dir + "/.tmp-" + name;
+  fs::remove_all(tmp_dir);
+  fs::create_directories(tmp_dir);
+  write_model_files(tmp_dir, layout, params, DType::kF32);
+  const std::vector<int64_t> shape = {layout.total};
+  std::map<std::string, std::string> meta = {{"step", std::to_string(state.step)},
+                                             {"sampler_state", std::to_string(state.sampler_state)},
+                                             {"tokens_seen", std::to_string(state.tokens_seen)},
+                                             {"fingerprint", state.fingerprint}};
+  SafeTensorsWriter w(tmp_dir + "/state.safetensors",
+                      {{"params", DType::kF32, shape},
+                       {"adam_m", DType::kF32, shape},
+                       {"adam_v", DType::kF32, shape}},
+                      meta);
+  std::memcpy(w.data("params").data(), params, size_t(layout.total) * 4);
+  std::memcpy(w.data("adam_m").data(), adam_m, size_t(layout.total) * 4);
+  std::memcpy(w.data("adam_v").data(), adam_v, size_t(layout.total) * 4);
+  w.commit();
+  for (const auto& f : extra_files)
+    fs::copy_file(f, tmp_dir + "/" + fs::path(f).filename().string(),
+                  fs::copy_options::overwrite_existing);
+  fs::remove_all(final_dir);  // a previous run's directory of the same step
+  fs::rename(tmp_dir, final_dir);
+  ckpt_write_text_atomic(ckpt_dir + "/latest", name + "\n");
+  // keep-last-N, oldest first.
+  std::vector<std::string> steps;
+  for (const auto& e : fs::directory_iterator(ckpt_dir)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n.starts_with("step_")) steps.push_back(n);
+  }
+  std::sort(steps.begin(), steps.end());
+  for (size_t i = 0; i + size_t(keep_last) < steps.size(); ++i)
+    if (steps[i] != name) fs::remove_all(ckpt_dir + "/" + steps[i]);
+}
+
+std::string latest_checkpoint(const std::string& ckpt_dir) {
+  std::ifstream in(ckpt_dir + "/latest");
+  if (!in) return "";
+  std::string name;
+  std::getline(in, name);
+  MIND4_CHECK(name.starts_with("step_") && fs::is_directory(ckpt_dir + "/" + name),
+              Status::kCorruptFile, ckpt_dir, "/latest names '", name,
+              "', which is not a checkpoint directory here");
+  return ckpt_dir + "/" + name;
+}
+
+TrainState load_checkpoint_state(const std::string& step_dir, const ParamLayout& layout,
+                                 float* params, float* adam_m, float* adam_v) {
+  const std::string path = step_dir + "/state.safetensors";
+  MIND4_CHECK(fs::exists(path), Status::kCorruptFile, "checkpoint ", step_dir,
+              " has no state.safetensors; cannot resume from it");
+  auto file = SafeTensorsFile::open(path);
+  TrainState s;
+  const auto& meta = file->metadata();
+  auto field = [&](const char* key) -> const std::string& {
+    auto it = meta.find(key);
+    MIND4_CHECK(it != meta.end(), Status::kCorruptFile, path, ": metadata lacks '", key, "'");
+    return it->second;
+  };
+  try {
+    s.step = std::stoll(field("step"));
+    s.sampler_state = std::stoull(field("sampler_state"));
+    s.tokens_seen = std::stoll(field("tokens_seen"));
+  } catch (const std::logic_error&) {
+    throw Error(Status::kCorruptFile, path + ": a numeric metadata field is not a number");
+  }
+  s.fingerprint = field("fingerprint");
+  float* dst[3] = {params, adam_m, adam_v};
+  const char* names[3] = {"params", "adam_m", "adam_v"};
+  for (int i = 0; i < 3; ++i) {
+    const SafeTensor* t = nullptr;
+    for (const auto& x : file->tensors())
+      if (x.name == names[i]) t = &x;
+    MIND4_CHECK(t, Status::kCorruptFile, path, ": tensor '", names[i], "' is missing");
+    MIND4_CHECK(t->dtype == DType::kF32 && t->numel() == layout.total, Status::kCorruptFile, path,
+                ": tensor '", names[i], "' has ", t->numel(), " values; this model has ",
+                layout.total);
+    std::memcpy(dst[i], t->data, size_t(layout.total) * 4);
+  }
+  return s;
+}
+
+}  // namespace mind4::train
