@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
-  build-essential cmake ninja-build pkg-config git clang-format
+  build-essential clang libclang-rt-14-dev cmake ninja-build pkg-config git clang-format
   libpcre2-dev libedit-dev nlohmann-json3-dev libyaml-cpp-dev libcli11-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev pybind11-dev python3-dev
   nodejs npm tmux bible-kjv-text bible-kjv fortunes-ru

@@ -16,7 +16,17 @@ if [[ "${MIND4_TEST_BUILD:-sanitize}" == release ]]; then
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release
 else
   dir=build-asan
-  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMIND4_SANITIZE=ON \
+  # clang compiles this code base in about 60% of g++'s time at these levels (2m42 against 4m29
+  # for the whole suite on the 2-core machine), which is what CI time is made of.
+  compiler=()
+  if command -v clang++ >/dev/null; then
+    compiler=(-DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++)
+    # A build directory configured with another compiler cannot switch: start it again.
+    if [[ -f $dir/CMakeCache.txt ]] && ! grep -q '^CMAKE_CXX_COMPILER:.*clang++' "$dir/CMakeCache.txt"; then
+      rm -rf "$dir"
+    fi
+  fi
+  cmake -S . -B "$dir" -G Ninja "${compiler[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMIND4_SANITIZE=ON \
     -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1" -DMIND4_TEST_OPT=-O0 -DMIND4_CUDA=OFF -DMIND4_BENCH=OFF
 fi
 cmake --build "$dir" -j "$jobs"

@@ -9,7 +9,9 @@
 // GCC 12 warns about the deliberately undefined lanes inside its own AVX-512 reduce/zero
 // intrinsics (a known false positive of the headers, not of this code).
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#ifndef __clang__
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 #include <algorithm>
 
