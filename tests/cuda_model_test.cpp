@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <span>
 #include <string>
@@ -80,17 +81,25 @@ TEST_P(CudaFixture, MatchesTransformers) {
   const double bound = (f32 ? 1e-3 : 2e-2) * cuda_max_abs(want.logits);
   const int total = T + int(want.greedy.size());
 
-  Context prefill(model,
-                  {.context_length = total, .max_batch_tokens = 16, .keep_all_logits = true});
-  const int a = prefill.new_sequence();
-  prefill.append(a, want.tokens);
-  prefill.process();
-  auto all = prefill.all_logits(a);
-  ASSERT_EQ(all.size(), want.logits.size());
-  double worst = 0;
-  for (size_t i = 0; i < all.size(); ++i)
-    worst = std::max(worst, double(std::abs(all[i] - want.logits[i])));
-  EXPECT_LE(worst, bound) << name << "/" << layout << ": max |logit - HF| over all positions";
+  // Prefill in steps of 16 rows: CUDA-core kernels; then in one step through the tensor-core
+  // route that large steps take (forced down to small steps by the environment variable).
+  for (const bool tensor_route : {false, true}) {
+    if (tensor_route) setenv("MIND4_CUDA_PREFILL_MIN_ROWS", "2", 1);
+    Context prefill(model, {.context_length = total,
+                            .max_batch_tokens = tensor_route ? total : 16,
+                            .keep_all_logits = true});
+    unsetenv("MIND4_CUDA_PREFILL_MIN_ROWS");
+    const int a = prefill.new_sequence();
+    prefill.append(a, want.tokens);
+    prefill.process();
+    auto all = prefill.all_logits(a);
+    ASSERT_EQ(all.size(), want.logits.size());
+    double worst = 0;
+    for (size_t i = 0; i < all.size(); ++i)
+      worst = std::max(worst, double(std::abs(all[i] - want.logits[i])));
+    EXPECT_LE(worst, bound) << name << "/" << layout << (tensor_route ? " (tensor-core route)" : "")
+                            << ": max |logit - HF| over all positions";
+  }
 
   Context decode(model, {.context_length = total});
   const int b = decode.new_sequence();

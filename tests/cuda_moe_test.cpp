@@ -174,6 +174,48 @@ TEST_P(CudaMoeTest, Mxfp4ExpertsMatchCpuDecode) {
   }
 }
 
+// Pieces of the tensor-core route: expansion of packed weights, then bias + SwiGLU and bias add
+// per assignment's expert.
+TEST_P(CudaMoeTest, ExpandedRoutePiecesMatchCpu) {
+  SCOPED_TRACE(seed);
+  const ActType t = GetParam();
+  const int rows = 37, cols = 96;
+  const auto blocks = bytes(size_t(rows) * cols / 2, 0, 255);
+  const auto scales = bytes(size_t(rows) * cols / 32, 110, 135);
+  auto d_b = upload(blocks), d_s = upload(scales);
+  auto d_w = poisoned(size_t(rows) * cols * 4);
+  cuda::mf4_expand(t, d_b.data<uint8_t>(), d_s.data<uint8_t>(), rows, cols, d_w.data(), nullptr);
+  const auto w = download_act(d_w, size_t(rows) * cols, t);
+  std::vector<float> ref(size_t(rows) * cols);
+  cpu::mf4_to_f32(blocks.data(), scales.data(), int64_t(rows) * cols / 32, ref.data());
+  EXPECT_LT(rel_error(w, std::vector<double>(ref.begin(), ref.end())),
+            t == ActType::kF32 ? 1e-7 : 4e-3);
+
+  const int A = 11, I = 40, H = 24, E = 3;
+  const auto h = normal(size_t(A) * 2 * I, 4.0f), b1 = normal(size_t(E) * 2 * I);
+  const auto y0 = normal(size_t(A) * H), b2 = normal(size_t(E) * H);
+  std::vector<int> ge(A);
+  for (int a = 0; a < A; ++a) ge[a] = int(rng() % E);
+  auto d_h = upload(h), d_b1 = upload(b1), d_ge = upload(ge), d_y = upload(y0), d_b2 = upload(b2);
+  auto d_act = poisoned(size_t(A) * I * 4);
+  cuda::moe_bias_swiglu(t, d_h.data<float>(), d_b1.data<float>(), d_ge.data<int>(), A, I, 7.0f,
+                        d_act.data(), nullptr);
+  cuda::moe_bias_add(d_y.data<float>(), d_b2.data<float>(), d_ge.data<int>(), A, H, nullptr);
+  const auto act = download_act(d_act, size_t(A) * I, t);
+  const auto y = download<float>(d_y, size_t(A) * H);
+  std::vector<double> act_want, y_want;
+  for (int a = 0; a < A; ++a) {
+    const size_t hb = size_t(a) * 2 * I, bb = size_t(ge[a]) * 2 * I;
+    for (int p = 0; p < I; ++p)
+      act_want.push_back(
+          swiglu_ref(h[hb + 2 * p] + b1[bb + 2 * p], h[hb + 2 * p + 1] + b1[bb + 2 * p + 1], 7.0));
+    for (int j = 0; j < H; ++j)
+      y_want.push_back(double(y0[size_t(a) * H + j]) + b2[size_t(ge[a]) * H + j]);
+  }
+  EXPECT_LT(rel_error(act, act_want), t == ActType::kF32 ? 1e-5 : 1e-2);
+  EXPECT_LT(rel_error(y, y_want), 1e-6);
+}
+
 TEST_P(CudaMoeTest, DenseExpertsMatchDoubleProduct) {
   SCOPED_TRACE(seed);
   const ActType t = GetParam();

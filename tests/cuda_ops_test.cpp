@@ -143,7 +143,11 @@ TEST_P(CudaOpsTest, QkvBiasRopeMatchesCpuAndFillsTheCache) {
     cpu::rope_tables(c, P, cos_t.data(), sin_t.data());
     const auto qkv = rounded(normal(size_t(B) * QKV), t), bias = normal(QKV, 0.1f);
     std::vector<int> pos(B), slot(B);
-    for (int r = 0; r < B; ++r) pos[r] = int(rng() % P), slot[r] = r % S;
+    // Distinct positions: two rows of a step never share a (slot, position) cache row.
+    std::vector<int> perm(P);
+    for (int i = 0; i < P; ++i) perm[i] = i;
+    std::shuffle(perm.begin(), perm.end(), rng);
+    for (int r = 0; r < B; ++r) pos[r] = perm[r], slot[r] = r % S;
     auto d_qkv = upload(to_act(qkv, t));
     auto d_bias = upload(bias), d_cos = upload(cos_t), d_sin = upload(sin_t);
     auto d_pos = upload(pos), d_slot = upload(slot);
@@ -220,6 +224,51 @@ TEST_P(CudaOpsTest, AttentionMatchesCpuWithSinksWindowsAndSplits) {
     EXPECT_LT(rel_error(out, want), t == ActType::kF32 ? 1e-5 : 1e-2)
         << "NH=" << NH << " NKV=" << NKV << " D=" << D << " B=" << B << " window=" << ac.window
         << " splits=" << splits;
+  }
+}
+
+// The tensor-core route of a prefill step: rows are positions pos0 .. pos0 + B - 1 of one slot,
+// the cache already holds the keys before pos0.
+TEST_P(CudaOpsTest, AttentionPrefillMatchesCpu) {
+  SCOPED_TRACE(seed);
+  const ActType t = GetParam();
+  cuda::BlasHandle blas;
+  struct Case {
+    int NH, NKV, D, B, pos0, window;
+  };
+  for (const Case ac :
+       {Case{4, 2, 16, 7, 0, 0}, Case{6, 1, 12, 1, 5, 3}, Case{64, 8, 64, 33, 20, 128},
+        Case{8, 8, 64, 50, 0, 5}, Case{4, 4, 32, 17, 3, 1000}}) {
+    const int NH = ac.NH, NKV = ac.NKV, D = ac.D, B = ac.B, P = 80, S = 2, slot = 1;
+    const int QKV = (NH + 2 * NKV) * D, W = NKV * D;
+    const auto qkv = rounded(normal(size_t(B) * QKV), t);
+    const auto kc = rounded(normal(size_t(S) * P * W), t);
+    const auto vc = rounded(normal(size_t(S) * P * W), t);
+    const auto sinks = normal(NH, 1.0f);
+    auto d_qkv = upload(to_act(qkv, t)), d_k = upload(to_act(kc, t)), d_v = upload(to_act(vc, t));
+    auto d_sinks = upload(sinks);
+    auto d_scores = poisoned(size_t(NH) * B * (ac.pos0 + B) * 4);
+    auto d_out = poisoned(size_t(B) * NH * D * 4);
+    const float scale = 1.0f / std::sqrt(float(D));
+    cuda::check(cublasSetStream(blas.get(), nullptr), "cublasSetStream");
+    cuda::attention_prefill(blas.get(), t, d_qkv.data(), NH, NKV, D, {d_k.data(), d_v.data(), P},
+                            slot, ac.pos0, d_sinks.data<float>(), B, ac.window, scale,
+                            d_scores.data<float>(), d_out.data(), nullptr);
+    const auto out = download_act(d_out, size_t(B) * NH * D, t);
+    std::vector<double> want;
+    std::vector<float> scores(P), o(D);
+    for (int r = 0; r < B; ++r)
+      for (int h = 0; h < NH; ++h) {
+        const int p = ac.pos0 + r, first = ac.window ? std::max(0, p - ac.window + 1) : 0;
+        const size_t base = (size_t(slot) * P + first) * W + size_t(h / (NH / NKV)) * D;
+        cpu::attention_head(qkv.data() + size_t(r) * QKV + h * D, kc.data() + base,
+                            vc.data() + base, W, p - first + 1, D, sinks[h], scale, scores.data(),
+                            o.data());
+        want.insert(want.end(), o.begin(), o.end());
+      }
+    EXPECT_LT(rel_error(out, want), t == ActType::kF32 ? 1e-5 : 1e-2)
+        << "NH=" << NH << " D=" << D << " B=" << B << " pos0=" << ac.pos0
+        << " window=" << ac.window;
   }
 }
 

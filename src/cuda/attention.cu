@@ -106,7 +106,96 @@ __global__ void attention_combine_kernel(const float* __restrict__ partial, int6
   }
 }
 
+constexpr int kSoftmaxThreads = 256;
+
+// In place over one row of scores (f32, Lk entries, already scaled): keys outside [first, p] get
+// probability 0, the sink joins the denominator, and the probabilities are written as T at the
+// start of the same row. A T value at index j overlaps the f32 at index j*sizeof(T)/4 <= j, so
+// each chunk is read completely before any thread of the block writes it.
+template <typename T>
+__global__ void __launch_bounds__(kSoftmaxThreads)
+    attention_softmax_kernel(float* __restrict__ scores, int B, int Lk, int pos0, int window,
+                             const float* __restrict__ sinks) {
+  const int r = blockIdx.x, h = blockIdx.y;
+  float* row = scores + (int64_t(h) * B + r) * Lk;
+  T* prow = reinterpret_cast<T*>(row);
+  const int p = pos0 + r, first = window > 0 ? max(0, p - window + 1) : 0;
+  __shared__ float red[kSoftmaxThreads / 32];
+  __shared__ float bcast;
+  auto block_reduce = [&](float v, bool is_max) {
+    v = is_max ? warp_max(v) : warp_sum(v);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      float w = threadIdx.x < kSoftmaxThreads / 32 ? red[threadIdx.x] : (is_max ? -INFINITY : 0.0f);
+      w = is_max ? warp_max(w) : warp_sum(w);
+      if (threadIdx.x == 0) bcast = w;
+    }
+    __syncthreads();
+    const float out = bcast;
+    __syncthreads();
+    return out;
+  };
+  const float sink = sinks[h];
+  float m = sink;
+  for (int j = first + threadIdx.x; j <= p; j += blockDim.x) m = fmaxf(m, row[j]);
+  m = block_reduce(m, true);
+  float sum = 0.0f;
+  for (int j = first + threadIdx.x; j <= p; j += blockDim.x) sum += __expf(row[j] - m);
+  const float inv = 1.0f / (block_reduce(sum, false) + __expf(sink - m));
+  for (int j0 = 0; j0 < Lk; j0 += blockDim.x) {
+    const int j = j0 + threadIdx.x;
+    float v = 0.0f;
+    if (j < Lk && j >= first && j <= p) v = __expf(row[j] - m) * inv;
+    __syncthreads();
+    if (j < Lk) prow[j] = from_f32<T>(v);
+  }
+}
+
 }  // namespace
+
+void attention_prefill(cublasHandle_t blas, ActType t, const void* qkv, int NH, int NKV, int D,
+                       KvLayer kv, int slot, int pos0, const float* sinks, int B, int window,
+                       float scale, float* scores, void* out, cudaStream_t stream) {
+  MIND4_CUDA_ARG(blas && qkv && kv.k && kv.v && sinks && scores && out, "attention_prefill",
+                 "null pointer");
+  MIND4_CUDA_ARG(NH > 0 && NKV > 0 && NH % NKV == 0 && D > 0 && D % 2 == 0, "attention_prefill",
+                 "NH = ", NH, ", NKV = ", NKV, ", D = ", D);
+  MIND4_CUDA_ARG(B > 0 && pos0 >= 0 && slot >= 0 && pos0 + B <= kv.positions && window >= 0,
+                 "attention_prefill", "B = ", B, ", pos0 = ", pos0, ", positions = ", kv.positions,
+                 ", window = ", window);
+  const int Lk = pos0 + B, G = NH / NKV, QKV = (NH + 2 * NKV) * D, width = NKV * D;
+  const int es = act_size(t);
+  const cudaDataType_t dt = t == ActType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
+  const char* k0 = static_cast<const char*>(kv.k) + int64_t(slot) * kv.positions * width * es;
+  const char* v0 = static_cast<const char*>(kv.v) + int64_t(slot) * kv.positions * width * es;
+  const float one = 1.0f, zero = 0.0f;
+  for (int g = 0; g < NKV; ++g) {
+    // S_h^T [Lk, B] = K_g [Lk, D] (row-major, stride width) x q_h^T, for the G heads of group g.
+    check(cublasGemmStridedBatchedEx(
+              blas, CUBLAS_OP_T, CUBLAS_OP_N, Lk, B, D, &scale, k0 + int64_t(g) * D * es, dt, width,
+              0, static_cast<const char*>(qkv) + int64_t(g) * G * D * es, dt, QKV, D, &zero,
+              scores + int64_t(g) * G * B * Lk, CUDA_R_32F, Lk, int64_t(B) * Lk, G,
+              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+          "cublasGemmStridedBatchedEx (attention_prefill scores)");
+  }
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    attention_softmax_kernel<T>
+        <<<dim3(B, NH), kSoftmaxThreads, 0, stream>>>(scores, B, Lk, pos0, window, sinks);
+  });
+  check_launch(t == ActType::kF32 ? "attention_softmax_f32" : "attention_softmax_f32_bf16out");
+  const int64_t ldp = int64_t(Lk) * 4 / es;  // P rows sit where the f32 score rows were
+  for (int g = 0; g < NKV; ++g) {
+    // out_h^T [D, B] = V_g^T [D, Lk] x P_h^T [Lk, B].
+    check(cublasGemmStridedBatchedEx(
+              blas, CUBLAS_OP_N, CUBLAS_OP_N, D, B, Lk, &one, v0 + int64_t(g) * D * es, dt, width,
+              0, reinterpret_cast<const char*>(scores + int64_t(g) * G * B * Lk), dt, int(ldp),
+              ldp * B, &zero, static_cast<char*>(out) + int64_t(g) * G * D * es, dt, NH * D, D, G,
+              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+          "cublasGemmStridedBatchedEx (attention_prefill values)");
+  }
+}
 
 int attention_splits(int B, int NH, int max_keys, int max_splits) {
   // Aim for about 16 warps per multiprocessor of an H100 (132 of them); chunks of 64+ keys.

@@ -5,6 +5,7 @@
 // rows (decode) are captured once per shape as a CUDA graph and replayed.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <vector>
 
@@ -23,6 +24,13 @@ using cuda::DeviceBuffer;
 
 constexpr float kCudaRmsEps = 1e-5f;
 constexpr int kGraphMaxRows = 64;
+// Steps of at least this many rows take the tensor-core route (experts expanded to the activation
+// dtype and multiplied by cuBLAS; attention by cuBLAS when the step is one sequence's consecutive
+// positions). MIND4_CUDA_PREFILL_MIN_ROWS overrides it (tests run small fixtures through it).
+constexpr int kPrefillMinRows = kGraphMaxRows + 1;
+constexpr int64_t kMaxScoreBytes = int64_t(4) << 30;   // attention_prefill's score buffer cap
+constexpr int64_t kMaxExpandBytes = int64_t(3) << 30;  // all experts of a layer expanded at once
+constexpr int kExpertRowPad = 128;
 constexpr int kAttnPartialRows = 2048;  // capacity of the split-K buffer, in (row, split) pairs
 constexpr size_t kBlasWorkspace = size_t(32) << 20;
 
@@ -42,9 +50,9 @@ class CudaBackend final : public StepBackend {
     const int64_t kv_bytes = 2 * c_.num_hidden_layers * kv_layer_elems_ * a;
     const int64_t partial_floats = int64_t(kAttnPartialRows) * NH * (D + 2);
     const int64_t scratch = 2 * B * H * 4 + B * (2 * H + QKV + NH * D) * a + B * E * 4 + A * 8 +
-                            (2 * E + 2) * 4 + A * 12 + A * I * a + A * H * 4 + partial_floats * 4 +
-                            L * H * a + L * V * 4 + (3 * B + L) * 4 + 2 * positions_ * (D / 2) * 4 +
-                            int64_t(kBlasWorkspace);
+                            (2 * E + 2) * 4 + A * 12 + (A + kExpertRowPad) * (I * a + H * 4) +
+                            partial_floats * 4 + L * H * a + L * V * 4 + (3 * B + L) * 4 +
+                            2 * positions_ * (D / 2) * 4 + int64_t(kBlasWorkspace);
     size_t free_b = 0, total_b = 0;
     cuda::check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
     MIND4_CHECK(size_t(kv_bytes + scratch) <= free_b, Status::kOutOfMemory,
@@ -64,8 +72,9 @@ class CudaBackend final : public StepBackend {
     topk_e_ = dev(A * 4, "cudaMalloc (scratch)");
     topk_w_ = dev(A * 4, "cudaMalloc (scratch)");
     groups_buf_ = dev((2 * (E + 1) + 3 * A) * 4, "cudaMalloc (scratch)");
-    act_buf_ = dev(A * I * a, "cudaMalloc (scratch)");
-    y_ = dev(A * H * 4, "cudaMalloc (scratch)");
+    // kExpertRowPad spare rows: the tensor-core route's padded expert products write into them.
+    act_buf_ = dev((A + kExpertRowPad) * I * a, "cudaMalloc (scratch)");
+    y_ = dev((A + kExpertRowPad) * H * 4, "cudaMalloc (scratch)");
     partial_ = dev(partial_floats * 4, "cudaMalloc (scratch)");
     final_ = dev(std::max<int64_t>(L, 1) * H * a, "cudaMalloc (scratch)");
     logits_ = dev(std::max<int64_t>(L, 1) * V * 4, "cudaMalloc (logits)");
@@ -81,13 +90,33 @@ class CudaBackend final : public StepBackend {
     std::vector<float> cos_t(size_t(positions_) * (D / 2)), sin_t(cos_t.size());
     cpu::rope_tables(c_, positions_, cos_t.data(), sin_t.data());
     rope_ = dev(int64_t(cos_t.size()) * 8, "cudaMalloc (RoPE tables)");
-    cuda::check(cudaMemcpy(rope_.data(), cos_t.data(), cos_t.size() * 4, cudaMemcpyHostToDevice),
-                "cudaMemcpy (RoPE tables)");
-    cuda::check(cudaMemcpy(rope_.data<float>() + cos_t.size(), sin_t.data(), sin_t.size() * 4,
-                           cudaMemcpyHostToDevice),
-                "cudaMemcpy (RoPE tables)");
+    // Stream-ordered copies, then a wait: the host tables are freed when this returns, and a
+    // pageable cudaMemcpy may return before its data has landed.
+    cuda::check(cudaMemcpyAsync(rope_.data(), cos_t.data(), cos_t.size() * 4,
+                                cudaMemcpyHostToDevice, stream_.get()),
+                "cudaMemcpyAsync (RoPE tables)");
+    cuda::check(cudaMemcpyAsync(rope_.data<float>() + cos_t.size(), sin_t.data(), sin_t.size() * 4,
+                                cudaMemcpyHostToDevice, stream_.get()),
+                "cudaMemcpyAsync (RoPE tables)");
+    cuda::check(cudaStreamSynchronize(stream_.get()), "RoPE tables (cudaStreamSynchronize)");
     sin_offset_ = int64_t(cos_t.size());
 
+    // Scratch of the tensor-core route, only for contexts whose steps can be that large.
+    if (const char* v = std::getenv("MIND4_CUDA_PREFILL_MIN_ROWS"); v && std::atoi(v) > 0)
+      prefill_min_rows_ = std::atoi(v);
+    if (B >= prefill_min_rows_) {
+      // Rows are padded per expert (kExpertRowPad) on the one-product-per-expert path.
+      xg_ = dev((A + kExpertRowPad) * H * a, "cudaMalloc (prefill scratch)");
+      hbuf_ = dev((A + kExpertRowPad) * 2 * I * 4, "cudaMalloc (prefill scratch)");
+      ptrs_ = dev(6 * E * int64_t(sizeof(void*)), "cudaMalloc (prefill scratch)");
+      ptrs_host_ = cuda::PinnedBuffer(size_t(6 * E) * sizeof(void*));
+      // All experts expanded at once (one launch per matrix) when that fits in kMaxExpandBytes.
+      expand_all_ = E * 2 * I * H * a <= kMaxExpandBytes;
+      wbuf_ = dev((expand_all_ ? E : 1) * 2 * I * H * a, "cudaMalloc (prefill scratch)");
+      offsets_host_ = cuda::PinnedBuffer(size_t(E + 1) * 4);
+      score_floats_ = std::min<int64_t>(NH * B * positions_, kMaxScoreBytes / 4);
+      scores_ = dev(score_floats_ * 4, "cudaMalloc (prefill attention scores)");
+    }
     cuda::check(cublasSetStream(blas_.get(), stream_.get()), "cublasSetStream");
     cuda::check(cublasSetWorkspace(blas_.get(), blas_ws_.data(), kBlasWorkspace),
                 "cublasSetWorkspace");
@@ -105,24 +134,28 @@ class CudaBackend final : public StepBackend {
       h[2 * max_rows_ + r] = rows[r].slot;
     }
     for (int i = 0; i < L; ++i) h[3 * max_rows_ + i] = logit_rows[i];
+    // One sequence's consecutive positions: attention may take the tensor-core route.
+    int run_slot = rows[0].slot;
+    for (int r = 1; r < B && run_slot >= 0; ++r)
+      if (rows[r].slot != rows[0].slot || rows[r].pos != rows[0].pos + r) run_slot = -1;
     cudaStream_t s = stream_.get();
     cuda::check(
         cudaMemcpyAsync(meta_.data(), h, size_t(3 * max_rows_ + L) * 4, cudaMemcpyHostToDevice, s),
         "cudaMemcpyAsync (step rows)");
-    if (B <= kGraphMaxRows && !prof_.on()) {
+    if (B <= kGraphMaxRows && B < prefill_min_rows_ && !prof_.on()) {
       const int64_t key = int64_t(B) * (kGraphMaxRows + 1) + L;
       auto it = graphs_.find(key);
       if (it != graphs_.end()) {
         it->second.launch(s);
       } else if (++seen_[key] < 2) {
-        run_layers(B, L);  // first time: eager (sets kernel attributes, warms cuBLAS)
+        run_layers(B, L, -1, 0);  // first time: eager (sets kernel attributes, warms cuBLAS)
       } else {
         cudaGraph_t g = nullptr;
         cuda::check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal),
                     "cudaStreamBeginCapture");
         cuda::capturing_graph = true;
         try {
-          run_layers(B, L);
+          run_layers(B, L, -1, 0);
         } catch (...) {
           cuda::capturing_graph = false;
           cudaStreamEndCapture(s, &g);
@@ -135,7 +168,7 @@ class CudaBackend final : public StepBackend {
         pos->second.launch(s);
       }
     } else {
-      run_layers(B, L);
+      run_layers(B, L, run_slot, rows[0].pos);
     }
     if (L > 0)
       cuda::check(cudaMemcpyAsync(logits_host_.data(), logits_.data(), size_t(L) * V * 4,
@@ -154,14 +187,17 @@ class CudaBackend final : public StepBackend {
     return {k_cache_.data<char>() + off, v_cache_.data<char>() + off, positions_};
   }
 
-  // Every launch of one step; no allocation, no synchronisation (graph-capturable).
-  void run_layers(int B, int L) {
+  // Every launch of one step; no allocation. Below prefill_min_rows_ rows no synchronisation
+  // either (graph-capturable); at or above it the expert route reads the experts' row counts back.
+  // run_slot >= 0: the rows are positions pos0 .. pos0 + B - 1 of that slot.
+  void run_layers(int B, int L, int run_slot, int pos0) {
     cudaStream_t s = stream_.get();
     cublasHandle_t blas = blas_.get();
     const int H = c_.hidden_size, D = c_.head_dim, NH = c_.num_attention_heads,
               NKV = c_.num_key_value_heads, E = c_.num_experts, K = c_.experts_per_token,
               I = c_.intermediate_size, V = c_.vocab_size, QKV = model_.qkv_rows;
     const int A = B * K, max_active = std::min(E, A);
+    const bool tensor_route = B >= prefill_min_rows_ && scores_.bytes() > 0;
     const int tokens_hint = (A + max_active - 1) / max_active;
     const int* tokens = meta_.data<int>();
     const int* pos = tokens + max_rows_;
@@ -195,8 +231,12 @@ class CudaBackend final : public StepBackend {
       const int max_keys = windowed ? std::min(c_.sliding_window, positions_) : positions_;
       const int cap = int(std::min<int64_t>(64, partial_capacity_ / (int64_t(B) * NH * (D + 2))));
       const int splits = cuda::attention_splits(B, NH, max_keys, cap);
-      cuda::attention(act_, qkv_.data(), NH, NKV, D, kv, pos, slot, lw.sinks, B, window, scale,
-                      splits, partial_.data<float>(), attn_.data(), s);
+      if (tensor_route && run_slot >= 0 && int64_t(NH) * B * (pos0 + B) <= score_floats_)
+        cuda::attention_prefill(blas, act_, qkv_.data(), NH, NKV, D, kv, run_slot, pos0, lw.sinks,
+                                B, window, scale, scores_.data<float>(), attn_.data(), s);
+      else
+        cuda::attention(act_, qkv_.data(), NH, NKV, D, kv, pos, slot, lw.sinks, B, window, scale,
+                        splits, partial_.data<float>(), attn_.data(), s);
       mark(windowed ? "attention_window" : "attention_full");
       cuda::linear(blas, act_, attn_.data(), B, NH * D, lw.out_w, H, proj_.data(), false);
       mark("out_gemm");
@@ -210,7 +250,9 @@ class CudaBackend final : public StepBackend {
       mark("router_topk");
       cuda::moe_group(topk_e_.data<int>(), A, K, E, groups_, s);
       mark("moe_group");
-      if (dm_.experts_mxfp4) {
+      if (dm_.experts_mxfp4 && tensor_route) {
+        moe_expanded(lw, B);
+      } else if (dm_.experts_mxfp4) {
         cuda::moe_mlp1_swiglu_mf4(act_, t, lw.mlp1_blocks, lw.mlp1_scales, lw.mlp1_b, groups_,
                                   max_active, tokens_hint, H, I, c_.swiglu_limit, act_buf_.data(),
                                   s);
@@ -238,17 +280,137 @@ class CudaBackend final : public StepBackend {
     mark("unembedding");
   }
 
+  // The experts of a large step on tensor cores: each active expert's matrices expanded to the
+  // activation dtype, then one cuBLAS product over all of its rows. Needs the row counts on the
+  // host: the only synchronisation inside a step, and only on this route.
+  void moe_expanded(const cuda::DeviceLayer& lw, int B) {
+    cudaStream_t s = stream_.get();
+    const int H = c_.hidden_size, E = c_.num_experts, I = c_.intermediate_size,
+              A = B * c_.experts_per_token;
+    const int64_t es = cuda::act_size(act_);
+    int* off = offsets_host_.data<int>();
+    cuda::check(cudaMemcpyAsync(off, groups_.offsets, size_t(E + 1) * 4, cudaMemcpyDeviceToHost, s),
+                "cudaMemcpyAsync (expert row counts)");
+    cuda::check(cudaStreamSynchronize(s), "moe_group (cudaStreamSynchronize)");
+    cuda::gather_rows(act_, t_.data(), groups_.group_row, A, H, xg_.data(), s);
+    char* xg = xg_.data<char>();
+    char* act = act_buf_.data<char>();
+    char* w = wbuf_.data<char>();
+    // Each expert's product covers its rows rounded up to kExpertRowPad: the extra rows belong to
+    // the next expert (overwritten by its product, issued after) or to the buffers' padding.
+    auto padded = [](int n) { return (n + kExpertRowPad - 1) / kExpertRowPad * kExpertRowPad; };
+    if (expand_all_ && grouped_ok_) {
+      cuda::mf4_expand(act_, lw.mlp1_blocks, lw.mlp1_scales, E * 2 * I, H, w, s);
+      if (experts_grouped(off, 2 * I, H, w, xg, hbuf_.data(), 0)) {
+        cuda::moe_bias_swiglu(act_, hbuf_.data<float>(), lw.mlp1_b, groups_.group_expert, A, I,
+                              c_.swiglu_limit, act, s);
+        prof_.mark(s, "moe_mlp1_grouped");
+        cuda::mf4_expand(act_, lw.mlp2_blocks, lw.mlp2_scales, E * H, I, w, s);
+        if (experts_grouped(off, H, I, w, act, y_.data(), 3 * E)) {
+          cuda::moe_bias_add(y_.data<float>(), lw.mlp2_b, groups_.group_expert, A, H, s);
+          prof_.mark(s, "moe_mlp2_grouped");
+          return;
+        }
+      }
+      // cuBLAS declined the grouped form (these types, this version): from here on one product
+      // per expert, redoing this layer's experts from the start.
+      grouped_ok_ = false;
+    }
+    if (expand_all_) cuda::mf4_expand(act_, lw.mlp1_blocks, lw.mlp1_scales, E * 2 * I, H, w, s);
+    for (int e = 0; e < E; ++e) {
+      const int n = off[e + 1] - off[e];
+      if (n == 0) continue;
+      const int64_t we = expand_all_ ? int64_t(e) * 2 * I * H * es : 0;
+      if (!expand_all_)
+        cuda::mf4_expand(act_, lw.mlp1_blocks + int64_t(e) * 2 * I * H / 2,
+                         lw.mlp1_scales + int64_t(e) * 2 * I * H / 32, 2 * I, H, w, s);
+      cuda::linear(blas_.get(), act_, xg + int64_t(off[e]) * H * es, padded(n), H, w + we, 2 * I,
+                   hbuf_.data<float>() + int64_t(off[e]) * 2 * I, true);
+    }
+    cuda::moe_bias_swiglu(act_, hbuf_.data<float>(), lw.mlp1_b, groups_.group_expert, A, I,
+                          c_.swiglu_limit, act, s);
+    prof_.mark(s, "moe_mlp1_expanded");
+    if (expand_all_) cuda::mf4_expand(act_, lw.mlp2_blocks, lw.mlp2_scales, E * H, I, w, s);
+    for (int e = 0; e < E; ++e) {
+      const int n = off[e + 1] - off[e];
+      if (n == 0) continue;
+      const int64_t we = expand_all_ ? int64_t(e) * H * I * es : 0;
+      if (!expand_all_)
+        cuda::mf4_expand(act_, lw.mlp2_blocks + int64_t(e) * H * I / 2,
+                         lw.mlp2_scales + int64_t(e) * H * I / 32, H, I, w, s);
+      cuda::linear(blas_.get(), act_, act + int64_t(off[e]) * I * es, padded(n), I, w + we, H,
+                   y_.data<float>() + int64_t(off[e]) * H, true);
+    }
+    cuda::moe_bias_add(y_.data<float>(), lw.mlp2_b, groups_.group_expert, A, H, s);
+    prof_.mark(s, "moe_mlp2_expanded");
+  }
+
+  // out rows [off[e], off[e+1]) (f32, `rows` wide) = x rows (act, `cols` wide) times expert e's
+  // expanded matrix (w + e * rows * cols) transposed, for every active expert in one grouped
+  // cuBLAS call (a group per expert, with its own row count): no per-expert host work, which
+  // otherwise kept the GPU waiting for 64 launches per layer. false if cuBLAS declines the call
+  // (nothing is computed then). slot: where in the pointer arrays (0 for mlp1, 3E for mlp2, so
+  // that the first product's pointers stay valid until it has run).
+  bool experts_grouped(const int* off, int rows, int cols, const char* w, const char* x, void* out,
+                       int slot) {
+    const int E = c_.num_experts;
+    const int64_t es = cuda::act_size(act_);
+    const cudaDataType_t dt = act_ == ActType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
+    const void** hp = ptrs_host_.data<const void*>() + slot;
+    grouped_ta_.assign(E, CUBLAS_OP_T);
+    grouped_tb_.assign(E, CUBLAS_OP_N);
+    grouped_m_.clear(), grouped_n_.clear(), grouped_k_.clear();
+    grouped_lda_.clear(), grouped_ldb_.clear(), grouped_ldc_.clear();
+    int k = 0;
+    for (int e = 0; e < E; ++e) {
+      const int n = off[e + 1] - off[e];
+      if (n == 0) continue;
+      hp[k] = w + int64_t(e) * rows * cols * es;
+      hp[E + k] = x + int64_t(off[e]) * cols * es;
+      hp[2 * E + k] = static_cast<char*>(out) + int64_t(off[e]) * rows * 4;
+      grouped_m_.push_back(rows), grouped_n_.push_back(n), grouped_k_.push_back(cols);
+      grouped_lda_.push_back(cols), grouped_ldb_.push_back(cols), grouped_ldc_.push_back(rows);
+      ++k;
+    }
+    grouped_size_.assign(k, 1);
+    grouped_alpha_.assign(k, 1.0f);
+    grouped_beta_.assign(k, 0.0f);
+    void** dp = ptrs_.data<void*>() + slot;
+    cuda::check(cudaMemcpyAsync(dp, hp, size_t(3 * E) * sizeof(void*), cudaMemcpyHostToDevice,
+                                stream_.get()),
+                "cudaMemcpyAsync (expert pointers)");
+    const cublasStatus_t st = cublasGemmGroupedBatchedEx(
+        blas_.get(), grouped_ta_.data(), grouped_tb_.data(), grouped_m_.data(), grouped_n_.data(),
+        grouped_k_.data(), grouped_alpha_.data(), const_cast<const void* const*>(dp), dt,
+        grouped_lda_.data(), const_cast<const void* const*>(dp + E), dt, grouped_ldb_.data(),
+        grouped_beta_.data(), dp + 2 * E, CUDA_R_32F, grouped_ldc_.data(), k, grouped_size_.data(),
+        CUBLAS_COMPUTE_32F);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) return false;
+    cuda::check(st, "cublasGemmGroupedBatchedEx (experts)");
+    return true;
+  }
+
   const Model::Impl& model_;
   const cuda::DeviceModel& dm_;
   const ModelConfig& c_;
   const ActType act_;
   int positions_ = 0, max_rows_ = 0;
-  int64_t kv_layer_elems_ = 0, sin_offset_ = 0, partial_capacity_ = 0;
+  int64_t kv_layer_elems_ = 0, sin_offset_ = 0, partial_capacity_ = 0, score_floats_ = 0;
+  int prefill_min_rows_ = kPrefillMinRows;
   cuda::Stream stream_;
   cuda::BlasHandle blas_;
   DeviceBuffer k_cache_, v_cache_, x_, t32_, t_, qkv_, attn_, proj_, gate_, topk_e_, topk_w_,
       groups_buf_, act_buf_, y_, partial_, final_, logits_, meta_, blas_ws_, rope_;
-  cuda::PinnedBuffer meta_host_, logits_host_;
+  DeviceBuffer xg_, hbuf_, wbuf_, ptrs_, scores_;  // tensor-core route (large steps) only
+  cuda::PinnedBuffer ptrs_host_;
+  bool grouped_ok_ = true;  // cublasGemmGroupedBatchedEx accepted these types
+  // Host arrays of the grouped call (at most E entries each).
+  std::vector<cublasOperation_t> grouped_ta_, grouped_tb_;
+  std::vector<int> grouped_m_, grouped_n_, grouped_k_, grouped_lda_, grouped_ldb_, grouped_ldc_,
+      grouped_size_;
+  std::vector<float> grouped_alpha_, grouped_beta_;
+  bool expand_all_ = false;
+  cuda::PinnedBuffer meta_host_, logits_host_, offsets_host_;
   cuda::MoeGroups groups_{};
   std::map<int64_t, cuda::Graph> graphs_;
   std::map<int64_t, int> seen_;

@@ -151,16 +151,19 @@ std::shared_ptr<const DeviceModel> upload_model(const ModelWeights& w,
                       (target == ActType::kF32) == (t.dtype == DType::kF32);
     if (same) {
       // Vectors are owned f32 copies already (weights.h); bytes and same-dtype matrices too.
-      check(cudaMemcpy(dst, t.data, it.bytes, cudaMemcpyHostToDevice), "cudaMemcpy (weights)");
+      // On `stream`, not cudaMemcpy: a pageable copy may return before its DMA has landed, and
+      // kernels on non-blocking streams do not wait for the legacy stream.
+      check(cudaMemcpyAsync(dst, t.data, it.bytes, cudaMemcpyHostToDevice, stream.get()),
+            "cudaMemcpyAsync (weights)");
     } else {
       if (staging.bytes() == 0) staging = DeviceBuffer(kChunk, "cudaMalloc (upload staging)");
       const size_t esize = dtype_size(t.dtype);
       const int64_t per = int64_t(kChunk / esize);
       for (int64_t i = 0; i < t.numel(); i += per) {
         const int64_t n = std::min<int64_t>(per, t.numel() - i);
-        check(cudaMemcpy(staging.data(), static_cast<const char*>(t.data) + i * esize,
-                         size_t(n) * esize, cudaMemcpyHostToDevice),
-              "cudaMemcpy (weights to staging)");
+        check(cudaMemcpyAsync(staging.data(), static_cast<const char*>(t.data) + i * esize,
+                              size_t(n) * esize, cudaMemcpyHostToDevice, stream.get()),
+              "cudaMemcpyAsync (weights to staging)");
         convert_to_act(target, staging.data(), t.dtype == DType::kBF16, n,
                        dst + i * act_size(target), stream.get());
         check(cudaStreamSynchronize(stream.get()), "convert_to_act (weights)");
@@ -168,6 +171,7 @@ std::shared_ptr<const DeviceModel> upload_model(const ModelWeights& w,
     }
     it.bind(dst);
   }
+  check(cudaStreamSynchronize(stream.get()), "weight upload (cudaStreamSynchronize)");
   return m;
 }
 

@@ -61,6 +61,13 @@ void qkv_bias_rope(ActType t, void* qkv, const float* bias, const float* cos_tab
 void attention(ActType t, const void* qkv, int NH, int NKV, int D, KvLayer kv, const int* pos,
                const int* slot, const float* sinks, int B, int window, float scale, int splits,
                float* partial, void* out, cudaStream_t stream);
+// The same on tensor cores for a step whose B rows are consecutive positions pos0 .. pos0+B-1 of
+// one slot: scores S = q k^T by cuBLAS (batched over the query heads of each KV head) into
+// scores f32 [NH, B, pos0 + B], a masked softmax with the sink (written in place as act values),
+// then out = P v by cuBLAS. blas must be bound to `stream`.
+void attention_prefill(cublasHandle_t blas, ActType t, const void* qkv, int NH, int NKV, int D,
+                       KvLayer kv, int slot, int pos0, const float* sinks, int B, int window,
+                       float scale, float* scores, void* out, cudaStream_t stream);
 // Splits that keep the GPU busy for B rows over keys of up to max_keys, given the partial
 // buffer's capacity in splits.
 int attention_splits(int B, int NH, int max_keys, int max_splits);
@@ -96,6 +103,19 @@ void moe_mlp1_swiglu_mf4(ActType t, const void* x, const uint8_t* blocks, const 
 void moe_mlp2_mf4(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
                   const float* bias, MoeGroups g, int max_active, int tokens_hint, int H, int I,
                   float* y, cudaStream_t stream);
+
+// ---- moe_prefill.cu: pieces of the tensor-core route for large steps, where each active
+// expert's MXFP4 matrix is expanded into the activation dtype and multiplied by cuBLAS.
+// out act [rows, cols] = the MXFP4 matrix (blocks [rows, cols/32, 16], scales [rows, cols/32]).
+void mf4_expand(ActType t, const uint8_t* blocks, const uint8_t* scales, int rows, int cols,
+                void* out, cudaStream_t stream);
+// act_out act [A, I] = clamped SwiGLU of h f32 [A, 2I] (interleaved gate/linear) + bias
+// f32 [E, 2I] of each assignment's expert (group_expert).
+void moe_bias_swiglu(ActType t, const float* h, const float* bias, const int* group_expert, int A,
+                     int I, float limit, void* act_out, cudaStream_t stream);
+// y f32 [A, H] += bias f32 [E, H] of each assignment's expert.
+void moe_bias_add(float* y, const float* bias, const int* group_expert, int A, int H,
+                  cudaStream_t stream);
 
 // ---- moe_dense.cu: the same two products for experts stored as act matrices (checkpoints with
 // bf16/f32 experts): w1 [E, 2I, H], w2 [E, H, I]. A is the number of assignments.

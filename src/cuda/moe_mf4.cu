@@ -141,6 +141,96 @@ __global__ void __launch_bounds__(kMf4Warps * 32)
   }
 }
 
+// 32 consecutive activations of one row as floats (16-byte loads; the row is L1/L2-resident, read
+// by every warp of the step).
+__device__ __forceinline__ void mf4_load_x32(const float* p, float* v) {
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const float4 q = reinterpret_cast<const float4*>(p)[k];
+    v[4 * k] = q.x, v[4 * k + 1] = q.y, v[4 * k + 2] = q.z, v[4 * k + 3] = q.w;
+  }
+}
+__device__ __forceinline__ void mf4_load_x32(const __nv_bfloat16* p, float* v) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint4 q = reinterpret_cast<const uint4*>(p)[k];
+    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[8 * k + 2 * i] = __uint_as_float(w[i] << 16);
+      v[8 * k + 2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  }
+}
+
+// Decode (about one row per expert): no staging in shared memory and no block-wide barrier, so
+// many small blocks stream the weights; each lane reads its 32 activations straight from
+// global memory. Rows of an expert, if more than one, are taken one after another.
+template <typename T, bool SWIGLU>
+__global__ void __launch_bounds__(kMf4Warps * 32)
+    moe_mf4w_gemv_kernel(const T* __restrict__ x, const uint8_t* __restrict__ blocks,
+                         const uint8_t* __restrict__ scales, const float* __restrict__ bias,
+                         MoeGroups g, int N, int Kd, float limit, T* __restrict__ act_out,
+                         float* __restrict__ y_out) {
+  __shared__ float lut[16];
+  const int n_active = g.active[0];
+  if (int(blockIdx.y) >= n_active) return;
+  if (threadIdx.x < 16) lut[threadIdx.x] = kMf4E2M1[threadIdx.x];
+  __syncthreads();
+  const int e = g.active[1 + blockIdx.y];
+  const int a0 = g.offsets[e], count = g.offsets[e + 1] - a0;
+  const int nb = Kd / 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r0 = (blockIdx.x * kMf4Warps + warp) * kMf4RowsAtOnce;
+  if (r0 >= N) return;
+  const int64_t row0 = int64_t(e) * N + r0;
+  const uint8_t* wrow = blocks + row0 * nb * 16;
+  const uint8_t* srow = scales + row0 * nb;
+  for (int tt = 0; tt < count; ++tt) {
+    const int64_t a = a0 + tt;
+    const T* xr = x + (SWIGLU ? int64_t(g.group_row[a]) : a) * Kd;
+    float acc[kMf4RowsAtOnce] = {};
+    for (int j = lane; j < nb; j += 32) {
+      uint4 w[kMf4RowsAtOnce];
+      float sc[kMf4RowsAtOnce];
+#pragma unroll
+      for (int rr = 0; rr < kMf4RowsAtOnce; ++rr) {
+        w[rr] = __ldg(reinterpret_cast<const uint4*>(wrow + (int64_t(rr) * nb + j) * 16));
+        sc[rr] = mf4_scale(srow[int64_t(rr) * nb + j]);
+      }
+      float xv[32];
+      mf4_load_x32(xr + j * 32, xv);
+#pragma unroll
+      for (int rr = 0; rr < kMf4RowsAtOnce; ++rr) {
+        const uint32_t words[4] = {w[rr].x, w[rr].y, w[rr].z, w[rr].w};
+        float part = 0.0f;
+#pragma unroll
+        for (int b = 0; b < 16; ++b) {
+          const uint32_t byte = (words[b / 4] >> (8 * (b % 4))) & 0xffu;
+          part += lut[byte & 15u] * xv[2 * b] + lut[byte >> 4] * xv[2 * b + 1];
+        }
+        acc[rr] += part * sc[rr];
+      }
+    }
+#pragma unroll
+    for (int rr = 0; rr < kMf4RowsAtOnce; ++rr) acc[rr] = warp_sum(acc[rr]);
+    if (lane == 0) {
+      const float* b = bias + row0;
+      if constexpr (SWIGLU) {
+#pragma unroll
+        for (int q = 0; q < kMf4RowsAtOnce / 2; ++q) {
+          const float gt = fminf(acc[2 * q] + b[2 * q], limit);
+          const float ln = fminf(fmaxf(acc[2 * q + 1] + b[2 * q + 1], -limit), limit);
+          act_out[a * (N / 2) + r0 / 2 + q] =
+              from_f32<T>(gt / (1.0f + __expf(-1.702f * gt)) * (ln + 1.0f));
+        }
+      } else {
+#pragma unroll
+        for (int rr = 0; rr < kMf4RowsAtOnce; ++rr) y_out[a * N + r0 + rr] = acc[rr] + b[rr];
+      }
+    }
+  }
+}
+
 template <typename T, bool SWIGLU>
 void moe_mf4_launch(const void* x, const uint8_t* blocks, const uint8_t* scales, const float* bias,
                     MoeGroups g, int max_active, int tokens_hint, int N, int Kd, float limit,
@@ -155,8 +245,14 @@ void moe_mf4_launch(const void* x, const uint8_t* blocks, const uint8_t* scales,
                                                    g, N, Kd, limit, static_cast<T*>(act_out),
                                                    y_out);
   };
-  if (tokens_hint <= 1)
-    go(moe_mf4w_kernel<T, 1, SWIGLU>, 1);
+  if (tokens_hint <= 1) {
+    const int rows_per_block = kMf4Warps * kMf4RowsAtOnce;
+    moe_mf4w_gemv_kernel<T, SWIGLU><<<dim3((N + rows_per_block - 1) / rows_per_block, max_active),
+                                      kMf4Warps * 32, 0, stream>>>(static_cast<const T*>(x), blocks,
+                                                                   scales, bias, g, N, Kd, limit,
+                                                                   static_cast<T*>(act_out), y_out);
+  } else if (tokens_hint <= 2)
+    go(moe_mf4w_kernel<T, 2, SWIGLU>, 2);
   else if (tokens_hint <= 4)
     go(moe_mf4w_kernel<T, 4, SWIGLU>, 4);
   else

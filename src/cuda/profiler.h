@@ -1,6 +1,7 @@
 // Per-op GPU time of the forward step, for finding where a step's time goes: with
 // MIND4_CUDA_PROFILE=1 in the environment, every eager step records an event after each op, the
-// times are summed per op name, and the table is printed to stderr when the context goes away.
+// times are summed per op name (the first step of each shape is left out: one-time costs), and
+// the table is printed to stderr when the context goes away.
 // CUDA graphs are off while profiling (their nodes cannot be timed one by one).
 #pragma once
 
@@ -31,7 +32,7 @@ class StepProfiler {
   size_t used_ = 0;
   int rows_ = 0;
   std::map<std::string, std::map<std::string, double>> total_ms_;  // by "rows=B" then op
-  std::map<std::string, int> steps_;
+  std::map<std::string, int> steps_, seen_;
 };
 
 }  // namespace mind4::cuda

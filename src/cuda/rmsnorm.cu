@@ -7,7 +7,9 @@
 namespace mind4::cuda {
 namespace {
 
-constexpr int kNormThreads = 256;
+// A step of one row (decode) is one block: it must be wide, or the row's latency chain (load,
+// reduce, write) is walked by a few hundred threads and a 2880-wide norm takes 12+ us.
+constexpr int kNormThreads = 1024;
 
 __device__ float cuda_block_sum(float v) {
   __shared__ float partial[kNormThreads / 32];

@@ -14,6 +14,7 @@ __global__ void qkv_bias_rope_kernel(T* __restrict__ qkv, const float* __restric
                                      const int* __restrict__ pos, const int* __restrict__ slot,
                                      int NH, int NKV, int D, T* __restrict__ k_cache,
                                      T* __restrict__ v_cache, int positions) {
+  // blockIdx.y splits the row's work so that a one-row step (decode) still spreads over blocks.
   const int r = blockIdx.x;
   const int half = D / 2, QKV = (NH + 2 * NKV) * D;
   T* row = qkv + int64_t(r) * QKV;
@@ -23,8 +24,9 @@ __global__ void qkv_bias_rope_kernel(T* __restrict__ qkv, const float* __restric
   const int64_t width = int64_t(NKV) * D;
   T* kc = k_cache + (int64_t(slot[r]) * positions + p) * width;
   T* vc = v_cache + (int64_t(slot[r]) * positions + p) * width;
-  // Rotation pairs of q and k heads: (NH + NKV) * half of them.
-  for (int i = threadIdx.x; i < (NH + NKV) * half; i += blockDim.x) {
+  const int pairs = (NH + NKV) * half;
+  const int i = blockIdx.y * blockDim.x + threadIdx.x;
+  if (i < pairs) {  // a rotation pair of a q or k head
     const int h = i / half, j = i % half;
     const int a = h * D + j, b = a + half;
     const float x1 = to_f32(row[a]) + bias[a], x2 = to_f32(row[b]) + bias[b];
@@ -37,10 +39,9 @@ __global__ void qkv_bias_rope_kernel(T* __restrict__ qkv, const float* __restric
       kc[o] = from_f32<T>(y1);
       kc[o + half] = from_f32<T>(y2);
     }
-  }
-  for (int i = threadIdx.x; i < NKV * D; i += blockDim.x) {
-    const int a = (NH + NKV) * D + i;
-    vc[i] = from_f32<T>(to_f32(row[a]) + bias[a]);
+  } else if (i < pairs + NKV * D) {  // a value element
+    const int a = (NH + NKV) * D + (i - pairs);
+    vc[i - pairs] = from_f32<T>(to_f32(row[a]) + bias[a]);
   }
 }
 
@@ -57,9 +58,10 @@ void qkv_bias_rope(ActType t, void* qkv, const float* bias, const float* cos_tab
   if (B == 0) return;
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
-    qkv_bias_rope_kernel<T><<<B, 256, 0, stream>>>(static_cast<T*>(qkv), bias, cos_table, sin_table,
-                                                   pos, slot, NH, NKV, D, static_cast<T*>(kv.k),
-                                                   static_cast<T*>(kv.v), kv.positions);
+    const int items = (NH + NKV) * (D / 2) + NKV * D;
+    qkv_bias_rope_kernel<T><<<dim3(B, (items + 255) / 256), 256, 0, stream>>>(
+        static_cast<T*>(qkv), bias, cos_table, sin_table, pos, slot, NH, NKV, D,
+        static_cast<T*>(kv.k), static_cast<T*>(kv.v), kv.positions);
   });
   check_launch(t == ActType::kF32 ? "qkv_bias_rope_f32" : "qkv_bias_rope_bf16");
 }

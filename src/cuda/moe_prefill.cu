@@ -1,0 +1,100 @@
+// The tensor-core route of the expert products for large steps (prefill). CUDA cores cannot keep
+// up with 2048 rows x 4 experts x 50 MFLOP per layer; cuBLAS can, given bf16 matrices. So each
+// active expert's packed matrix is expanded once per step into a scratch buffer (33 MB for mlp1
+// of gpt-oss-20b, written at memory speed) and multiplied by all of its rows at once; the clamped
+// SwiGLU and the biases are applied by the small kernels here. Decode never takes this route: it
+// reads the packed weights directly (moe_mf4.cu).
+#include "cuda/device_util.cuh"
+
+namespace mind4::cuda {
+namespace {
+
+__constant__ float kExpandE2M1[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
+                                      -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+// One thread per 32-weight block: 16 bytes in, 32 values out (in element order).
+template <typename T>
+__global__ void mf4_expand_kernel(const uint8_t* __restrict__ blocks,
+                                  const uint8_t* __restrict__ scales, int64_t nblocks,
+                                  T* __restrict__ out) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= nblocks) return;
+  const uint4 w = *reinterpret_cast<const uint4*>(blocks + i * 16);
+  const uint8_t s = scales[i];
+  const float scale = __uint_as_float(s ? uint32_t(s) << 23 : 0x00400000u);
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+  alignas(16) T v[32];
+#pragma unroll
+  for (int b = 0; b < 16; ++b) {
+    const uint32_t byte = (words[b / 4] >> (8 * (b % 4))) & 0xffu;
+    v[2 * b] = from_f32<T>(kExpandE2M1[byte & 15u] * scale);
+    v[2 * b + 1] = from_f32<T>(kExpandE2M1[byte >> 4] * scale);
+  }
+  uint4* dst = reinterpret_cast<uint4*>(out + i * 32);
+  const uint4* src = reinterpret_cast<const uint4*>(v);
+#pragma unroll
+  for (int k = 0; k < int(32 * sizeof(T) / 16); ++k) dst[k] = src[k];
+}
+
+template <typename T>
+__global__ void moe_bias_swiglu_kernel(const float* __restrict__ h, const float* __restrict__ bias,
+                                       const int* __restrict__ group_expert, int I, float limit,
+                                       T* __restrict__ act) {
+  const int64_t a = blockIdx.x;
+  const float* b = bias + int64_t(group_expert[a]) * 2 * I;
+  for (int p = threadIdx.x; p < I; p += blockDim.x) {
+    const float g = fminf(h[a * 2 * I + 2 * p] + b[2 * p], limit);
+    const float l = fminf(fmaxf(h[a * 2 * I + 2 * p + 1] + b[2 * p + 1], -limit), limit);
+    act[a * I + p] = from_f32<T>(g / (1.0f + __expf(-1.702f * g)) * (l + 1.0f));
+  }
+}
+
+__global__ void moe_bias_add_kernel(float* __restrict__ y, const float* __restrict__ bias,
+                                    const int* __restrict__ group_expert, int H) {
+  const int64_t a = blockIdx.x;
+  const float* b = bias + int64_t(group_expert[a]) * H;
+  for (int j = threadIdx.x; j < H; j += blockDim.x) y[a * H + j] += b[j];
+}
+
+}  // namespace
+
+void mf4_expand(ActType t, const uint8_t* blocks, const uint8_t* scales, int rows, int cols,
+                void* out, cudaStream_t stream) {
+  MIND4_CUDA_ARG(blocks && scales && out, "mf4_expand", "null pointer");
+  MIND4_CUDA_ARG(rows > 0 && cols > 0 && cols % 32 == 0, "mf4_expand", "rows = ", rows,
+                 ", cols = ", cols, " (a multiple of 32)");
+  MIND4_CUDA_ARG(
+      reinterpret_cast<uintptr_t>(blocks) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0,
+      "mf4_expand", "blocks and out must be 16-byte aligned");
+  const int64_t nblocks = int64_t(rows) * (cols / 32);
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    mf4_expand_kernel<T><<<unsigned((nblocks + 255) / 256), 256, 0, stream>>>(
+        blocks, scales, nblocks, static_cast<T*>(out));
+  });
+  check_launch(t == ActType::kF32 ? "mf4_expand_mf4_f32" : "mf4_expand_mf4_bf16");
+}
+
+void moe_bias_swiglu(ActType t, const float* h, const float* bias, const int* group_expert, int A,
+                     int I, float limit, void* act_out, cudaStream_t stream) {
+  MIND4_CUDA_ARG(h && bias && group_expert && act_out, "moe_bias_swiglu", "null pointer");
+  MIND4_CUDA_ARG(A >= 0 && I > 0, "moe_bias_swiglu", "A = ", A, ", I = ", I);
+  if (A == 0) return;
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    moe_bias_swiglu_kernel<T>
+        <<<A, 256, 0, stream>>>(h, bias, group_expert, I, limit, static_cast<T*>(act_out));
+  });
+  check_launch(t == ActType::kF32 ? "moe_bias_swiglu_f32" : "moe_bias_swiglu_bf16");
+}
+
+void moe_bias_add(float* y, const float* bias, const int* group_expert, int A, int H,
+                  cudaStream_t stream) {
+  MIND4_CUDA_ARG(y && bias && group_expert, "moe_bias_add", "null pointer");
+  MIND4_CUDA_ARG(A >= 0 && H > 0, "moe_bias_add", "A = ", A, ", H = ", H);
+  if (A == 0) return;
+  moe_bias_add_kernel<<<A, 256, 0, stream>>>(y, bias, group_expert, H);
+  check_launch("moe_bias_add_f32");
+}
+
+}  // namespace mind4::cuda
