@@ -108,8 +108,6 @@ class CudaBackend final : public StepBackend {
       // Rows are padded per expert (kExpertRowPad) on the one-product-per-expert path.
       xg_ = dev((A + kExpertRowPad) * H * a, "cudaMalloc (prefill scratch)");
       hbuf_ = dev((A + kExpertRowPad) * 2 * I * 4, "cudaMalloc (prefill scratch)");
-      ptrs_ = dev(6 * E * int64_t(sizeof(void*)), "cudaMalloc (prefill scratch)");
-      ptrs_host_ = cuda::PinnedBuffer(size_t(6 * E) * sizeof(void*));
       // All experts expanded at once (one launch per matrix) when that fits in kMaxExpandBytes.
       expand_all_ = E * 2 * I * H * a <= kMaxExpandBytes;
       wbuf_ = dev((expand_all_ ? E : 1) * 2 * I * H * a, "cudaMalloc (prefill scratch)");
@@ -299,23 +297,6 @@ class CudaBackend final : public StepBackend {
     // Each expert's product covers its rows rounded up to kExpertRowPad: the extra rows belong to
     // the next expert (overwritten by its product, issued after) or to the buffers' padding.
     auto padded = [](int n) { return (n + kExpertRowPad - 1) / kExpertRowPad * kExpertRowPad; };
-    if (expand_all_ && grouped_ok_) {
-      cuda::mf4_expand(act_, lw.mlp1_blocks, lw.mlp1_scales, E * 2 * I, H, w, s);
-      if (experts_grouped(off, 2 * I, H, w, xg, hbuf_.data(), 0)) {
-        cuda::moe_bias_swiglu(act_, hbuf_.data<float>(), lw.mlp1_b, groups_.group_expert, A, I,
-                              c_.swiglu_limit, act, s);
-        prof_.mark(s, "moe_mlp1_grouped");
-        cuda::mf4_expand(act_, lw.mlp2_blocks, lw.mlp2_scales, E * H, I, w, s);
-        if (experts_grouped(off, H, I, w, act, y_.data(), 3 * E)) {
-          cuda::moe_bias_add(y_.data<float>(), lw.mlp2_b, groups_.group_expert, A, H, s);
-          prof_.mark(s, "moe_mlp2_grouped");
-          return;
-        }
-      }
-      // cuBLAS declined the grouped form (these types, this version): from here on one product
-      // per expert, redoing this layer's experts from the start.
-      grouped_ok_ = false;
-    }
     if (expand_all_) cuda::mf4_expand(act_, lw.mlp1_blocks, lw.mlp1_scales, E * 2 * I, H, w, s);
     for (int e = 0; e < E; ++e) {
       const int n = off[e + 1] - off[e];
@@ -345,51 +326,6 @@ class CudaBackend final : public StepBackend {
     prof_.mark(s, "moe_mlp2_expanded");
   }
 
-  // out rows [off[e], off[e+1]) (f32, `rows` wide) = x rows (act, `cols` wide) times expert e's
-  // expanded matrix (w + e * rows * cols) transposed, for every active expert in one grouped
-  // cuBLAS call (a group per expert, with its own row count): no per-expert host work, which
-  // otherwise kept the GPU waiting for 64 launches per layer. false if cuBLAS declines the call
-  // (nothing is computed then). slot: where in the pointer arrays (0 for mlp1, 3E for mlp2, so
-  // that the first product's pointers stay valid until it has run).
-  bool experts_grouped(const int* off, int rows, int cols, const char* w, const char* x, void* out,
-                       int slot) {
-    const int E = c_.num_experts;
-    const int64_t es = cuda::act_size(act_);
-    const cudaDataType_t dt = act_ == ActType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
-    const void** hp = ptrs_host_.data<const void*>() + slot;
-    grouped_ta_.assign(E, CUBLAS_OP_T);
-    grouped_tb_.assign(E, CUBLAS_OP_N);
-    grouped_m_.clear(), grouped_n_.clear(), grouped_k_.clear();
-    grouped_lda_.clear(), grouped_ldb_.clear(), grouped_ldc_.clear();
-    int k = 0;
-    for (int e = 0; e < E; ++e) {
-      const int n = off[e + 1] - off[e];
-      if (n == 0) continue;
-      hp[k] = w + int64_t(e) * rows * cols * es;
-      hp[E + k] = x + int64_t(off[e]) * cols * es;
-      hp[2 * E + k] = static_cast<char*>(out) + int64_t(off[e]) * rows * 4;
-      grouped_m_.push_back(rows), grouped_n_.push_back(n), grouped_k_.push_back(cols);
-      grouped_lda_.push_back(cols), grouped_ldb_.push_back(cols), grouped_ldc_.push_back(rows);
-      ++k;
-    }
-    grouped_size_.assign(k, 1);
-    grouped_alpha_.assign(k, 1.0f);
-    grouped_beta_.assign(k, 0.0f);
-    void** dp = ptrs_.data<void*>() + slot;
-    cuda::check(cudaMemcpyAsync(dp, hp, size_t(3 * E) * sizeof(void*), cudaMemcpyHostToDevice,
-                                stream_.get()),
-                "cudaMemcpyAsync (expert pointers)");
-    const cublasStatus_t st = cublasGemmGroupedBatchedEx(
-        blas_.get(), grouped_ta_.data(), grouped_tb_.data(), grouped_m_.data(), grouped_n_.data(),
-        grouped_k_.data(), grouped_alpha_.data(), const_cast<const void* const*>(dp), dt,
-        grouped_lda_.data(), const_cast<const void* const*>(dp + E), dt, grouped_ldb_.data(),
-        grouped_beta_.data(), dp + 2 * E, CUDA_R_32F, grouped_ldc_.data(), k, grouped_size_.data(),
-        CUBLAS_COMPUTE_32F);
-    if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) return false;
-    cuda::check(st, "cublasGemmGroupedBatchedEx (experts)");
-    return true;
-  }
-
   const Model::Impl& model_;
   const cuda::DeviceModel& dm_;
   const ModelConfig& c_;
@@ -401,14 +337,7 @@ class CudaBackend final : public StepBackend {
   cuda::BlasHandle blas_;
   DeviceBuffer k_cache_, v_cache_, x_, t32_, t_, qkv_, attn_, proj_, gate_, topk_e_, topk_w_,
       groups_buf_, act_buf_, y_, partial_, final_, logits_, meta_, blas_ws_, rope_;
-  DeviceBuffer xg_, hbuf_, wbuf_, ptrs_, scores_;  // tensor-core route (large steps) only
-  cuda::PinnedBuffer ptrs_host_;
-  bool grouped_ok_ = true;  // cublasGemmGroupedBatchedEx accepted these types
-  // Host arrays of the grouped call (at most E entries each).
-  std::vector<cublasOperation_t> grouped_ta_, grouped_tb_;
-  std::vector<int> grouped_m_, grouped_n_, grouped_k_, grouped_lda_, grouped_ldb_, grouped_ldc_,
-      grouped_size_;
-  std::vector<float> grouped_alpha_, grouped_beta_;
+  DeviceBuffer xg_, hbuf_, wbuf_, scores_;  // tensor-core route (large steps) only
   bool expand_all_ = false;
   cuda::PinnedBuffer meta_host_, logits_host_, offsets_host_;
   cuda::MoeGroups groups_{};

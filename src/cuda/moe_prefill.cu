@@ -12,28 +12,52 @@ namespace {
 __constant__ float kExpandE2M1[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
                                       -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 
-// One thread per 32-weight block: 16 bytes in, 32 values out (in element order).
+// One thread per 32-weight block: 16 bytes in, 32 values out (in element order), written as
+// 16-byte stores of values packed in registers.
+__device__ __forceinline__ uint32_t expand_pack2(float lo, float hi, __nv_bfloat16) {
+  const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&p);
+}
+
 template <typename T>
 __global__ void mf4_expand_kernel(const uint8_t* __restrict__ blocks,
                                   const uint8_t* __restrict__ scales, int64_t nblocks,
                                   T* __restrict__ out) {
+  // The table in shared memory: lanes index it with different nibbles, which __constant__
+  // memory serves one address at a time (16 distinct floats sit in 16 distinct banks here).
+  __shared__ float lut[16];
+  if (threadIdx.x < 16) lut[threadIdx.x] = kExpandE2M1[threadIdx.x];
+  __syncthreads();
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= nblocks) return;
   const uint4 w = *reinterpret_cast<const uint4*>(blocks + i * 16);
   const uint8_t s = scales[i];
   const float scale = __uint_as_float(s ? uint32_t(s) << 23 : 0x00400000u);
   const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-  alignas(16) T v[32];
-#pragma unroll
-  for (int b = 0; b < 16; ++b) {
-    const uint32_t byte = (words[b / 4] >> (8 * (b % 4))) & 0xffu;
-    v[2 * b] = from_f32<T>(kExpandE2M1[byte & 15u] * scale);
-    v[2 * b + 1] = from_f32<T>(kExpandE2M1[byte >> 4] * scale);
-  }
   uint4* dst = reinterpret_cast<uint4*>(out + i * 32);
-  const uint4* src = reinterpret_cast<const uint4*>(v);
+  if constexpr (sizeof(T) == 2) {
+    // 8 bytes of weights (16 values) per pair of 16-byte stores.
 #pragma unroll
-  for (int k = 0; k < int(32 * sizeof(T) / 16); ++k) dst[k] = src[k];
+    for (int q = 0; q < 4; ++q) {
+      uint32_t packed[4];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const uint32_t byte = (words[q] >> (8 * b)) & 0xffu;
+        packed[b] = expand_pack2(lut[byte & 15u] * scale, lut[byte >> 4] * scale, T{});
+      }
+      dst[q] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    }
+  } else {
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t b0 = (words[q] >> (16 * h)) & 0xffu, b1 = (words[q] >> (16 * h + 8)) & 0xffu;
+        reinterpret_cast<float4*>(dst)[2 * q + h] =
+            make_float4(lut[b0 & 15u] * scale, lut[b0 >> 4] * scale, lut[b1 & 15u] * scale,
+                        lut[b1 >> 4] * scale);
+      }
+  }
 }
 
 template <typename T>
