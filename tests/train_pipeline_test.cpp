@@ -17,6 +17,7 @@
 #include "io_test_util.h"
 #include "mind4/model.h"
 #include "mind4/status.h"
+#include "mind4/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/model.h"
@@ -337,6 +338,15 @@ TEST(TrainResume, BadInputIsNamed) {
   nan_yaml = replace_once(nan_yaml, "grad_clip: 1.0", "grad_clip: 0.0");
   out = run(nan_yaml);
   EXPECT_NE(out.find("last good checkpoint"), std::string::npos) << out;
+}
+
+TEST(TrainExport, AutoTokenizerIsTheModelDirectorysOwn) {
+  ScratchDir dir("train_tok_auto");
+  EXPECT_EQ(resolve_tokenizer_path("auto", dir.str()), "o200k_harmony");
+  write_file(dir / "tokenizer.tiktoken", "");
+  EXPECT_EQ(resolve_tokenizer_path("auto", dir.str()), dir / "tokenizer.tiktoken");
+  EXPECT_EQ(resolve_tokenizer_path("auto", dir / "model.safetensors"), dir / "tokenizer.tiktoken");
+  EXPECT_EQ(resolve_tokenizer_path("o200k_base", dir.str()), "o200k_base");
 }
 
 }  // namespace

@@ -47,6 +47,12 @@ class Tokenizer {
   std::unique_ptr<Impl> impl_;
 };
 
+// The vocabulary a paths.tokenizer setting names for a checkpoint: "auto" is the checkpoint
+// directory's own tokenizer.tiktoken (what `mind4 train` exports beside a model; for a
+// .safetensors file, the file's directory) when present, else "o200k_harmony" (gpt-oss models).
+// Any other setting is returned unchanged. Pass the result to Tokenizer::load.
+std::string resolve_tokenizer_path(const std::string& setting, const std::string& checkpoint_path);
+
 // Token-by-token output that never prints half a UTF-8 character: push() returns the longest
 // complete prefix so far; flush() returns what is left. Invalid bytes become U+FFFD as soon as
 // they are clearly invalid (one U+FFFD per maximal invalid subpart, as Unicode recommends), and
