@@ -26,7 +26,7 @@ struct GenerateOptions {
   std::string prompt, prompt_file, developer, effort = "medium";
   std::vector<std::string> stop_strings, stop_tokens;
   int logprobs = 0;
-  bool json = false, show_reasoning = false, no_stats = false;
+  bool json = false, show_reasoning = false, no_stats = false, no_echo = false;
 };
 
 std::atomic<bool> generate_interrupted{false};
@@ -146,6 +146,11 @@ void run_generate(const GenerateOptions& o) {
         mind4::chat::ReplyStyle{
             .out = o.json ? nullptr : stdout, .show_reasoning = o.show_reasoning, .color = tty});
   }
+  // Raw mode reads as one text: the prompt, then its continuation.
+  if (!reply && !o.json && !o.no_echo) {
+    std::fwrite(prompt_text.data(), 1, prompt_text.size(), stdout);
+    std::fflush(stdout);
+  }
   nlohmann::ordered_json token_log = nlohmann::ordered_json::array();
   std::signal(SIGINT, [](int) { generate_interrupted = true; });
   auto stats = generator.generate(prompt, limits, [&](const mind4::chat::TokenEvent& e) {
@@ -232,6 +237,7 @@ void setup_generate(CLI::App& app) {
   app.add_option("--developer", o->developer, "Harmony: developer instructions (text or a file)");
   app.add_flag("--json", o->json, "Print one JSON object (text, tokens, logprobs, timing)");
   app.add_flag("--no-stats", o->no_stats, "Do not print the timing line");
+  app.add_flag("--no-echo", o->no_echo, "Raw mode: print only the continuation, not the prompt");
   app.callback([o] { run_generate(*o); });
 }
 

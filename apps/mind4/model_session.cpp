@@ -22,7 +22,10 @@ ModelSession open_model_session(const SessionFlags& flags) {
   ModelSession s;
   s.resolved = resolve_config(flags.common);
   require_checkpoint(s.resolved);
-  s.tokenizer = std::make_unique<Tokenizer>(Tokenizer::load(s.resolved.config.paths.tokenizer));
+  // "auto": the checkpoint directory's own tokenizer.tiktoken (a model trained here), else
+  // o200k_harmony (a gpt-oss checkpoint).
+  s.tokenizer = std::make_unique<Tokenizer>(Tokenizer::load(resolve_tokenizer_path(
+      s.resolved.config.paths.tokenizer, s.resolved.config.paths.checkpoint)));
   const ModelConfig& mc = s.resolved.config.model;
   // Checked before the weights load, so that a wrong pairing costs nothing.
   chat::check_tokenizer_matches(*s.tokenizer, mc.vocab_size,

@@ -25,7 +25,8 @@ void add_common_options(CLI::App& app, CommonOptions& o) {
                  "Project config file (runtime settings; see docs/config.md)");
   optional_flag(app, "--checkpoint", o.checkpoint, "Checkpoint directory or .safetensors file");
   optional_flag(app, "--tokenizer", o.tokenizer,
-                "Tokenizer: o200k_harmony, o200k_base or a vocabulary file");
+                "Tokenizer: auto (the checkpoint's own tokenizer.tiktoken, else o200k_harmony), "
+                "o200k_harmony, o200k_base or a vocabulary file");
   optional_flag(app, "--backend", o.backend, "Execution backend: cpu | cuda");
   optional_flag(app, "--dtype", o.dtype, "Activation dtype: float32 | bfloat16 | float16");
   optional_flag(app, "--device", o.device, "Device: cpu | cuda | auto");
