@@ -44,7 +44,7 @@ TEST(Config, RepositoryConfigLoads) {
   EXPECT_EQ(c.execution.dtype, ActivationDType::kFloat32);
   EXPECT_EQ(c.execution.device, Device::kAuto);
   EXPECT_EQ(c.paths.checkpoint, "models/default");
-  EXPECT_EQ(c.paths.tokenizer, "o200k_harmony");
+  EXPECT_EQ(c.paths.tokenizer, "auto");
   EXPECT_EQ(c.sampling.max_new_tokens, 256);
   EXPECT_EQ(c.sampling.top_p, 1.0f);
   EXPECT_EQ(c.log_level, LogLevel::kInfo);
