@@ -225,14 +225,18 @@ TEST(ConvertCli, RandomConvertInspect) {
   EXPECT_NE(testing::read_file(a / "err.txt").find("does not exist"), std::string::npos);
 }
 
-TEST(ConvertCli, MissingDefaultCheckpointSaysHowToPassOne) {
+TEST(ConvertCli, MissingConfiguredCheckpointSaysHowToPassOne) {
   ScratchDir a("cli");
-  // The repository's config.json points at models/default, which a fresh checkout lacks.
+  // The repository's config.json with paths.checkpoint pointing where nothing is.
+  std::string config = testing::read_file("config.json");
+  const std::string from = "\"models/default\"";
+  ASSERT_NE(config.find(from), std::string::npos);
+  config.replace(config.find(from), from.size(), "\"" + (a / "no-model") + "\"");
+  testing::write_file(a / "config.json", config);
   std::string err = a / "err.txt";
-  if (std::filesystem::exists("models/default")) GTEST_SKIP() << "models/default exists here";
-  EXPECT_NE(run("inspect 2> " + err + " > /dev/null"), 0);
+  EXPECT_NE(run("inspect --config " + (a / "config.json") + " 2> " + err + " > /dev/null"), 0);
   std::string msg = testing::read_file(err);
-  EXPECT_NE(msg.find("models/default"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(a / "no-model"), std::string::npos) << msg;
   EXPECT_NE(msg.find("--checkpoint"), std::string::npos) << msg;
   // A bad flag value names the flag.
   EXPECT_NE(run("inspect --top-p 2 2> " + err + " > /dev/null"), 0);
