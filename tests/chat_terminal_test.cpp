@@ -285,6 +285,18 @@ TEST(ChatTerminal, GenerateReadsStdinAndPrintsJson) {
                 " --tokenizer o200k_harmony --stop-token nonsense hi");
   EXPECT_EQ(rc2, 1);
   EXPECT_NE(out2.find("--stop-token 'nonsense'"), std::string::npos) << out2;
+  // A prompt longer than the context: a clear message, and the prompt is not echoed first.
+  testing::ScratchDir dir("generate_long");
+  std::string long_prompt;
+  for (int i = 0; i < 200; ++i) long_prompt += "many words ";
+  testing::write_file(dir / "prompt.txt", long_prompt);
+  auto [rc3, out3] = run_shell(
+      mind4_binary() + " generate --checkpoint " + testing::tiny_harmony_checkpoint() +
+      " --tokenizer o200k_harmony --mode plain --context 64 --prompt-file " + (dir / "prompt.txt"));
+  EXPECT_EQ(rc3, 1);
+  EXPECT_NE(out3.find("the prompt has"), std::string::npos) << out3;
+  EXPECT_NE(out3.find("the context holds 64"), std::string::npos) << out3;
+  EXPECT_EQ(out3.find("many words"), std::string::npos) << out3;
 }
 
 }  // namespace

@@ -146,15 +146,17 @@ void run_generate(const GenerateOptions& o) {
         mind4::chat::ReplyStyle{
             .out = o.json ? nullptr : stdout, .show_reasoning = o.show_reasoning, .color = tty});
   }
-  // Raw mode reads as one text: the prompt, then its continuation.
-  if (!reply && !o.json && !o.no_echo) {
-    std::fwrite(prompt_text.data(), 1, prompt_text.size(), stdout);
-    std::fflush(stdout);
-  }
+  // Raw mode reads as one text: the prompt, then its continuation (echoed once the prompt has
+  // been accepted, so that an over-long one is not printed before its error).
+  bool echo = !reply && !o.json && !o.no_echo;
   nlohmann::ordered_json token_log = nlohmann::ordered_json::array();
   std::signal(SIGINT, [](int) { generate_interrupted = true; });
   auto stats = generator.generate(prompt, limits, [&](const mind4::chat::TokenEvent& e) {
     if (e.token >= 0 && reply) reply->push(e.token);
+    if (echo) {
+      std::fwrite(prompt_text.data(), 1, prompt_text.size(), stdout);
+      echo = false;
+    }
     if (!reply && !o.json) {
       std::fwrite(e.text.data(), 1, e.text.size(), stdout);
       std::fflush(stdout);
