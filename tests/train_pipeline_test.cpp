@@ -295,10 +295,13 @@ TEST(TrainResume, KilledRunResumesBitForBit) {
   cfg.paths.checkpoint = a + "/step_00000016";
   EXPECT_NO_THROW(Model::load(cfg));
 
-  // A corrupt state file is named on resume; nothing new is written.
+  // A byte flipped inside the state's tensor data (the header still parses) is named on resume
+  // by its checksum, and the run does not start: the metrics stay as they were.
   const std::string state = b + "/step_00000016/state.safetensors";
-  const std::string bytes = read_file(state);
-  write_file(state, bytes.substr(0, bytes.size() / 2));
+  std::string bytes = read_file(state);
+  bytes[bytes.size() - 10] ^= 0x10;
+  write_file(state, bytes);
+  const std::string metrics_before = read_file(b + "/metrics.jsonl");
   std::string out;
   {
     FILE* p = popen((mind4_binary() + " train " + (d.dir / "b.yaml") + " 2>&1").c_str(), "r");
@@ -306,7 +309,9 @@ TEST(TrainResume, KilledRunResumesBitForBit) {
     while (fgets(buf, sizeof buf, p)) out += buf;
     EXPECT_NE(pclose(p), 0);
   }
-  EXPECT_NE(out.find("state.safetensors"), std::string::npos) << out;
+  EXPECT_NE(out.find("state.safetensors is corrupt"), std::string::npos) << out;
+  EXPECT_EQ(out.find("resuming from"), std::string::npos) << out;
+  EXPECT_EQ(read_file(b + "/metrics.jsonl"), metrics_before);
 }
 
 TEST(TrainResume, BadInputIsNamed) {

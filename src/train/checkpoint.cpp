@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/crc32.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
 #include "mind4/status.h"
@@ -26,6 +27,27 @@ void ckpt_write_text_atomic(const std::string& path, const std::string& text) {
   }
   MIND4_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, Status::kIoError, "cannot rename ", tmp,
               " to ", path);
+}
+
+constexpr const char* kCkptSumsName = "checksums.crc32";
+
+// Records the CRC-32 and size of every file in a step directory that is about to be renamed into
+// place. Written last, so it covers the bytes exactly as they will be read on resume.
+void ckpt_write_checksums(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_regular_file() && e.path().filename() != kCkptSumsName)
+      names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  std::string text = "# CRC-32 (zlib's), size in bytes, file; checked before a resume\n";
+  for (const auto& n : names) {
+    uint64_t size = 0;
+    const uint32_t crc = crc32_file(dir + "/" + n, &size);
+    char line[64];
+    std::snprintf(line, sizeof line, "%08x %llu ", crc, (unsigned long long)size);
+    text += line + n + "\n";
+  }
+  ckpt_write_text_atomic(dir + "/" + kCkptSumsName, text);
 }
 
 std::string ckpt_step_name(int64_t step) {
@@ -84,6 +106,7 @@ void save_checkpoint(const std::string& ckpt_dir, const ParamLayout& layout, con
   for (const auto& f : extra_files)
     fs::copy_file(f, tmp_dir + "/" + fs::path(f).filename().string(),
                   fs::copy_options::overwrite_existing);
+  ckpt_write_checksums(tmp_dir);
   fs::remove_all(final_dir);  // a previous run's directory of the same step
   fs::rename(tmp_dir, final_dir);
   ckpt_write_text_atomic(ckpt_dir + "/latest", name + "\n");
@@ -109,11 +132,55 @@ std::string latest_checkpoint(const std::string& ckpt_dir) {
   return ckpt_dir + "/" + name;
 }
 
+void verify_checkpoint_files(const std::string& step_dir) {
+  const std::string sums = step_dir + "/" + kCkptSumsName;
+  // What to do about it, in every message: the run must not start from damaged state.
+  const std::string advice =
+      "; the run will not start from it. Point " +
+      (fs::path(step_dir).parent_path() / "latest").string() +
+      " at an earlier step_ directory, or use another checkpoint.dir to start afresh";
+  MIND4_CHECK(fs::exists(sums), Status::kCorruptFile, "checkpoint ", step_dir, " has no ",
+              kCkptSumsName, " (written by an older mind4, or the directory was copied in part)",
+              advice);
+  std::ifstream in(sums);
+  std::string line;
+  bool has_state = false;
+  int lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    if (line.empty() || line[0] == '#') continue;
+    unsigned crc = 0;
+    unsigned long long size = 0;
+    int name_at = 0;
+    MIND4_CHECK(std::sscanf(line.c_str(), "%8x %llu %n", &crc, &size, &name_at) == 2 &&
+                    name_at > 0 && size_t(name_at) < line.size(),
+                Status::kCorruptFile, sums, ":", lineno, ": not a 'crc size file' line", advice);
+    const std::string name = line.substr(size_t(name_at));
+    MIND4_CHECK(name.find('/') == std::string::npos && name != "." && name != "..",
+                Status::kCorruptFile, sums, ":", lineno, ": '", name,
+                "' is not a file name of this directory", advice);
+    const std::string path = step_dir + "/" + name;
+    MIND4_CHECK(fs::is_regular_file(path), Status::kCorruptFile, path, " is missing", advice);
+    uint64_t actual_size = 0;
+    const uint32_t actual = crc32_file(path, &actual_size);
+    MIND4_CHECK(actual_size == size, Status::kCorruptFile, path, " has ", actual_size,
+                " bytes but ", kCkptSumsName, " records ", size, " (truncated?)", advice);
+    char got[16], want[16];
+    std::snprintf(got, sizeof got, "%08x", actual);
+    std::snprintf(want, sizeof want, "%08x", crc);
+    MIND4_CHECK(actual == crc, Status::kCorruptFile, path, " is corrupt: its CRC-32 is ", got,
+                " but ", kCkptSumsName, " records ", want, advice);
+    has_state |= name == "state.safetensors";
+  }
+  MIND4_CHECK(has_state, Status::kCorruptFile, sums, " does not cover state.safetensors", advice);
+}
+
 TrainState load_checkpoint_state(const std::string& step_dir, const ParamLayout& layout,
                                  float* params, float* adam_m, float* adam_v) {
   const std::string path = step_dir + "/state.safetensors";
   MIND4_CHECK(fs::exists(path), Status::kCorruptFile, "checkpoint ", step_dir,
               " has no state.safetensors; cannot resume from it");
+  verify_checkpoint_files(step_dir);
   auto file = SafeTensorsFile::open(path);
   TrainState s;
   const auto& meta = file->metadata();

@@ -6,7 +6,9 @@
 //                                    Model::load and `mind4 forward`;
 //   state.safetensors                fp32 master weights, AdamW m and v, and in its metadata the
 //                                    step, the data sampler's RNG state, tokens seen and the run
-//                                    fingerprint, for an exact resume.
+//                                    fingerprint, for an exact resume;
+//   checksums.crc32                  CRC-32 and size of every other file, verified before a resume
+//                                    (a flipped bit inside a tensor is otherwise undetectable).
 #pragma once
 
 #include <cstdint>
@@ -39,8 +41,12 @@ void save_checkpoint(const std::string& ckpt_dir, const ParamLayout& layout, con
 // The step directory `latest` names, or "" when there is none.
 std::string latest_checkpoint(const std::string& ckpt_dir);
 
-// Loads a step directory's state into params/m/v (each layout.total floats). Errors name the
-// file: kCorruptFile for a damaged or mismatched state file.
+// Checks every file of a step directory against its checksums.crc32. Error(kCorruptFile) naming
+// the file for a missing, truncated or altered file, or a missing or malformed checksums file.
+void verify_checkpoint_files(const std::string& step_dir);
+
+// Verifies the step directory (above), then loads its state into params/m/v (each layout.total
+// floats). Errors name the file: kCorruptFile for a damaged or mismatched state file.
 TrainState load_checkpoint_state(const std::string& step_dir, const ParamLayout& layout,
                                  float* params, float* adam_m, float* adam_v);
 
