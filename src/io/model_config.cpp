@@ -27,30 +27,7 @@ json parse_json(const std::string& text, const std::string& source) {
 
 ModelConfig parse_original(const json& root, const std::string& source) {
   JsonFields f(root, "", source);
-  ModelConfig m;
-  m.num_hidden_layers = f.get_int("num_hidden_layers");
-  m.num_experts = f.get_int("num_experts");
-  m.experts_per_token = f.get_int("experts_per_token");
-  m.vocab_size = f.get_int("vocab_size");
-  m.hidden_size = f.get_int("hidden_size");
-  m.intermediate_size = f.get_int("intermediate_size");
-  m.swiglu_limit = f.get_float("swiglu_limit");
-  m.head_dim = f.get_int("head_dim");
-  m.num_attention_heads = f.get_int("num_attention_heads");
-  m.num_key_value_heads = f.get_int("num_key_value_heads");
-  m.sliding_window = f.get_int("sliding_window");
-  m.initial_context_length = f.get_int("initial_context_length");
-  m.rope_theta = f.get_float("rope_theta");
-  m.rope_scaling_factor = f.get_float("rope_scaling_factor");
-  m.rope_ntk_alpha = f.get_float("rope_ntk_alpha");
-  m.rope_ntk_beta = f.get_float("rope_ntk_beta");
-  // Optional: the published configs omit it; YaRN extends the initial context by the factor.
-  if (f.has("max_context_length")) {
-    m.max_context_length = f.get_int("max_context_length");
-  } else {
-    m.max_context_length =
-        int(std::lround(double(m.initial_context_length) * m.rope_scaling_factor));
-  }
+  ModelConfig m = io::read_model_fields(f, true);
   f.finish(false);
   return m;
 }
@@ -173,6 +150,33 @@ ModelConfig parse_hf(const json& root, const std::string& source) {
 }
 
 }  // namespace
+
+ModelConfig io::read_model_fields(JsonFields& f, bool max_context_optional) {
+  ModelConfig m;
+  m.hidden_size = f.get_int("hidden_size");
+  m.num_hidden_layers = f.get_int("num_hidden_layers");
+  m.num_attention_heads = f.get_int("num_attention_heads");
+  m.num_key_value_heads = f.get_int("num_key_value_heads");
+  m.head_dim = f.get_int("head_dim");
+  m.intermediate_size = f.get_int("intermediate_size");
+  m.vocab_size = f.get_int("vocab_size");
+  m.initial_context_length = f.get_int("initial_context_length");
+  m.sliding_window = f.get_int("sliding_window");
+  m.rope_theta = f.get_float("rope_theta");
+  m.rope_scaling_factor = f.get_float("rope_scaling_factor");
+  m.rope_ntk_alpha = f.get_float("rope_ntk_alpha");
+  m.rope_ntk_beta = f.get_float("rope_ntk_beta");
+  m.num_experts = f.get_int("num_experts");
+  m.experts_per_token = f.get_int("experts_per_token");
+  m.swiglu_limit = f.get_float("swiglu_limit");
+  if (max_context_optional && !f.has("max_context_length")) {
+    m.max_context_length =
+        int(std::lround(double(m.initial_context_length) * m.rope_scaling_factor));
+  } else {
+    m.max_context_length = f.get_int("max_context_length");
+  }
+  return m;
+}
 
 const char* layout_name(CheckpointLayout l) {
   return l == CheckpointLayout::kOriginal ? "original" : "hf";

@@ -7,6 +7,15 @@
 
 namespace mind4 {
 
+namespace io {
+class JsonFields;
+// The model fields, in the original gpt-oss names, read from one JSON object: a checkpoint's
+// config.json, the project config's "model" block, or train.yaml's. Without max_context_length
+// (the published configs omit it) YaRN's reach is used: initial_context_length x factor, when
+// `max_context_optional`; otherwise its absence is an error naming it.
+ModelConfig read_model_fields(JsonFields& f, bool max_context_optional);
+}  // namespace io
+
 enum class CheckpointLayout { kOriginal, kHuggingFace };
 const char* layout_name(CheckpointLayout l);  // "original" | "hf"
 
