@@ -10,7 +10,8 @@
 
 namespace mind4 {
 
-namespace {
+// A named namespace, not an anonymous one: Context::Impl (external linkage) holds Sequences.
+namespace context_detail {
 struct Sequence {
   bool active = false;
   int generation = 0;       // bumped on release, so a stale id is recognised
@@ -21,7 +22,8 @@ struct Sequence {
   int all_rows = 0;               // rows in all_logits from the last process()
   std::vector<float> all_logits;  // [all_rows, V] (keep_all_logits only)
 };
-}  // namespace
+}  // namespace context_detail
+using context_detail::Sequence;
 
 struct Context::Impl {
   std::shared_ptr<const Model> model;

@@ -31,6 +31,10 @@ std::string escape_for_regex(std::string_view text) {
   return out;
 }
 
+}  // namespace
+
+// A named namespace, not an anonymous one: Tokenizer::Impl (external linkage) holds a Core.
+namespace tokenizer_detail {
 // Immutable once built; shared by every Tokenizer loaded from the same built-in name.
 struct Core {
   std::string name;
@@ -71,6 +75,11 @@ struct Core {
     }
   }
 };
+}  // namespace tokenizer_detail
+
+namespace {
+
+using tokenizer_detail::Core;
 
 struct ThreadScratch {
   tok::BpeScratch bpe;
@@ -132,7 +141,7 @@ std::map<std::string, std::shared_ptr<const Core>> builtin_cores;
 }  // namespace
 
 struct Tokenizer::Impl {
-  std::shared_ptr<const Core> core;
+  std::shared_ptr<const tokenizer_detail::Core> core;
 };
 
 Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -156,8 +165,8 @@ Tokenizer Tokenizer::load(const std::string& name_or_path) {
 }
 
 Tokenizer Tokenizer::from_vocabulary_file(const std::string& path) {
-  return Tokenizer(std::make_unique<Impl>(
-      Impl{std::make_shared<const Core>(tok::load_vocabulary_file(path))}));
+  return Tokenizer(
+      std::make_unique<Impl>(Impl{std::make_shared<const Core>(tok::load_vocabulary_file(path))}));
 }
 
 std::vector<int> Tokenizer::encode(std::string_view text) const {
@@ -224,8 +233,12 @@ bool Tokenizer::is_special(int id) const {
   return id >= 0 && id < static_cast<int>(core.special.size()) && core.special[id];
 }
 
-int Tokenizer::vocab_size() const { return static_cast<int>(impl_->core->id_bytes.size()); }
+int Tokenizer::vocab_size() const {
+  return static_cast<int>(impl_->core->id_bytes.size());
+}
 
-const std::string& Tokenizer::name() const { return impl_->core->name; }
+const std::string& Tokenizer::name() const {
+  return impl_->core->name;
+}
 
 }  // namespace mind4
