@@ -50,7 +50,7 @@ std::string pipeline_yaml(const std::string& data_dir, const std::string& tokeni
         "eval:\n  interval: 5\n  batches: 2\n"
         "checkpoint:\n  dir: "
      << ckpt
-     << "\n  interval: 3\n  keep_last: 2\n  export: \"\"\n"
+     << "\n  interval: 3\n  keep_last: 2\n  export: \"\"\n  export_experts: bf16\n"
         "execution:\n  backend: cpu\n  dtype: float32\n  device: cpu\n  threads: 2\n";
   return os.str();
 }
@@ -110,6 +110,14 @@ TEST(TrainConfig, EachBadFieldIsNamed) {
                 .find("t.yaml"),
             std::string::npos);
   EXPECT_NE(pipeline_error("model: [1, 2\n").find("t.yaml"), std::string::npos);
+  EXPECT_NE(pipeline_error(replace_once(ok, "export_experts: bf16", "export_experts: fp4"))
+                .find("checkpoint.export_experts"),
+            std::string::npos);
+  // This model's intermediate_size (16) cannot be cut in 32-value MXFP4 blocks.
+  const std::string mx =
+      pipeline_error(replace_once(ok, "export_experts: bf16", "export_experts: mxfp4"));
+  EXPECT_NE(mx.find("checkpoint.export_experts"), std::string::npos) << mx;
+  EXPECT_NE(mx.find("multiples of 32"), std::string::npos) << mx;
   EXPECT_THROW(load_train_config("/nonexistent/train.yaml"), Error);
   try {
     parse_train_config(replace_once(ok, "backend: cpu", "backend: cuda"), "t.yaml");
@@ -343,6 +351,25 @@ TEST(TrainResume, BadInputIsNamed) {
   nan_yaml = replace_once(nan_yaml, "grad_clip: 1.0", "grad_clip: 0.0");
   out = run(nan_yaml);
   EXPECT_NE(out.find("last good checkpoint"), std::string::npos) << out;
+}
+
+// `mind4 train` with checkpoint.export_experts mxfp4: the exported directory holds MXFP4 experts
+// and its vocabulary, and loads as a model.
+TEST(TrainExport, MindTrainExportsMxfp4Experts) {
+  PipelineData d;
+  std::string yaml = pipeline_yaml(d.data, d.tokenizer, d.dir / "ck", 300, 4);
+  yaml = replace_once(yaml, "intermediate_size: 16", "intermediate_size: 32");
+  yaml = replace_once(yaml, "export: \"\"", "export: " + (d.dir / "out"));
+  yaml = replace_once(yaml, "export_experts: bf16", "export_experts: mxfp4");
+  write_file(d.dir / "mx.yaml", yaml);
+  ASSERT_EQ(pipeline_shell(mind4_binary() + " train " + (d.dir / "mx.yaml")), 0);
+  Config cfg;
+  cfg.paths.checkpoint = d.dir / "out";
+  EXPECT_NO_THROW(Model::load(cfg));
+  EXPECT_TRUE(std::filesystem::exists(d.dir / "out/tokenizer.tiktoken"));
+  const std::string model = read_file(d.dir / "out/model.safetensors");
+  EXPECT_NE(model.find("block.1.mlp.mlp1_weight.scales"), std::string::npos);
+  EXPECT_EQ(model.find("\"block.1.mlp.mlp1_weight\""), std::string::npos);
 }
 
 TEST(TrainExport, AutoTokenizerIsTheModelDirectorysOwn) {

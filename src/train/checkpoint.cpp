@@ -5,8 +5,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <span>
 
 #include "core/crc32.h"
+#include "core/dtype.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
 #include "mind4/status.h"
@@ -58,16 +60,54 @@ std::string ckpt_step_name(int64_t step) {
 
 }  // namespace
 
+namespace {
+
+// Expert weight matrices [E, rows, cols]: the tensors MXFP4 applies to in gpt-oss.
+bool ckpt_is_expert_matrix(const ParamTensor& t) {
+  return t.name.ends_with("mlp.mlp1_weight") || t.name.ends_with("mlp.mlp2_weight");
+}
+
+// Quantises an expert tensor's rows of f32 master weights straight to MXFP4 with the one OCP MX
+// rule of core/dtype (the one `mind4 convert` uses), never through bf16: a round trip through
+// bf16 could move a block's maximum across a power of two and change its shared exponent.
+void ckpt_quantize_experts(const ParamTensor& t, const float* src, std::span<uint8_t> blocks,
+                           std::span<uint8_t> scales) {
+  const int64_t cols = t.shape.back(), per_row = cols / kMxfp4BlockSize;
+  const int64_t rows = t.numel / cols;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < per_row; ++k) {
+      const int64_t block = r * per_row + k;
+      quantize_mxfp4_block(src + r * cols + k * kMxfp4BlockSize,
+                           blocks.data() + block * kMxfp4BlockBytes, scales.data() + block);
+    }
+}
+
+}  // namespace
+
 void write_model_files(const std::string& dir, const ParamLayout& layout, const float* params,
-                       DType matrix_dtype) {
+                       DType matrix_dtype, bool mxfp4_experts) {
+  if (mxfp4_experts) validate_model_config(layout.config, dir, true);
   fs::create_directories(dir);
   std::vector<TensorSpec> specs;
-  for (const auto& t : layout.tensors)
-    specs.push_back({t.name, t.decay ? matrix_dtype : DType::kF32, t.shape});
+  for (const auto& t : layout.tensors) {
+    if (mxfp4_experts && ckpt_is_expert_matrix(t)) {
+      // The original layout's packing: [E, rows, cols/32, 16] nibble pairs, [E, rows, cols/32]
+      // e8m0 scales.
+      const int64_t E = t.shape[0], R = t.shape[1], C = t.shape[2];
+      specs.push_back({t.name + ".blocks", DType::kU8, {E, R, C / kMxfp4BlockSize, 16}});
+      specs.push_back({t.name + ".scales", DType::kU8, {E, R, C / kMxfp4BlockSize}});
+    } else {
+      specs.push_back({t.name, t.decay ? matrix_dtype : DType::kF32, t.shape});
+    }
+  }
   SafeTensorsWriter w(dir + "/model.safetensors", specs, {{"format", "pt"}});
   for (const auto& t : layout.tensors) {
-    std::span<uint8_t> dst = w.data(t.name);
     const float* src = params + t.offset;
+    if (mxfp4_experts && ckpt_is_expert_matrix(t)) {
+      ckpt_quantize_experts(t, src, w.data(t.name + ".blocks"), w.data(t.name + ".scales"));
+      continue;
+    }
+    std::span<uint8_t> dst = w.data(t.name);
     if (t.decay && matrix_dtype == DType::kBF16) {
       auto* out = reinterpret_cast<uint16_t*>(dst.data());
       for (int64_t i = 0; i < t.numel; ++i) out[i] = f32_to_bf16(src[i]);
@@ -76,8 +116,9 @@ void write_model_files(const std::string& dir, const ParamLayout& layout, const 
     }
   }
   w.commit();
-  ckpt_write_text_atomic(dir + "/config.json",
-                         model_config_json(layout.config, CheckpointLayout::kOriginal, false));
+  ckpt_write_text_atomic(
+      dir + "/config.json",
+      model_config_json(layout.config, CheckpointLayout::kOriginal, mxfp4_experts));
 }
 
 void save_checkpoint(const std::string& ckpt_dir, const ParamLayout& layout, const float* params,

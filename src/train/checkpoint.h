@@ -21,9 +21,12 @@
 namespace mind4::train {
 
 // Writes config.json and model.safetensors into dir (each file atomically). Matrices in
-// `matrix_dtype` (F32 or BF16); norm scales, biases and sinks in F32.
+// `matrix_dtype` (F32 or BF16); norm scales, biases and sinks in F32. With `mxfp4_experts` the
+// expert matrices are written as MXFP4 blocks and scales (quantised from the f32 values), as in
+// the original gpt-oss checkpoints; hidden_size and intermediate_size must then be multiples of 32
+// (Error(kInvalidConfig) otherwise).
 void write_model_files(const std::string& dir, const ParamLayout& layout, const float* params,
-                       DType matrix_dtype);
+                       DType matrix_dtype, bool mxfp4_experts = false);
 
 struct TrainState {
   int64_t step = 0;  // optimizer steps done

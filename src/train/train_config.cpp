@@ -169,6 +169,19 @@ TrainConfig parse_train_config(const std::string& text, const std::string& sourc
     c.checkpoint_interval = f.get_int("interval");
     c.keep_last = f.get_int("keep_last");
     c.export_dir = f.get_string("export");
+    const std::string experts = f.get_string("export_experts");
+    if (experts == "mxfp4")
+      c.export_mxfp4 = true;
+    else if (experts != "bf16")
+      f.fail("export_experts", "is '" + experts + "'; expected bf16 or mxfp4");
+    // MXFP4 packs 32 values per block along each expert row (hidden_size for mlp1,
+    // intermediate_size for mlp2): catch a shape that cannot be exported before hours of training.
+    if (c.export_mxfp4)
+      train_require(
+          c.model.hidden_size % 32 == 0 && c.model.intermediate_size % 32 == 0, f, "export_experts",
+          "is mxfp4, which needs model.hidden_size (" + std::to_string(c.model.hidden_size) +
+              ") and model.intermediate_size (" + std::to_string(c.model.intermediate_size) +
+              ") to be multiples of 32 (the MXFP4 block); use bf16");
     train_require(!c.checkpoint_dir.empty(), f, "dir", "must not be empty");
     train_require(c.checkpoint_interval >= 1, f, "interval", "must be >= 1");
     train_require(c.keep_last >= 1, f, "keep_last", "must be >= 1");

@@ -37,7 +37,8 @@ struct TrainConfig {
   std::string checkpoint_dir;
   int checkpoint_interval = 100;
   int keep_last = 3;
-  std::string export_dir;  // "" = none; else the final model is written there too
+  std::string export_dir;     // "" = none; else the final model is written there too
+  bool export_mxfp4 = false;  // the exported experts as MXFP4 (else bf16 like other matrices)
   // execution
   ExecutionConfig execution;
   int log_interval = 10;

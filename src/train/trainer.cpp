@@ -305,14 +305,16 @@ TrainResult run_training(const TrainConfig& cfg, const TrainRunOptions& opts) {
   result.tokens_per_s = run_tokens / std::max(result.seconds, 1e-9);
   result.mfu = result.tokens_per_s * flops_tok / peak;
   if (state.step == cfg.steps && !cfg.export_dir.empty()) {
-    // The shipped model: bf16 matrices (half the bytes), f32 vectors, and its own vocabulary.
-    write_model_files(cfg.export_dir, layout, params.data(), DType::kBF16);
+    // The shipped model: bf16 matrices (half the bytes), experts bf16 or MXFP4 (a quarter of
+    // bf16's bytes, gpt-oss's own format), f32 vectors, and its own vocabulary.
+    write_model_files(cfg.export_dir, layout, params.data(), DType::kBF16, cfg.export_mxfp4);
     fs::copy_file(cfg.tokenizer, cfg.export_dir + "/tokenizer.tiktoken",
                   fs::copy_options::overwrite_existing);
     if (fs::exists(cfg.tokenizer + ".json"))
       fs::copy_file(cfg.tokenizer + ".json", cfg.export_dir + "/tokenizer.tiktoken.json",
                     fs::copy_options::overwrite_existing);
-    std::fprintf(stderr, "exported the model to %s\n", cfg.export_dir.c_str());
+    std::fprintf(stderr, "exported the model to %s (experts %s)\n", cfg.export_dir.c_str(),
+                 cfg.export_mxfp4 ? "mxfp4" : "bf16");
   }
   return result;
 }
