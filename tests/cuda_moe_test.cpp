@@ -216,6 +216,73 @@ TEST_P(CudaMoeTest, ExpandedRoutePiecesMatchCpu) {
   EXPECT_LT(rel_error(y, y_want), 1e-6);
 }
 
+// The int8 decode route (bf16 mode): activations quantized per 32 values, e2m1 nibbles turned
+// into int8 by byte permutes, dp4a. Checked against the float reference at bf16-like tolerance,
+// and the quantizer on its own.
+TEST_P(CudaMoeTest, Mxfp4Int8DecodeRouteMatchesCpu) {
+  SCOPED_TRACE(seed);
+  if (GetParam() != ActType::kBF16) GTEST_SKIP() << "the int8 route serves bf16 mode only";
+  const ActType t = ActType::kBF16;
+  for (auto [B, K, E, H, I] : {std::tuple{1, 4, 32, 2880, 2880},
+                               {1, 2, 4, 64, 96},
+                               {3, 1, 8, 32, 4160},
+                               {2, 3, 7, 160, 32}}) {
+    const int A = B * K;
+    Groups gr = make_groups(rng, B, K, E);
+    const auto x = rounded(normal(size_t(B) * H), t);
+    const auto b1 = bytes(size_t(E) * 2 * I * H / 2, 0, 255);
+    const auto s1 = bytes(size_t(E) * 2 * I * H / 32, 120, 125);
+    const auto b2 = bytes(size_t(E) * H * I / 2, 0, 255);
+    const auto s2 = bytes(size_t(E) * H * I / 32, 120, 125);
+    const auto bias1 = normal(size_t(E) * 2 * I, 0.5f), bias2 = normal(size_t(E) * H, 0.5f);
+    auto d_x = upload(to_act(x, t));
+    auto d_b1 = upload(b1), d_s1 = upload(s1), d_b2 = upload(b2), d_s2 = upload(s2);
+    auto d_bias1 = upload(bias1), d_bias2 = upload(bias2);
+    auto d_xq = poisoned(size_t(B) * H), d_xd = poisoned(size_t(B) * H / 32 * 4);
+    auto d_aq = poisoned(size_t(A) * I), d_ad = poisoned(size_t(A) * I / 32 * 4);
+    auto d_act = poisoned(size_t(A) * I * 2), d_y = poisoned(size_t(A) * H * 4);
+    const int max_active = std::min(E, A);
+    cuda::quantize_q8_32(t, d_x.data(), B, H, d_xq.data<int8_t>(), d_xd.data<float>(), nullptr);
+    cuda::moe_mlp1_swiglu_mf4_q8(t, d_xq.data<int8_t>(), d_xd.data<float>(), d_b1.data<uint8_t>(),
+                                 d_s1.data<uint8_t>(), d_bias1.data<float>(), gr.g, max_active, H,
+                                 I, 7.0f, d_act.data(), nullptr);
+    cuda::quantize_q8_32(t, d_act.data(), A, I, d_aq.data<int8_t>(), d_ad.data<float>(), nullptr);
+    cuda::moe_mlp2_mf4_q8(d_aq.data<int8_t>(), d_ad.data<float>(), d_b2.data<uint8_t>(),
+                          d_s2.data<uint8_t>(), d_bias2.data<float>(), gr.g, max_active, H, I,
+                          d_y.data<float>(), nullptr);
+    // The quantizer: every value within half a step (d / 2) of its block's scale.
+    const auto xq = download<int8_t>(d_xq, size_t(B) * H);
+    const auto xd = download<float>(d_xd, size_t(B) * H / 32);
+    for (size_t i = 0; i < xq.size(); ++i)
+      ASSERT_LE(std::abs(xq[i] * xd[i / 32] - x[i]), 0.5001f * xd[i / 32] + 1e-30f) << i;
+    const auto act = download_act(d_act, size_t(A) * I, t);
+    const auto y = download<float>(d_y, size_t(A) * H);
+    const auto all = download<int>(gr.buf, size_t(2 * (E + 1) + 3 * A));
+    const int* assign_at = all.data() + 2 * (E + 1) + 2 * A;
+    std::vector<float> act_got, y_got;
+    std::vector<double> act_want, y_want;
+    for (int i = 0; i < A; ++i) {
+      const int r = i / K, e = gr.experts[i], at = assign_at[i];
+      for (int p = 0; p < I; ++p) {
+        const int64_t row = int64_t(e) * 2 * I + 2 * p;
+        const double g = mf4_row_dot(b1, s1, row, H, x.data() + size_t(r) * H) + bias1[row];
+        const double l = mf4_row_dot(b1, s1, row + 1, H, x.data() + size_t(r) * H) + bias1[row + 1];
+        act_want.push_back(swiglu_ref(g, l, 7.0));
+        act_got.push_back(act[size_t(at) * I + p]);
+      }
+      for (int n = 0; n < H; ++n) {
+        const int64_t row = int64_t(e) * H + n;
+        y_want.push_back(mf4_row_dot(b2, s2, row, I, act.data() + size_t(at) * I) + bias2[row]);
+        y_got.push_back(y[size_t(at) * H + n]);
+      }
+    }
+    EXPECT_LT(rel_error(act_got, act_want), 1.5e-2) << "mlp1 B=" << B << " H=" << H << " I=" << I;
+    // int8 with a scale per 32 values: steps of max/127, rms error about 0.5% of a Gaussian
+    // block's spread, more for SwiGLU's heavy-tailed outputs (mlp2's input): 1% was measured.
+    EXPECT_LT(rel_error(y_got, y_want), 2e-2) << "mlp2 B=" << B << " H=" << H << " I=" << I;
+  }
+}
+
 TEST_P(CudaMoeTest, DenseExpertsMatchDoubleProduct) {
   SCOPED_TRACE(seed);
   const ActType t = GetParam();

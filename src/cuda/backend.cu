@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <map>
+#include <string>
 #include <vector>
 
 #include "cpu/ops.h"
@@ -101,6 +102,15 @@ class CudaBackend final : public StepBackend {
     cuda::check(cudaStreamSynchronize(stream_.get()), "RoPE tables (cudaStreamSynchronize)");
     sin_offset_ = int64_t(cos_t.size());
 
+    // The int8 decode route of the experts (bf16 mode): quantized activations of a step.
+    // MIND4_CUDA_Q8_DECODE=0 turns it off (the float GEMV then runs; for comparisons).
+    const char* q8 = std::getenv("MIND4_CUDA_Q8_DECODE");
+    if (act_ == ActType::kBF16 && dm_.experts_mxfp4 && !(q8 && std::string(q8) == "0")) {
+      xq_ = dev(B * H, "cudaMalloc (decode scratch)");
+      xd_ = dev(B * H / 32 * 4, "cudaMalloc (decode scratch)");
+      aq_ = dev(A * I, "cudaMalloc (decode scratch)");
+      ad_ = dev(A * I / 32 * 4, "cudaMalloc (decode scratch)");
+    }
     // Scratch of the tensor-core route, only for contexts whose steps can be that large.
     if (const char* v = std::getenv("MIND4_CUDA_PREFILL_MIN_ROWS"); v && std::atoi(v) > 0)
       prefill_min_rows_ = std::atoi(v);
@@ -250,6 +260,16 @@ class CudaBackend final : public StepBackend {
       mark("moe_group");
       if (dm_.experts_mxfp4 && tensor_route) {
         moe_expanded(lw, B);
+      } else if (dm_.experts_mxfp4 && tokens_hint <= 1 && xq_.bytes() > 0) {
+        cuda::quantize_q8_32(act_, t, B, H, xq_.data<int8_t>(), xd_.data<float>(), s);
+        cuda::moe_mlp1_swiglu_mf4_q8(act_, xq_.data<int8_t>(), xd_.data<float>(), lw.mlp1_blocks,
+                                     lw.mlp1_scales, lw.mlp1_b, groups_, max_active, H, I,
+                                     c_.swiglu_limit, act_buf_.data(), s);
+        mark("moe_mlp1_swiglu_q8");
+        cuda::quantize_q8_32(act_, act_buf_.data(), A, I, aq_.data<int8_t>(), ad_.data<float>(), s);
+        cuda::moe_mlp2_mf4_q8(aq_.data<int8_t>(), ad_.data<float>(), lw.mlp2_blocks, lw.mlp2_scales,
+                              lw.mlp2_b, groups_, max_active, H, I, y_.data<float>(), s);
+        mark("moe_mlp2_q8");
       } else if (dm_.experts_mxfp4) {
         cuda::moe_mlp1_swiglu_mf4(act_, t, lw.mlp1_blocks, lw.mlp1_scales, lw.mlp1_b, groups_,
                                   max_active, tokens_hint, H, I, c_.swiglu_limit, act_buf_.data(),
@@ -338,6 +358,7 @@ class CudaBackend final : public StepBackend {
   DeviceBuffer k_cache_, v_cache_, x_, t32_, t_, qkv_, attn_, proj_, gate_, topk_e_, topk_w_,
       groups_buf_, act_buf_, y_, partial_, final_, logits_, meta_, blas_ws_, rope_;
   DeviceBuffer xg_, hbuf_, wbuf_, scores_;  // tensor-core route (large steps) only
+  DeviceBuffer xq_, xd_, aq_, ad_;          // int8 decode route (bf16 mode) only
   bool expand_all_ = false;
   cuda::PinnedBuffer meta_host_, logits_host_, offsets_host_;
   cuda::MoeGroups groups_{};

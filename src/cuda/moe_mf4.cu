@@ -247,6 +247,102 @@ __global__ void __launch_bounds__(kMf4Warps * 32)
   }
 }
 
+// e2m1 values doubled, as int8 ({0, 1, 2, 3, 4, 6, 8, 12} and their negatives), for four
+// nibbles at once (elements in order in the low 16 bits of sel): one byte permute looks the
+// magnitudes up in the positive table, one in the negative table, and a third takes each byte
+// from one or the other by the nibble's sign bit.
+__device__ __forceinline__ int mf4_nibbles_to_i8x4(uint32_t sel) {
+  const uint32_t mag = sel & 0x7777u;
+  const uint32_t pos = __byte_perm(0x03020100u, 0x0C080604u, mag);
+  const uint32_t neg = __byte_perm(0xFDFEFF00u, 0xF4F8FAFCu, mag);
+  return int(__byte_perm(pos, neg, 0x3210u | ((sel & 0x8888u) >> 1)));
+}
+
+// 32 weights (16 bytes) times 32 int8 activations: 8 dp4a.
+__device__ __forceinline__ int mf4_dot_q8(const uint4& w, const int4& xa, const int4& xb) {
+  int s = 0;
+  s = __dp4a(mf4_nibbles_to_i8x4(w.x & 0xffffu), xa.x, s);
+  s = __dp4a(mf4_nibbles_to_i8x4(w.x >> 16), xa.y, s);
+  s = __dp4a(mf4_nibbles_to_i8x4(w.y & 0xffffu), xa.z, s);
+  s = __dp4a(mf4_nibbles_to_i8x4(w.y >> 16), xa.w, s);
+  s = __dp4a(mf4_nibbles_to_i8x4(w.z & 0xffffu), xb.x, s);
+  s = __dp4a(mf4_nibbles_to_i8x4(w.z >> 16), xb.y, s);
+  s = __dp4a(mf4_nibbles_to_i8x4(w.w & 0xffffu), xb.z, s);
+  s = __dp4a(mf4_nibbles_to_i8x4(w.w >> 16), xb.w, s);
+  return s;
+}
+
+// The decode GEMV on int8 activations (bf16 mode): the float version spends its time in the
+// shared-memory pipe (a table lookup per weight, 64 bytes of bf16 activations per 16 bytes of
+// weights); here a weight costs about 1.5 integer instructions and activations 32 bytes.
+template <bool SWIGLU>
+__global__ void __launch_bounds__(kMf4Warps * 32)
+    moe_mf4w_q8_gemv_kernel(const int8_t* __restrict__ xq, const float* __restrict__ xd,
+                            const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
+                            const float* __restrict__ bias, MoeGroups g, int N, int Kd, float limit,
+                            __nv_bfloat16* __restrict__ act_out, float* __restrict__ y_out) {
+  const int n_active = g.active[0];
+  if (int(blockIdx.y) >= n_active) return;
+  const int e = g.active[1 + blockIdx.y];
+  const int a0 = g.offsets[e], count = g.offsets[e + 1] - a0;
+  const int nb = Kd / 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r0 = (blockIdx.x * kMf4Warps + warp) * kGemvRows;
+  if (r0 >= N) return;
+  const int64_t row0 = int64_t(e) * N + r0;
+  const uint8_t* wrow = blocks + row0 * nb * 16;
+  const uint8_t* srow = scales + row0 * nb;
+  for (int tt = 0; tt < count; ++tt) {
+    const int64_t a = a0 + tt;
+    const int64_t src = SWIGLU ? int64_t(g.group_row[a]) : a;
+    const int8_t* xr = xq + src * Kd;
+    const float* dr = xd + src * nb;
+    float acc[kGemvRows] = {};
+    for (int j0 = 0; j0 < nb; j0 += 32 * kGemvIters) {
+      uint4 w[kGemvIters][kGemvRows];
+      uint32_t sc[kGemvIters][kGemvRows];
+#pragma unroll
+      for (int it = 0; it < kGemvIters; ++it) {
+        const int j = j0 + it * 32 + lane;
+#pragma unroll
+        for (int rr = 0; rr < kGemvRows; ++rr) {
+          if (j < nb) {
+            w[it][rr] = __ldg(reinterpret_cast<const uint4*>(wrow + (int64_t(rr) * nb + j) * 16));
+            sc[it][rr] = srow[int64_t(rr) * nb + j];
+          } else {
+            w[it][rr] = make_uint4(0, 0, 0, 0);
+            sc[it][rr] = 0;
+          }
+        }
+      }
+#pragma unroll
+      for (int it = 0; it < kGemvIters; ++it) {
+        const int j = j0 + it * 32 + lane;
+        if (j >= nb) break;
+        const int4 xa = *reinterpret_cast<const int4*>(xr + j * 32);
+        const int4 xb = *reinterpret_cast<const int4*>(xr + j * 32 + 16);
+        const float dx = 0.5f * dr[j];  // 0.5: the int8 table holds e2m1 values doubled
+#pragma unroll
+        for (int rr = 0; rr < kGemvRows; ++rr)
+          acc[rr] += float(mf4_dot_q8(w[it][rr], xa, xb)) * (dx * mf4_scale(uint8_t(sc[it][rr])));
+      }
+    }
+#pragma unroll
+    for (int rr = 0; rr < kGemvRows; ++rr) acc[rr] = warp_sum(acc[rr]);
+    if (lane == 0) {
+      const float* b = bias + row0;
+      if constexpr (SWIGLU) {
+        const float gt = fminf(acc[0] + b[0], limit);
+        const float ln = fminf(fmaxf(acc[1] + b[1], -limit), limit);
+        act_out[a * (N / 2) + r0 / 2] =
+            __float2bfloat16_rn(gt / (1.0f + __expf(-1.702f * gt)) * (ln + 1.0f));
+      } else {
+#pragma unroll
+        for (int rr = 0; rr < kGemvRows; ++rr) y_out[a * N + r0 + rr] = acc[rr] + b[rr];
+      }
+    }
+  }
+}
+
 template <typename T, bool SWIGLU>
 void moe_mf4_launch(const void* x, const uint8_t* blocks, const uint8_t* scales, const float* bias,
                     MoeGroups g, int max_active, int tokens_hint, int N, int Kd, float limit,
@@ -313,6 +409,34 @@ void moe_mlp2_mf4(ActType t, const void* act, const uint8_t* blocks, const uint8
                                          I, 0.0f, nullptr, y, stream);
   });
   check_launch(t == ActType::kF32 ? "moe_mlp2_f32_mf4w" : "moe_mlp2_bf16_mf4w");
+}
+
+void moe_mlp1_swiglu_mf4_q8(ActType t, const int8_t* xq, const float* xd, const uint8_t* blocks,
+                            const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
+                            int H, int I, float limit, void* act_out, cudaStream_t stream) {
+  moe_mf4_check("moe_mlp1_swiglu_mf4_q8", xq, blocks, scales, bias, g, max_active, H, I);
+  MIND4_CUDA_ARG(xd && act_out && t == ActType::kBF16, "moe_mlp1_swiglu_mf4_q8",
+                 "null pointer, or activations not bf16 (the int8 route is bf16 mode's)");
+  if (max_active == 0) return;
+  const int rows_per_block = kMf4Warps * kGemvRows;
+  moe_mf4w_q8_gemv_kernel<true>
+      <<<dim3((2 * I + rows_per_block - 1) / rows_per_block, max_active), kMf4Warps * 32, 0,
+         stream>>>(xq, xd, blocks, scales, bias, g, 2 * I, H, limit,
+                   static_cast<__nv_bfloat16*>(act_out), nullptr);
+  check_launch("moe_mlp1_swiglu_bf16_q8a_mf4w");
+}
+
+void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
+                     const uint8_t* scales, const float* bias, MoeGroups g, int max_active, int H,
+                     int I, float* y, cudaStream_t stream) {
+  moe_mf4_check("moe_mlp2_mf4_q8", aq, blocks, scales, bias, g, max_active, H, I);
+  MIND4_CUDA_ARG(ad && y, "moe_mlp2_mf4_q8", "null pointer");
+  if (max_active == 0) return;
+  const int rows_per_block = kMf4Warps * kGemvRows;
+  moe_mf4w_q8_gemv_kernel<false>
+      <<<dim3((H + rows_per_block - 1) / rows_per_block, max_active), kMf4Warps * 32, 0, stream>>>(
+          aq, ad, blocks, scales, bias, g, H, I, 0.0f, nullptr, y);
+  check_launch("moe_mlp2_f32_q8a_mf4w");
 }
 
 }  // namespace mind4::cuda
