@@ -345,6 +345,16 @@ TEST(TrainResume, BadInputIsNamed) {
   write_token_shard(d.dir / "small/val_0000.bin", {1, 2, 3}, 300);
   out = run(pipeline_yaml(d.dir / "small", d.tokenizer, d.dir / "ck", 300));
   EXPECT_NE(out.find("seq_len + 1"), std::string::npos) << out;
+  EXPECT_NE(out.find(d.dir / "small/train_0000.bin"), std::string::npos) << out;
+  // An empty dataset: a zero-byte shard, and a shard whose header says 0 tokens.
+  write_file(d.dir / "small/train_0000.bin", "");
+  out = run(pipeline_yaml(d.dir / "small", d.tokenizer, d.dir / "ck", 300));
+  EXPECT_NE(out.find(d.dir / "small/train_0000.bin" + ": empty file"), std::string::npos) << out;
+  write_token_shard(d.dir / "small/train_0000.bin", {}, 300);
+  out = run(pipeline_yaml(d.dir / "small", d.tokenizer, d.dir / "ck", 300));
+  EXPECT_NE(out.find(d.dir / "small/train_0000.bin" + ": the shard holds no tokens"),
+            std::string::npos)
+      << out;
   // A NaN loss stops the run and names the last good checkpoint.
   std::string nan_yaml = replace_once(pipeline_yaml(d.data, d.tokenizer, d.dir / "cknan", 300),
                                       "lr: 0.003", "lr: 1.0e30");

@@ -69,6 +69,8 @@ TokenSplit read_token_split(const std::string& dir, const std::string& split) {
   for (const auto& file : out.files) {
     MappedFile m = MappedFile::open(file);
     const uint8_t* p = m.data();
+    MIND4_CHECK(m.size() > 0, Status::kCorruptFile, file,
+                ": empty file (0 bytes), not a token shard (re-run `mind4 prepare-data`)");
     MIND4_CHECK(m.size() >= kShardHeaderBytes && std::memcmp(p, kShardMagic, 8) == 0,
                 Status::kCorruptFile, file, ": not a token shard (bad magic)");
     TokenShardHeader h;
@@ -86,6 +88,9 @@ TokenSplit read_token_split(const std::string& dir, const std::string& split) {
                 Status::kCorruptFile, file, ": the header says ", h.count, " tokens (",
                 kShardHeaderBytes + h.count * h.width, " bytes) but the file has ", m.size(),
                 " bytes (truncated?)");
+    // prepare-data never writes an empty shard: one is a damaged or hand-made file.
+    MIND4_CHECK(h.count > 0, Status::kCorruptFile, file,
+                ": the shard holds no tokens (re-run `mind4 prepare-data`)");
     MIND4_CHECK(out.vocab_size == 0 || out.vocab_size == h.vocab_size, Status::kCorruptFile, file,
                 ": vocab_size ", h.vocab_size, " differs from the other shards' ", out.vocab_size);
     out.vocab_size = h.vocab_size;

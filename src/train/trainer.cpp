@@ -163,9 +163,12 @@ TrainResult run_training(const TrainConfig& cfg, const TrainRunOptions& opts) {
                 which, " shards in ", cfg.data_dir, " were made with a vocabulary of ",
                 d->vocab_size, " ids but model.vocab_size is ", cfg.model.vocab_size,
                 " (re-run prepare-data with the configured tokenizer)");
+    std::string files;
+    for (const auto& f : d->files) files += (files.empty() ? "" : ", ") + f;
     MIND4_CHECK(int64_t(d->tokens.size()) > cfg.seq_len, Status::kInvalidArgument, "the ", which,
-                " split in ", cfg.data_dir, " has ", d->tokens.size(),
-                " tokens; training windows need at least training.seq_len + 1 = ", cfg.seq_len + 1);
+                " split (", files, ") has ", d->tokens.size(),
+                " tokens: too small for one window, which needs training.seq_len + 1 = ",
+                cfg.seq_len + 1, " (lower training.seq_len or prepare more text)");
   }
 
   // ---- model, optimizer, state
