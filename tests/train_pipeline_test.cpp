@@ -363,8 +363,8 @@ TEST(TrainResume, BadInputIsNamed) {
   EXPECT_NE(out.find("last good checkpoint"), std::string::npos) << out;
 }
 
-// `mind4 train` with checkpoint.export_experts mxfp4: the exported directory holds MXFP4 experts
-// and its vocabulary, and loads as a model.
+// `mind4 train` with checkpoint.export_experts mxfp4, stopped with --stop-after and resumed: the
+// exported directory holds MXFP4 experts and its vocabulary, and loads as a model.
 TEST(TrainExport, MindTrainExportsMxfp4Experts) {
   PipelineData d;
   std::string yaml = pipeline_yaml(d.data, d.tokenizer, d.dir / "ck", 300, 4);
@@ -372,7 +372,13 @@ TEST(TrainExport, MindTrainExportsMxfp4Experts) {
   yaml = replace_once(yaml, "export: \"\"", "export: " + (d.dir / "out"));
   yaml = replace_once(yaml, "export_experts: bf16", "export_experts: mxfp4");
   write_file(d.dir / "mx.yaml", yaml);
+  // --stop-after between checkpoint intervals (3) still leaves a checkpoint to resume from, and
+  // nothing is exported before the last step.
+  ASSERT_EQ(pipeline_shell(mind4_binary() + " train --stop-after 2 " + (d.dir / "mx.yaml")), 0);
+  EXPECT_EQ(read_file(d.dir / "ck/latest"), "step_00000002\n");
+  EXPECT_FALSE(std::filesystem::exists(d.dir / "out"));
   ASSERT_EQ(pipeline_shell(mind4_binary() + " train " + (d.dir / "mx.yaml")), 0);
+  EXPECT_EQ(read_file(d.dir / "ck/latest"), "step_00000004\n");
   Config cfg;
   cfg.paths.checkpoint = d.dir / "out";
   EXPECT_NO_THROW(Model::load(cfg));

@@ -298,8 +298,10 @@ TrainResult run_training(const TrainConfig& cfg, const TrainRunOptions& opts) {
               << "}\n";
       std::fprintf(stderr, "step %lld | val loss %.4f\n", (long long)state.step, result.val_loss);
     }
-    if (state.step % cfg.checkpoint_interval == 0 || last) checkpoint();
-    if (opts.stop_after > 0 && state.step >= opts.stop_after) break;
+    // --stop-after acts as an interruption that resumes from exactly here: checkpoint first.
+    const bool stop = opts.stop_after > 0 && state.step >= opts.stop_after;
+    if (state.step % cfg.checkpoint_interval == 0 || last || stop) checkpoint();
+    if (stop) break;
     if (opts.step_pause_ms > 0)
       std::this_thread::sleep_for(std::chrono::milliseconds(opts.step_pause_ms));
   }
