@@ -92,12 +92,12 @@ void check_attention(int window) {
     for (int64_t i = 0; i < no; ++i) s += out[i] * w[i];
     return s;
   };
-  Vec out(no), lse(a.S * a.NH), scores(a.S), dqkv(n, 0.0), dsinks(a.NH, 0.0);
+  Vec out(no), lse(a.S * a.NH), scores(2 * a.S), dqkv(n, 0.0), dsinks(a.NH, 0.0);
   for (int kvh = 0; kvh < a.NKV; ++kvh)
     attention_fwd(a, kvh, qkv.data(), sinks.data(), scale, out.data(), lse.data(), scores.data());
   for (int kvh = 0; kvh < a.NKV; ++kvh)
     attention_bwd(a, kvh, qkv.data(), sinks.data(), scale, out.data(), lse.data(), w.data(),
-                  dqkv.data(), dsinks.data());
+                  dqkv.data(), dsinks.data(), scores.data());
   grad_expect_fd(qkv, f, dqkv, "dqkv");
   grad_expect_fd(sinks, f, dsinks, "dsinks");
 }

@@ -51,7 +51,7 @@ TrainModel<T>::TrainModel(const ParamLayout& layout, int batch, int seq, float a
   dattn_.resize(NT * NH * D), dglog_.resize(NT * E), dy_.resize(NT * K * H);
   dact_.resize(NT * K * I), dh_.resize(NT * K * 2 * I), dxe_.resize(NT * K * H), dw_.resize(NT * K);
   dsink_part_.resize(size_t(B_) * NKV * NH), aux_g_.resize(E);
-  scores_.resize(size_t(pool.size()) * seq);
+  scores_.resize(size_t(pool.size()) * 2 * seq);  // per worker: attention's two rows of scratch
 }
 
 template <typename T>
@@ -88,7 +88,7 @@ void TrainModel<T>::forward_layer(int l, const T* P, T* xout) {
       const int64_t b = i / NKV;
       attention_fwd(shape, int(i % NKV), a.qkv.data() + b * S_ * QKV, P + o.sinks, scale,
                     a.attn.data() + b * S_ * NH * D, a.lse.data() + b * S_ * NH,
-                    scores_.data() + int64_t(worker) * S_);
+                    scores_.data() + int64_t(worker) * 2 * S_);
     }
   });
   gemm_nt(pool_, a.attn.data(), NH * D, NT, P + o.out_w, H, NH * D, P + o.out_b, a.xmid.data(), H);
@@ -239,13 +239,13 @@ void TrainModel<T>::backward_layer(int l, const T* P, T* G, T grad_scale) {
   const AttnShape shape{S_, NH, NKV, D,
                         (c.sliding_window > 0 && l % 2 == 0) ? c.sliding_window : 0};
   const T scale = T(1.0 / std::sqrt(double(D)));
-  pool_.parallel_for(int64_t(B_) * NKV, 1, [&](int64_t i0, int64_t i1, int) {
+  pool_.parallel_for(int64_t(B_) * NKV, 1, [&](int64_t i0, int64_t i1, int worker) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / NKV;
       attention_bwd(shape, int(i % NKV), a.qkv.data() + b * S_ * QKV, P + o.sinks, scale,
                     a.attn.data() + b * S_ * NH * D, a.lse.data() + b * S_ * NH,
                     dattn_.data() + b * S_ * NH * D, dqkv_.data() + b * S_ * QKV,
-                    dsink_part_.data() + i * NH);
+                    dsink_part_.data() + i * NH, scores_.data() + int64_t(worker) * 2 * S_);
     }
   });
   for (int64_t i = 0; i < int64_t(B_) * NKV; ++i)

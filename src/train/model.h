@@ -59,7 +59,7 @@ class TrainModel {
   // Backward buffers.
   std::vector<T> dx_, dt_, dtmp_, dqkv_, dattn_, dglog_, dy_, dact_, dh_, dxe_, dw_, dsink_part_,
       aux_g_;
-  std::vector<T> scores_;  // per worker [S]
+  std::vector<T> scores_;  // per worker [2 S]: attention scratch
   GemmScratch<T> scratch_;
 };
 

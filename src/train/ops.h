@@ -117,12 +117,15 @@ void attention_fwd(const AttnShape& a, int kvh, const T* qkv, const T* sinks, T 
 // overwritten, its k and v rows of kvh are accumulated; dsinks[h] accumulates.
 // With p_j = exp(s_j - lse): dv_j += p_j do, dp_j = do.v_j, ds_j = p_j (dp_j - delta) where
 // delta = sum_j p_j dp_j = do.out (the sink's value is zero), dsink = -p_sink delta.
+// scratch: 2 * S values (p and ds of one query row).
 template <typename T>
 void attention_bwd(const AttnShape& a, int kvh, const T* qkv, const T* sinks, T scale, const T* out,
-                   const T* lse, const T* dout, T* dqkv, T* dsinks) {
+                   const T* lse, const T* dout, T* dqkv, T* dsinks, T* scratch) {
   const int64_t ld = a.qkv_stride(), ldo = int64_t(a.NH) * a.D;
   const int group = a.NH / a.NKV, D = a.D;
   const int64_t koff = int64_t(a.NH + kvh) * D, voff = int64_t(a.NH + a.NKV + kvh) * D;
+  T* p = scratch;
+  T* ds = scratch + a.S;
   for (int h = kvh * group; h < (kvh + 1) * group; ++h)
     for (int s = 0; s < a.S; ++s) {
       const T* q = qkv + s * ld + int64_t(h) * D;
@@ -132,22 +135,33 @@ void attention_bwd(const AttnShape& a, int kvh, const T* qkv, const T* sinks, T 
       std::fill_n(dq, D, T(0));
       const T L = lse[int64_t(s) * a.NH + h];
       const T delta = train_dot(dO, o, D);
-      for (int j = a.first_key(s); j <= s; ++j) {
-        const T* k = qkv + j * ld + koff;
-        const T* v = qkv + j * ld + voff;
-        const T p = std::exp(train_dot(q, k, D) * scale - L);
-        const T ds = p * (train_dot(dO, v, D) - delta) * scale;
-        T* dk = dqkv + j * ld + koff;
-        T* dv = dqkv + j * ld + voff;
+      const int j0 = a.first_key(s), n = s - j0 + 1;
+      for (int j = 0; j < n; ++j) {
+        const T* k = qkv + (j0 + j) * ld + koff;
+        p[j] = std::exp(train_dot(q, k, D) * scale - L);
+        ds[j] = p[j] * (train_dot(dO, qkv + (j0 + j) * ld + voff, D) - delta) * scale;
+        for (int d = 0; d < D; ++d) dq[d] += ds[j] * k[d];
+      }
+      for (int j = 0; j < n; ++j) {
+        T* dk = dqkv + (j0 + j) * ld + koff;
+        T* dv = dqkv + (j0 + j) * ld + voff;
         for (int d = 0; d < D; ++d) {
-          dv[d] += p * dO[d];
-          dq[d] += ds * k[d];
-          dk[d] += ds * q[d];
+          dk[d] += ds[j] * q[d];
+          dv[d] += p[j] * dO[d];
         }
       }
       dsinks[h] -= std::exp(sinks[h] - L) * delta;
     }
 }
+
+// Float: the same algorithms with vectorised row primitives (train/attention.cpp).
+template <>
+void attention_fwd<float>(const AttnShape& a, int kvh, const float* qkv, const float* sinks,
+                          float scale, float* out, float* lse, float* scores);
+template <>
+void attention_bwd<float>(const AttnShape& a, int kvh, const float* qkv, const float* sinks,
+                          float scale, const float* out, const float* lse, const float* dout,
+                          float* dqkv, float* dsinks, float* scratch);
 
 // h holds interleaved (gate, linear) pairs [2n]: out[i] = g*sigmoid(alpha g)*(l + 1) with
 // g = min(h[2i], limit), l = clamp(h[2i+1], -limit, limit).
