@@ -4,11 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Only what the code uses today: cpp-httplib (server) and pybind11 (Python module) come with
+# the parts that need them, so that a fresh machine installs no more than it builds.
 DEBIAN_PACKAGES=(
   build-essential clang libclang-rt-14-dev cmake ninja-build pkg-config git clang-format
-  libpcre2-dev libedit-dev nlohmann-json3-dev libyaml-cpp-dev libcli11-dev libcpp-httplib-dev
-  libgtest-dev libgmock-dev googletest libbenchmark-dev pybind11-dev python3-dev
-  nodejs npm tmux bible-kjv-text bible-kjv fortunes-ru
+  libpcre2-dev libedit-dev nlohmann-json3-dev libyaml-cpp-dev libcli11-dev
+  libgtest-dev libgmock-dev googletest libbenchmark-dev python3
+  nodejs npm bible-kjv-text bible-kjv fortunes-ru
 )
 
 missing=()
