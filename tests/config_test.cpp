@@ -41,7 +41,7 @@ TEST(Config, RepositoryConfigLoads) {
   EXPECT_EQ(c.model.vocab_size, 201088);
   EXPECT_EQ(c.model.rope_scaling_factor, 32.0f);
   EXPECT_EQ(c.execution.backend, Backend::kCpu);
-  EXPECT_EQ(c.execution.dtype, ActivationDType::kFloat32);
+  EXPECT_EQ(c.execution.dtype, ActivationDType::kBFloat16);
   EXPECT_EQ(c.execution.device, Device::kAuto);
   EXPECT_EQ(c.paths.checkpoint, "models/default");
   EXPECT_EQ(c.paths.tokenizer, "auto");
