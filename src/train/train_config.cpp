@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "io/json_fields.h"
+#include "io/model_config.h"
 #include "mind4/status.h"
 
 namespace mind4::train {
@@ -68,23 +69,7 @@ TrainConfig parse_train_config(const std::string& text, const std::string& sourc
   {
     io::JsonFields f(top.get_object("model"), "model", source);
     ModelConfig& m = c.model;
-    m.hidden_size = f.get_int("hidden_size");
-    m.num_hidden_layers = f.get_int("num_hidden_layers");
-    m.num_attention_heads = f.get_int("num_attention_heads");
-    m.num_key_value_heads = f.get_int("num_key_value_heads");
-    m.head_dim = f.get_int("head_dim");
-    m.intermediate_size = f.get_int("intermediate_size");
-    m.vocab_size = f.get_int("vocab_size");
-    m.initial_context_length = f.get_int("initial_context_length");
-    m.max_context_length = f.get_int("max_context_length");
-    m.sliding_window = f.get_int("sliding_window");
-    m.rope_theta = f.get_float("rope_theta");
-    m.rope_scaling_factor = f.get_float("rope_scaling_factor");
-    m.rope_ntk_alpha = f.get_float("rope_ntk_alpha");
-    m.rope_ntk_beta = f.get_float("rope_ntk_beta");
-    m.num_experts = f.get_int("num_experts");
-    m.experts_per_token = f.get_int("experts_per_token");
-    m.swiglu_limit = f.get_float("swiglu_limit");
+    m = io::read_model_fields(f, false);
     f.finish(true);
     validate_model_config(m, source + " (model)");
     train_require(m.head_dim <= 1024, f, "head_dim", "must be <= 1024");
