@@ -13,6 +13,7 @@
 
 #include "bench_cuda.h"
 #include "mind4/model.h"
+#include "mind4/sampler.h"
 #include "mind4/status.h"
 #ifdef MIND4_HAVE_CUDA
 #include "cuda/ceilings.h"
@@ -152,6 +153,56 @@ void run(const CudaBenchArgs& o) {
     j["decode"].push_back(d);
   }
 
+  // Batched decode that samples its tokens: the host sampler over downloaded logits (one Sampler
+  // per sequence) against Context::sample with the logits left on the GPU.
+  if (o.sampling) {
+    mind4::SamplingConfig sc;
+    sc.temperature = 1.0f;
+    sc.top_p = 0.9f;
+    for (int b : o.batch_sizes) {
+      for (const bool gpu : {false, true}) {
+        const int warm = 3, ctx_len = o.decode_context + warm + o.runs * o.decode_tokens;
+        mind4::Context ctx(model, {.context_length = ctx_len,
+                                   .max_sequences = b,
+                                   .max_batch_tokens = std::max(o.decode_context, b),
+                                   .host_logits = !gpu});
+        std::vector<int> seqs;
+        std::vector<mind4::Sampler> samplers;
+        std::vector<mind4::SampleRequest> req;
+        for (int i = 0; i < b; ++i) {
+          seqs.push_back(ctx.new_sequence());
+          ctx.append(seqs.back(), bench_tokens(o.decode_context, c.vocab_size, 7 * i + 3));
+          ctx.process();
+          samplers.emplace_back(sc);
+          req.push_back({seqs.back(), uint64_t(i), 0});
+        }
+        std::vector<mind4::SampledToken> got(b);
+        auto step = [&] {
+          if (gpu) {
+            ctx.sample(req, sc, mind4::LogprobMode::kSampling, got);
+            for (auto& r : req) ++r.step;
+          } else {
+            for (int i = 0; i < b; ++i) got[i].token = samplers[i].sample(ctx.logits(seqs[i]), {});
+          }
+          for (int i = 0; i < b; ++i) ctx.append(seqs[i], std::span<const int>(&got[i].token, 1));
+          ctx.process();
+        };
+        for (int w = 0; w < warm; ++w) step();
+        std::vector<double> times;
+        for (int r = 0; r < o.runs; ++r) {
+          auto t0 = std::chrono::steady_clock::now();
+          for (int i = 0; i < o.decode_tokens; ++i) step();
+          times.push_back(bench_seconds_since(t0));
+        }
+        const double t = median(times);
+        j["decode_sampling"].push_back({{"batch", b},
+                                        {"sampler", gpu ? "gpu" : "host"},
+                                        {"seconds", t},
+                                        {"tokens_per_second", double(b) * o.decode_tokens / t}});
+      }
+    }
+  }
+
   if (o.json) {
     std::printf("%s\n", j.dump(2).c_str());
     return;
@@ -180,6 +231,13 @@ void run(const CudaBenchArgs& o) {
                   int(d["batch"]), o.decode_context, double(d["tokens_per_second"]), o.runs,
                   o.decode_tokens);
   }
+  if (j.contains("decode_sampling"))
+    for (const auto& d : j["decode_sampling"])
+      std::printf(
+          "decode b=%-3d at %d context, sampling T=1 top-p 0.9 on the %s: %.1f tok/s (median of "
+          "%d x %d steps)\n",
+          int(d["batch"]), o.decode_context, std::string(d["sampler"]).c_str(),
+          double(d["tokens_per_second"]), o.runs, o.decode_tokens);
 }
 
 #else

@@ -30,6 +30,7 @@ struct BenchOptions {
   // CUDA line only: prefill length, decode context, batched decode sizes, timed runs per figure.
   int prefill_tokens = 2048, decode_context = 128, runs = 5;
   std::vector<int> batch_sizes = {16, 64};
+  bool sampling = false;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -48,7 +49,7 @@ int64_t kv_bytes_at(const mind4::ModelConfig& c, int pos) {
 
 void run_cuda_bench(const BenchOptions& o) {
   mind4_bench_cuda::run({o.checkpoint, o.dtype, o.prefill_tokens, o.decode_context, o.decode_tokens,
-                         o.runs, o.batch_sizes, o.json});
+                         o.runs, o.batch_sizes, o.json, o.sampling});
 }
 
 void run_bench(const BenchOptions& o) {
@@ -155,6 +156,9 @@ void setup_bench(CLI::App& app) {
   app.add_option("--batch-sizes", o->batch_sizes, "CUDA: batched decode sizes (sequences)")
       ->delimiter(',');
   app.add_option("--runs", o->runs, "CUDA: timed runs per figure (the median is printed)");
+  app.add_flag("--sampling", o->sampling,
+               "CUDA: also time batched decode that samples each token (temperature 1, top-p "
+               "0.9) with the host sampler and with GPU sampling");
   app.callback([o] { run_bench(*o); });
 }
 

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "mind4/config.h"
+#include "mind4/sampler.h"
 
 namespace mind4 {
 
@@ -76,6 +77,24 @@ struct ContextOptions {
   int threads = 0;  // worker threads for the matrix products; 0 = all hardware threads
   // Keep the logits of every position processed by the last process() (all_logits()).
   bool keep_all_logits = false;
+  // The CUDA line copies each processed sequence's logits to the host after process(). false
+  // leaves them in GPU memory: sample() reads them there, and logits(seq) copies that one row
+  // down when asked (batched decode then moves 16 bytes a sequence instead of 4 * vocab_size).
+  // The CPU line ignores it; keep_all_logits implies true.
+  bool host_logits = true;
+};
+
+// One sequence's draw in Context::sample.
+struct SampleRequest {
+  int seq = -1;
+  // The draw is Sampler::uniform_at(seed, step): a front end keeps one seed per conversation and
+  // counts steps as a CPU Sampler does (step() before the call), so both lines draw alike.
+  uint64_t seed = 0;
+  uint64_t step = 0;
+};
+struct SampledToken {
+  int token = -1;
+  float logprob = 0.0f;  // the token's log-probability under the LogprobMode asked for
 };
 
 class Context {
@@ -121,6 +140,18 @@ class Context {
   void truncate(int seq, int length);
   // Frees seq's slot (its KV memory returns to the pool); kInvalidArgument for an unknown id.
   void release(int seq);
+
+  // Picks the next token of each requested sequence from its last logits (as logits(seq)) with
+  // one SamplingConfig (config.seed is not used: each request names its seed), out[i] for
+  // requests[i]. The penalties count the sequence's processed tokens (prompt included). The CPU
+  // line runs the Sampler of sampler.h; the CUDA line samples on the GPU with the same order of
+  // operations and the same Philox draw, so that only token and logprob cross to the host (how
+  // the two may differ: docs/cuda.md, "Sampling on the GPU"). Does not append the token.
+  // Errors: kInvalidArgument for a config out of range (as Sampler::validate), an unknown
+  // sequence or one without logits, out.size() != requests.size(), more requests than
+  // max_sequences, or logits the Sampler rejects (NaN, +inf, all masked).
+  void sample(std::span<const SampleRequest> requests, const SamplingConfig& config,
+              LogprobMode mode, std::span<SampledToken> out);
 
   const Model& model() const;
   const ContextOptions& options() const;

@@ -85,6 +85,8 @@ class Sampler {
   uint64_t step() const { return step_; }
   // Jumps to a step, e.g. to replay a sequence from a saved position.
   void set_step(uint64_t step) { step_ = step; }
+  // Changes the seed only (one Sampler may serve sequences of different seeds in turn).
+  void set_seed(uint64_t seed) { config_.seed = seed; }
   // The uniform draw used at a given step (exposed so other implementations can be checked).
   static double uniform_at(uint64_t seed, uint64_t step);
 

@@ -2,10 +2,13 @@
 // the forward step as a sequence of kernel launches on one stream. A step copies its rows'
 // (token, position, slot) and the logit rows up, runs every layer on the GPU and copies the
 // wanted logits back; that final copy is the only synchronisation. Steps of up to kGraphMaxRows
-// rows (decode) are captured once per shape as a CUDA graph and replayed.
+// rows (decode) are captured once per shape as a CUDA graph and replayed. Each step also stores the
+// wanted logits per KV slot on the device, where sample() draws from them (sampling.cu); the copy
+// to the host can be switched off (ContextOptions::host_logits).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <string>
 #include <vector>
@@ -52,8 +55,9 @@ class CudaBackend final : public StepBackend {
     const int64_t partial_floats = int64_t(kAttnPartialRows) * NH * (D + 2);
     const int64_t scratch = 2 * B * H * 4 + B * (2 * H + QKV + NH * D) * a + B * E * 4 + A * 8 +
                             (2 * E + 2) * 4 + A * 12 + (A + kExpertRowPad) * (I * a + H * 4) +
-                            partial_floats * 4 + L * H * a + L * V * 4 + (3 * B + L) * 4 +
-                            2 * positions_ * (D / 2) * 4 + int64_t(kBlasWorkspace);
+                            partial_floats * 4 + L * H * a + L * V * 4 + S * V * 4 +
+                            (3 * B + 2 * L) * 4 + 2 * positions_ * (D / 2) * 4 +
+                            int64_t(kBlasWorkspace);
     size_t free_b = 0, total_b = 0;
     cuda::check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
     MIND4_CHECK(size_t(kv_bytes + scratch) <= free_b, Status::kOutOfMemory,
@@ -79,9 +83,16 @@ class CudaBackend final : public StepBackend {
     partial_ = dev(partial_floats * 4, "cudaMalloc (scratch)");
     final_ = dev(std::max<int64_t>(L, 1) * H * a, "cudaMalloc (scratch)");
     logits_ = dev(std::max<int64_t>(L, 1) * V * 4, "cudaMalloc (logits)");
-    meta_ = dev((3 * B + L) * 4, "cudaMalloc (step rows)");
+    meta_ = dev((3 * B + 2 * L) * 4, "cudaMalloc (step rows)");
+    slot_logits_ = dev(S * V * 4, "cudaMalloc (per-sequence logits)");
+    sample_jobs_ = dev(S * int64_t(sizeof(cuda::SampleJob)), "cudaMalloc (sampling)");
+    sample_out_ = dev(S * int64_t(sizeof(cuda::SampleOut)), "cudaMalloc (sampling)");
+    sample_host_ =
+        cuda::PinnedBuffer(size_t(S) * (sizeof(cuda::SampleJob) + sizeof(cuda::SampleOut)));
+    max_logit_rows_ = int(L);
+    max_slots_ = int(S);
     blas_ws_ = dev(kBlasWorkspace, "cudaMalloc (cuBLAS workspace)");
-    meta_host_ = cuda::PinnedBuffer(size_t(3 * B + L) * 4);
+    meta_host_ = cuda::PinnedBuffer(size_t(3 * B + 2 * L) * 4);
     logits_host_ = cuda::PinnedBuffer(size_t(std::max<int64_t>(L, 1) * V) * 4);
     int* gb = groups_buf_.data<int>();
     groups_ = {gb, gb + (E + 1), gb + 2 * (E + 1), gb + 2 * (E + 1) + A, gb + 2 * (E + 1) + 2 * A};
@@ -142,14 +153,22 @@ class CudaBackend final : public StepBackend {
       h[2 * max_rows_ + r] = rows[r].slot;
     }
     for (int i = 0; i < L; ++i) h[3 * max_rows_ + i] = logit_rows[i];
+    // Each slot's last logit row of the step goes to the per-slot store (keep_all_logits steps
+    // want several rows of one sequence; the later position wins).
+    int* dest = h + 3 * max_rows_ + max_logit_rows_;
+    for (int i = 0; i < L; ++i) {
+      dest[i] = rows[logit_rows[i]].slot;
+      for (int j = i + 1; j < L && dest[i] >= 0; ++j)
+        if (rows[logit_rows[j]].slot == dest[i]) dest[i] = -1;
+    }
     // One sequence's consecutive positions: attention may take the tensor-core route.
     int run_slot = rows[0].slot;
     for (int r = 1; r < B && run_slot >= 0; ++r)
       if (rows[r].slot != rows[0].slot || rows[r].pos != rows[0].pos + r) run_slot = -1;
     cudaStream_t s = stream_.get();
-    cuda::check(
-        cudaMemcpyAsync(meta_.data(), h, size_t(3 * max_rows_ + L) * 4, cudaMemcpyHostToDevice, s),
-        "cudaMemcpyAsync (step rows)");
+    cuda::check(cudaMemcpyAsync(meta_.data(), h, size_t(3 * max_rows_ + 2 * max_logit_rows_) * 4,
+                                cudaMemcpyHostToDevice, s),
+                "cudaMemcpyAsync (step rows)");
     if (B <= kGraphMaxRows && B < prefill_min_rows_ && !prof_.on()) {
       const int64_t key = int64_t(B) * (kGraphMaxRows + 1) + L;
       auto it = graphs_.find(key);
@@ -179,15 +198,116 @@ class CudaBackend final : public StepBackend {
       run_layers(B, L, run_slot, rows[0].pos);
     }
     if (L > 0)
+      cuda::store_logit_rows(logits_.data<float>(),
+                             meta_.data<int>() + 3 * max_rows_ + max_logit_rows_, L, V,
+                             slot_logits_.data<float>(), s);
+    if (L > 0 && to_host_)
       cuda::check(cudaMemcpyAsync(logits_host_.data(), logits_.data(), size_t(L) * V * 4,
                                   cudaMemcpyDeviceToHost, s),
                   "cudaMemcpyAsync (logits)");
+    // Also when nothing is copied: the next step rewrites the pinned row table the copies read.
     cuda::check(cudaStreamSynchronize(s), "the forward step (cudaStreamSynchronize)");
     prof_.end();
+    if (!to_host_) return {};
     return {logits_host_.data<float>(), size_t(L) * V};
   }
 
   int threads() const override { return 1; }
+
+  bool has_device_logits() const override { return true; }
+  void set_logits_to_host(bool on) override { to_host_ = on; }
+
+  void download_logits(int slot, float* dst) override {
+    const int V = c_.vocab_size;
+    cudaStream_t s = stream_.get();
+    cuda::check(cudaMemcpyAsync(logits_host_.data(), slot_logits_.data<float>() + int64_t(slot) * V,
+                                size_t(V) * 4, cudaMemcpyDeviceToHost, s),
+                "cudaMemcpyAsync (one sequence's logits)");
+    cuda::check(cudaStreamSynchronize(s), "logits download (cudaStreamSynchronize)");
+    std::memcpy(dst, logits_host_.data(), size_t(V) * 4);
+  }
+
+  void sample(std::span<const SlotSample> jobs, const SamplingConfig& config, LogprobMode mode,
+              std::span<SampledToken> out) override {
+    const int n = int(jobs.size()), V = c_.vocab_size;
+    MIND4_CHECK(n <= max_slots_, Status::kInternal, "CudaBackend::sample: ", n, " jobs for ",
+                max_slots_, " slots");
+    if (n == 0) return;
+    cuda::SampleParams p;
+    // As the CPU sampler: a temperature so small that 1/T overflows can only pick the argmax.
+    p.greedy = config.temperature == 0.0f || !std::isfinite(1.0f / config.temperature);
+    p.inv_temperature = p.greedy ? 1.0f : 1.0f / config.temperature;
+    p.top_k = config.top_k;
+    p.top_p = config.top_p;
+    p.min_p = config.min_p;
+    p.repetition_penalty = config.repetition_penalty;
+    p.presence_penalty = config.presence_penalty;
+    p.frequency_penalty = config.frequency_penalty;
+    p.logprob_mode = mode == LogprobMode::kRaw ? 0 : mode == LogprobMode::kProcessed ? 1 : 2;
+    const bool penalties = config.repetition_penalty != 1.0f || config.presence_penalty != 0.0f ||
+                           config.frequency_penalty != 0.0f;
+    auto* host_jobs = sample_host_.data<cuda::SampleJob>();
+    auto* host_out = reinterpret_cast<cuda::SampleOut*>(host_jobs + max_slots_);
+    // Penalties: each job's history as (token, count) pairs, counted on the host (a pass over the
+    // history, as the CPU sampler makes); the pair and work buffers grow to the largest need.
+    int64_t pairs = 0;
+    if (penalties) {
+      if (counts_.size() != size_t(V)) counts_.assign(size_t(V), 0);
+      int64_t need = 0;
+      for (const SlotSample& j : jobs) need += int64_t(j.history.size());
+      if (pen_host_.bytes() < size_t(need) * 8) {
+        pen_host_ = cuda::PinnedBuffer(size_t(need) * 8);
+        pen_dev_ = DeviceBuffer(size_t(need) * 8, "cudaMalloc (sampling penalties)");
+      }
+      if (work_.bytes() == 0)
+        work_ = DeviceBuffer(size_t(max_slots_) * V * 4, "cudaMalloc (sampling work rows)");
+    }
+    int* pen = pen_host_.data<int>();
+    for (int i = 0; i < n; ++i) {
+      const SlotSample& j = jobs[i];
+      cuda::SampleJob& h = host_jobs[i];
+      h = {j.slot, j.seed, j.step, int(pairs), int(pairs)};
+      if (!penalties) continue;
+      for (int t : j.history) ++counts_[t];
+      for (int t : j.history) {
+        if (counts_[t] == 0) continue;
+        pen[2 * pairs] = t;
+        pen[2 * pairs + 1] = int(counts_[t]);
+        ++pairs;
+        counts_[t] = 0;
+      }
+      h.pen_end = int(pairs);
+    }
+    cudaStream_t s = stream_.get();
+    cuda::check(cudaMemcpyAsync(sample_jobs_.data(), host_jobs, size_t(n) * sizeof(cuda::SampleJob),
+                                cudaMemcpyHostToDevice, s),
+                "cudaMemcpyAsync (sampling jobs)");
+    if (pairs > 0)
+      cuda::check(
+          cudaMemcpyAsync(pen_dev_.data(), pen, size_t(pairs) * 8, cudaMemcpyHostToDevice, s),
+          "cudaMemcpyAsync (sampling penalties)");
+    cuda::sample_tokens(slot_logits_.data<float>(), V, sample_jobs_.data<cuda::SampleJob>(), n,
+                        pairs > 0 ? pen_dev_.data<int2>() : nullptr, p,
+                        pairs > 0 ? work_.data<float>() : nullptr,
+                        sample_out_.data<cuda::SampleOut>(), s);
+    cuda::check(cudaMemcpyAsync(host_out, sample_out_.data(), size_t(n) * sizeof(cuda::SampleOut),
+                                cudaMemcpyDeviceToHost, s),
+                "cudaMemcpyAsync (sampled tokens)");
+    cuda::check(cudaStreamSynchronize(s), "sampling (cudaStreamSynchronize)");
+    for (int i = 0; i < n; ++i) {
+      const cuda::SampleOut& o = host_out[i];
+      // The CPU sampler's errors, per sequence.
+      MIND4_CHECK(o.status != cuda::kSampleBadLogit, Status::kInvalidArgument,
+                  "sampler: the logits of KV slot ", jobs[i].slot, " hold NaN or +inf");
+      MIND4_CHECK(o.status != cuda::kSampleAllMasked, Status::kInvalidArgument,
+                  "sampler: every token is masked (all ", V, " logits are -inf)");
+      MIND4_CHECK(o.status != cuda::kSamplePenaltyOverflow, Status::kInvalidArgument,
+                  "sampler: the penalties push a logit of KV slot ", jobs[i].slot, " out of range");
+      MIND4_CHECK(o.status == cuda::kSampleOk && o.token >= 0 && o.token < V, Status::kInternal,
+                  "sample_tokens: status ", o.status, ", token ", o.token);
+      out[i] = {o.token, o.logprob};
+    }
+  }
 
  private:
   cuda::KvLayer kv_layer(int l) const {
@@ -350,7 +470,8 @@ class CudaBackend final : public StepBackend {
   const cuda::DeviceModel& dm_;
   const ModelConfig& c_;
   const ActType act_;
-  int positions_ = 0, max_rows_ = 0;
+  int positions_ = 0, max_rows_ = 0, max_logit_rows_ = 0, max_slots_ = 0;
+  bool to_host_ = true;
   int64_t kv_layer_elems_ = 0, sin_offset_ = 0, partial_capacity_ = 0, score_floats_ = 0;
   int prefill_min_rows_ = kPrefillMinRows;
   cuda::Stream stream_;
@@ -359,6 +480,11 @@ class CudaBackend final : public StepBackend {
       groups_buf_, act_buf_, y_, partial_, final_, logits_, meta_, blas_ws_, rope_;
   DeviceBuffer xg_, hbuf_, wbuf_, scores_;  // tensor-core route (large steps) only
   DeviceBuffer xq_, xd_, aq_, ad_;          // int8 decode route (bf16 mode) only
+  // GPU sampling: each slot's last logits, the jobs and results, and (penalties only, grown on
+  // first use) the (token, count) pairs and the penalised rows.
+  DeviceBuffer slot_logits_, sample_jobs_, sample_out_, pen_dev_, work_;
+  cuda::PinnedBuffer sample_host_, pen_host_;
+  std::vector<uint32_t> counts_;
   bool expand_all_ = false;
   cuda::PinnedBuffer meta_host_, logits_host_, offsets_host_;
   cuda::MoeGroups groups_{};

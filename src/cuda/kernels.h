@@ -147,6 +147,46 @@ void moe_mlp2_dense(ActType t, const void* act, const void* w2, const float* bia
 void linear(cublasHandle_t blas, ActType t, const void* x, int M, int K, const void* w, int N,
             void* out, bool out_f32);
 
+// ---- sampling.cu: one token per job from rows of logits f32 [*, V] on the device, in the CPU
+// sampler's order (penalties, temperature, top-k, top-p, min-p) and with its Philox draw
+// (Sampler::uniform_at(seed, step)); kept tokens are walked in token-id order. See the file's
+// header for the fixed-point masses and docs/cuda.md for how it compares with the CPU sampler.
+struct SampleParams {
+  float inv_temperature = 1.0f;  // 1 / T; 1 under greedy
+  bool greedy = false;           // argmax of the penalised logits, lowest id on ties
+  int top_k = 0;                 // 0 = off
+  float top_p = 1.0f;            // 1 = off
+  float min_p = 0.0f;            // 0 = off
+  float repetition_penalty = 1.0f, presence_penalty = 0.0f, frequency_penalty = 0.0f;
+  int logprob_mode = 1;  // LogprobMode's order: 0 raw, 1 processed, 2 sampling
+};
+struct SampleJob {
+  int64_t row;  // the logits row
+  uint64_t seed, step;
+  int pen_begin, pen_end;  // this job's (token, count) pairs in `penalties`; empty = none
+};
+enum SampleStatus : int {
+  kSampleOk = 0,
+  kSampleBadLogit = 1,         // a raw logit is NaN or +inf
+  kSampleAllMasked = 2,        // every (penalised) logit is -inf
+  kSamplePenaltyOverflow = 3,  // a penalty made a logit NaN or +inf
+};
+struct SampleOut {
+  int token;
+  float logprob;  // of the token, under params.logprob_mode
+  int status;     // SampleStatus
+  int kept;       // tokens of positive weight in the distribution drawn from (1 under greedy)
+};
+// jobs SampleJob [n] and out SampleOut [n] in device memory; penalties int2 [*] (token, count)
+// with each token at most once per job; work f32 [n, V] scratch, needed only when some job has
+// penalty pairs (may be null otherwise).
+void sample_tokens(const float* logits, int V, const SampleJob* jobs, int n, const int2* penalties,
+                   const SampleParams& params, float* work, SampleOut* out, cudaStream_t stream);
+// store[dest_slot[i]] = logits row i (f32 [L, V]) for i < L; rows with dest_slot -1 are skipped
+// (a context's per-slot store of each sequence's last logits).
+void store_logit_rows(const float* logits, const int* dest_slot, int L, int V, float* store,
+                      cudaStream_t stream);
+
 // ---- convert.cu: dst act [n] = src (bf16 or f32 bits per src_bf16) on the device.
 void convert_to_act(ActType t, const void* src, bool src_bf16, int64_t n, void* dst,
                     cudaStream_t stream);

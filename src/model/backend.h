@@ -22,6 +22,23 @@ class StepBackend {
                                          std::span<const int> logit_rows) = 0;
   // Host threads the backend computes with (the CPU line's pool; 1 for the CUDA line).
   virtual int threads() const = 0;
+
+  // ---- lines that keep logits in device memory (CUDA). Such a line also stores each step's
+  // wanted logits per KV slot (the last logit row of each slot in the step wins); with
+  // set_logits_to_host(false) forward() skips the copy to the host and returns an empty span.
+  virtual bool has_device_logits() const { return false; }
+  virtual void set_logits_to_host(bool) {}
+  // Copies the stored logits of a slot (V floats) to dst.
+  virtual void download_logits(int slot, float* dst);
+  // One token per job from the slots' stored logits (Context::sample's contract). history: the
+  // tokens the penalties count.
+  struct SlotSample {
+    int slot;
+    uint64_t seed, step;
+    std::span<const int> history;
+  };
+  virtual void sample(std::span<const SlotSample> jobs, const SamplingConfig& config,
+                      LogprobMode mode, std::span<SampledToken> out);
 };
 
 // max_logit_rows: the most rows whose logits one step may want.

@@ -2,8 +2,11 @@
 // batching of process() into forward steps of at most max_batch_tokens rows that mix sequences.
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <new>
+#include <vector>
 
+#include "mind4/sampler.h"
 #include "mind4/status.h"
 #include "model/backend.h"
 #include "model/model_impl.h"
@@ -19,6 +22,7 @@ struct Sequence {
   int processed = 0;
   int process_base = 0;  // processed when the current process() began
   bool has_logits = false;
+  bool host_logits = false;       // last_logits holds them (else only the backend's device store)
   int all_rows = 0;               // rows in all_logits from the last process()
   std::vector<float> all_logits;  // [all_rows, V] (keep_all_logits only)
 };
@@ -35,6 +39,10 @@ struct Context::Impl {
   std::vector<int> logit_rows;           // step rows whose logits are wanted
   std::vector<int> logit_dest;           // for each: slot
   std::vector<int> logit_row_in_seq;     // for each: row index in the sequence's all_logits, or -1
+  bool device_logits = false;            // the backend keeps a per-slot logits store
+  // sample() on the CPU line: one Sampler, rebuilt when the config (seed aside) changes.
+  std::unique_ptr<Sampler> sampler;
+  std::vector<StepBackend::SlotSample> slot_samples;
 
   Impl(std::shared_ptr<const Model> m, ContextOptions o) : model(std::move(m)), options(o) {}
 
@@ -70,6 +78,8 @@ Context::Context(std::shared_ptr<const Model> model, ContextOptions options) {
   // The backend allocates its KV cache and scratch now (kOutOfMemory names their size).
   m.backend = mi.execution.backend == Backend::kCuda ? make_cuda_backend(mi, options, logit_rows)
                                                      : make_cpu_backend(mi, options, logit_rows);
+  m.device_logits = m.backend->has_device_logits();
+  m.backend->set_logits_to_host(options.keep_all_logits || options.host_logits);
   try {
     m.last_logits = FloatBuffer(int64_t(S) * c.vocab_size);
     m.seqs.resize(S);
@@ -97,6 +107,7 @@ int Context::new_sequence() {
     s.tokens.clear();
     s.processed = 0;
     s.has_logits = false;
+    s.host_logits = false;
     s.all_rows = 0;
     return s.generation * m.options.max_sequences + slot;
   }
@@ -169,13 +180,16 @@ void Context::process() {
     const std::span<const float> step_logits = m.backend->forward(m.rows, m.logit_rows);
     for (size_t i = 0; i < m.logit_rows.size(); ++i) {
       Sequence& s = m.seqs[m.logit_dest[i]];
-      const float* src = step_logits.data() + int64_t(i) * V;
+      const float* src = step_logits.empty() ? nullptr : step_logits.data() + int64_t(i) * V;
       if (m.logit_row_in_seq[i] >= 0)
         std::copy_n(src, V, s.all_logits.data() + int64_t(m.logit_row_in_seq[i]) * V);
       const StepRow& row = m.rows[m.logit_rows[i]];
       if (row.pos + 1 == int(s.tokens.size())) {
-        std::copy_n(src, V, m.last_logits.data() + int64_t(m.logit_dest[i]) * V);
+        // An empty span: the logits stayed in the backend's device store.
+        if (!step_logits.empty())
+          std::copy_n(src, V, m.last_logits.data() + int64_t(m.logit_dest[i]) * V);
         s.has_logits = true;
+        s.host_logits = !step_logits.empty();
       }
     }
     for (const StepRow& row : m.rows) m.seqs[row.slot].processed = row.pos + 1;
@@ -183,12 +197,73 @@ void Context::process() {
 }
 
 std::span<const float> Context::logits(int seq) const {
-  const Impl& m = *impl_;
+  Impl& m = *impl_;  // a lazy copy from the device store may fill last_logits
   const int slot = m.slot_of(seq, "logits");
-  MIND4_CHECK(m.seqs[slot].has_logits, Status::kInvalidArgument, "logits: sequence ", seq,
+  Sequence& s = m.seqs[slot];
+  MIND4_CHECK(s.has_logits, Status::kInvalidArgument, "logits: sequence ", seq,
               " has not been processed yet (append tokens, then call process())");
   const int V = m.model->config().vocab_size;
-  return {m.last_logits.data() + int64_t(slot) * V, size_t(V)};
+  float* row = m.last_logits.data() + int64_t(slot) * V;
+  if (!s.host_logits) {
+    m.backend->download_logits(slot, row);
+    s.host_logits = true;
+  }
+  return {row, size_t(V)};
+}
+
+namespace {
+bool same_sampling_but_seed(const SamplingConfig& a, const SamplingConfig& b) {
+  return a.temperature == b.temperature && a.top_k == b.top_k && a.top_p == b.top_p &&
+         a.min_p == b.min_p && a.repetition_penalty == b.repetition_penalty &&
+         a.presence_penalty == b.presence_penalty && a.frequency_penalty == b.frequency_penalty;
+}
+}  // namespace
+
+void Context::sample(std::span<const SampleRequest> requests, const SamplingConfig& config,
+                     LogprobMode mode, std::span<SampledToken> out) {
+  Impl& m = *impl_;
+  Sampler::validate(config);
+  MIND4_CHECK(out.size() == requests.size(), Status::kInvalidArgument, "sample: ", out.size(),
+              " outputs for ", requests.size(), " requests");
+  MIND4_CHECK(requests.size() <= size_t(m.options.max_sequences), Status::kInvalidArgument,
+              "sample: ", requests.size(),
+              " requests in one call; at most max_sequences = ", m.options.max_sequences);
+  for (const SampleRequest& r : requests) {
+    const int slot = m.slot_of(r.seq, "sample");
+    MIND4_CHECK(m.seqs[slot].has_logits, Status::kInvalidArgument, "sample: sequence ", r.seq,
+                " has not been processed yet (append tokens, then call process())");
+  }
+  if (m.device_logits) {
+    m.slot_samples.clear();
+    for (const SampleRequest& r : requests) {
+      const int slot = m.slot_of(r.seq, "sample");
+      const Sequence& s = m.seqs[slot];
+      m.slot_samples.push_back({slot, r.seed, r.step, {s.tokens.data(), size_t(s.processed)}});
+    }
+    m.backend->sample(m.slot_samples, config, mode, out);
+    return;
+  }
+  if (!m.sampler || !same_sampling_but_seed(m.sampler->config(), config))
+    m.sampler = std::make_unique<Sampler>(config);
+  SampleResult result;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const int seq = requests[i].seq;
+    const Sequence& s = m.seqs[m.slot_of(seq, "sample")];
+    m.sampler->set_seed(requests[i].seed);
+    m.sampler->set_step(requests[i].step);
+    m.sampler->sample_with_logprobs(logits(seq), {s.tokens.data(), size_t(s.processed)}, 0, mode,
+                                    result);
+    out[i] = {result.token, result.logprob};
+  }
+}
+
+void StepBackend::download_logits(int, float*) {
+  throw Error(Status::kInternal, "StepBackend: this line keeps no logits on a device");
+}
+
+void StepBackend::sample(std::span<const SlotSample>, const SamplingConfig&, LogprobMode,
+                         std::span<SampledToken>) {
+  throw Error(Status::kInternal, "StepBackend: this line does not sample on a device");
 }
 
 std::span<const float> Context::all_logits(int seq) const {
@@ -219,6 +294,7 @@ void Context::truncate(int seq, int length) {
   // clearing: they are rewritten before anything reads them again.
   s.processed = std::min(s.processed, length);
   s.has_logits = false;
+  s.host_logits = false;
   s.all_rows = 0;
 }
 

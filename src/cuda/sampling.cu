@@ -1,0 +1,489 @@
+// Token sampling on the GPU: one block per sequence turns a row of logits into the next token and
+// its logprob, so that only those (16 bytes a sequence, with a status) come back to the host
+// instead of the row (800 KB at vocabulary 201088). The order of operations is the CPU sampler's
+// (sampler.h): penalties, temperature, top-k, top-p, min-p, then the draw with the same Philox
+// counter.
+//
+// The vocabulary is never sorted. The kept set is always a prefix of the strict order (processed
+// logit descending, then token id ascending), so it is described by a cut: a logit (as an
+// order-preserving 32-bit key) and, among tokens of exactly that logit, the highest id kept.
+// top-k finds its cut by a radix select on the keys (four passes of 8 bits, counting tokens);
+// top-p by the same select weighing tokens by their probability mass. min-p then drops tokens of
+// too small a weight (weights fall with the key, so the set stays a prefix).
+//
+// Masses are summed as integers: each weight exp((w - max) / T), in [0, 1], is rounded to a
+// multiple of 2^-44 (fixed point in 64 bits; 201088 tokens sum to < 2^62). Integer sums are exact
+// and independent of the order of addition, so the top-p boundary and the draw are deterministic
+// however the threads are scheduled. The cost: the weights differ from the CPU's floats by at most
+// 2^-45 of the most likely token's weight, and a token with a weight below 2^-45 of the most
+// likely one is never drawn (the CPU's floor is e^-87). The draw walks the kept tokens in token-id
+// order and picks the first whose cumulative fixed-point mass exceeds u * kept mass.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "cuda/device_util.cuh"
+#include "sampler/philox.h"
+#include "sampler/sampler_math.h"
+
+namespace mind4::cuda {
+namespace {
+
+constexpr int kSampleThreads = 1024;
+constexpr int kSampleWarps = kSampleThreads / 32;
+constexpr int kSampleMaxTiles = 256;
+constexpr double kSampleFxScale = 17592186044416.0;  // 2^44
+constexpr unsigned kFull = 0xffffffffu;
+
+// sampler_math::exp_nonpositive with every operation rounded on its own (nvcc would otherwise
+// fuse a * b + c into an FMA): the same bits as the CPU sampler's weights.
+__device__ __forceinline__ float sample_exp(float x) {
+  namespace sm = sampler_math;
+  const bool underflow = !(x >= sm::kExpLowest);
+  x = underflow ? sm::kExpLowest : x;
+  const float t = __fadd_rn(__fmul_rn(x, sm::kLog2e), sm::kShifter);
+  const float n = __fsub_rn(t, sm::kShifter);
+  float r = __fsub_rn(x, __fmul_rn(n, sm::kLn2High));
+  r = __fsub_rn(r, __fmul_rn(n, sm::kLn2Low));
+  float p = 1.0f / 5040.0f;
+  p = __fadd_rn(__fmul_rn(p, r), 1.0f / 720.0f);
+  p = __fadd_rn(__fmul_rn(p, r), 1.0f / 120.0f);
+  p = __fadd_rn(__fmul_rn(p, r), 1.0f / 24.0f);
+  p = __fadd_rn(__fmul_rn(p, r), 1.0f / 6.0f);
+  p = __fadd_rn(__fmul_rn(p, r), 0.5f);
+  p = __fadd_rn(__fmul_rn(p, r), 1.0f);
+  p = __fadd_rn(__fmul_rn(p, r), 1.0f);
+  const float y = __fmul_rn(p, __int_as_float((int(n) + 127) << 23));
+  return underflow ? 0.0f : y;
+}
+
+// Ascending key order = ascending float order (-0 is folded into +0: they compare equal).
+__device__ __forceinline__ uint32_t sample_key(float w) {
+  const uint32_t u = __float_as_uint(__fadd_rn(w, 0.0f));
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ uint64_t sample_fx(float e) {
+  return uint64_t(double(e) * kSampleFxScale + 0.5);
+}
+
+struct SampleShared {
+  uint32_t count[256];
+  unsigned long long mass[256];  // fixed point
+  unsigned long long tile[kSampleMaxTiles];
+  alignas(8) unsigned char red[kSampleWarps * 8];
+  int found;
+  int digit;
+  unsigned long long above;
+  unsigned long long total;
+};
+
+// A reduction over the block in a fixed order (the same bits every run). Every thread gets the
+// result; the scratch may be reused right after.
+template <typename T, typename Op>
+__device__ T sample_block_reduce(T v, Op op, SampleShared& sh) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(kFull, v, o));
+  T* scratch = reinterpret_cast<T*>(sh.red);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+  __syncthreads();
+  T r = scratch[0];
+  for (int i = 1; i < kSampleWarps; ++i) r = op(r, scratch[i]);
+  return r;
+}
+
+struct SampleSum {
+  template <typename T>
+  __device__ T operator()(T a, T b) const {
+    return a + b;
+  }
+};
+struct SampleMax {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct SampleMin {
+  __device__ int operator()(int a, int b) const { return min(a, b); }
+};
+struct SampleMaxInt {
+  __device__ int operator()(int a, int b) const { return max(a, b); }
+};
+
+// The id of the n-th (1-based) token, in id order, for which pred holds; INT32_MAX when fewer.
+template <typename Pred>
+__device__ int sample_nth(int V, int n, Pred pred, SampleShared& sh) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  int* counts = reinterpret_cast<int*>(sh.red);
+  int seen = 0;
+  if (threadIdx.x == 0) sh.found = INT32_MAX;
+  for (int base = 0; base < V; base += kSampleThreads) {
+    const int i = base + int(threadIdx.x);
+    const bool p = i < V && pred(i);
+    const unsigned b = __ballot_sync(kFull, p);
+    __syncthreads();
+    if (lane == 0) counts[warp] = __popc(b);
+    __syncthreads();
+    int before = __popc(b & ((1u << lane) - 1u)), total = 0;
+    for (int w = 0; w < kSampleWarps; ++w) {
+      before += w < warp ? counts[w] : 0;
+      total += counts[w];
+    }
+    if (p && seen + before + 1 == n) sh.found = i;
+    seen += total;
+    if (seen >= n) break;
+  }
+  __syncthreads();
+  return sh.found;
+}
+
+// Adds one token (when valid) to bin d of top-p's radix histogram: count and fixed-point mass. The
+// lanes of a warp that share a bin are summed first and one of them adds for all: the first pass
+// (sign and high exponent bits of the logit) puts most tokens in a few bins, where 1024 threads
+// adding 64-bit masses to one shared address one by one took 2.6 ms a sequence (0.75 ms with this).
+// All 32 lanes of the warp must call it.
+__device__ void sample_hist_add(bool valid, uint32_t d, unsigned long long fx, SampleShared& sh) {
+  const int lane = threadIdx.x & 31;
+  unsigned remaining = __ballot_sync(kFull, valid);
+  while (remaining) {
+    const int leader = __ffs(remaining) - 1;
+    const uint32_t dl = __shfl_sync(kFull, d, leader);
+    const unsigned group = __ballot_sync(kFull, valid && d == dl);
+    unsigned long long sum = (group >> lane) & 1u ? fx : 0ull;
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(kFull, sum, o);
+    if (lane == leader) atomicAdd(&sh.mass[dl], sum);
+    if (lane == leader) atomicAdd(&sh.count[dl], unsigned(__popc(group)));
+    remaining &= ~group;
+  }
+}
+
+// An inclusive scan over the block in thread order.
+__device__ unsigned long long sample_block_scan(unsigned long long v, SampleShared& sh) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int o = 1; o < 32; o <<= 1) {
+    const unsigned long long u = __shfl_up_sync(kFull, v, o);
+    if (lane >= o) v += u;
+  }
+  auto* totals = reinterpret_cast<unsigned long long*>(sh.red);
+  __syncthreads();
+  if (lane == 31) totals[warp] = v;
+  __syncthreads();
+  for (int w = 0; w < warp; ++w) v += totals[w];
+  return v;
+}
+
+__global__ void __launch_bounds__(kSampleThreads)
+    sample_kernel(const float* __restrict__ logits, int V, const SampleJob* __restrict__ jobs,
+                  const int2* __restrict__ penalties, SampleParams p, float* __restrict__ work,
+                  SampleOut* __restrict__ out) {
+  __shared__ SampleShared sh;
+  const SampleJob job = jobs[blockIdx.x];
+  const int tid = int(threadIdx.x);
+  const float* raw = logits + job.row * int64_t(V);
+  const bool penalised = job.pen_end > job.pen_begin;
+  const float* w = raw;
+  SampleOut result{-1, 0.0f, kSampleOk, 0};
+
+  // Raw logits: NaN and +inf are rejected (as the CPU sampler does); the raw maximum serves kRaw.
+  float raw_max = -INFINITY;
+  int bad = 0;
+  for (int i = tid; i < V; i += kSampleThreads) {
+    const float x = raw[i];
+    bad |= !(x < INFINITY);
+    raw_max = fmaxf(raw_max, x);
+  }
+  bad = sample_block_reduce(bad, SampleSum{}, sh);
+  raw_max = sample_block_reduce(raw_max, SampleMax{}, sh);
+  if (bad) result.status = kSampleBadLogit;
+
+  if (penalised && !bad) {
+    float* row = work + int64_t(blockIdx.x) * V;
+    for (int i = tid; i < V; i += kSampleThreads) row[i] = raw[i];
+    __syncthreads();
+    int overflow = 0;
+    for (int j = job.pen_begin + tid; j < job.pen_end; j += kSampleThreads) {
+      const int2 pc = penalties[j];  // (token, count): each token once
+      float x = row[pc.x];
+      if (p.repetition_penalty != 1.0f)
+        x = x > 0.0f ? __fdiv_rn(x, p.repetition_penalty) : __fmul_rn(x, p.repetition_penalty);
+      x = __fsub_rn(x, __fadd_rn(p.presence_penalty, __fmul_rn(p.frequency_penalty, float(pc.y))));
+      overflow |= isnan(x) || x == INFINITY;
+      row[pc.x] = x;
+    }
+    if (sample_block_reduce(overflow, SampleSum{}, sh)) result.status = kSamplePenaltyOverflow;
+    w = row;
+  }
+  float max = -INFINITY;
+  if (result.status == kSampleOk) {
+    for (int i = tid; i < V; i += kSampleThreads) max = fmaxf(max, w[i]);
+    max = sample_block_reduce(max, SampleMax{}, sh);
+    if (max == -INFINITY) result.status = kSampleAllMasked;
+  }
+  if (result.status != kSampleOk) {
+    if (tid == 0) out[blockIdx.x] = result;
+    return;
+  }
+  const float inv_t = p.inv_temperature;
+  auto weight = [&](int i) { return sample_exp(__fmul_rn(__fsub_rn(w[i], max), inv_t)); };
+
+  // Log-normalisers of the distributions kRaw and kProcessed describe.
+  double log_norm = 0.0;
+  if (p.logprob_mode != 2) {
+    double s = 0.0;
+    if (p.logprob_mode == 0)
+      for (int i = tid; i < V; i += kSampleThreads) s += sample_exp(__fsub_rn(raw[i], raw_max));
+    else
+      for (int i = tid; i < V; i += kSampleThreads) s += weight(i);
+    s = sample_block_reduce(s, SampleSum{}, sh);
+    log_norm = p.logprob_mode == 0 ? log(s) + double(raw_max) : log(s) + double(inv_t) * max;
+  }
+
+  if (p.greedy) {
+    int first = INT32_MAX;
+    for (int i = tid; i < V; i += kSampleThreads)
+      if (w[i] == max) first = min(first, i);
+    result.token = sample_block_reduce(first, SampleMin{}, sh);
+    result.kept = 1;
+  } else {
+    // The cut: tokens with key > cut_key, or key == cut_key and id <= cut_id. all: no cut yet.
+    bool all = true;
+    uint32_t cut_key = 0;
+    int cut_id = INT32_MAX;
+    auto member = [&](int i, uint32_t key) {
+      return all || key > cut_key || (key == cut_key && i <= cut_id);
+    };
+    if (p.top_k > 0 && p.top_k < V) {
+      uint32_t prefix = 0, mask = 0;
+      int above = 0;
+      for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int d = tid; d < 256; d += kSampleThreads) sh.count[d] = 0;
+        __syncthreads();
+        for (int base = 0; base < V; base += kSampleThreads) {
+          const int i = base + tid;
+          const uint32_t key = i < V ? sample_key(w[i]) : 0u;
+          const bool valid = i < V && (key & mask) == prefix;
+          // Plain 32-bit shared atomics: measured faster here than the warp pre-sum that the
+          // 64-bit masses of top-p need (top-k 50 + top-p 0.9, 64 sequences, H200: 0.80 against
+          // 0.96 ms).
+          if (valid) atomicAdd(&sh.count[(key >> shift) & 255u], 1u);
+        }
+        __syncthreads();
+        if (tid == 0) {
+          int d = 255;
+          for (; d > 0 && above + int(sh.count[d]) < p.top_k; --d) above += int(sh.count[d]);
+          sh.digit = d;
+          sh.above = above;
+        }
+        __syncthreads();
+        prefix |= uint32_t(sh.digit) << shift;
+        mask |= 255u << shift;
+        above = int(sh.above);
+      }
+      const int ties = int(sh.count[sh.digit]), need = p.top_k - above;
+      __syncthreads();
+      const uint32_t k_key = prefix;
+      cut_id = need < ties ? sample_nth(
+                                 V, need, [&](int i) { return sample_key(w[i]) == k_key; }, sh)
+                           : INT32_MAX;
+      cut_key = prefix;
+      all = false;
+    }
+    if (p.top_p < 1.0f) {
+      unsigned long long m = 0;
+      for (int i = tid; i < V; i += kSampleThreads)
+        if (member(i, sample_key(w[i]))) m += sample_fx(weight(i));
+      m = sample_block_reduce(m, SampleSum{}, sh);
+      const double target = double(p.top_p) * double(m);
+      // Tokens below (1 - top_p) * m / n (n: the set's size) weigh less than (1 - top_p) * m
+      // together, so the tokens above hold at least top_p of the mass and the boundary is among
+      // them; the rest (lower logits, and ties share a weight) need not be histogrammed. 0.99
+      // absorbs rounding. The CPU sampler makes the same cut.
+      const double n_set = all ? double(V) : double(p.top_k);
+      const auto tau = (unsigned long long)(0.99 * (1.0 - double(p.top_p)) * double(m) / n_set);
+      uint32_t prefix = 0, mask = 0;
+      unsigned long long above = 0;
+      for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int d = tid; d < 256; d += kSampleThreads) sh.count[d] = 0, sh.mass[d] = 0;
+        __syncthreads();
+        for (int base = 0; base < V; base += kSampleThreads) {
+          const int i = base + tid;
+          const uint32_t key = i < V ? sample_key(w[i]) : 0u;
+          bool valid = i < V && (key & mask) == prefix && member(i, key);
+          const unsigned long long fx = valid ? sample_fx(weight(i)) : 0ull;
+          valid = valid && fx >= tau;
+          const uint32_t d = (key >> shift) & 255u;
+          if (shift == 24) {
+            sample_hist_add(valid, d, fx, sh);
+          } else if (valid) {
+            atomicAdd(&sh.count[d], 1u);
+            atomicAdd(&sh.mass[d], fx);
+          }
+        }
+        __syncthreads();
+        if (tid == 0) {
+          // The digit where the mass, walked in descending order, reaches the target; integer
+          // sums make every sub-bucket total its bucket's, so it is always reached (the lowest
+          // non-empty digit stands in should rounding of the target ever say otherwise).
+          int d = 255, last = -1;
+          unsigned long long a = above, a_last = above;
+          for (; d >= 0; --d) {
+            if (sh.count[d] == 0) continue;
+            last = d;
+            a_last = a;
+            if (double(a + sh.mass[d]) >= target) break;
+            a += sh.mass[d];
+          }
+          if (d < 0) d = last, a = a_last;
+          sh.digit = d;
+          sh.above = a;
+        }
+        __syncthreads();
+        prefix |= uint32_t(sh.digit) << shift;
+        mask |= 255u << shift;
+        above = sh.above;
+      }
+      // Tokens of the boundary logit share one weight f: keep them (in id order) while the mass
+      // before each is below the target; the crossing one is kept, and at least one in all.
+      const int ties = int(sh.count[sh.digit]);
+      __syncthreads();
+      int tie_id = 0;
+      for (int i = tid; i < V; i += kSampleThreads)
+        if (sample_key(w[i]) == prefix) tie_id = i;
+      tie_id = sample_block_reduce(tie_id, SampleMaxInt{}, sh);
+      const unsigned long long f = sample_fx(weight(tie_id));
+      auto reaches = [&](int n) { return double(above + (unsigned long long)n * f) >= target; };
+      int n = ties;
+      if (f > 0 && reaches(1)) {
+        n = 1;
+      } else if (f > 0) {
+        // The count from the quotient, then corrected for its rounding.
+        n = int(fmin(double(ties), ceil((target - double(above)) / double(f))));
+        n = n < 1 ? 1 : n;
+        while (n > 1 && reaches(n - 1)) --n;
+        while (n < ties && !reaches(n)) ++n;
+      }
+      const bool prev_same = !all && cut_key == prefix;
+      const int prev_id = cut_id;
+      if (n < ties) {
+        const uint32_t p_key = prefix;
+        cut_id = sample_nth(
+            V, n, [&](int i) { return sample_key(w[i]) == p_key && (!prev_same || i <= prev_id); },
+            sh);
+      } else {
+        cut_id = prev_same ? prev_id : INT32_MAX;
+      }
+      cut_key = prefix;
+      all = false;
+    }
+    const float min_p = p.min_p;
+    auto kept_fx = [&](int i) -> unsigned long long {
+      const float e = weight(i);
+      return member(i, sample_key(w[i])) && e >= min_p ? sample_fx(e) : 0ull;
+    };
+    // The draw: u from the same Philox block as Sampler::uniform_at(seed, step).
+    const philox::Counter c{uint32_t(job.step), uint32_t(job.step >> 32), 0u, 0u};
+    const philox::Counter r = philox::block(c, philox::key_from_seed(job.seed));
+    const double u = philox::uniform_f64(r[0], r[1]);
+    // Tiles of kSampleThreads * per consecutive tokens; their masses first, one warp a tile.
+    const int per = (V + kSampleThreads * kSampleMaxTiles - 1) / (kSampleThreads * kSampleMaxTiles);
+    const int tile = kSampleThreads * per, n_tiles = (V + tile - 1) / tile;
+    const int warp = tid >> 5, lane = tid & 31;
+    for (int t = warp; t < n_tiles; t += kSampleWarps) {
+      unsigned long long s = 0;
+      const int end = min(V, (t + 1) * tile);
+      for (int i = t * tile + lane; i < end; i += 32) s += kept_fx(i);
+      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(kFull, s, o);
+      if (lane == 0) sh.tile[t] = s;
+    }
+    __syncthreads();
+    if (tid == 0) {
+      unsigned long long total = 0;
+      for (int t = 0; t < n_tiles; ++t) total += sh.tile[t];
+      unsigned long long target = (unsigned long long)(u * double(total));
+      if (target >= total) target = total - 1;  // total >= 2^44: the top token is always kept
+      unsigned long long cum = 0;
+      int t = 0;
+      while (t + 1 < n_tiles && cum + sh.tile[t] <= target) cum += sh.tile[t++];
+      sh.digit = t;
+      sh.above = target - cum;  // the target inside tile t
+      sh.total = total;
+    }
+    __syncthreads();
+    const int t = sh.digit;
+    const unsigned long long inside = sh.above;
+    const int begin = t * tile + tid * per;
+    unsigned long long mine = 0;
+    for (int i = begin; i < min(V, begin + per); ++i) mine += kept_fx(i);
+    unsigned long long cum = sample_block_scan(mine, sh) - mine;
+    __syncthreads();
+    if (tid == 0) sh.found = -1;
+    __syncthreads();
+    if (cum <= inside && inside < cum + mine) {
+      for (int i = begin; i < min(V, begin + per); ++i) {
+        const unsigned long long v = kept_fx(i);
+        if (v > 0 && inside < cum + v) {
+          sh.found = i;
+          break;
+        }
+        cum += v;
+      }
+    }
+    __syncthreads();
+    result.token = sh.found;
+    // Kept tokens and their mass in double (for kSampling), over the same set.
+    int kept = 0;
+    double kept_mass = 0.0;
+    for (int i = tid; i < V; i += kSampleThreads) {
+      const float e = weight(i);
+      if (e > 0.0f && e >= min_p && member(i, sample_key(w[i]))) {
+        ++kept;
+        kept_mass += e;
+      }
+    }
+    result.kept = sample_block_reduce(kept, SampleSum{}, sh);
+    kept_mass = sample_block_reduce(kept_mass, SampleSum{}, sh);
+    if (p.logprob_mode == 2) log_norm = log(kept_mass);
+  }
+  const int tok = result.token;
+  if (p.logprob_mode == 0)
+    result.logprob = float(double(raw[tok]) - log_norm);
+  else if (p.logprob_mode == 1)
+    result.logprob = float(double(inv_t) * w[tok] - log_norm);
+  else
+    result.logprob = p.greedy ? 0.0f : float(log(double(weight(tok))) - log_norm);
+  if (tid == 0) out[blockIdx.x] = result;
+}
+
+__global__ void store_logit_rows_kernel(const float* __restrict__ logits,
+                                        const int* __restrict__ dest, int V,
+                                        float* __restrict__ store) {
+  const int slot = dest[blockIdx.y];
+  if (slot < 0) return;
+  const float* src = logits + int64_t(blockIdx.y) * V;
+  float* dst = store + int64_t(slot) * V;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < V; j += gridDim.x * blockDim.x)
+    dst[j] = src[j];
+}
+
+}  // namespace
+
+void store_logit_rows(const float* logits, const int* dest_slot, int L, int V, float* store,
+                      cudaStream_t stream) {
+  MIND4_CUDA_ARG(logits && dest_slot && store, "store_logit_rows", "null pointer");
+  MIND4_CUDA_ARG(L >= 0 && V > 0, "store_logit_rows", "L = ", L, ", V = ", V);
+  if (L == 0) return;
+  store_logit_rows_kernel<<<dim3(std::min(64, (V + 1023) / 1024), L), 256, 0, stream>>>(
+      logits, dest_slot, V, store);
+  check_launch("store_logit_rows_kernel");
+}
+
+void sample_tokens(const float* logits, int V, const SampleJob* jobs, int n, const int2* penalties,
+                   const SampleParams& params, float* work, SampleOut* out, cudaStream_t stream) {
+  MIND4_CUDA_ARG(logits && jobs && out, "sample_tokens", "null pointer");
+  MIND4_CUDA_ARG(V > 0 && n >= 0, "sample_tokens", "V = ", V, ", n = ", n);
+  MIND4_CUDA_ARG(params.logprob_mode >= 0 && params.logprob_mode <= 2, "sample_tokens",
+                 "logprob_mode = ", params.logprob_mode);
+  if (n == 0) return;
+  sample_kernel<<<n, kSampleThreads, 0, stream>>>(logits, V, jobs, penalties, params, work, out);
+  check_launch("sample_kernel");
+}
+
+}  // namespace mind4::cuda
