@@ -90,7 +90,8 @@ Generator::Generator(std::shared_ptr<const Model> model, const Tokenizer& tokeni
       std::make_unique<Context>(model_, ContextOptions{.context_length = context_length_,
                                                        .max_sequences = 1,
                                                        .max_batch_tokens = options.max_batch_tokens,
-                                                       .threads = options.threads});
+                                                       .threads = options.threads,
+                                                       .host_logits = false});
   seq_ = ctx_->new_sequence();
 }
 
@@ -155,11 +156,20 @@ GenerateStats Generator::generate(std::span<const int> prompt, const GenerateLim
       stats.stop = StopCause::kMaxTokens;
       break;
     }
-    std::span<const float> logits = ctx_->logits(seq_);
     if (limits.logprobs > 0) {
-      sampler_.sample_with_logprobs(logits, history_, limits.logprobs, LogprobMode::kRaw, sampled);
+      // Top alternatives need the whole row on the host.
+      sampler_.sample_with_logprobs(ctx_->logits(seq_), history_, limits.logprobs,
+                                    LogprobMode::kRaw, sampled);
     } else {
-      sampled.token = sampler_.sample(logits, history_);
+      // Through the Context, so that the CUDA line samples on the GPU and only the token comes
+      // back; the draw is the one sampler_ would make (same seed, same step).
+      const SampleRequest request{seq_, sampler_.config().seed, sampler_.step()};
+      SampledToken drawn;
+      ctx_->sample(std::span<const SampleRequest>(&request, 1), sampler_.config(),
+                   LogprobMode::kRaw, std::span<SampledToken>(&drawn, 1));
+      sampler_.set_step(request.step + 1);
+      sampled.token = drawn.token;
+      sampled.logprob = drawn.logprob;
       sampled.top.clear();
     }
     last = GenClock::now();
