@@ -31,6 +31,13 @@ struct ModelConfig {
   float swiglu_limit = 7.0f;
 };
 
+// Keys a query of block `layer` sees back from itself: sliding_window on even (0-based) blocks,
+// 0 (the whole causal prefix) on odd ones or when sliding_window is 0. The one statement of
+// gpt-oss's alternating pattern; every line (CPU, CUDA, training) asks here.
+inline int layer_window(const ModelConfig& c, int layer) {
+  return c.sliding_window > 0 && layer % 2 == 0 ? c.sliding_window : 0;
+}
+
 enum class Backend { kCpu, kCuda };
 enum class ActivationDType { kFloat32, kBFloat16, kFloat16 };
 enum class Device { kCpu, kCuda, kAuto };
@@ -69,7 +76,8 @@ struct Config {
   std::string source;  // the file the runtime fields came from, for messages
 };
 
-// ---- loading (src/io/config.cpp, src/io/model_config.cpp); the JSON shapes are in docs/config.md ----
+// ---- loading (src/io/config.cpp, src/io/model_config.cpp); the JSON shapes are in docs/config.md
+// ----
 
 // The project's config.json: groups "model", "execution", "paths", "sampling", "logging", every
 // field present and of the right type and range. Throws Error(kInvalidConfig) naming the file and
@@ -87,7 +95,8 @@ ModelConfig parse_model_config(const std::string& text, const std::string& sourc
 
 // Range checks; `source` names where the values came from. With MXFP4 experts the hidden and
 // intermediate sizes must be multiples of the 32-value block.
-void validate_model_config(const ModelConfig& m, const std::string& source, bool mxfp4_experts = false);
+void validate_model_config(const ModelConfig& m, const std::string& source,
+                           bool mxfp4_experts = false);
 // Every range check of a whole Config (model, execution, sampling).
 void validate_config(const Config& c, const std::string& source);
 

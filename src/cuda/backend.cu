@@ -354,8 +354,8 @@ class CudaBackend final : public StepBackend {
       cuda::qkv_bias_rope(act_, qkv_.data(), lw.qkv_b, cos_t, sin_t, pos, slot, B, NH, NKV, D, kv,
                           s);
       mark("qkv_bias_rope");
-      const bool windowed = c_.sliding_window > 0 && l % 2 == 0;
-      const int window = windowed ? c_.sliding_window : 0;
+      const int window = layer_window(c_, l);
+      const bool windowed = window > 0;
       const int max_keys = windowed ? std::min(c_.sliding_window, positions_) : positions_;
       const int cap = int(std::min<int64_t>(64, partial_capacity_ / (int64_t(B) * NH * (D + 2))));
       const int splits = cuda::attention_splits(B, NH, max_keys, cap);

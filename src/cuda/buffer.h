@@ -13,25 +13,41 @@
 
 namespace mind4::cuda {
 
-// Uninitialised device memory of `bytes`; data<T>() views it as T.
-class DeviceBuffer {
+// The two allocators the line uses, as plain functions (the runtime's names are overloaded).
+inline cudaError_t device_alloc(void** p, size_t bytes) {
+  return cudaMalloc(p, bytes);
+}
+inline cudaError_t device_free(void* p) {
+  return cudaFree(p);
+}
+inline cudaError_t pinned_alloc(void** p, size_t bytes) {
+  return cudaMallocHost(p, bytes);
+}
+inline cudaError_t pinned_free(void* p) {
+  return cudaFreeHost(p);
+}
+
+// Uninitialised memory of `bytes` from one allocator; data<T>() views it as T. `what` names the
+// allocation in the error when it fails.
+template <cudaError_t (*Alloc)(void**, size_t), cudaError_t (*Free)(void*)>
+class Allocation {
  public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t bytes, const char* what = "cudaMalloc") : bytes_(bytes) {
-    if (bytes) check(cudaMalloc(&ptr_, bytes), what);
+  Allocation() = default;
+  explicit Allocation(size_t bytes, const char* what) : bytes_(bytes) {
+    if (bytes) check(Alloc(&ptr_, bytes), what);
   }
-  ~DeviceBuffer() {
-    if (ptr_) cudaFree(ptr_);
+  ~Allocation() {
+    if (ptr_) Free(ptr_);
   }
-  DeviceBuffer(DeviceBuffer&& o) noexcept
+  Allocation(Allocation&& o) noexcept
       : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+  Allocation& operator=(Allocation&& o) noexcept {
     std::swap(ptr_, o.ptr_);
     std::swap(bytes_, o.bytes_);
     return *this;
   }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  Allocation(const Allocation&) = delete;
+  Allocation& operator=(const Allocation&) = delete;
 
   template <typename T = void>
   T* data() const {
@@ -44,36 +60,19 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
-// Page-locked host memory: asynchronous copies from and to it overlap nothing else but need no
-// staging copy inside the driver.
-class PinnedBuffer {
+// Device memory.
+class DeviceBuffer : public Allocation<device_alloc, device_free> {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes, const char* what = "cudaMalloc") : Allocation(bytes, what) {}
+};
+
+// Page-locked host memory: asynchronous copies from and to it need no staging copy inside the
+// driver.
+class PinnedBuffer : public Allocation<pinned_alloc, pinned_free> {
  public:
   PinnedBuffer() = default;
-  explicit PinnedBuffer(size_t bytes) : bytes_(bytes) {
-    if (bytes) check(cudaMallocHost(&ptr_, bytes), "cudaMallocHost");
-  }
-  ~PinnedBuffer() {
-    if (ptr_) cudaFreeHost(ptr_);
-  }
-  PinnedBuffer(PinnedBuffer&& o) noexcept
-      : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
-    std::swap(ptr_, o.ptr_);
-    std::swap(bytes_, o.bytes_);
-    return *this;
-  }
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-
-  template <typename T = void>
-  T* data() const {
-    return static_cast<T*>(ptr_);
-  }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
+  explicit PinnedBuffer(size_t bytes) : Allocation(bytes, "cudaMallocHost") {}
 };
 
 class Stream {

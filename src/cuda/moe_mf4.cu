@@ -171,6 +171,28 @@ __device__ __forceinline__ void mf4_load_x32(const __nv_bfloat16* p, float* v) {
 constexpr int kGemvRows = 2;  // one (gate, linear) pair in mlp1
 constexpr int kGemvIters = 4;
 
+// Both decode GEMVs (float and int8 activations) start a pass the same way: every load of the
+// lane's blocks for this pass is issued before any is used (blocks past the row read as zero).
+__device__ __forceinline__ void mf4_gemv_issue_loads(const uint8_t* wrow, const uint8_t* srow,
+                                                     int nb, int j0, int lane,
+                                                     uint4 (&w)[kGemvIters][kGemvRows],
+                                                     uint32_t (&sc)[kGemvIters][kGemvRows]) {
+#pragma unroll
+  for (int it = 0; it < kGemvIters; ++it) {
+    const int j = j0 + it * 32 + lane;
+#pragma unroll
+    for (int rr = 0; rr < kGemvRows; ++rr) {
+      if (j < nb) {
+        w[it][rr] = __ldg(reinterpret_cast<const uint4*>(wrow + (int64_t(rr) * nb + j) * 16));
+        sc[it][rr] = srow[int64_t(rr) * nb + j];
+      } else {
+        w[it][rr] = make_uint4(0, 0, 0, 0);
+        sc[it][rr] = 0;
+      }
+    }
+  }
+}
+
 template <typename T, bool SWIGLU>
 __global__ void __launch_bounds__(kMf4Warps * 32)
     moe_mf4w_gemv_kernel(const T* __restrict__ x, const uint8_t* __restrict__ blocks,
@@ -197,20 +219,7 @@ __global__ void __launch_bounds__(kMf4Warps * 32)
     for (int j0 = 0; j0 < nb; j0 += 32 * kGemvIters) {
       uint4 w[kGemvIters][kGemvRows];
       uint32_t sc[kGemvIters][kGemvRows];
-#pragma unroll
-      for (int it = 0; it < kGemvIters; ++it) {
-        const int j = j0 + it * 32 + lane;
-#pragma unroll
-        for (int rr = 0; rr < kGemvRows; ++rr) {
-          if (j < nb) {
-            w[it][rr] = __ldg(reinterpret_cast<const uint4*>(wrow + (int64_t(rr) * nb + j) * 16));
-            sc[it][rr] = srow[int64_t(rr) * nb + j];
-          } else {
-            w[it][rr] = make_uint4(0, 0, 0, 0);
-            sc[it][rr] = 0;
-          }
-        }
-      }
+      mf4_gemv_issue_loads(wrow, srow, nb, j0, lane, w, sc);
 #pragma unroll
       for (int it = 0; it < kGemvIters; ++it) {
         const int j = j0 + it * 32 + lane;
@@ -300,20 +309,7 @@ __global__ void __launch_bounds__(kMf4Warps * 32)
     for (int j0 = 0; j0 < nb; j0 += 32 * kGemvIters) {
       uint4 w[kGemvIters][kGemvRows];
       uint32_t sc[kGemvIters][kGemvRows];
-#pragma unroll
-      for (int it = 0; it < kGemvIters; ++it) {
-        const int j = j0 + it * 32 + lane;
-#pragma unroll
-        for (int rr = 0; rr < kGemvRows; ++rr) {
-          if (j < nb) {
-            w[it][rr] = __ldg(reinterpret_cast<const uint4*>(wrow + (int64_t(rr) * nb + j) * 16));
-            sc[it][rr] = srow[int64_t(rr) * nb + j];
-          } else {
-            w[it][rr] = make_uint4(0, 0, 0, 0);
-            sc[it][rr] = 0;
-          }
-        }
-      }
+      mf4_gemv_issue_loads(wrow, srow, nb, j0, lane, w, sc);
 #pragma unroll
       for (int it = 0; it < kGemvIters; ++it) {
         const int j = j0 + it * 32 + lane;

@@ -238,8 +238,7 @@ std::string model_config_json(const ModelConfig& m, CheckpointLayout layout, boo
   }
   json layer_types = json::array();
   for (int l = 0; l < m.num_hidden_layers; ++l)
-    layer_types.push_back(m.sliding_window > 0 && l % 2 == 0 ? "sliding_attention"
-                                                             : "full_attention");
+    layer_types.push_back(layer_window(m, l) > 0 ? "sliding_attention" : "full_attention");
   j = {{"architectures", {"GptOssForCausalLM"}},
        {"model_type", "gpt_oss"},
        {"hidden_size", m.hidden_size},

@@ -20,8 +20,8 @@ constexpr float kRmsEps = 1e-5f;
 constexpr int64_t kRowGrain = 64;  // weight rows per thread-pool chunk
 
 // out[tokens, n] = x[tokens, k] @ w^T (+ bias), w a BF16 or F32 matrix [n, k].
-void linear(ThreadPool& pool, const TensorView& w, int n, int k, const float* bias,
-            const float* x, int tokens, float* out) {
+void linear(ThreadPool& pool, const TensorView& w, int n, int k, const float* bias, const float* x,
+            int tokens, float* out) {
   pool.parallel_for(n, kRowGrain, [&](int64_t begin, int64_t end, int) {
     if (w.dtype == DType::kBF16)
       cpu::f32_bf16w_matmul(x, k, tokens, w.bf16(), k, bias, out, n, int(begin), int(end));
@@ -109,7 +109,7 @@ void forward_step(const Model::Impl& model, Workspace& ws, KvCache& kv, ThreadPo
     const int64_t off = int64_t(rows[r].token) * H;
     for (int j = 0; j < H; ++j)
       x[r * H + j] = w.embedding.dtype == DType::kBF16 ? bf16_to_f32(w.embedding.bf16()[off + j])
-                                                        : w.embedding.f32()[off + j];
+                                                       : w.embedding.f32()[off + j];
   }
 
   for (int l = 0; l < c.num_hidden_layers; ++l) {
@@ -129,7 +129,7 @@ void forward_step(const Model::Impl& model, Workspace& ws, KvCache& kv, ThreadPo
     }
     // Each (row, query head) attends over its sequence's cache: causal, the last
     // sliding_window keys on even layers, the sink logit in the denominator.
-    const bool windowed = c.sliding_window > 0 && l % 2 == 0;
+    const bool windowed = layer_window(c, l) > 0;
     pool.parallel_for(int64_t(B) * NH, 8, [&](int64_t begin, int64_t end, int worker) {
       float* scores = ws.scores.data() + int64_t(worker) * kv.positions;
       for (int64_t i = begin; i < end; ++i) {
@@ -137,8 +137,8 @@ void forward_step(const Model::Impl& model, Workspace& ws, KvCache& kv, ThreadPo
         const StepRow& row = rows[r];
         const int first = windowed ? std::max(0, row.pos - c.sliding_window + 1) : 0;
         cpu::attention_head(qkv + int64_t(r) * QKV + h * D, kv.key(row.slot, l, first) + kvh * D,
-                            kv.value(row.slot, l, first) + kvh * D, kv.width,
-                            row.pos - first + 1, D, lw.sinks.f32()[h], attn_scale, scores,
+                            kv.value(row.slot, l, first) + kvh * D, kv.width, row.pos - first + 1,
+                            D, lw.sinks.f32()[h], attn_scale, scores,
                             attn + (int64_t(r) * NH + h) * D);
       }
     });

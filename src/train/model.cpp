@@ -80,8 +80,7 @@ void TrainModel<T>::forward_layer(int l, const T* P, T* xout) {
       rope_fwd(q + NH * D, NKV, D, cs, sn);
     }
   });
-  const AttnShape shape{S_, NH, NKV, D,
-                        (c.sliding_window > 0 && l % 2 == 0) ? c.sliding_window : 0};
+  const AttnShape shape{S_, NH, NKV, D, layer_window(c, l)};
   const T scale = T(1.0 / std::sqrt(double(D)));
   pool_.parallel_for(int64_t(B_) * NKV, 1, [&](int64_t i0, int64_t i1, int worker) {
     for (int64_t i = i0; i < i1; ++i) {
@@ -236,8 +235,7 @@ void TrainModel<T>::backward_layer(int l, const T* P, T* G, T grad_scale) {
   gemm_nn(pool_, dx, NT, H, P + o.out_w, NH * D, dattn_.data(), scratch_);
   std::fill(dqkv_.begin(), dqkv_.end(), T(0));
   std::fill(dsink_part_.begin(), dsink_part_.end(), T(0));
-  const AttnShape shape{S_, NH, NKV, D,
-                        (c.sliding_window > 0 && l % 2 == 0) ? c.sliding_window : 0};
+  const AttnShape shape{S_, NH, NKV, D, layer_window(c, l)};
   const T scale = T(1.0 / std::sqrt(double(D)));
   pool_.parallel_for(int64_t(B_) * NKV, 1, [&](int64_t i0, int64_t i1, int worker) {
     for (int64_t i = i0; i < i1; ++i) {
