@@ -17,6 +17,7 @@
 #include "cuda/buffer.h"
 #include "cuda/device_model.h"
 #include "cuda/kernels.h"
+#include "cuda/pdl.h"
 #include "cuda/profiler.h"
 #include "model/backend.h"
 
@@ -110,7 +111,6 @@ class CudaBackend final : public StepBackend {
     cuda::check(cudaMemcpyAsync(rope_.data<float>() + cos_t.size(), sin_t.data(), sin_t.size() * 4,
                                 cudaMemcpyHostToDevice, stream_.get()),
                 "cudaMemcpyAsync (RoPE tables)");
-    cuda::check(cudaStreamSynchronize(stream_.get()), "RoPE tables (cudaStreamSynchronize)");
     sin_offset_ = int64_t(cos_t.size());
 
     // The int8 decode route of the experts (bf16 mode): quantized activations of a step.
@@ -122,6 +122,15 @@ class CudaBackend final : public StepBackend {
       aq_ = dev(A * I, "cudaMalloc (decode scratch)");
       ad_ = dev(A * I / 32 * 4, "cudaMalloc (decode scratch)");
     }
+    // The fused decode chain (steps of up to kGraphMaxRows rows): own GEMVs with fused epilogues
+    // for the dense products (bf16, up to 4 rows), one launch for router + top-k + grouping,
+    // expert GEMVs that quantize their input, programmatic dependent launches between kernels.
+    // MIND4_CUDA_FUSED_DECODE=0 turns it off (for comparisons).
+    const char* fd = std::getenv("MIND4_CUDA_FUSED_DECODE");
+    fused_decode_ = !(fd && std::string(fd) == "0");
+    router_done_ = dev(4, "cudaMalloc (router counter)");
+    cuda::check(cudaMemsetAsync(router_done_.data(), 0, 4, stream_.get()),
+                "cudaMemsetAsync (router counter)");
     // Scratch of the tensor-core route, only for contexts whose steps can be that large.
     if (const char* v = std::getenv("MIND4_CUDA_PREFILL_MIN_ROWS"); v && std::atoi(v) > 0)
       prefill_min_rows_ = std::atoi(v);
@@ -136,6 +145,7 @@ class CudaBackend final : public StepBackend {
       score_floats_ = std::min<int64_t>(NH * B * positions_, kMaxScoreBytes / 4);
       scores_ = dev(score_floats_ * 4, "cudaMalloc (prefill attention scores)");
     }
+    cuda::check(cudaStreamSynchronize(stream_.get()), "Context setup (cudaStreamSynchronize)");
     cuda::check(cublasSetStream(blas_.get(), stream_.get()), "cublasSetStream");
     cuda::check(cublasSetWorkspace(blas_.get(), blas_ws_.data(), kBlasWorkspace),
                 "cublasSetWorkspace");
@@ -336,6 +346,10 @@ class CudaBackend final : public StepBackend {
     const float scale = 1.0f / std::sqrt(float(D));
     float* x = x_.data<float>();
     void* t = t_.data();
+    const bool fused = fused_decode_ && !tensor_route && B <= kGraphMaxRows && H % 4 == 0;
+    const bool fused_gemv = fused && act_ == ActType::kBF16 && B <= cuda::decode_gemv_max_rows() &&
+                            H % 8 == 0 && (NH * D) % 8 == 0;
+    const cuda::PdlScope pdl(fused);
     prof_.begin(s, B);
     auto mark = [&](const char* op) { prof_.mark(s, op); };
 
@@ -349,11 +363,17 @@ class CudaBackend final : public StepBackend {
     for (int l = 0; l < c_.num_hidden_layers; ++l) {
       const cuda::DeviceLayer& lw = dm_.layers[l];
       const cuda::KvLayer kv = kv_layer(l);
-      cuda::linear(blas, act_, t, B, H, lw.qkv_w, QKV, qkv_.data(), false);
-      mark("qkv_gemm");
-      cuda::qkv_bias_rope(act_, qkv_.data(), lw.qkv_b, cos_t, sin_t, pos, slot, B, NH, NKV, D, kv,
-                          s);
-      mark("qkv_bias_rope");
+      if (fused_gemv) {
+        cuda::decode_qkv_rope(t, lw.qkv_w, lw.qkv_b, B, H, NH, NKV, D, cos_t, sin_t, pos, slot,
+                              qkv_.data(), kv, s);
+        mark("qkv_gemv_rope");
+      } else {
+        cuda::linear(blas, act_, t, B, H, lw.qkv_w, QKV, qkv_.data(), false);
+        mark("qkv_gemm");
+        cuda::qkv_bias_rope(act_, qkv_.data(), lw.qkv_b, cos_t, sin_t, pos, slot, B, NH, NKV, D, kv,
+                            s);
+        mark("qkv_bias_rope");
+      }
       const int window = layer_window(c_, l);
       const bool windowed = window > 0;
       const int max_keys = windowed ? std::min(c_.sliding_window, positions_) : positions_;
@@ -366,20 +386,41 @@ class CudaBackend final : public StepBackend {
         cuda::attention(act_, qkv_.data(), NH, NKV, D, kv, pos, slot, lw.sinks, B, window, scale,
                         splits, partial_.data<float>(), attn_.data(), s);
       mark(windowed ? "attention_window" : "attention_full");
-      cuda::linear(blas, act_, attn_.data(), B, NH * D, lw.out_w, H, proj_.data(), false);
-      mark("out_gemm");
-      cuda::residual_rmsnorm(act_, x, proj_.data(), lw.out_b, lw.mlp_norm, B, H, kCudaRmsEps, t,
-                             t32_out, s);
+      if (fused_gemv) {  // the residual add happens in the product's epilogue
+        cuda::decode_linear_residual(attn_.data(), lw.out_w, lw.out_b, B, NH * D, H, x, s);
+        mark("out_gemv_residual");
+        cuda::residual_rmsnorm(act_, x, nullptr, nullptr, lw.mlp_norm, B, H, kCudaRmsEps, t,
+                               t32_out, s);
+      } else {
+        cuda::linear(blas, act_, attn_.data(), B, NH * D, lw.out_w, H, proj_.data(), false);
+        mark("out_gemm");
+        cuda::residual_rmsnorm(act_, x, proj_.data(), lw.out_b, lw.mlp_norm, B, H, kCudaRmsEps, t,
+                               t32_out, s);
+      }
       mark("residual_norm");
-      cuda::linear(blas, ActType::kF32, t32, B, H, lw.gate_w, E, gate_.data(), true);
-      mark("router_gemm");
-      cuda::router_topk_softmax(gate_.data<float>(), lw.gate_b, B, E, K, topk_e_.data<int>(),
-                                topk_w_.data<float>(), s);
-      mark("router_topk");
-      cuda::moe_group(topk_e_.data<int>(), A, K, E, groups_, s);
-      mark("moe_group");
+      if (fused) {
+        cuda::router_group(t32, lw.gate_w, lw.gate_b, B, H, E, K, gate_.data<float>(),
+                           router_done_.data<unsigned>(), topk_e_.data<int>(),
+                           topk_w_.data<float>(), groups_, s);
+        mark("router_group");
+      } else {
+        cuda::linear(blas, ActType::kF32, t32, B, H, lw.gate_w, E, gate_.data(), true);
+        mark("router_gemm");
+        cuda::router_topk_softmax(gate_.data<float>(), lw.gate_b, B, E, K, topk_e_.data<int>(),
+                                  topk_w_.data<float>(), s);
+        mark("router_topk");
+        cuda::moe_group(topk_e_.data<int>(), A, K, E, groups_, s);
+        mark("moe_group");
+      }
       if (dm_.experts_mxfp4 && tensor_route) {
         moe_expanded(lw, B);
+      } else if (dm_.experts_mxfp4 && tokens_hint <= 1 && xq_.bytes() > 0 && fused) {
+        cuda::moe_mlp1_swiglu_mf4_q8a(t, lw.mlp1_blocks, lw.mlp1_scales, lw.mlp1_b, groups_,
+                                      max_active, H, I, c_.swiglu_limit, act_buf_.data(), s);
+        mark("moe_mlp1_swiglu_q8a");
+        cuda::moe_mlp2_mf4_q8a(act_buf_.data(), lw.mlp2_blocks, lw.mlp2_scales, lw.mlp2_b, groups_,
+                               max_active, H, I, y_.data<float>(), s);
+        mark("moe_mlp2_q8a");
       } else if (dm_.experts_mxfp4 && tokens_hint <= 1 && xq_.bytes() > 0) {
         cuda::quantize_q8_32(act_, t, B, H, xq_.data<int8_t>(), xd_.data<float>(), s);
         cuda::moe_mlp1_swiglu_mf4_q8(act_, xq_.data<int8_t>(), xd_.data<float>(), lw.mlp1_blocks,
@@ -472,6 +513,7 @@ class CudaBackend final : public StepBackend {
   const ActType act_;
   int positions_ = 0, max_rows_ = 0, max_logit_rows_ = 0, max_slots_ = 0;
   bool to_host_ = true;
+  bool fused_decode_ = true;
   int64_t kv_layer_elems_ = 0, sin_offset_ = 0, partial_capacity_ = 0, score_floats_ = 0;
   int prefill_min_rows_ = kPrefillMinRows;
   cuda::Stream stream_;
@@ -480,6 +522,7 @@ class CudaBackend final : public StepBackend {
       groups_buf_, act_buf_, y_, partial_, final_, logits_, meta_, blas_ws_, rope_;
   DeviceBuffer xg_, hbuf_, wbuf_, scores_;  // tensor-core route (large steps) only
   DeviceBuffer xq_, xd_, aq_, ad_;          // int8 decode route (bf16 mode) only
+  DeviceBuffer router_done_;                // router_group's block counter (fused decode)
   // GPU sampling: each slot's last logits, the jobs and results, and (penalties only, grown on
   // first use) the (token, count) pairs and the penalised rows.
   DeviceBuffer slot_logits_, sample_jobs_, sample_out_, pen_dev_, work_;

@@ -191,4 +191,32 @@ void store_logit_rows(const float* logits, const int* dest_slot, int L, int V, f
 void convert_to_act(ActType t, const void* src, bool src_bf16, int64_t n, void* dst,
                     cudaStream_t stream);
 
+// ---- The fused decode chain (bf16 mode, steps of a few rows; launched with programmatic
+// dependent launch inside a decode step, see pdl.cuh).
+// decode_gemv.cu: x bf16 [B, K] (B <= decode_gemv_max_rows()) times w bf16 [N, K] transposed.
+// decode_qkv_rope: N = (NH + 2 NKV) D; adds bias f32 [N], rotates q and k as qkv_bias_rope does,
+// writes q into qkv act [B, N] (the k and v parts of qkv are left untouched) and k, v into the
+// cache. decode_linear_residual: resid f32 [B, N] += x w^T + bias (bias may be null).
+int decode_gemv_max_rows();
+void decode_qkv_rope(const void* x, const void* w, const float* bias, int B, int K, int NH, int NKV,
+                     int D, const float* cos_table, const float* sin_table, const int* pos,
+                     const int* slot, void* qkv, KvLayer kv, cudaStream_t stream);
+void decode_linear_residual(const void* x, const void* w, const float* bias, int B, int K, int N,
+                            float* resid, cudaStream_t stream);
+// router.cu: the router of a small step in one launch: logits f32 [B, E] = x f32 [B, H] times
+// w f32 [E, H] transposed (scratch), then router_topk_softmax's experts and weights and
+// moe_group's grouping. done: one unsigned of device memory, 0 before the first call (the kernel
+// leaves it 0).
+void router_group(const float* x, const float* w, const float* bias, int B, int H, int E, int K,
+                  float* logits, unsigned* done, int* experts, float* weights, MoeGroups g,
+                  cudaStream_t stream);
+// moe_mf4.cu: moe_mlp1_swiglu_mf4_q8 / moe_mlp2_mf4_q8 from bf16 activations (x [B, H], act
+// [A, I]); each block quantizes its row as quantize_q8_32 does (same results, no extra launch).
+void moe_mlp1_swiglu_mf4_q8a(const void* x, const uint8_t* blocks, const uint8_t* scales,
+                             const float* bias, MoeGroups g, int max_active, int H, int I,
+                             float limit, void* act_out, cudaStream_t stream);
+void moe_mlp2_mf4_q8a(const void* act, const uint8_t* blocks, const uint8_t* scales,
+                      const float* bias, MoeGroups g, int max_active, int H, int I, float* y,
+                      cudaStream_t stream);
+
 }  // namespace mind4::cuda

@@ -13,6 +13,7 @@
 #include <algorithm>
 
 #include "cuda/device_util.cuh"
+#include "cuda/pdl.cuh"
 
 namespace mind4::cuda {
 namespace {
@@ -339,6 +340,104 @@ __global__ void __launch_bounds__(kMf4Warps * 32)
   }
 }
 
+// The same int8 GEMV taking the bf16 activations themselves (decode route of the fused chain):
+// each block quantizes the row it needs into shared memory exactly as quantize_q8_32 does, so the
+// two quantization launches per layer disappear. The block first issues its first pass of weight
+// loads, then quantizes while they are in flight. Eight warps a block halve the repeated
+// quantization (every block of an expert quantizes the same row).
+constexpr int kQaWarps = 8;
+
+// One 32-value block of bf16 values as quantize_q8_32 makes it: int8 values as two int4 halves
+// and the scale d = max|x| / 127.
+__device__ __forceinline__ void q8_block_from_bf16(const __nv_bfloat16* p, int4& lo, int4& hi,
+                                                   float& d) {
+  float v[32];
+  mf4_load_x32(p, v);
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) amax = fmaxf(amax, fabsf(v[i]));
+  const float scale = amax / 127.0f;
+  int q[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    uint32_t word = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int qi = scale > 0.0f ? __float2int_rn(v[4 * k + i] / scale) : 0;
+      word |= uint32_t(uint8_t(int8_t(qi))) << (8 * i);
+    }
+    q[k] = int(word);
+  }
+  lo = make_int4(q[0], q[1], q[2], q[3]);
+  hi = make_int4(q[4], q[5], q[6], q[7]);
+  d = scale;
+}
+
+template <bool SWIGLU>
+__global__ void __launch_bounds__(kQaWarps * 32)
+    moe_mf4w_q8a_gemv_kernel(const __nv_bfloat16* __restrict__ x,
+                             const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
+                             const float* __restrict__ bias, MoeGroups g, int N, int Kd,
+                             float limit, __nv_bfloat16* __restrict__ act_out,
+                             float* __restrict__ y_out) {
+  extern __shared__ int4 q8a_smem[];  // [nb] low halves, [nb] high halves, then nb scales
+  pdl_trigger();
+  pdl_wait();
+  const int n_active = g.active[0];
+  if (int(blockIdx.y) >= n_active) return;  // the whole block
+  const int e = g.active[1 + blockIdx.y];
+  const int a0 = g.offsets[e], count = g.offsets[e + 1] - a0;
+  const int nb = Kd / 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  int4* xlo = q8a_smem;
+  int4* xhi = q8a_smem + nb;
+  float* xd = reinterpret_cast<float*>(q8a_smem + 2 * nb);
+  const int r0 = (blockIdx.x * kQaWarps + warp) * kGemvRows;
+  const bool has_rows = r0 < N;  // warps past the end still join the block's barriers
+  const int64_t row0 = int64_t(e) * N + (has_rows ? r0 : 0);
+  const uint8_t* wrow = blocks + row0 * nb * 16;
+  const uint8_t* srow = scales + row0 * nb;
+  for (int tt = 0; tt < count; ++tt) {
+    const int64_t a = a0 + tt;
+    const int64_t src = SWIGLU ? int64_t(g.group_row[a]) : a;
+    uint4 w[kGemvIters][kGemvRows];
+    uint32_t sc[kGemvIters][kGemvRows];
+    if (has_rows) mf4_gemv_issue_loads(wrow, srow, nb, 0, lane, w, sc);
+    __syncthreads();  // the previous row's readers are done with the shared row
+    for (int b = threadIdx.x; b < nb; b += blockDim.x)
+      q8_block_from_bf16(x + src * Kd + b * 32, xlo[b], xhi[b], xd[b]);
+    __syncthreads();
+    if (!has_rows) continue;
+    float acc[kGemvRows] = {};
+    for (int j0 = 0; j0 < nb; j0 += 32 * kGemvIters) {
+      if (j0 > 0) mf4_gemv_issue_loads(wrow, srow, nb, j0, lane, w, sc);
+#pragma unroll
+      for (int it = 0; it < kGemvIters; ++it) {
+        const int j = j0 + it * 32 + lane;
+        if (j >= nb) break;
+        const int4 xa = xlo[j], xb = xhi[j];
+        const float dx = 0.5f * xd[j];  // 0.5: the int8 table holds e2m1 values doubled
+#pragma unroll
+        for (int rr = 0; rr < kGemvRows; ++rr)
+          acc[rr] += float(mf4_dot_q8(w[it][rr], xa, xb)) * (dx * mf4_scale(uint8_t(sc[it][rr])));
+      }
+    }
+#pragma unroll
+    for (int rr = 0; rr < kGemvRows; ++rr) acc[rr] = warp_sum(acc[rr]);
+    if (lane == 0) {
+      const float* b = bias + row0;
+      if constexpr (SWIGLU) {
+        const float gt = fminf(acc[0] + b[0], limit);
+        const float ln = fminf(fmaxf(acc[1] + b[1], -limit), limit);
+        act_out[a * (N / 2) + r0 / 2] =
+            __float2bfloat16_rn(gt / (1.0f + __expf(-1.702f * gt)) * (ln + 1.0f));
+      } else {
+#pragma unroll
+        for (int rr = 0; rr < kGemvRows; ++rr) y_out[a * N + r0 + rr] = acc[rr] + b[rr];
+      }
+    }
+  }
+}
+
 template <typename T, bool SWIGLU>
 void moe_mf4_launch(const void* x, const uint8_t* blocks, const uint8_t* scales, const float* bias,
                     MoeGroups g, int max_active, int tokens_hint, int N, int Kd, float limit,
@@ -433,6 +532,35 @@ void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
       <<<dim3((H + rows_per_block - 1) / rows_per_block, max_active), kMf4Warps * 32, 0, stream>>>(
           aq, ad, blocks, scales, bias, g, H, I, 0.0f, nullptr, y);
   check_launch("moe_mlp2_f32_q8a_mf4w");
+}
+
+void moe_mlp1_swiglu_mf4_q8a(const void* x, const uint8_t* blocks, const uint8_t* scales,
+                             const float* bias, MoeGroups g, int max_active, int H, int I,
+                             float limit, void* act_out, cudaStream_t stream) {
+  moe_mf4_check("moe_mlp1_swiglu_mf4_q8a", x, blocks, scales, bias, g, max_active, H, I);
+  MIND4_CUDA_ARG(act_out && reinterpret_cast<uintptr_t>(x) % 16 == 0, "moe_mlp1_swiglu_mf4_q8a",
+                 "null output or x not 16-byte aligned");
+  if (max_active == 0) return;
+  const int rows_per_block = kQaWarps * kGemvRows;
+  launch_pdl("moe_mlp1_swiglu_bf16_q8a_mf4w", moe_mf4w_q8a_gemv_kernel<true>,
+             dim3((2 * I + rows_per_block - 1) / rows_per_block, max_active), dim3(kQaWarps * 32),
+             size_t(H / 32) * 36, stream, static_cast<const __nv_bfloat16*>(x), blocks, scales,
+             bias, g, 2 * I, H, limit, static_cast<__nv_bfloat16*>(act_out),
+             static_cast<float*>(nullptr));
+}
+
+void moe_mlp2_mf4_q8a(const void* act, const uint8_t* blocks, const uint8_t* scales,
+                      const float* bias, MoeGroups g, int max_active, int H, int I, float* y,
+                      cudaStream_t stream) {
+  moe_mf4_check("moe_mlp2_mf4_q8a", act, blocks, scales, bias, g, max_active, H, I);
+  MIND4_CUDA_ARG(y && reinterpret_cast<uintptr_t>(act) % 16 == 0, "moe_mlp2_mf4_q8a",
+                 "null output or act not 16-byte aligned");
+  if (max_active == 0) return;
+  const int rows_per_block = kQaWarps * kGemvRows;
+  launch_pdl("moe_mlp2_f32_q8a_mf4w_from_bf16", moe_mf4w_q8a_gemv_kernel<false>,
+             dim3((H + rows_per_block - 1) / rows_per_block, max_active), dim3(kQaWarps * 32),
+             size_t(I / 32) * 36, stream, static_cast<const __nv_bfloat16*>(act), blocks, scales,
+             bias, g, H, I, 0.0f, static_cast<__nv_bfloat16*>(nullptr), y);
 }
 
 }  // namespace mind4::cuda
