@@ -105,8 +105,8 @@ void moe_mlp2_mf4(ActType t, const void* act, const uint8_t* blocks, const uint8
                   float* y, cudaStream_t stream);
 
 // ---- quantize.cu: x act [rows, cols] -> q int8 [rows, cols] and d f32 [rows, cols/32]: per 32
-// consecutive values d = max|x| / 127 and q = round(x / d) (the decode expert GEMV's input in bf16
-// mode). cols % 32 == 0.
+// consecutive values d = max|x| / 127 and q = round(x * (127 / max)) (the decode expert GEMV's
+// input in bf16 mode). cols % 32 == 0.
 void quantize_q8_32(ActType t, const void* x, int rows, int cols, int8_t* q, float* d,
                     cudaStream_t stream);
 

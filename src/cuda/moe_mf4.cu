@@ -347,30 +347,40 @@ __global__ void __launch_bounds__(kMf4Warps * 32)
 // quantization (every block of an expert quantizes the same row).
 constexpr int kQaWarps = 8;
 
-// One 32-value block of bf16 values as quantize_q8_32 makes it: int8 values as two int4 halves
-// and the scale d = max|x| / 127.
-__device__ __forceinline__ void q8_block_from_bf16(const __nv_bfloat16* p, int4& lo, int4& hi,
-                                                   float& d) {
-  float v[32];
-  mf4_load_x32(p, v);
-  float amax = 0.0f;
+// Quantizes a bf16 row of nb 32-value blocks into shared memory as quantize_q8_32 does: four
+// consecutive threads per block, 8 values each (one 16-byte load), the block's max |x| by two
+// shuffles, q = round(x * (127 / max)) written to the block's low (parts 0, 1) or high (parts 2,
+// 3) 16 bytes, d = max / 127. (A first version had each thread quantize a whole block with 32
+// divisions: the block's barrier then waited about a microsecond for it.)
+__device__ __forceinline__ void q8_row_from_bf16(const __nv_bfloat16* __restrict__ row, int nb,
+                                                 int4* xlo, int4* xhi, float* xd) {
+  for (int i0 = 0; i0 < 4 * nb; i0 += blockDim.x) {  // uniform bound: every lane shuffles
+    const int i = i0 + threadIdx.x, b = i >> 2, part = i & 3;
+    const bool valid = i < 4 * nb;
+    uint4 raw = make_uint4(0, 0, 0, 0);
+    if (valid) raw = *reinterpret_cast<const uint4*>(row + int64_t(b) * 32 + part * 8);
+    const uint32_t ws[4] = {raw.x, raw.y, raw.z, raw.w};
+    float v[8];
 #pragma unroll
-  for (int i = 0; i < 32; ++i) amax = fmaxf(amax, fabsf(v[i]));
-  const float scale = amax / 127.0f;
-  int q[8];
-#pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    uint32_t word = 0;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int qi = scale > 0.0f ? __float2int_rn(v[4 * k + i] / scale) : 0;
-      word |= uint32_t(uint8_t(int8_t(qi))) << (8 * i);
+    for (int k = 0; k < 4; ++k) {
+      v[2 * k] = __uint_as_float(ws[k] << 16);
+      v[2 * k + 1] = __uint_as_float(ws[k] & 0xffff0000u);
     }
-    q[k] = int(word);
+    float amax = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) amax = fmaxf(amax, fabsf(v[k]));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    uint32_t word[2] = {0u, 0u};
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      word[k / 4] |= uint32_t(uint8_t(int8_t(__float2int_rn(v[k] * inv)))) << (8 * (k % 4));
+    if (!valid) continue;
+    int8_t* half = reinterpret_cast<int8_t*>(part < 2 ? xlo + b : xhi + b);
+    *reinterpret_cast<uint2*>(half + (part & 1) * 8) = make_uint2(word[0], word[1]);
+    if (part == 0) xd[b] = amax / 127.0f;
   }
-  lo = make_int4(q[0], q[1], q[2], q[3]);
-  hi = make_int4(q[4], q[5], q[6], q[7]);
-  d = scale;
 }
 
 template <bool SWIGLU>
@@ -403,8 +413,7 @@ __global__ void __launch_bounds__(kQaWarps * 32)
     uint32_t sc[kGemvIters][kGemvRows];
     if (has_rows) mf4_gemv_issue_loads(wrow, srow, nb, 0, lane, w, sc);
     __syncthreads();  // the previous row's readers are done with the shared row
-    for (int b = threadIdx.x; b < nb; b += blockDim.x)
-      q8_block_from_bf16(x + src * Kd + b * 32, xlo[b], xhi[b], xd[b]);
+    q8_row_from_bf16(x + src * Kd, nb, xlo, xhi, xd);
     __syncthreads();
     if (!has_rows) continue;
     float acc[kGemvRows] = {};
