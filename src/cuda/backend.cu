@@ -128,6 +128,9 @@ class CudaBackend final : public StepBackend {
     // MIND4_CUDA_FUSED_DECODE=0 turns it off (for comparisons).
     const char* fd = std::getenv("MIND4_CUDA_FUSED_DECODE");
     fused_decode_ = !(fd && std::string(fd) == "0");
+    // MIND4_CUDA_PDL=0: the fused chain without programmatic dependent launches (comparisons).
+    const char* pd = std::getenv("MIND4_CUDA_PDL");
+    pdl_decode_ = !(pd && std::string(pd) == "0");
     router_done_ = dev(4, "cudaMalloc (router counter)");
     cuda::check(cudaMemsetAsync(router_done_.data(), 0, 4, stream_.get()),
                 "cudaMemsetAsync (router counter)");
@@ -351,7 +354,7 @@ class CudaBackend final : public StepBackend {
     // the QKV product on an H100; they convert every weight once per row).
     const bool fused_gemv =
         fused && act_ == ActType::kBF16 && B == 1 && H % 8 == 0 && (NH * D) % 8 == 0;
-    const cuda::PdlScope pdl(fused);
+    const cuda::PdlScope pdl(fused && pdl_decode_);
     prof_.begin(s, B);
     auto mark = [&](const char* op) { prof_.mark(s, op); };
 
@@ -515,7 +518,7 @@ class CudaBackend final : public StepBackend {
   const ActType act_;
   int positions_ = 0, max_rows_ = 0, max_logit_rows_ = 0, max_slots_ = 0;
   bool to_host_ = true;
-  bool fused_decode_ = true;
+  bool fused_decode_ = true, pdl_decode_ = true;
   int64_t kv_layer_elems_ = 0, sin_offset_ = 0, partial_capacity_ = 0, score_floats_ = 0;
   int prefill_min_rows_ = kPrefillMinRows;
   cuda::Stream stream_;
