@@ -1,8 +1,7 @@
 // The fused decode chain's kernels (kernels.h, "fused decode chain") at gpt-oss-20b's shapes,
 // timed with CUDA events like cuda_kernels_bench.cpp, each next to what it replaces: the bf16
 // GEMVs with fused epilogues against cuBLAS at the same shape, the one-launch router against the
-// three launches it replaces, the expert GEMVs that quantize their input against quantization
-// launches + int8 GEMVs. Weights rotate over copies larger than the L2 cache together, so each
+// three launches it replaces. Weights rotate over copies larger than the L2 cache together, so each
 // launch streams them from memory as a decode step does. Counter: bytes of weights per second.
 #ifdef MIND4_HAVE_CUDA
 
@@ -200,62 +199,6 @@ BENCHMARK(BM_CudaDecodeRouter)
     ->Args({64, 1})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
-
-// Expert GEMVs of one row (4 experts). Arg: 0 = quantize_q8_32 + int8 GEMV (twice), 1 = the
-// GEMVs that quantize their own input.
-void BM_CudaDecodeExperts(benchmark::State& state) {
-  if (!dcb_gpu(state)) return;
-  const int fused = int(state.range(0)), B = 1, A = B * kDbK;
-  const size_t w1 = size_t(kDbE) * 2 * kDbI * kDbH, w2 = size_t(kDbE) * kDbH * kDbI;
-  auto b1 = dcb_bytes(w1 / 2, 0, 255, 11), s1 = dcb_bytes(w1 / 32, 124, 128, 12);
-  auto b2 = dcb_bytes(w2 / 2, 0, 255, 13), s2 = dcb_bytes(w2 / 32, 124, 128, 14);
-  auto bias1 = dcb_floats(size_t(kDbE) * 2 * kDbI, 0.1f, 15),
-       bias2 = dcb_floats(size_t(kDbE) * kDbH, 0.1f, 16);
-  auto x = dcb_bytes(size_t(B) * kDbH * 2, 0, 255, 17, true);
-  // Copy c routes the row to experts 4c .. 4c + 3 (all 32 experts over the copies: 106 MB).
-  std::vector<DeviceBuffer> groups;
-  std::vector<mind4::cuda::MoeGroups> mg;
-  for (int c = 0; c < kDbCopies; ++c) {
-    std::vector<int> experts(A);
-    for (int s = 0; s < kDbK; ++s) experts[s] = (c * 2 * kDbK + s * 2) % kDbE;
-    DeviceBuffer e(A * 4);
-    mind4::cuda::check(cudaMemcpy(e.data(), experts.data(), A * 4, cudaMemcpyHostToDevice),
-                       "bench");
-    groups.emplace_back(size_t(2 * (kDbE + 1) + 3 * A) * 4);
-    int* g = groups.back().data<int>();
-    mg.push_back({g, g + (kDbE + 1), g + 2 * (kDbE + 1), g + 2 * (kDbE + 1) + A,
-                  g + 2 * (kDbE + 1) + 2 * A});
-    mind4::cuda::moe_group(e.data<int>(), A, kDbK, kDbE, mg.back(), nullptr);
-    mind4::cuda::check(cudaDeviceSynchronize(), "bench");
-  }
-  DeviceBuffer xq(size_t(B) * kDbH), xd(size_t(B) * kDbH / 32 * 4), act(size_t(A) * kDbI * 2),
-      aq(size_t(A) * kDbI), ad(size_t(A) * kDbI / 32 * 4), y(size_t(A) * kDbH * 4);
-  dcb_time(state, 20, [&](int c) {
-    if (fused) {
-      mind4::cuda::moe_mlp1_swiglu_mf4_q8a(x.data(), b1.data<uint8_t>(), s1.data<uint8_t>(),
-                                           bias1.data<float>(), mg[c], A, kDbH, kDbI, 7.0f,
-                                           act.data(), nullptr);
-      mind4::cuda::moe_mlp2_mf4_q8a(act.data(), b2.data<uint8_t>(), s2.data<uint8_t>(),
-                                    bias2.data<float>(), mg[c], A, kDbH, kDbI, y.data<float>(),
-                                    nullptr);
-    } else {
-      mind4::cuda::quantize_q8_32(ActType::kBF16, x.data(), B, kDbH, xq.data<int8_t>(),
-                                  xd.data<float>(), nullptr);
-      mind4::cuda::moe_mlp1_swiglu_mf4_q8(
-          ActType::kBF16, xq.data<int8_t>(), xd.data<float>(), b1.data<uint8_t>(),
-          s1.data<uint8_t>(), bias1.data<float>(), mg[c], A, kDbH, kDbI, 7.0f, act.data(), nullptr);
-      mind4::cuda::quantize_q8_32(ActType::kBF16, act.data(), A, kDbI, aq.data<int8_t>(),
-                                  ad.data<float>(), nullptr);
-      mind4::cuda::moe_mlp2_mf4_q8(aq.data<int8_t>(), ad.data<float>(), b2.data<uint8_t>(),
-                                   s2.data<uint8_t>(), bias2.data<float>(), mg[c], A, kDbH, kDbI,
-                                   y.data<float>(), nullptr);
-    }
-  });
-  const double per_expert = (2.0 * kDbI * kDbH + double(kDbH) * kDbI) * (0.5 + 1.0 / 32);
-  state.counters["bytes_per_second"] =
-      benchmark::Counter(per_expert * A, benchmark::Counter::kIsIterationInvariantRate);
-}
-BENCHMARK(BM_CudaDecodeExperts)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

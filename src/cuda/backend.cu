@@ -123,14 +123,14 @@ class CudaBackend final : public StepBackend {
       ad_ = dev(A * I / 32 * 4, "cudaMalloc (decode scratch)");
     }
     // The fused decode chain (steps of up to kGraphMaxRows rows): own GEMVs with fused epilogues
-    // for the dense products (bf16, one row), one launch for router + top-k + grouping,
-    // expert GEMVs that quantize their input, programmatic dependent launches between kernels.
+    // for the dense products (bf16, one row) and one launch for router + top-k + grouping.
     // MIND4_CUDA_FUSED_DECODE=0 turns it off (for comparisons).
     const char* fd = std::getenv("MIND4_CUDA_FUSED_DECODE");
     fused_decode_ = !(fd && std::string(fd) == "0");
-    // MIND4_CUDA_PDL=0: the fused chain without programmatic dependent launches (comparisons).
+    // MIND4_CUDA_PDL=1: the chain's kernels with programmatic dependent launches. Off by default:
+    // on an H100 they made decode at batch 1 slower (docs/perf-notes.md, v6).
     const char* pd = std::getenv("MIND4_CUDA_PDL");
-    pdl_decode_ = !(pd && std::string(pd) == "0");
+    pdl_decode_ = pd && std::string(pd) == "1";
     router_done_ = dev(4, "cudaMalloc (router counter)");
     cuda::check(cudaMemsetAsync(router_done_.data(), 0, 4, stream_.get()),
                 "cudaMemsetAsync (router counter)");
@@ -419,13 +419,6 @@ class CudaBackend final : public StepBackend {
       }
       if (dm_.experts_mxfp4 && tensor_route) {
         moe_expanded(lw, B);
-      } else if (dm_.experts_mxfp4 && tokens_hint <= 1 && xq_.bytes() > 0 && fused) {
-        cuda::moe_mlp1_swiglu_mf4_q8a(t, lw.mlp1_blocks, lw.mlp1_scales, lw.mlp1_b, groups_,
-                                      max_active, H, I, c_.swiglu_limit, act_buf_.data(), s);
-        mark("moe_mlp1_swiglu_q8a");
-        cuda::moe_mlp2_mf4_q8a(act_buf_.data(), lw.mlp2_blocks, lw.mlp2_scales, lw.mlp2_b, groups_,
-                               max_active, H, I, y_.data<float>(), s);
-        mark("moe_mlp2_q8a");
       } else if (dm_.experts_mxfp4 && tokens_hint <= 1 && xq_.bytes() > 0) {
         cuda::quantize_q8_32(act_, t, B, H, xq_.data<int8_t>(), xd_.data<float>(), s);
         cuda::moe_mlp1_swiglu_mf4_q8(act_, xq_.data<int8_t>(), xd_.data<float>(), lw.mlp1_blocks,
@@ -518,7 +511,7 @@ class CudaBackend final : public StepBackend {
   const ActType act_;
   int positions_ = 0, max_rows_ = 0, max_logit_rows_ = 0, max_slots_ = 0;
   bool to_host_ = true;
-  bool fused_decode_ = true, pdl_decode_ = true;
+  bool fused_decode_ = true, pdl_decode_ = false;
   int64_t kv_layer_elems_ = 0, sin_offset_ = 0, partial_capacity_ = 0, score_floats_ = 0;
   int prefill_min_rows_ = kPrefillMinRows;
   cuda::Stream stream_;

@@ -105,8 +105,8 @@ void moe_mlp2_mf4(ActType t, const void* act, const uint8_t* blocks, const uint8
                   float* y, cudaStream_t stream);
 
 // ---- quantize.cu: x act [rows, cols] -> q int8 [rows, cols] and d f32 [rows, cols/32]: per 32
-// consecutive values d = max|x| / 127 and q = round(x * (127 / max)) (the decode expert GEMV's
-// input in bf16 mode). cols % 32 == 0.
+// consecutive values d = max|x| / 127 and q = round(x / d) (the decode expert GEMV's input in bf16
+// mode). cols % 32 == 0.
 void quantize_q8_32(ActType t, const void* x, int rows, int cols, int8_t* q, float* d,
                     cudaStream_t stream);
 
@@ -191,8 +191,8 @@ void store_logit_rows(const float* logits, const int* dest_slot, int L, int V, f
 void convert_to_act(ActType t, const void* src, bool src_bf16, int64_t n, void* dst,
                     cudaStream_t stream);
 
-// ---- The fused decode chain (bf16 mode, steps of a few rows; launched with programmatic
-// dependent launch inside a decode step, see pdl.cuh).
+// ---- The fused decode chain (steps of a few rows; launched with programmatic dependent launch
+// when pdl.h's switch is set, see pdl.cuh).
 // decode_gemv.cu: x bf16 [B, K] (B <= decode_gemv_max_rows()) times w bf16 [N, K] transposed.
 // decode_qkv_rope: N = (NH + 2 NKV) D; adds bias f32 [N], rotates q and k as qkv_bias_rope does,
 // writes q into qkv act [B, N] (the k and v parts of qkv are left untouched) and k, v into the
@@ -210,13 +210,5 @@ void decode_linear_residual(const void* x, const void* w, const float* bias, int
 void router_group(const float* x, const float* w, const float* bias, int B, int H, int E, int K,
                   float* logits, unsigned* done, int* experts, float* weights, MoeGroups g,
                   cudaStream_t stream);
-// moe_mf4.cu: moe_mlp1_swiglu_mf4_q8 / moe_mlp2_mf4_q8 from bf16 activations (x [B, H], act
-// [A, I]); each block quantizes its row as quantize_q8_32 does (same results, no extra launch).
-void moe_mlp1_swiglu_mf4_q8a(const void* x, const uint8_t* blocks, const uint8_t* scales,
-                             const float* bias, MoeGroups g, int max_active, int H, int I,
-                             float limit, void* act_out, cudaStream_t stream);
-void moe_mlp2_mf4_q8a(const void* act, const uint8_t* blocks, const uint8_t* scales,
-                      const float* bias, MoeGroups g, int max_active, int H, int I, float* y,
-                      cudaStream_t stream);
 
 }  // namespace mind4::cuda

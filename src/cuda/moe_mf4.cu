@@ -13,7 +13,6 @@
 #include <algorithm>
 
 #include "cuda/device_util.cuh"
-#include "cuda/pdl.cuh"
 
 namespace mind4::cuda {
 namespace {
@@ -340,113 +339,6 @@ __global__ void __launch_bounds__(kMf4Warps * 32)
   }
 }
 
-// The same int8 GEMV taking the bf16 activations themselves (decode route of the fused chain):
-// each block quantizes the row it needs into shared memory exactly as quantize_q8_32 does, so the
-// two quantization launches per layer disappear. The block first issues its first pass of weight
-// loads, then quantizes while they are in flight. Eight warps a block halve the repeated
-// quantization (every block of an expert quantizes the same row).
-constexpr int kQaWarps = 8;
-
-// Quantizes a bf16 row of nb 32-value blocks into shared memory as quantize_q8_32 does: four
-// consecutive threads per block, 8 values each (one 16-byte load), the block's max |x| by two
-// shuffles, q = round(x * (127 / max)) written to the block's low (parts 0, 1) or high (parts 2,
-// 3) 16 bytes, d = max / 127. (A first version had each thread quantize a whole block with 32
-// divisions: the block's barrier then waited about a microsecond for it.)
-__device__ __forceinline__ void q8_row_from_bf16(const __nv_bfloat16* __restrict__ row, int nb,
-                                                 int4* xlo, int4* xhi, float* xd) {
-  for (int i0 = 0; i0 < 4 * nb; i0 += blockDim.x) {  // uniform bound: every lane shuffles
-    const int i = i0 + threadIdx.x, b = i >> 2, part = i & 3;
-    const bool valid = i < 4 * nb;
-    uint4 raw = make_uint4(0, 0, 0, 0);
-    if (valid) raw = *reinterpret_cast<const uint4*>(row + int64_t(b) * 32 + part * 8);
-    const uint32_t ws[4] = {raw.x, raw.y, raw.z, raw.w};
-    float v[8];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      v[2 * k] = __uint_as_float(ws[k] << 16);
-      v[2 * k + 1] = __uint_as_float(ws[k] & 0xffff0000u);
-    }
-    float amax = 0.0f;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) amax = fmaxf(amax, fabsf(v[k]));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    uint32_t word[2] = {0u, 0u};
-#pragma unroll
-    for (int k = 0; k < 8; ++k)
-      word[k / 4] |= uint32_t(uint8_t(int8_t(__float2int_rn(v[k] * inv)))) << (8 * (k % 4));
-    if (!valid) continue;
-    int8_t* half = reinterpret_cast<int8_t*>(part < 2 ? xlo + b : xhi + b);
-    *reinterpret_cast<uint2*>(half + (part & 1) * 8) = make_uint2(word[0], word[1]);
-    if (part == 0) xd[b] = amax / 127.0f;
-  }
-}
-
-template <bool SWIGLU>
-__global__ void __launch_bounds__(kQaWarps * 32)
-    moe_mf4w_q8a_gemv_kernel(const __nv_bfloat16* __restrict__ x,
-                             const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
-                             const float* __restrict__ bias, MoeGroups g, int N, int Kd,
-                             float limit, __nv_bfloat16* __restrict__ act_out,
-                             float* __restrict__ y_out) {
-  extern __shared__ int4 q8a_smem[];  // [nb] low halves, [nb] high halves, then nb scales
-  pdl_trigger();
-  pdl_wait();
-  const int n_active = g.active[0];
-  if (int(blockIdx.y) >= n_active) return;  // the whole block
-  const int e = g.active[1 + blockIdx.y];
-  const int a0 = g.offsets[e], count = g.offsets[e + 1] - a0;
-  const int nb = Kd / 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  int4* xlo = q8a_smem;
-  int4* xhi = q8a_smem + nb;
-  float* xd = reinterpret_cast<float*>(q8a_smem + 2 * nb);
-  const int r0 = (blockIdx.x * kQaWarps + warp) * kGemvRows;
-  const bool has_rows = r0 < N;  // warps past the end still join the block's barriers
-  const int64_t row0 = int64_t(e) * N + (has_rows ? r0 : 0);
-  const uint8_t* wrow = blocks + row0 * nb * 16;
-  const uint8_t* srow = scales + row0 * nb;
-  for (int tt = 0; tt < count; ++tt) {
-    const int64_t a = a0 + tt;
-    const int64_t src = SWIGLU ? int64_t(g.group_row[a]) : a;
-    uint4 w[kGemvIters][kGemvRows];
-    uint32_t sc[kGemvIters][kGemvRows];
-    if (has_rows) mf4_gemv_issue_loads(wrow, srow, nb, 0, lane, w, sc);
-    __syncthreads();  // the previous row's readers are done with the shared row
-    q8_row_from_bf16(x + src * Kd, nb, xlo, xhi, xd);
-    __syncthreads();
-    if (!has_rows) continue;
-    float acc[kGemvRows] = {};
-    for (int j0 = 0; j0 < nb; j0 += 32 * kGemvIters) {
-      if (j0 > 0) mf4_gemv_issue_loads(wrow, srow, nb, j0, lane, w, sc);
-#pragma unroll
-      for (int it = 0; it < kGemvIters; ++it) {
-        const int j = j0 + it * 32 + lane;
-        if (j >= nb) break;
-        const int4 xa = xlo[j], xb = xhi[j];
-        const float dx = 0.5f * xd[j];  // 0.5: the int8 table holds e2m1 values doubled
-#pragma unroll
-        for (int rr = 0; rr < kGemvRows; ++rr)
-          acc[rr] += float(mf4_dot_q8(w[it][rr], xa, xb)) * (dx * mf4_scale(uint8_t(sc[it][rr])));
-      }
-    }
-#pragma unroll
-    for (int rr = 0; rr < kGemvRows; ++rr) acc[rr] = warp_sum(acc[rr]);
-    if (lane == 0) {
-      const float* b = bias + row0;
-      if constexpr (SWIGLU) {
-        const float gt = fminf(acc[0] + b[0], limit);
-        const float ln = fminf(fmaxf(acc[1] + b[1], -limit), limit);
-        act_out[a * (N / 2) + r0 / 2] =
-            __float2bfloat16_rn(gt / (1.0f + __expf(-1.702f * gt)) * (ln + 1.0f));
-      } else {
-#pragma unroll
-        for (int rr = 0; rr < kGemvRows; ++rr) y_out[a * N + r0 + rr] = acc[rr] + b[rr];
-      }
-    }
-  }
-}
-
 template <typename T, bool SWIGLU>
 void moe_mf4_launch(const void* x, const uint8_t* blocks, const uint8_t* scales, const float* bias,
                     MoeGroups g, int max_active, int tokens_hint, int N, int Kd, float limit,
@@ -541,35 +433,6 @@ void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
       <<<dim3((H + rows_per_block - 1) / rows_per_block, max_active), kMf4Warps * 32, 0, stream>>>(
           aq, ad, blocks, scales, bias, g, H, I, 0.0f, nullptr, y);
   check_launch("moe_mlp2_f32_q8a_mf4w");
-}
-
-void moe_mlp1_swiglu_mf4_q8a(const void* x, const uint8_t* blocks, const uint8_t* scales,
-                             const float* bias, MoeGroups g, int max_active, int H, int I,
-                             float limit, void* act_out, cudaStream_t stream) {
-  moe_mf4_check("moe_mlp1_swiglu_mf4_q8a", x, blocks, scales, bias, g, max_active, H, I);
-  MIND4_CUDA_ARG(act_out && reinterpret_cast<uintptr_t>(x) % 16 == 0, "moe_mlp1_swiglu_mf4_q8a",
-                 "null output or x not 16-byte aligned");
-  if (max_active == 0) return;
-  const int rows_per_block = kQaWarps * kGemvRows;
-  launch_pdl("moe_mlp1_swiglu_bf16_q8a_mf4w", moe_mf4w_q8a_gemv_kernel<true>,
-             dim3((2 * I + rows_per_block - 1) / rows_per_block, max_active), dim3(kQaWarps * 32),
-             size_t(H / 32) * 36, stream, static_cast<const __nv_bfloat16*>(x), blocks, scales,
-             bias, g, 2 * I, H, limit, static_cast<__nv_bfloat16*>(act_out),
-             static_cast<float*>(nullptr));
-}
-
-void moe_mlp2_mf4_q8a(const void* act, const uint8_t* blocks, const uint8_t* scales,
-                      const float* bias, MoeGroups g, int max_active, int H, int I, float* y,
-                      cudaStream_t stream) {
-  moe_mf4_check("moe_mlp2_mf4_q8a", act, blocks, scales, bias, g, max_active, H, I);
-  MIND4_CUDA_ARG(y && reinterpret_cast<uintptr_t>(act) % 16 == 0, "moe_mlp2_mf4_q8a",
-                 "null output or act not 16-byte aligned");
-  if (max_active == 0) return;
-  const int rows_per_block = kQaWarps * kGemvRows;
-  launch_pdl("moe_mlp2_f32_q8a_mf4w_from_bf16", moe_mf4w_q8a_gemv_kernel<false>,
-             dim3((H + rows_per_block - 1) / rows_per_block, max_active), dim3(kQaWarps * 32),
-             size_t(I / 32) * 36, stream, static_cast<const __nv_bfloat16*>(act), blocks, scales,
-             bias, g, H, I, 0.0f, static_cast<__nv_bfloat16*>(nullptr), y);
 }
 
 }  // namespace mind4::cuda

@@ -1,5 +1,5 @@
 // Activation quantization for the int8 decode GEMV: one warp per 32 consecutive values (a lane
-// each), the block's max |x| by a warp reduction, then round(x * 127 / max) (d = max / 127).
+// each), the block's max |x| by a warp reduction, then round(x / d) with d = max / 127.
 #include "cuda/device_util.cuh"
 
 namespace mind4::cuda {
@@ -13,11 +13,9 @@ __global__ void quantize_q8_32_kernel(const T* __restrict__ x, int64_t nblocks,
   if (blk >= nblocks) return;  // whole warps leave together (blockDim is a multiple of 32)
   const float v = to_f32(x[blk * 32 + lane]);
   const float amax = warp_max(fabsf(v));
-  // A multiply by 127 / max rather than a division by d: the expert GEMVs that quantize their
-  // own input (moe_mf4.cu) use the same formula and must produce the same bits.
-  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-  q[blk * 32 + lane] = int8_t(__float2int_rn(v * inv));
-  if (lane == 0) d[blk] = amax / 127.0f;
+  const float scale = amax / 127.0f;
+  q[blk * 32 + lane] = int8_t(scale > 0.0f ? __float2int_rn(v / scale) : 0);
+  if (lane == 0) d[blk] = scale;
 }
 
 }  // namespace
