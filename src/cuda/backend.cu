@@ -115,6 +115,7 @@ class CudaBackend final : public StepBackend {
     cuda::check(cudaMemcpyAsync(rope_.data<float>() + cos_t.size(), sin_t.data(), sin_t.size() * 4,
                                 cudaMemcpyHostToDevice, stream_.get()),
                 "cudaMemcpyAsync (RoPE tables)");
+    cuda::check(cudaStreamSynchronize(stream_.get()), "RoPE tables (cudaStreamSynchronize)");
     sin_offset_ = int64_t(cos_t.size());
 
     // The int8 decode route of the experts (bf16 mode): quantized activations of a step.
@@ -136,6 +137,7 @@ class CudaBackend final : public StepBackend {
     const char* pd = std::getenv("MIND4_CUDA_PDL");
     pdl_decode_ = pd && std::string(pd) == "1";
     router_done_ = dev(4, "cudaMalloc (router counter)");
+    // Zeroed on the step stream, ahead of every kernel that uses it.
     cuda::check(cudaMemsetAsync(router_done_.data(), 0, 4, stream_.get()),
                 "cudaMemsetAsync (router counter)");
     // Scratch of the tensor-core route, only for contexts whose steps can be that large.
@@ -152,7 +154,6 @@ class CudaBackend final : public StepBackend {
       score_floats_ = std::min<int64_t>(NH * B * positions_, kMaxScoreBytes / 4);
       scores_ = dev(score_floats_ * 4, "cudaMalloc (prefill attention scores)");
     }
-    cuda::check(cudaStreamSynchronize(stream_.get()), "Context setup (cudaStreamSynchronize)");
     cuda::check(cublasSetStream(blas_.get(), stream_.get()), "cublasSetStream");
     cuda::check(cublasSetWorkspace(blas_.get(), blas_ws_.data(), kBlasWorkspace),
                 "cublasSetWorkspace");

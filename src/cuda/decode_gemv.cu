@@ -178,10 +178,6 @@ void decode_gemv_check(const char* launcher, const void* x, const void* w, int B
 
 }  // namespace
 
-int decode_gemv_max_rows() {
-  return kDgMaxRows;
-}
-
 void decode_qkv_rope(const void* x, const void* w, const float* bias, int B, int K, int NH, int NKV,
                      int D, const float* cos_table, const float* sin_table, const int* pos,
                      const int* slot, void* qkv, KvLayer kv, cudaStream_t stream) {

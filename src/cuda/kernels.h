@@ -193,11 +193,10 @@ void convert_to_act(ActType t, const void* src, bool src_bf16, int64_t n, void* 
 
 // ---- The fused decode chain (steps of a few rows; launched with programmatic dependent launch
 // when pdl.h's switch is set, see pdl.cuh).
-// decode_gemv.cu: x bf16 [B, K] (B <= decode_gemv_max_rows()) times w bf16 [N, K] transposed.
+// decode_gemv.cu: x bf16 [B, K] (1 <= B <= 4, K % 8 == 0) times w bf16 [N, K] transposed.
 // decode_qkv_rope: N = (NH + 2 NKV) D; adds bias f32 [N], rotates q and k as qkv_bias_rope does,
 // writes q into qkv act [B, N] (the k and v parts of qkv are left untouched) and k, v into the
 // cache. decode_linear_residual: resid f32 [B, N] += x w^T + bias (bias may be null).
-int decode_gemv_max_rows();
 void decode_qkv_rope(const void* x, const void* w, const float* bias, int B, int K, int NH, int NKV,
                      int D, const float* cos_table, const float* sin_table, const int* pos,
                      const int* slot, void* qkv, KvLayer kv, cudaStream_t stream);
