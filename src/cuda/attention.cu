@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "cuda/device_util.cuh"
+#include "cuda/pdl.cuh"
 
 namespace mind4::cuda {
 namespace {
@@ -23,6 +24,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
                      const int* __restrict__ slot, const float* __restrict__ sinks, int window,
                      float scale, int splits, float* __restrict__ partial, T* __restrict__ out) {
   extern __shared__ float attn_smem[];
+  pdl_trigger();
+  pdl_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int head_blocks = (NH + kAttnWarps - 1) / kAttnWarps;
   const int r = blockIdx.x / head_blocks, h = (blockIdx.x % head_blocks) * kAttnWarps + warp;
@@ -88,6 +91,8 @@ template <typename T>
 __global__ void attention_combine_kernel(const float* __restrict__ partial, int64_t total, int NH,
                                          int D, int splits, const float* __restrict__ sinks,
                                          T* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t i = int64_t(blockIdx.x) * kAttnWarps + warp;  // r * NH + h
   if (i >= total) return;
@@ -222,21 +227,20 @@ void attention(ActType t, const void* qkv, int NH, int NKV, int D, KvLayer kv, c
       check(cudaFuncSetAttribute(attention_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  int(smem)),
             "cudaFuncSetAttribute(attention)");
-    attention_kernel<T><<<grid, kAttnWarps * 32, smem, stream>>>(
-        static_cast<const T*>(qkv), NH, NKV, D, static_cast<const T*>(kv.k),
-        static_cast<const T*>(kv.v), kv.positions, pos, slot, sinks, window, scale, splits, partial,
-        static_cast<T*>(out));
+    launch_pdl(t == ActType::kF32 ? "attention_f32" : "attention_bf16", attention_kernel<T>, grid,
+               dim3(kAttnWarps * 32), smem, stream, static_cast<const T*>(qkv), NH, NKV, D,
+               static_cast<const T*>(kv.k), static_cast<const T*>(kv.v), kv.positions, pos, slot,
+               sinks, window, scale, splits, partial, static_cast<T*>(out));
   });
-  check_launch(t == ActType::kF32 ? "attention_f32" : "attention_bf16");
   if (splits == 1) return;
   const int64_t warps = int64_t(B) * NH;
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
-    attention_combine_kernel<T>
-        <<<unsigned((warps + kAttnWarps - 1) / kAttnWarps), kAttnWarps * 32, 0, stream>>>(
-            partial, warps, NH, D, splits, sinks, static_cast<T*>(out));
+    launch_pdl(t == ActType::kF32 ? "attention_combine_f32" : "attention_combine_bf16",
+               attention_combine_kernel<T>, dim3(unsigned((warps + kAttnWarps - 1) / kAttnWarps)),
+               dim3(kAttnWarps * 32), 0, stream, static_cast<const float*>(partial), warps, NH, D,
+               splits, sinks, static_cast<T*>(out));
   });
-  check_launch(t == ActType::kF32 ? "attention_combine_f32" : "attention_combine_bf16");
 }
 
 }  // namespace mind4::cuda

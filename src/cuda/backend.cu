@@ -17,6 +17,7 @@
 #include "cuda/buffer.h"
 #include "cuda/device_model.h"
 #include "cuda/kernels.h"
+#include "cuda/pdl.h"
 #include "cuda/profiler.h"
 #include "model/backend.h"
 
@@ -28,6 +29,10 @@ using cuda::DeviceBuffer;
 
 constexpr float kCudaRmsEps = 1e-5f;
 constexpr int kGraphMaxRows = 64;
+// router_group (one launch for the router) serves steps of up to this many rows: its last block
+// takes the top-k of every row, and at 64 rows that made it slower than the three launches it
+// replaces (35.5 against 19.6 us on an H100; 6.9 against 18.0 us at one row).
+constexpr int kFusedRouterMaxRows = 16;
 // Steps of at least this many rows take the tensor-core route (experts expanded to the activation
 // dtype and multiplied by cuBLAS; attention by cuBLAS when the step is one sequence's consecutive
 // positions). MIND4_CUDA_PREFILL_MIN_ROWS overrides it (tests run small fixtures through it).
@@ -122,6 +127,19 @@ class CudaBackend final : public StepBackend {
       aq_ = dev(A * I, "cudaMalloc (decode scratch)");
       ad_ = dev(A * I / 32 * 4, "cudaMalloc (decode scratch)");
     }
+    // The fused decode chain (steps of up to kGraphMaxRows rows): own GEMVs with fused epilogues
+    // for the dense products (bf16, one row) and one launch for router + top-k + grouping.
+    // MIND4_CUDA_FUSED_DECODE=0 turns it off (for comparisons).
+    const char* fd = std::getenv("MIND4_CUDA_FUSED_DECODE");
+    fused_decode_ = !(fd && std::string(fd) == "0");
+    // MIND4_CUDA_PDL=1: the chain's kernels with programmatic dependent launches. Off by default:
+    // on an H100 they made decode at batch 1 slower (docs/perf-notes.md, v6).
+    const char* pd = std::getenv("MIND4_CUDA_PDL");
+    pdl_decode_ = pd && std::string(pd) == "1";
+    router_done_ = dev(4, "cudaMalloc (router counter)");
+    // Zeroed on the step stream, ahead of every kernel that uses it.
+    cuda::check(cudaMemsetAsync(router_done_.data(), 0, 4, stream_.get()),
+                "cudaMemsetAsync (router counter)");
     // Scratch of the tensor-core route, only for contexts whose steps can be that large.
     if (const char* v = std::getenv("MIND4_CUDA_PREFILL_MIN_ROWS"); v && std::atoi(v) > 0)
       prefill_min_rows_ = std::atoi(v);
@@ -336,6 +354,12 @@ class CudaBackend final : public StepBackend {
     const float scale = 1.0f / std::sqrt(float(D));
     float* x = x_.data<float>();
     void* t = t_.data();
+    const bool fused = fused_decode_ && !tensor_route && B <= kGraphMaxRows && H % 4 == 0;
+    // The own GEMVs only at one row: at 4 rows they were slower than cuBLAS (27 against 16 us for
+    // the QKV product on an H100; they convert every weight once per row).
+    const bool fused_gemv =
+        fused && act_ == ActType::kBF16 && B == 1 && H % 8 == 0 && (NH * D) % 8 == 0;
+    const cuda::PdlScope pdl(fused && pdl_decode_);
     prof_.begin(s, B);
     auto mark = [&](const char* op) { prof_.mark(s, op); };
 
@@ -349,11 +373,17 @@ class CudaBackend final : public StepBackend {
     for (int l = 0; l < c_.num_hidden_layers; ++l) {
       const cuda::DeviceLayer& lw = dm_.layers[l];
       const cuda::KvLayer kv = kv_layer(l);
-      cuda::linear(blas, act_, t, B, H, lw.qkv_w, QKV, qkv_.data(), false);
-      mark("qkv_gemm");
-      cuda::qkv_bias_rope(act_, qkv_.data(), lw.qkv_b, cos_t, sin_t, pos, slot, B, NH, NKV, D, kv,
-                          s);
-      mark("qkv_bias_rope");
+      if (fused_gemv) {
+        cuda::decode_qkv_rope(t, lw.qkv_w, lw.qkv_b, B, H, NH, NKV, D, cos_t, sin_t, pos, slot,
+                              qkv_.data(), kv, s);
+        mark("qkv_gemv_rope");
+      } else {
+        cuda::linear(blas, act_, t, B, H, lw.qkv_w, QKV, qkv_.data(), false);
+        mark("qkv_gemm");
+        cuda::qkv_bias_rope(act_, qkv_.data(), lw.qkv_b, cos_t, sin_t, pos, slot, B, NH, NKV, D, kv,
+                            s);
+        mark("qkv_bias_rope");
+      }
       const int window = layer_window(c_, l);
       const bool windowed = window > 0;
       const int max_keys = windowed ? std::min(c_.sliding_window, positions_) : positions_;
@@ -366,18 +396,32 @@ class CudaBackend final : public StepBackend {
         cuda::attention(act_, qkv_.data(), NH, NKV, D, kv, pos, slot, lw.sinks, B, window, scale,
                         splits, partial_.data<float>(), attn_.data(), s);
       mark(windowed ? "attention_window" : "attention_full");
-      cuda::linear(blas, act_, attn_.data(), B, NH * D, lw.out_w, H, proj_.data(), false);
-      mark("out_gemm");
-      cuda::residual_rmsnorm(act_, x, proj_.data(), lw.out_b, lw.mlp_norm, B, H, kCudaRmsEps, t,
-                             t32_out, s);
+      if (fused_gemv) {  // the residual add happens in the product's epilogue
+        cuda::decode_linear_residual(attn_.data(), lw.out_w, lw.out_b, B, NH * D, H, x, s);
+        mark("out_gemv_residual");
+        cuda::residual_rmsnorm(act_, x, nullptr, nullptr, lw.mlp_norm, B, H, kCudaRmsEps, t,
+                               t32_out, s);
+      } else {
+        cuda::linear(blas, act_, attn_.data(), B, NH * D, lw.out_w, H, proj_.data(), false);
+        mark("out_gemm");
+        cuda::residual_rmsnorm(act_, x, proj_.data(), lw.out_b, lw.mlp_norm, B, H, kCudaRmsEps, t,
+                               t32_out, s);
+      }
       mark("residual_norm");
-      cuda::linear(blas, ActType::kF32, t32, B, H, lw.gate_w, E, gate_.data(), true);
-      mark("router_gemm");
-      cuda::router_topk_softmax(gate_.data<float>(), lw.gate_b, B, E, K, topk_e_.data<int>(),
-                                topk_w_.data<float>(), s);
-      mark("router_topk");
-      cuda::moe_group(topk_e_.data<int>(), A, K, E, groups_, s);
-      mark("moe_group");
+      if (fused && B <= kFusedRouterMaxRows) {
+        cuda::router_group(t32, lw.gate_w, lw.gate_b, B, H, E, K, gate_.data<float>(),
+                           router_done_.data<unsigned>(), topk_e_.data<int>(),
+                           topk_w_.data<float>(), groups_, s);
+        mark("router_group");
+      } else {
+        cuda::linear(blas, ActType::kF32, t32, B, H, lw.gate_w, E, gate_.data(), true);
+        mark("router_gemm");
+        cuda::router_topk_softmax(gate_.data<float>(), lw.gate_b, B, E, K, topk_e_.data<int>(),
+                                  topk_w_.data<float>(), s);
+        mark("router_topk");
+        cuda::moe_group(topk_e_.data<int>(), A, K, E, groups_, s);
+        mark("moe_group");
+      }
       if (dm_.experts_mxfp4 && tensor_route) {
         moe_expanded(lw, B);
       } else if (dm_.experts_mxfp4 && tokens_hint <= 1 && xq_.bytes() > 0) {
@@ -472,6 +516,7 @@ class CudaBackend final : public StepBackend {
   const ActType act_;
   int positions_ = 0, max_rows_ = 0, max_logit_rows_ = 0, max_slots_ = 0;
   bool to_host_ = true;
+  bool fused_decode_ = true, pdl_decode_ = false;
   int64_t kv_layer_elems_ = 0, sin_offset_ = 0, partial_capacity_ = 0, score_floats_ = 0;
   int prefill_min_rows_ = kPrefillMinRows;
   cuda::Stream stream_;
@@ -480,6 +525,7 @@ class CudaBackend final : public StepBackend {
       groups_buf_, act_buf_, y_, partial_, final_, logits_, meta_, blas_ws_, rope_;
   DeviceBuffer xg_, hbuf_, wbuf_, scores_;  // tensor-core route (large steps) only
   DeviceBuffer xq_, xd_, aq_, ad_;          // int8 decode route (bf16 mode) only
+  DeviceBuffer router_done_;                // router_group's block counter (fused decode)
   // GPU sampling: each slot's last logits, the jobs and results, and (penalties only, grown on
   // first use) the (token, count) pairs and the penalised rows.
   DeviceBuffer slot_logits_, sample_jobs_, sample_out_, pen_dev_, work_;

@@ -191,4 +191,23 @@ void store_logit_rows(const float* logits, const int* dest_slot, int L, int V, f
 void convert_to_act(ActType t, const void* src, bool src_bf16, int64_t n, void* dst,
                     cudaStream_t stream);
 
+// ---- The fused decode chain (steps of a few rows; launched with programmatic dependent launch
+// when pdl.h's switch is set, see pdl.cuh).
+// decode_gemv.cu: x bf16 [B, K] (1 <= B <= 4, K % 8 == 0) times w bf16 [N, K] transposed.
+// decode_qkv_rope: N = (NH + 2 NKV) D; adds bias f32 [N], rotates q and k as qkv_bias_rope does,
+// writes q into qkv act [B, N] (the k and v parts of qkv are left untouched) and k, v into the
+// cache. decode_linear_residual: resid f32 [B, N] += x w^T + bias (bias may be null).
+void decode_qkv_rope(const void* x, const void* w, const float* bias, int B, int K, int NH, int NKV,
+                     int D, const float* cos_table, const float* sin_table, const int* pos,
+                     const int* slot, void* qkv, KvLayer kv, cudaStream_t stream);
+void decode_linear_residual(const void* x, const void* w, const float* bias, int B, int K, int N,
+                            float* resid, cudaStream_t stream);
+// router.cu: the router of a small step in one launch: logits f32 [B, E] = x f32 [B, H] times
+// w f32 [E, H] transposed (scratch), then router_topk_softmax's experts and weights and
+// moe_group's grouping. done: one unsigned of device memory, 0 before the first call (the kernel
+// leaves it 0).
+void router_group(const float* x, const float* w, const float* bias, int B, int H, int E, int K,
+                  float* logits, unsigned* done, int* experts, float* weights, MoeGroups g,
+                  cudaStream_t stream);
+
 }  // namespace mind4::cuda

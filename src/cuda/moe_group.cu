@@ -3,7 +3,7 @@
 // read each active expert's weights once for all its rows. Within an expert the order of rows
 // follows atomics and may differ between runs; every row's result is computed independently, so
 // the outputs do not.
-#include "cuda/device_util.cuh"
+#include "cuda/moe_group.cuh"
 
 namespace mind4::cuda {
 namespace {
@@ -17,30 +17,7 @@ __global__ void __launch_bounds__(kGroupThreads)
                      int* __restrict__ group_row, int* __restrict__ group_expert,
                      int* __restrict__ assign_at) {
   __shared__ int count[kGroupMaxExperts];
-  for (int e = threadIdx.x; e < E; e += blockDim.x) count[e] = 0;
-  __syncthreads();
-  for (int i = threadIdx.x; i < A; i += blockDim.x) atomicAdd(&count[experts[i]], 1);
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int total = 0, n_active = 0;
-    for (int e = 0; e < E; ++e) {
-      offsets[e] = total;
-      const int c = count[e];
-      if (c) active[1 + n_active++] = e;
-      count[e] = total;  // from here on: the fill cursor
-      total += c;
-    }
-    offsets[E] = total;
-    active[0] = n_active;
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < A; i += blockDim.x) {
-    const int e = experts[i];
-    const int at = atomicAdd(&count[e], 1);
-    group_row[at] = i / K;
-    group_expert[at] = e;
-    assign_at[i] = at;
-  }
+  moe_group_block(experts, A, K, E, count, {offsets, active, group_row, group_expert, assign_at});
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // residual stream stays f32 whatever the activation dtype, so that bf16 rounding does not
 // accumulate over layers.
 #include "cuda/device_util.cuh"
+#include "cuda/pdl.cuh"
 
 namespace mind4::cuda {
 namespace {
@@ -42,6 +43,8 @@ __global__ void __launch_bounds__(kNormThreads)
     residual_rmsnorm_kernel(float* __restrict__ x, const T* __restrict__ delta,
                             const float* __restrict__ bias, const float* __restrict__ scale, int H,
                             float eps, T* __restrict__ out, float* __restrict__ out32) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t r = blockIdx.x;
   float* xr = x + r * H;
   float ss = 0.0f;
@@ -60,6 +63,8 @@ __global__ void __launch_bounds__(kNormThreads)
                                const int* __restrict__ assign_at, const float* __restrict__ w,
                                int K, const float* __restrict__ scale, int H, float eps,
                                T* __restrict__ out, float* __restrict__ out32) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t r = blockIdx.x;
   float* xr = x + r * H;
   float ss = 0.0f;
@@ -93,10 +98,11 @@ void residual_rmsnorm(ActType t, float* x, const void* delta, const float* delta
   if (B == 0) return;
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
-    residual_rmsnorm_kernel<T><<<B, kNormThreads, 0, stream>>>(
-        x, static_cast<const T*>(delta), delta_bias, scale, H, eps, static_cast<T*>(out), out32);
+    launch_pdl(t == ActType::kF32 ? "residual_rmsnorm_f32" : "residual_rmsnorm_f32_bf16out",
+               residual_rmsnorm_kernel<T>, dim3(B), dim3(kNormThreads), 0, stream, x,
+               static_cast<const T*>(delta), delta_bias, scale, H, eps, static_cast<T*>(out),
+               out32);
   });
-  check_launch(t == ActType::kF32 ? "residual_rmsnorm_f32" : "residual_rmsnorm_f32_bf16out");
 }
 
 void moe_combine_rmsnorm(ActType t, float* x, const float* y, const int* assign_at,
@@ -109,10 +115,10 @@ void moe_combine_rmsnorm(ActType t, float* x, const float* y, const int* assign_
   if (B == 0) return;
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
-    moe_combine_rmsnorm_kernel<T><<<B, kNormThreads, 0, stream>>>(
-        x, y, assign_at, weights, K, scale, H, eps, static_cast<T*>(out), out32);
+    launch_pdl(t == ActType::kF32 ? "moe_combine_rmsnorm_f32" : "moe_combine_rmsnorm_f32_bf16out",
+               moe_combine_rmsnorm_kernel<T>, dim3(B), dim3(kNormThreads), 0, stream, x, y,
+               assign_at, weights, K, scale, H, eps, static_cast<T*>(out), out32);
   });
-  check_launch(t == ActType::kF32 ? "moe_combine_rmsnorm_f32" : "moe_combine_rmsnorm_f32_bf16out");
 }
 
 void gather_rows(ActType t, const void* src, const int* rows, int L, int H, void* dst,

@@ -1,0 +1,210 @@
+// Dense products of a decode step (1-4 rows, bf16 weights and activations), with their
+// epilogues fused: the QKV projection adds its bias, rotates q and k by RoPE and stores k and v in
+// the cache; the out projection adds its bias into the f32 residual stream. cuBLAS measured
+// 1.8-2.7 TB/s on these shapes at one row and needs a separate epilogue kernel; here each
+// kernel also issues its first weight loads before waiting for the previous kernel (PDL), so the
+// weight stream starts while the attention or the norm before it is still finishing.
+//
+// A warp owns two output rows and a lane 16-byte chunks (8 weights) c = lane + 32 i of both.
+// Each lane loads kDgChunk chunks of both rows before computing on them. The QKV kernel's two rows
+// are a rotation pair (j, j + D/2) of one head, so the rotation happens in the warp that made them.
+#include <cmath>
+
+#include "cuda/device_util.cuh"
+#include "cuda/pdl.cuh"
+
+namespace mind4::cuda {
+namespace {
+
+constexpr int kDgWarps = 4;
+constexpr int kDgMaxRows = 4;  // step rows (decode batch)
+// 16-byte chunks per row and lane in flight. One buffer of 6 (not two of 4): the kernel then
+// fits in 80 registers, six blocks per multiprocessor, and the QKV grid (640 blocks) runs in one
+// wave; at 107 registers (two buffers) it took 1.2 waves and ran at 1.8 TB/s on an H100.
+constexpr int kDgChunk = 6;
+constexpr int kDgMinBlocks = 6;
+
+__device__ __forceinline__ void dg_load(const uint4* w0, const uint4* w1, int c0, int K8,
+                                        uint4 (&a)[kDgChunk], uint4 (&b)[kDgChunk]) {
+#pragma unroll
+  for (int i = 0; i < kDgChunk; ++i) {
+    const int c = c0 + 32 * i;
+    a[i] = c < K8 ? __ldg(w0 + c) : make_uint4(0, 0, 0, 0);
+    b[i] = c < K8 ? __ldg(w1 + c) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+// acc += 8 bf16 weights (w) times 8 activations (x, as floats).
+__device__ __forceinline__ float dg_dot8(const uint4& w, const float (&x)[8], float acc) {
+  const uint32_t ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    acc = fmaf(__uint_as_float(ws[i] << 16), x[2 * i], acc);
+    acc = fmaf(__uint_as_float(ws[i] & 0xffff0000u), x[2 * i + 1], acc);
+  }
+  return acc;
+}
+
+// acc[r][0/1] = rows n0, n1 of w [*, K] times rows r < B of x [B, K] (sums over the warp done).
+// pdl_wait() happens after the first weight loads are issued.
+template <int MAXB>
+__device__ __forceinline__ void dg_two_rows(const __nv_bfloat16* __restrict__ w, int n0, int n1,
+                                            const __nv_bfloat16* __restrict__ x, int B, int K,
+                                            float (&acc)[MAXB][2]) {
+  const int lane = threadIdx.x & 31, K8 = K / 8;
+  const uint4* w0 = reinterpret_cast<const uint4*>(w + int64_t(n0) * K);
+  const uint4* w1 = reinterpret_cast<const uint4*>(w + int64_t(n1) * K);
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+#pragma unroll
+  for (int r = 0; r < MAXB; ++r) acc[r][0] = acc[r][1] = 0.0f;
+  uint4 a[kDgChunk], b[kDgChunk];
+  dg_load(w0, w1, lane, K8, a, b);
+  pdl_wait();
+  for (int c0 = lane; c0 < K8; c0 += 32 * kDgChunk) {
+    if (c0 > lane) dg_load(w0, w1, c0, K8, a, b);
+#pragma unroll
+    for (int i = 0; i < kDgChunk; ++i) {
+      const int c = c0 + 32 * i;
+      if (c >= K8) break;
+#pragma unroll
+      for (int r = 0; r < MAXB; ++r) {
+        if (r >= B) break;
+        const uint4 q = xv[int64_t(r) * K8 + c];
+        const uint32_t qs[4] = {q.x, q.y, q.z, q.w};
+        float xf[8];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          xf[2 * k] = __uint_as_float(qs[k] << 16);
+          xf[2 * k + 1] = __uint_as_float(qs[k] & 0xffff0000u);
+        }
+        acc[r][0] = dg_dot8(a[i], xf, acc[r][0]);
+        acc[r][1] = dg_dot8(b[i], xf, acc[r][1]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < MAXB; ++r) {
+    acc[r][0] = warp_sum(acc[r][0]);
+    acc[r][1] = warp_sum(acc[r][1]);
+  }
+}
+
+// Warp p: pair p of the (NH + 2 NKV) heads' D/2 pairs each: rows n0 = h D + j and n1 = n0 + D/2.
+// MAXB: the most rows the kernel serves (1: the decode case, sized for six blocks per
+// multiprocessor; 4: a few rows).
+template <int MAXB>
+__global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
+    decode_qkv_rope_kernel(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
+                           const float* __restrict__ bias, int B, int K, int NH, int NKV, int D,
+                           const float* __restrict__ cos_table, const float* __restrict__ sin_table,
+                           const int* __restrict__ pos, const int* __restrict__ slot,
+                           __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ k_cache,
+                           __nv_bfloat16* __restrict__ v_cache, int positions) {
+  pdl_trigger();
+  const int half = D / 2, pairs = (NH + 2 * NKV) * half;
+  const int p = blockIdx.x * kDgWarps + (threadIdx.x >> 5);
+  if (p >= pairs) {
+    pdl_wait();
+    return;
+  }
+  const int h = p / half, j = p % half, n0 = h * D + j, n1 = n0 + half;
+  float acc[MAXB][2];
+  dg_two_rows(w, n0, n1, x, B, K, acc);
+  const int lane = threadIdx.x & 31;
+  if (lane >= B) return;
+  // Lane r writes row r (the sums are in every lane after the butterfly).
+  float v0 = 0.0f, v1 = 0.0f;
+#pragma unroll
+  for (int r = 0; r < MAXB; ++r)
+    if (r == lane) v0 = acc[r][0], v1 = acc[r][1];
+  v0 += bias[n0];
+  v1 += bias[n1];
+  const int r = lane, ps = pos[r];
+  const int64_t width = int64_t(NKV) * D, at = (int64_t(slot[r]) * positions + ps) * width;
+  if (h < NH + NKV) {
+    const float c = cos_table[int64_t(ps) * half + j], s = sin_table[int64_t(ps) * half + j];
+    const float y0 = v0 * c - v1 * s, y1 = v1 * c + v0 * s;
+    if (h < NH) {
+      __nv_bfloat16* row = qkv + int64_t(r) * (NH + 2 * NKV) * D;
+      row[n0] = __float2bfloat16_rn(y0);
+      row[n1] = __float2bfloat16_rn(y1);
+    } else {
+      const int o = (h - NH) * D + j;
+      k_cache[at + o] = __float2bfloat16_rn(y0);
+      k_cache[at + o + half] = __float2bfloat16_rn(y1);
+    }
+  } else {
+    const int o = (h - NH - NKV) * D + j;
+    v_cache[at + o] = __float2bfloat16_rn(v0);
+    v_cache[at + o + half] = __float2bfloat16_rn(v1);
+  }
+}
+
+// Warp p: rows 2p, 2p + 1; resid[r, n] += acc + bias[n].
+template <int MAXB>
+__global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
+    decode_linear_residual_kernel(const __nv_bfloat16* __restrict__ x,
+                                  const __nv_bfloat16* __restrict__ w,
+                                  const float* __restrict__ bias, int B, int K, int N,
+                                  float* __restrict__ resid) {
+  pdl_trigger();
+  const int p = blockIdx.x * kDgWarps + (threadIdx.x >> 5);
+  if (2 * p >= N) {
+    pdl_wait();
+    return;
+  }
+  const int n0 = 2 * p, n1 = min(2 * p + 1, N - 1);  // odd N: the last warp's second row repeats
+  float acc[MAXB][2];
+  dg_two_rows(w, n0, n1, x, B, K, acc);
+  const int lane = threadIdx.x & 31;
+  if (lane >= B) return;
+  float v0 = 0.0f, v1 = 0.0f;
+#pragma unroll
+  for (int r = 0; r < MAXB; ++r)
+    if (r == lane) v0 = acc[r][0], v1 = acc[r][1];
+  float* row = resid + int64_t(lane) * N;
+  row[n0] += v0 + (bias ? bias[n0] : 0.0f);
+  if (n1 != n0) row[n1] += v1 + (bias ? bias[n1] : 0.0f);
+}
+
+void decode_gemv_check(const char* launcher, const void* x, const void* w, int B, int K) {
+  MIND4_CUDA_ARG(x && w, launcher, "null pointer");
+  MIND4_CUDA_ARG(B >= 1 && B <= kDgMaxRows && K > 0 && K % 8 == 0, launcher, "B = ", B, " (1 to ",
+                 kDgMaxRows, "), K = ", K, " (a multiple of 8)");
+  MIND4_CUDA_ARG(
+      reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0,
+      launcher, "x and w must be 16-byte aligned");
+}
+
+}  // namespace
+
+void decode_qkv_rope(const void* x, const void* w, const float* bias, int B, int K, int NH, int NKV,
+                     int D, const float* cos_table, const float* sin_table, const int* pos,
+                     const int* slot, void* qkv, KvLayer kv, cudaStream_t stream) {
+  decode_gemv_check("decode_qkv_rope", x, w, B, K);
+  MIND4_CUDA_ARG(bias && cos_table && sin_table && pos && slot && qkv && kv.k && kv.v,
+                 "decode_qkv_rope", "null pointer");
+  MIND4_CUDA_ARG(NH > 0 && NKV > 0 && D > 0 && D % 2 == 0 && kv.positions > 0, "decode_qkv_rope",
+                 "NH = ", NH, ", NKV = ", NKV, ", D = ", D, " (even), positions = ", kv.positions);
+  const int pairs = (NH + 2 * NKV) * (D / 2);
+  launch_pdl("decode_qkv_rope_bf16",
+             B == 1 ? decode_qkv_rope_kernel<1> : decode_qkv_rope_kernel<kDgMaxRows>,
+             dim3((pairs + kDgWarps - 1) / kDgWarps), dim3(kDgWarps * 32), 0, stream,
+             static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w), bias, B, K,
+             NH, NKV, D, cos_table, sin_table, pos, slot, static_cast<__nv_bfloat16*>(qkv),
+             static_cast<__nv_bfloat16*>(kv.k), static_cast<__nv_bfloat16*>(kv.v), kv.positions);
+}
+
+void decode_linear_residual(const void* x, const void* w, const float* bias, int B, int K, int N,
+                            float* resid, cudaStream_t stream) {
+  decode_gemv_check("decode_linear_residual", x, w, B, K);
+  MIND4_CUDA_ARG(resid && N > 0, "decode_linear_residual", "null output or N = ", N);
+  const int warps = (N + 1) / 2;
+  launch_pdl("decode_linear_residual_bf16",
+             B == 1 ? decode_linear_residual_kernel<1> : decode_linear_residual_kernel<kDgMaxRows>,
+             dim3((warps + kDgWarps - 1) / kDgWarps), dim3(kDgWarps * 32), 0, stream,
+             static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w), bias, B, K,
+             N, resid);
+}
+
+}  // namespace mind4::cuda

@@ -1,0 +1,40 @@
+// The counting sort of a step's (row, slot) assignments by expert, as a block-wide device
+// function: moe_group's kernel runs it on its own, and the fused decode router runs it in the
+// block that finishes the router (router.cu).
+#pragma once
+
+#include "cuda/device_util.cuh"
+
+namespace mind4::cuda {
+
+// experts [A] (global memory, written before a __syncthreads by this block or by an earlier
+// kernel); count: E ints of shared memory. Every thread of the block must call it.
+__device__ __forceinline__ void moe_group_block(const int* experts, int A, int K, int E, int* count,
+                                                MoeGroups g) {
+  for (int e = threadIdx.x; e < E; e += blockDim.x) count[e] = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < A; i += blockDim.x) atomicAdd(&count[experts[i]], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int total = 0, n_active = 0;
+    for (int e = 0; e < E; ++e) {
+      g.offsets[e] = total;
+      const int c = count[e];
+      if (c) g.active[1 + n_active++] = e;
+      count[e] = total;  // from here on: the fill cursor
+      total += c;
+    }
+    g.offsets[E] = total;
+    g.active[0] = n_active;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < A; i += blockDim.x) {
+    const int e = experts[i];
+    const int at = atomicAdd(&count[e], 1);
+    g.group_row[at] = i / K;
+    g.group_expert[at] = e;
+    g.assign_at[i] = at;
+  }
+}
+
+}  // namespace mind4::cuda

@@ -1,0 +1,52 @@
+// Programmatic dependent launch (PDL) for the decode chain. Inside a CUDA graph every kernel
+// boundary costs a drain of the last blocks plus a launch; with PDL the next kernel's blocks are
+// launched while the previous kernel still runs, do what does not depend on it (issue weight
+// loads, compute addresses) and then wait in pdl_wait() until the previous grid has completed and
+// its writes are visible. A kernel of this chain must call pdl_wait() in every block before it
+// reads or writes any buffer that an earlier kernel of the step touches; that also keeps the
+// chain transitive (a grid completes only after all its blocks waited). Outside a PDL launch both
+// instructions are no-ops, so the same kernels serve every route.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <utility>
+
+#include "cuda/check.h"
+#include "cuda/pdl.h"
+
+namespace mind4::cuda {
+
+// (The library is also compiled for targets older than sm_90, where there is no PDL.)
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+// Lets the next kernel's blocks launch now; they still wait for this grid in pdl_wait().
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with programmatic serialisation when
+// pdl_launches is set; a failed launch throws, naming `name`.
+template <typename... KernelArgs, typename... Args>
+void launch_pdl(const char* name, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_launches ? 1 : 0;
+  check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), name);
+  check_launch(name);
+}
+
+}  // namespace mind4::cuda
