@@ -106,22 +106,36 @@ void BM_CudaFlashPrefill(benchmark::State& state) {
 }
 BENCHMARK(BM_CudaFlashPrefill)->Arg(0)->Arg(128)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
-// The experts of one layer at prefill size: 2048 rows, 4 experts each, spread evenly over 32.
-// Arg: 1 = mlp1 + SwiGLU, 2 = mlp2 (the tile plan is made once, as a step shares it).
+// The experts of one layer at prefill size: 2048 rows, 4 experts each. Args: 1 = mlp1 + SwiGLU,
+// 2 = mlp2 (the tile plan is made once, as a step shares it); routing 0 = spread evenly over the
+// 32 experts (256 rows each: whole tiles), 1 = each row's first expert drawn at random (uneven
+// counts and partial tiles, as a real step has); the kernel, 0 = mma.sync, 1 = warpgroup MMA.
 void BM_CudaMoeGemmPrefill(benchmark::State& state) {
   if (!prefill_bench_gpu(state)) return;
   const int B = 2048, A = B * kPbK, which = int(state.range(0));
-  const size_t w1 = size_t(kPbE) * 2 * kPbI * kPbH, w2 = size_t(kPbE) * kPbH * kPbI;
-  auto b1 = prefill_bench_bytes(w1 / 2, 0, 255, 11),
-       s1 = prefill_bench_bytes(w1 / 32, 124, 128, 12);
-  auto b2 = prefill_bench_bytes(w2 / 2, 0, 255, 13),
-       s2 = prefill_bench_bytes(w2 / 32, 124, 128, 14);
-  auto bias1 = prefill_bench_values(size_t(kPbE) * 2 * kPbI, 0.1f, 15, false);
-  auto bias2 = prefill_bench_values(size_t(kPbE) * kPbH, 0.1f, 16, false);
-  auto x = prefill_bench_values(size_t(B) * kPbH, 1.0f, 17, true);
-  auto act = prefill_bench_values(size_t(A) * kPbI, 1.0f, 18, true);
+  // Filling 400 MB of random weights takes seconds: once per process (never freed).
+  struct Weights {
+    DeviceBuffer b1, s1, b2, s2, bias1, bias2, x, act;
+  };
+  static const Weights* w = [] {
+    const size_t w1 = size_t(kPbE) * 2 * kPbI * kPbH, w2 = size_t(kPbE) * kPbH * kPbI;
+    return new Weights{prefill_bench_bytes(w1 / 2, 0, 255, 11),
+                       prefill_bench_bytes(w1 / 32, 124, 128, 12),
+                       prefill_bench_bytes(w2 / 2, 0, 255, 13),
+                       prefill_bench_bytes(w2 / 32, 124, 128, 14),
+                       prefill_bench_values(size_t(kPbE) * 2 * kPbI, 0.1f, 15, false),
+                       prefill_bench_values(size_t(kPbE) * kPbH, 0.1f, 16, false),
+                       prefill_bench_values(size_t(2048) * kPbH, 1.0f, 17, true),
+                       prefill_bench_values(size_t(2048) * kPbK * kPbI, 1.0f, 18, true)};
+  }();
+  const DeviceBuffer &b1 = w->b1, &s1 = w->s1, &b2 = w->b2, &s2 = w->s2, &bias1 = w->bias1,
+                     &bias2 = w->bias2, &x = w->x, &act = w->act;
   std::vector<int> experts(A);
-  for (int a = 0; a < A; ++a) experts[a] = (a + a / kPbE) % kPbE;
+  for (int a = 0; a < A; ++a) {
+    const int r = a / kPbK, s = a % kPbK;
+    experts[a] = state.range(1) ? int((prefill_bench_mix(uint64_t(r) + 99) % kPbE + 7 * s) % kPbE)
+                                : (a + a / kPbE) % kPbE;  // 7 s: distinct experts per row
+  }
   DeviceBuffer d_experts(size_t(A) * 4), groups_buf(size_t(2 * (kPbE + 1) + 3 * A) * 4);
   mind4::cuda::check(
       cudaMemcpy(d_experts.data(), experts.data(), size_t(A) * 4, cudaMemcpyHostToDevice), "bench");
@@ -134,11 +148,12 @@ void BM_CudaMoeGemmPrefill(benchmark::State& state) {
   DeviceBuffer act_out(size_t(A) * kPbI * 2), y(size_t(A) * kPbH * 4);
   prefill_bench_time(state, 5, [&] {
     if (which == 1)
-      mind4::cuda::moe_mlp1_swiglu_mf4_gemm(
+      (state.range(2) ? mind4::cuda::moe_mlp1_swiglu_mf4_wgmma
+                      : mind4::cuda::moe_mlp1_swiglu_mf4_gemm)(
           ActType::kBF16, x.data(), b1.data<uint8_t>(), s1.data<uint8_t>(), bias1.data<float>(),
           groups, plan.data<int>(), A, kPbE, kPbH, kPbI, 7.0f, act_out.data(), nullptr);
     else
-      mind4::cuda::moe_mlp2_mf4_gemm(
+      (state.range(2) ? mind4::cuda::moe_mlp2_mf4_wgmma : mind4::cuda::moe_mlp2_mf4_gemm)(
           ActType::kBF16, act.data(), b2.data<uint8_t>(), s2.data<uint8_t>(), bias2.data<float>(),
           groups, plan.data<int>(), A, kPbE, kPbH, kPbI, y.data<float>(), nullptr);
   });
@@ -146,7 +161,17 @@ void BM_CudaMoeGemmPrefill(benchmark::State& state) {
   state.counters["flops_per_second"] =
       benchmark::Counter(2.0 * A * n * k, benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_CudaMoeGemmPrefill)->Arg(1)->Arg(2)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_CudaMoeGemmPrefill)
+    ->Args({1, 0, 0})
+    ->Args({2, 0, 0})
+    ->Args({1, 1, 0})
+    ->Args({2, 1, 0})
+    ->Args({1, 0, 1})
+    ->Args({2, 0, 1})
+    ->Args({1, 1, 1})
+    ->Args({2, 1, 1})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

@@ -133,6 +133,10 @@ class CudaBackend final : public StepBackend {
       // only its tile plan; f32 mode (and bf16 experts) keep the expanded route.
       grouped_gemm_ = act_ == ActType::kBF16 && dm_.experts_mxfp4 && H % 32 == 0 && I % 32 == 0;
       if (grouped_gemm_) {
+        // The mma.sync kernel (the faster one so far, see docs/perf-notes.md);
+        // MIND4_CUDA_MOE_GEMM=wgmma picks the warpgroup-MMA one on Hopper (for comparisons).
+        const char* v = std::getenv("MIND4_CUDA_MOE_GEMM");
+        gemm_wgmma_ = cuda::moe_gemm_wgmma_supported() && v && std::string(v) == "wgmma";
         tile_plan_ = dev((1 + 2 * int64_t(cuda::moe_tile_plan_capacity(int(A), int(E)))) * 4,
                          "cudaMalloc (prefill scratch)");
       } else {
@@ -397,13 +401,15 @@ class CudaBackend final : public StepBackend {
       cuda::moe_group(topk_e_.data<int>(), A, K, E, groups_, s);
       mark("moe_group");
       if (dm_.experts_mxfp4 && tensor_route && grouped_gemm_) {
+        const int* plan = tile_plan_.data<int>();
         cuda::moe_tile_plan(groups_.offsets, E, tile_plan_.data<int>(), s);
-        cuda::moe_mlp1_swiglu_mf4_gemm(act_, t, lw.mlp1_blocks, lw.mlp1_scales, lw.mlp1_b, groups_,
-                                       tile_plan_.data<int>(), A, E, H, I, c_.swiglu_limit,
-                                       act_buf_.data(), s);
+        (gemm_wgmma_ ? cuda::moe_mlp1_swiglu_mf4_wgmma : cuda::moe_mlp1_swiglu_mf4_gemm)(
+            act_, t, lw.mlp1_blocks, lw.mlp1_scales, lw.mlp1_b, groups_, plan, A, E, H, I,
+            c_.swiglu_limit, act_buf_.data(), s);
         mark("moe_mlp1_gemm");
-        cuda::moe_mlp2_mf4_gemm(act_, act_buf_.data(), lw.mlp2_blocks, lw.mlp2_scales, lw.mlp2_b,
-                                groups_, tile_plan_.data<int>(), A, E, H, I, y_.data<float>(), s);
+        (gemm_wgmma_ ? cuda::moe_mlp2_mf4_wgmma : cuda::moe_mlp2_mf4_gemm)(
+            act_, act_buf_.data(), lw.mlp2_blocks, lw.mlp2_scales, lw.mlp2_b, groups_, plan, A, E,
+            H, I, y_.data<float>(), s);
         mark("moe_mlp2_gemm");
       } else if (dm_.experts_mxfp4 && tensor_route) {
         moe_expanded(lw, B);
@@ -506,7 +512,7 @@ class CudaBackend final : public StepBackend {
   DeviceBuffer k_cache_, v_cache_, x_, t32_, t_, qkv_, attn_, proj_, gate_, topk_e_, topk_w_,
       groups_buf_, act_buf_, y_, partial_, final_, logits_, meta_, blas_ws_, rope_;
   DeviceBuffer xg_, hbuf_, wbuf_, scores_, tile_plan_;  // tensor-core route (large steps) only
-  bool tensor_route_ = false, grouped_gemm_ = false, flash_prefill_ = false;
+  bool tensor_route_ = false, grouped_gemm_ = false, gemm_wgmma_ = false, flash_prefill_ = false;
   DeviceBuffer xq_, xd_, aq_, ad_;  // int8 decode route (bf16 mode) only
   // GPU sampling: each slot's last logits, the jobs and results, and (penalties only, grown on
   // first use) the (token, count) pairs and the penalised rows.

@@ -157,6 +157,17 @@ void moe_mlp1_swiglu_mf4_gemm(ActType t, const void* x, const uint8_t* blocks,
 void moe_mlp2_mf4_gemm(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
                        const float* bias, MoeGroups g, const int* plan, int A, int E, int H, int I,
                        float* y, cudaStream_t stream);
+// moe_gemm_mf4_wgmma.cu: the same two products on Hopper's warpgroup MMA (sm_90a; the same plan,
+// arguments and results). moe_gemm_wgmma_supported: the current device is a compute capability 9.x
+// card; the launchers refuse others.
+bool moe_gemm_wgmma_supported();
+void moe_mlp1_swiglu_mf4_wgmma(ActType t, const void* x, const uint8_t* blocks,
+                               const uint8_t* scales, const float* bias, MoeGroups g,
+                               const int* plan, int A, int E, int H, int I, float limit,
+                               void* act_out, cudaStream_t stream);
+void moe_mlp2_mf4_wgmma(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
+                        const float* bias, MoeGroups g, const int* plan, int A, int E, int H, int I,
+                        float* y, cudaStream_t stream);
 
 // ---- moe_dense.cu: the same two products for experts stored as act matrices (checkpoints with
 // bf16/f32 experts): w1 [E, 2I, H], w2 [E, H, I]. A is the number of assignments.
