@@ -225,12 +225,10 @@ void launch_flash_prefill(const void* qkv, int NH, int NKV, int D, const void* k
                           cudaStream_t stream) {
   constexpr size_t smem = flash_smem_bytes<DP>();
   if constexpr (smem > 48 * 1024) {
-    static bool raised = false;  // once per process: the attribute is per function
-    if (!raised)
-      check(cudaFuncSetAttribute(flash_prefill_kernel<DP>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-            "cudaFuncSetAttribute(flash_prefill)");
-    raised = true;
+    // Per launch, as attention.cu does: the limit belongs to the kernel on the current device.
+    check(cudaFuncSetAttribute(flash_prefill_kernel<DP>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+          "cudaFuncSetAttribute(flash_prefill)");
   }
   const int G = NH / NKV;
   const dim3 grid(unsigned((int64_t(B) * G + kFlashRows - 1) / kFlashRows), unsigned(NKV));

@@ -217,12 +217,11 @@ void launch_moe_gemm_mf4(const void* a, const int* a_rows, const uint8_t* blocks
                          const uint8_t* scales, const float* bias, const int* offsets,
                          const int* plan, int max_tiles, int N, int K, float limit, void* out,
                          cudaStream_t stream) {
-  static bool raised = false;  // the dynamic shared-memory limit is per kernel, once per process
-  if (!raised)
-    check(cudaFuncSetAttribute(moe_gemm_mf4_kernel<kSwiglu>,
-                               cudaFuncAttributeMaxDynamicSharedMemorySize, int(kGemmSmemBytes)),
-          "cudaFuncSetAttribute(moe_gemm_mf4)");
-  raised = true;
+  // Per launch (about a microsecond; a prefill step has two per layer): the limit belongs to
+  // the kernel on the current device, and a function-local flag would race between threads.
+  check(cudaFuncSetAttribute(moe_gemm_mf4_kernel<kSwiglu>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(kGemmSmemBytes)),
+        "cudaFuncSetAttribute(moe_gemm_mf4)");
   const dim3 grid(unsigned(max_tiles), unsigned((N + kGemmCols - 1) / kGemmCols));
   moe_gemm_mf4_kernel<kSwiglu><<<grid, kGemmThreads, kGemmSmemBytes, stream>>>(
       static_cast<const __nv_bfloat16*>(a), a_rows, blocks, scales, bias, offsets, plan, N, K,
