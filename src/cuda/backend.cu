@@ -33,9 +33,11 @@ constexpr int kGraphMaxRows = 64;
 // takes the top-k of every row, and at 64 rows that made it slower than the three launches it
 // replaces (35.5 against 19.6 us on an H100; 6.9 against 18.0 us at one row).
 constexpr int kFusedRouterMaxRows = 16;
-// Steps of at least this many rows take the tensor-core route (experts expanded to the activation
-// dtype and multiplied by cuBLAS; attention by cuBLAS when the step is one sequence's consecutive
-// positions). MIND4_CUDA_PREFILL_MIN_ROWS overrides it (tests run small fixtures through it).
+// Steps of at least this many rows take the tensor-core route: in bf16 mode the grouped MXFP4 GEMM
+// (moe_gemm_mf4.cu) and fused flash attention (attention_prefill.cu); in f32 mode experts expanded
+// to f32 and multiplied by cuBLAS, attention by cuBLAS. Attention takes it when the step is one
+// sequence's consecutive positions. MIND4_CUDA_PREFILL_MIN_ROWS overrides the threshold (tests run
+// small fixtures through it).
 constexpr int kPrefillMinRows = kGraphMaxRows + 1;
 constexpr int64_t kMaxScoreBytes = int64_t(4) << 30;   // attention_prefill's score buffer cap
 constexpr int64_t kMaxExpandBytes = int64_t(3) << 30;  // all experts of a layer expanded at once
@@ -144,15 +146,32 @@ class CudaBackend final : public StepBackend {
     if (const char* v = std::getenv("MIND4_CUDA_PREFILL_MIN_ROWS"); v && std::atoi(v) > 0)
       prefill_min_rows_ = std::atoi(v);
     if (B >= prefill_min_rows_) {
-      // Rows are padded per expert (kExpertRowPad) on the one-product-per-expert path.
-      xg_ = dev((A + kExpertRowPad) * H * a, "cudaMalloc (prefill scratch)");
-      hbuf_ = dev((A + kExpertRowPad) * 2 * I * 4, "cudaMalloc (prefill scratch)");
-      // All experts expanded at once (one launch per matrix) when that fits in kMaxExpandBytes.
-      expand_all_ = E * 2 * I * H * a <= kMaxExpandBytes;
-      wbuf_ = dev((expand_all_ ? E : 1) * 2 * I * H * a, "cudaMalloc (prefill scratch)");
-      offsets_host_ = cuda::PinnedBuffer(size_t(E + 1) * 4);
-      score_floats_ = std::min<int64_t>(NH * B * positions_, kMaxScoreBytes / 4);
-      scores_ = dev(score_floats_ * 4, "cudaMalloc (prefill attention scores)");
+      tensor_route_ = true;
+      // bf16 mode: the grouped MXFP4 GEMM reads the packed experts (moe_gemm_mf4.cu) and needs
+      // only its tile plan; f32 mode (and bf16 experts) keep the expanded route.
+      grouped_gemm_ = act_ == ActType::kBF16 && dm_.experts_mxfp4 && H % 32 == 0 && I % 32 == 0;
+      if (grouped_gemm_) {
+        // The mma.sync kernel (the faster one so far, see docs/perf-notes.md);
+        // MIND4_CUDA_MOE_GEMM=wgmma picks the warpgroup-MMA one on Hopper (for comparisons).
+        const char* v = std::getenv("MIND4_CUDA_MOE_GEMM");
+        gemm_wgmma_ = cuda::moe_gemm_wgmma_supported() && v && std::string(v) == "wgmma";
+        tile_plan_ = dev((1 + 2 * int64_t(cuda::moe_tile_plan_capacity(int(A), int(E)))) * 4,
+                         "cudaMalloc (prefill scratch)");
+      } else {
+        // Rows are padded per expert (kExpertRowPad) on the one-product-per-expert path.
+        xg_ = dev((A + kExpertRowPad) * H * a, "cudaMalloc (prefill scratch)");
+        hbuf_ = dev((A + kExpertRowPad) * 2 * I * 4, "cudaMalloc (prefill scratch)");
+        // All experts expanded at once (one launch per matrix) when that fits in kMaxExpandBytes.
+        expand_all_ = E * 2 * I * H * a <= kMaxExpandBytes;
+        wbuf_ = dev((expand_all_ ? E : 1) * 2 * I * H * a, "cudaMalloc (prefill scratch)");
+        offsets_host_ = cuda::PinnedBuffer(size_t(E + 1) * 4);
+      }
+      // The fused attention needs no score buffer; the cuBLAS route (f32 mode) does.
+      flash_prefill_ = cuda::attention_prefill_flash_supported(act_, int(D));
+      if (!flash_prefill_) {
+        score_floats_ = std::min<int64_t>(NH * B * positions_, kMaxScoreBytes / 4);
+        scores_ = dev(score_floats_ * 4, "cudaMalloc (prefill attention scores)");
+      }
     }
     cuda::check(cublasSetStream(blas_.get(), stream_.get()), "cublasSetStream");
     cuda::check(cublasSetWorkspace(blas_.get(), blas_ws_.data(), kBlasWorkspace),
@@ -343,7 +362,7 @@ class CudaBackend final : public StepBackend {
               NKV = c_.num_key_value_heads, E = c_.num_experts, K = c_.experts_per_token,
               I = c_.intermediate_size, V = c_.vocab_size, QKV = model_.qkv_rows;
     const int A = B * K, max_active = std::min(E, A);
-    const bool tensor_route = B >= prefill_min_rows_ && scores_.bytes() > 0;
+    const bool tensor_route = B >= prefill_min_rows_ && tensor_route_;
     const int tokens_hint = (A + max_active - 1) / max_active;
     const int* tokens = meta_.data<int>();
     const int* pos = tokens + max_rows_;
@@ -389,7 +408,10 @@ class CudaBackend final : public StepBackend {
       const int max_keys = windowed ? std::min(c_.sliding_window, positions_) : positions_;
       const int cap = int(std::min<int64_t>(64, partial_capacity_ / (int64_t(B) * NH * (D + 2))));
       const int splits = cuda::attention_splits(B, NH, max_keys, cap);
-      if (tensor_route && run_slot >= 0 && int64_t(NH) * B * (pos0 + B) <= score_floats_)
+      if (tensor_route && run_slot >= 0 && flash_prefill_)
+        cuda::attention_prefill_flash(act_, qkv_.data(), NH, NKV, D, kv, run_slot, pos0, lw.sinks,
+                                      B, window, scale, attn_.data(), s);
+      else if (tensor_route && run_slot >= 0 && int64_t(NH) * B * (pos0 + B) <= score_floats_)
         cuda::attention_prefill(blas, act_, qkv_.data(), NH, NKV, D, kv, run_slot, pos0, lw.sinks,
                                 B, window, scale, scores_.data<float>(), attn_.data(), s);
       else
@@ -422,7 +444,18 @@ class CudaBackend final : public StepBackend {
         cuda::moe_group(topk_e_.data<int>(), A, K, E, groups_, s);
         mark("moe_group");
       }
-      if (dm_.experts_mxfp4 && tensor_route) {
+      if (dm_.experts_mxfp4 && tensor_route && grouped_gemm_) {
+        const int* plan = tile_plan_.data<int>();
+        cuda::moe_tile_plan(groups_.offsets, E, tile_plan_.data<int>(), s);
+        (gemm_wgmma_ ? cuda::moe_mlp1_swiglu_mf4_wgmma : cuda::moe_mlp1_swiglu_mf4_gemm)(
+            act_, t, lw.mlp1_blocks, lw.mlp1_scales, lw.mlp1_b, groups_, plan, A, E, H, I,
+            c_.swiglu_limit, act_buf_.data(), s);
+        mark("moe_mlp1_gemm");
+        (gemm_wgmma_ ? cuda::moe_mlp2_mf4_wgmma : cuda::moe_mlp2_mf4_gemm)(
+            act_, act_buf_.data(), lw.mlp2_blocks, lw.mlp2_scales, lw.mlp2_b, groups_, plan, A, E,
+            H, I, y_.data<float>(), s);
+        mark("moe_mlp2_gemm");
+      } else if (dm_.experts_mxfp4 && tensor_route) {
         moe_expanded(lw, B);
       } else if (dm_.experts_mxfp4 && tokens_hint <= 1 && xq_.bytes() > 0) {
         cuda::quantize_q8_32(act_, t, B, H, xq_.data<int8_t>(), xd_.data<float>(), s);
@@ -523,9 +556,10 @@ class CudaBackend final : public StepBackend {
   cuda::BlasHandle blas_;
   DeviceBuffer k_cache_, v_cache_, x_, t32_, t_, qkv_, attn_, proj_, gate_, topk_e_, topk_w_,
       groups_buf_, act_buf_, y_, partial_, final_, logits_, meta_, blas_ws_, rope_;
-  DeviceBuffer xg_, hbuf_, wbuf_, scores_;  // tensor-core route (large steps) only
-  DeviceBuffer xq_, xd_, aq_, ad_;          // int8 decode route (bf16 mode) only
-  DeviceBuffer router_done_;                // router_group's block counter (fused decode)
+  DeviceBuffer xg_, hbuf_, wbuf_, scores_, tile_plan_;  // tensor-core route (large steps) only
+  bool tensor_route_ = false, grouped_gemm_ = false, gemm_wgmma_ = false, flash_prefill_ = false;
+  DeviceBuffer xq_, xd_, aq_, ad_;  // int8 decode route (bf16 mode) only
+  DeviceBuffer router_done_;        // router_group's block counter (fused decode)
   // GPU sampling: each slot's last logits, the jobs and results, and (penalties only, grown on
   // first use) the (token, count) pairs and the penalised rows.
   DeviceBuffer slot_logits_, sample_jobs_, sample_out_, pen_dev_, work_;

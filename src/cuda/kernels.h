@@ -68,6 +68,13 @@ void attention(ActType t, const void* qkv, int NH, int NKV, int D, KvLayer kv, c
 void attention_prefill(cublasHandle_t blas, ActType t, const void* qkv, int NH, int NKV, int D,
                        KvLayer kv, int slot, int pos0, const float* sinks, int B, int window,
                        float scale, float* scores, void* out, cudaStream_t stream);
+// ---- attention_prefill.cu: the same step fused on tensor cores (flash attention, bf16 mode):
+// no score buffer, key tiles outside the causal / window band skipped. Serves D % 8 == 0,
+// D <= 128 in bf16 (attention_prefill_flash_supported); f32 mode keeps attention_prefill.
+bool attention_prefill_flash_supported(ActType t, int D);
+void attention_prefill_flash(ActType t, const void* qkv, int NH, int NKV, int D, KvLayer kv,
+                             int slot, int pos0, const float* sinks, int B, int window, float scale,
+                             void* out, cudaStream_t stream);
 // Splits that keep the GPU busy for B rows over keys of up to max_keys, given the partial
 // buffer's capacity in splits.
 int attention_splits(int B, int NH, int max_keys, int max_splits);
@@ -133,6 +140,34 @@ void moe_bias_swiglu(ActType t, const float* h, const float* bias, const int* gr
 // y f32 [A, H] += bias f32 [E, H] of each assignment's expert.
 void moe_bias_add(float* y, const float* bias, const int* group_expert, int A, int H,
                   cudaStream_t stream);
+
+// ---- moe_gemm_mf4.cu: the same two products for large steps (prefill) in bf16 mode, as one
+// grouped GEMM per matrix on tensor cores reading the packed weights (no expansion, no host
+// synchronisation). moe_tile_plan lists each expert's tiles of rows into plan int
+// [1 + 2 * moe_tile_plan_capacity(A, E)] (count, then (expert, first grouped row) pairs); both
+// products read it. mlp1 + bias + clamped SwiGLU: act_out bf16 [A, I] (grouped order) from rows
+// group_row[a] of x bf16 [B, H]; mlp2: y f32 [A, H] = act times the expert matrices + bias.
+// H % 32 == 0, I % 32 == 0.
+int moe_tile_plan_capacity(int A, int E);
+void moe_tile_plan(const int* offsets, int E, int* plan, cudaStream_t stream);
+void moe_mlp1_swiglu_mf4_gemm(ActType t, const void* x, const uint8_t* blocks,
+                              const uint8_t* scales, const float* bias, MoeGroups g,
+                              const int* plan, int A, int E, int H, int I, float limit,
+                              void* act_out, cudaStream_t stream);
+void moe_mlp2_mf4_gemm(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
+                       const float* bias, MoeGroups g, const int* plan, int A, int E, int H, int I,
+                       float* y, cudaStream_t stream);
+// moe_gemm_mf4_wgmma.cu: the same two products on Hopper's warpgroup MMA (sm_90a; the same plan,
+// arguments and results). moe_gemm_wgmma_supported: the current device is a compute capability 9.x
+// card; the launchers refuse others.
+bool moe_gemm_wgmma_supported();
+void moe_mlp1_swiglu_mf4_wgmma(ActType t, const void* x, const uint8_t* blocks,
+                               const uint8_t* scales, const float* bias, MoeGroups g,
+                               const int* plan, int A, int E, int H, int I, float limit,
+                               void* act_out, cudaStream_t stream);
+void moe_mlp2_mf4_wgmma(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
+                        const float* bias, MoeGroups g, const int* plan, int A, int E, int H, int I,
+                        float* y, cudaStream_t stream);
 
 // ---- moe_dense.cu: the same two products for experts stored as act matrices (checkpoints with
 // bf16/f32 experts): w1 [E, 2I, H], w2 [E, H, I]. A is the number of assignments.

@@ -1,0 +1,277 @@
+// The expert products of a large step (prefill, bf16 mode) as one grouped GEMM per matrix, on
+// tensor cores, reading the packed MXFP4 weights: no expanded copy of the experts in memory and
+// no host synchronisation. A tile plan (one small launch) lists each active expert's row tiles
+// of 128 assignments; a block multiplies one such tile by 128 weight rows of its expert. Per step
+// of 64 along k the block copies its activation rows into shared memory (cp.async; mlp1 gathers
+// them through group_row, so no gathered copy exists either) and expands its 128 x 2 MXFP4
+// blocks (16 bytes + one e8m0 scale each) to bf16 in shared memory: a 256-entry table turns each
+// byte into two e2m1 values, and one bf16x2 multiply applies the power-of-two scale (exact).
+// The next step's packed weights are loaded into registers while the tensor cores work on this
+// one. 8 warps, each 64 rows x 32 columns of the tile, mma.sync m16n8k16 with f32 accumulators.
+// mlp1's epilogue adds the bias and applies the clamped SwiGLU (gate and linear columns
+// interleave, so a lane's accumulator pair is one (gate, linear) pair); mlp2's adds the bias.
+#include <algorithm>
+
+#include "cuda/device_util.cuh"
+#include "cuda/mma.cuh"
+
+namespace mind4::cuda {
+namespace {
+
+constexpr int kGemmRows = 128;  // assignments per tile (BM)
+constexpr int kGemmCols = 128;  // weight rows per tile (BN)
+constexpr int kGemmK = 64;      // k per pipeline step: two MXFP4 blocks
+constexpr int kGemmThreads = 256;
+constexpr int kGemmStride = kGemmK + 8;  // bf16 per shared row: 16 bytes of padding for ldmatrix
+constexpr size_t kGemmTileBytes = size_t(kGemmRows) * kGemmStride * 2;
+constexpr size_t kGemmSmemBytes = 4 * kGemmTileBytes + 256 * 4;  // A and W, two stages; the table
+
+__constant__ float kGemmE2M1[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
+                                    -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+__global__ void moe_tile_plan_kernel(const int* __restrict__ offsets, int E,
+                                     int* __restrict__ plan) {
+  if (threadIdx.x != 0) return;
+  int n = 0;
+  for (int e = 0; e < E; ++e)
+    for (int r = offsets[e]; r < offsets[e + 1]; r += kGemmRows) {
+      plan[1 + 2 * n] = e;
+      plan[2 + 2 * n] = r;
+      ++n;
+    }
+  plan[0] = n;
+}
+
+// out = A W^T per tile: A rows a of the grouped assignments (activation row a_rows[a] of `a`
+// when a_rows is given, else row a), W [E, N, K] in MXFP4. kSwiglu: out is act bf16 [*, N/2]
+// (clamped SwiGLU of the interleaved pairs plus bias); else out is f32 [*, N] plus bias.
+template <bool kSwiglu>
+__global__ void __launch_bounds__(kGemmThreads, 2)
+    moe_gemm_mf4_kernel(const __nv_bfloat16* __restrict__ a, const int* __restrict__ a_rows,
+                        const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
+                        const float* __restrict__ bias, const int* __restrict__ offsets,
+                        const int* __restrict__ plan, int N, int K, float limit,
+                        void* __restrict__ out) {
+  using bf16 = __nv_bfloat16;
+  if (int(blockIdx.x) >= plan[0]) return;
+  extern __shared__ __align__(16) unsigned char gemm_smem[];
+  bf16* as = reinterpret_cast<bf16*>(gemm_smem);                                  // [2][BM][stride]
+  bf16* ws = as + 2 * kGemmRows * kGemmStride;                                    // [2][BN][stride]
+  uint32_t* lut = reinterpret_cast<uint32_t*>(ws + 2 * kGemmCols * kGemmStride);  // [256]
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int e = plan[1 + 2 * blockIdx.x], row0 = plan[2 + 2 * blockIdx.x];
+  const int rows = min(kGemmRows, offsets[e + 1] - row0);
+  const int n0 = blockIdx.y * kGemmCols, KB = K / 32, k_steps = (KB + 1) / 2;
+
+  // Byte -> (low nibble, high nibble) as a bf16 pair (exact: e2m1 values have 2 significant bits).
+  {
+    const int b = tid;  // kGemmThreads == 256
+    const __nv_bfloat162 p = __floats2bfloat162_rn(kGemmE2M1[b & 15], kGemmE2M1[b >> 4]);
+    lut[b] = *reinterpret_cast<const uint32_t*>(&p);
+  }
+
+  // Activation copy: 128 rows x 8 chunks of 16 bytes per step, 4 chunks per thread, rows fixed
+  // over k. Rows past the tile repeat its last row (finite; never stored).
+  const bf16* a_src[4];
+  const int a_chunk = tid & 7;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = (tid >> 3) + 32 * i, ga = row0 + min(r, rows - 1);
+    a_src[i] = a + int64_t(a_rows ? a_rows[ga] : ga) * K + a_chunk * 8;
+  }
+  auto copy_a = [&](int step, int buf) {
+    const int k = step * kGemmK + a_chunk * 8;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = (tid >> 3) + 32 * i;
+      cp_async16(as + (buf * kGemmRows + r) * kGemmStride + a_chunk * 8, a_src[i] + step * kGemmK,
+                 k < K ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+  // Weights: thread = (weight row, which of the step's two blocks). Rows past N repeat row N-1.
+  const int w_row = tid >> 1, w_half = tid & 1;
+  const int64_t w_block0 = (int64_t(e) * N + min(n0 + w_row, N - 1)) * KB + w_half;
+  uint4 wq = make_uint4(0, 0, 0, 0);
+  uint32_t wsc = 0;
+  auto load_w = [&](int step) {
+    const int kb = 2 * step + w_half;
+    if (kb < KB) {
+      wq = *reinterpret_cast<const uint4*>(blocks + (w_block0 + 2 * step) * 16);
+      wsc = scales[w_block0 + 2 * step];
+    } else {
+      wq = make_uint4(0, 0, 0, 0);  // the missing half of a K % 64 == 32 tail: zeros
+      wsc = 0;
+    }
+  };
+  auto expand_w = [&](int buf) {
+    // 2^(s - 127) as bf16 (s = 0: the subnormal 2^-127, as the CPU's e8m0 decode).
+    const uint32_t sb = wsc ? wsc << 7 : 0x40u;
+    const uint32_t s2u = sb | (sb << 16);
+    const __nv_bfloat162 s2 = *reinterpret_cast<const __nv_bfloat162*>(&s2u);
+    const uint32_t words[4] = {wq.x, wq.y, wq.z, wq.w};
+    uint4* dst =
+        reinterpret_cast<uint4*>(ws + (buf * kGemmCols + w_row) * kGemmStride + w_half * 32);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      uint32_t v[4];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        uint32_t pair = lut[(words[q] >> (8 * b)) & 0xffu];
+        __nv_bfloat162 x = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&pair), s2);
+        v[b] = *reinterpret_cast<const uint32_t*>(&x);
+      }
+      dst[q] = make_uint4(v[0], v[1], v[2], v[3]);
+    }
+  };
+
+  float acc[4][4][4];
+#pragma unroll
+  for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+      acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
+  const int wm = warp >> 2, wn = warp & 3;  // 2 x 4 warps: 64 rows x 32 columns each
+  const int mi = lane >> 3, ri = lane & 7;
+
+  copy_a(0, 0);
+  load_w(0);
+  __syncthreads();  // the table
+  expand_w(0);
+  for (int step = 0; step < k_steps; ++step) {
+    const int buf = step & 1;
+    cp_async_wait<0>();
+    __syncthreads();  // A and W of this step are in place; everyone is done with the other stage
+    const bool more = step + 1 < k_steps;
+    if (more) {
+      copy_a(step + 1, buf ^ 1);
+      load_w(step + 1);
+    }
+    const bf16* at = as + (buf * kGemmRows + wm * 64) * kGemmStride;
+    const bf16* wt = ws + (buf * kGemmCols + wn * 32) * kGemmStride;
+#pragma unroll
+    for (int kk = 0; kk < kGemmK / 16; ++kk) {
+      uint32_t bfr[4][2];
+#pragma unroll
+      for (int nt = 0; nt < 4; nt += 2) {
+        uint32_t b[4];
+        ldmatrix_x4(b, wt + (8 * (nt + (mi >> 1)) + ri) * kGemmStride + 16 * kk + 8 * (mi & 1));
+        bfr[nt][0] = b[0];
+        bfr[nt][1] = b[1];
+        bfr[nt + 1][0] = b[2];
+        bfr[nt + 1][1] = b[3];
+      }
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt) {
+        uint32_t af[4];
+        ldmatrix_x4(af, at + (16 * mt + (lane & 15)) * kGemmStride + 16 * kk + 8 * (lane >> 4));
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) mma_bf16_16816(acc[mt][nt], af, bfr[nt][0], bfr[nt][1]);
+      }
+    }
+    if (more) expand_w(buf ^ 1);
+  }
+
+  // Epilogue: lane holds rows l/4 (+8) and the column pair n, n + 1 of each 8-column tile.
+  const int c2 = 2 * (lane & 3);
+#pragma unroll
+  for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const int n = n0 + wn * 32 + nt * 8 + c2;
+      const int r_lo = wm * 64 + mt * 16 + (lane >> 2), r_hi = r_lo + 8;
+      if (n >= N) continue;
+      const float b0 = bias[int64_t(e) * N + n], b1 = bias[int64_t(e) * N + n + 1];
+      if constexpr (kSwiglu) {
+        auto swiglu = [&](float g, float l) {
+          g = fminf(g + b0, limit);
+          l = fminf(fmaxf(l + b1, -limit), limit);
+          return g / (1.0f + __expf(-1.702f * g)) * (l + 1.0f);
+        };
+        const float v_lo = swiglu(acc[mt][nt][0], acc[mt][nt][1]);
+        const float v_hi = swiglu(acc[mt][nt][2], acc[mt][nt][3]);
+        // Lanes l and l ^ 1 hold neighbouring outputs: the even lane stores row r_lo's pair,
+        // the odd lane row r_hi's.
+        const bool even = (lane & 1) == 0;
+        const float other = __shfl_xor_sync(0xffffffffu, even ? v_hi : v_lo, 1);
+        const int r = even ? r_lo : r_hi, p = n / 2 - (even ? 0 : 1);
+        if (r < rows) {
+          bf16* o = static_cast<bf16*>(out) + int64_t(row0 + r) * (N / 2) + p;
+          *reinterpret_cast<uint32_t*>(o) =
+              even ? pack_bf16x2(v_lo, other) : pack_bf16x2(other, v_hi);
+        }
+      } else {
+        float* o = static_cast<float*>(out);
+        if (r_lo < rows)
+          *reinterpret_cast<float2*>(o + int64_t(row0 + r_lo) * N + n) =
+              make_float2(acc[mt][nt][0] + b0, acc[mt][nt][1] + b1);
+        if (r_hi < rows)
+          *reinterpret_cast<float2*>(o + int64_t(row0 + r_hi) * N + n) =
+              make_float2(acc[mt][nt][2] + b0, acc[mt][nt][3] + b1);
+      }
+    }
+}
+
+template <bool kSwiglu>
+void launch_moe_gemm_mf4(const void* a, const int* a_rows, const uint8_t* blocks,
+                         const uint8_t* scales, const float* bias, const int* offsets,
+                         const int* plan, int max_tiles, int N, int K, float limit, void* out,
+                         cudaStream_t stream) {
+  // Per launch (about a microsecond; a prefill step has two per layer): the limit belongs to
+  // the kernel on the current device, and a function-local flag would race between threads.
+  check(cudaFuncSetAttribute(moe_gemm_mf4_kernel<kSwiglu>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(kGemmSmemBytes)),
+        "cudaFuncSetAttribute(moe_gemm_mf4)");
+  const dim3 grid(unsigned(max_tiles), unsigned((N + kGemmCols - 1) / kGemmCols));
+  moe_gemm_mf4_kernel<kSwiglu><<<grid, kGemmThreads, kGemmSmemBytes, stream>>>(
+      static_cast<const __nv_bfloat16*>(a), a_rows, blocks, scales, bias, offsets, plan, N, K,
+      limit, out);
+}
+
+}  // namespace
+
+int moe_tile_plan_capacity(int A, int E) {
+  return (A + kGemmRows - 1) / kGemmRows + std::min(A, E);
+}
+
+void moe_tile_plan(const int* offsets, int E, int* plan, cudaStream_t stream) {
+  MIND4_CUDA_ARG(offsets && plan, "moe_tile_plan", "null pointer");
+  MIND4_CUDA_ARG(E > 0, "moe_tile_plan", "E = ", E);
+  moe_tile_plan_kernel<<<1, 32, 0, stream>>>(offsets, E, plan);
+  check_launch("moe_tile_plan_i32");
+}
+
+void moe_mlp1_swiglu_mf4_gemm(ActType t, const void* x, const uint8_t* blocks,
+                              const uint8_t* scales, const float* bias, MoeGroups g,
+                              const int* plan, int A, int E, int H, int I, float limit,
+                              void* act_out, cudaStream_t stream) {
+  MIND4_CUDA_ARG(x && blocks && scales && bias && g.offsets && g.group_row && plan && act_out,
+                 "moe_mlp1_swiglu_mf4_gemm", "null pointer");
+  MIND4_CUDA_ARG(t == ActType::kBF16, "moe_mlp1_swiglu_mf4_gemm", "dtype ", act_name(t),
+                 " (bf16 only; f32 mode keeps the expanded route)");
+  MIND4_CUDA_ARG(A >= 0 && E > 0 && H > 0 && H % 32 == 0 && I > 0 && I % 32 == 0,
+                 "moe_mlp1_swiglu_mf4_gemm", "A = ", A, ", E = ", E, ", H = ", H, ", I = ", I,
+                 " (H and I multiples of 32)");
+  if (A == 0) return;
+  launch_moe_gemm_mf4<true>(x, g.group_row, blocks, scales, bias, g.offsets, plan,
+                            moe_tile_plan_capacity(A, E), 2 * I, H, limit, act_out, stream);
+  check_launch("moe_mlp1_swiglu_mf4_gemm_bf16");
+}
+
+void moe_mlp2_mf4_gemm(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
+                       const float* bias, MoeGroups g, const int* plan, int A, int E, int H, int I,
+                       float* y, cudaStream_t stream) {
+  MIND4_CUDA_ARG(act && blocks && scales && bias && g.offsets && plan && y, "moe_mlp2_mf4_gemm",
+                 "null pointer");
+  MIND4_CUDA_ARG(t == ActType::kBF16, "moe_mlp2_mf4_gemm", "dtype ", act_name(t),
+                 " (bf16 only; f32 mode keeps the expanded route)");
+  MIND4_CUDA_ARG(A >= 0 && E > 0 && H > 0 && H % 32 == 0 && I > 0 && I % 32 == 0,
+                 "moe_mlp2_mf4_gemm", "A = ", A, ", E = ", E, ", H = ", H, ", I = ", I,
+                 " (H and I multiples of 32)");
+  if (A == 0) return;
+  launch_moe_gemm_mf4<false>(act, nullptr, blocks, scales, bias, g.offsets, plan,
+                             moe_tile_plan_capacity(A, E), H, I, 0.0f, y, stream);
+  check_launch("moe_mlp2_mf4_gemm_f32");
+}
+
+}  // namespace mind4::cuda

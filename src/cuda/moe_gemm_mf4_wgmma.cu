@@ -1,0 +1,318 @@
+// The grouped MXFP4 expert GEMM of moe_gemm_mf4.cu on Hopper's warpgroup MMA (wgmma, sm_90a).
+// Same tiles, tile plan, expansion and epilogues; what changes is who multiplies. mma.sync issues
+// one instruction per 16 x 8 x 16 product from every warp, and beside the expansion (about 40% of
+// the issue slots: see docs/perf-notes.md, v7) the issue slots ran out at about 250 TFLOP/s. Here
+// each warpgroup (4 warps) issues four asynchronous 64 x 128 x 16 products per k step of 64 and
+// then expands the next weight tile and copies later activation rows while the tensor cores work;
+// it waits for them only before the next step's barrier. Three stages of tiles and weights loaded
+// a step ahead: a step of tensor work (about half a microsecond) is shorter than a global load.
+// Shared tiles use the no-swizzle core-matrix layout that wgmma reads through its descriptors:
+// 8 rows x 16 bytes contiguous (a core matrix), the 8 core matrices of a row group along k one
+// after another (128 bytes apart: the descriptor's leading byte offset), row groups 1024 bytes
+// apart (its stride byte offset).
+#include <algorithm>
+
+#include "cuda/device_util.cuh"
+#include "cuda/mma.cuh"
+
+namespace mind4::cuda {
+namespace {
+
+constexpr int kWgRows = 128;  // assignments per tile: two warpgroups of 64
+constexpr int kWgCols = 128;  // weight rows per tile
+constexpr int kWgK = 64;      // k per step: two MXFP4 blocks
+constexpr int kWgThreads = 256;
+constexpr int kWgTileBytes = kWgRows * kWgK * 2;  // 16 KB; the weight tile is the same
+constexpr int kWgStages = 3;                      // A and W tiles in flight
+constexpr size_t kWgSmemBytes = 2 * kWgStages * kWgTileBytes + 1024;  // + alignment slack
+
+// Device helpers only where the kernel is built for sm_90a (a portable PTX pass leaves them out).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
+__constant__ float kWgE2M1[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
+                                  -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+// Byte offset of (row, 16-byte chunk c of k) in a tile of 64 k.
+__device__ __forceinline__ int wg_core_offset(int row, int c) {
+  return ((row >> 3) * 8 + c) * 128 + (row & 7) * 16;
+}
+
+// Shared-memory matrix descriptor: start address, leading byte offset 128, stride byte offset
+// 1024 (both in 16-byte units), no swizzle.
+__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr) {
+  return uint64_t((saddr >> 4) & 0x3FFFu) | (uint64_t(128 >> 4) << 16) |
+         (uint64_t(1024 >> 4) << 32);
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_wait_all() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// Ordinary shared-memory writes (cp.async, st.shared) become visible to the tensor cores' reads.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// d += A B^T for a 64 x 128 x 16 step of one warpgroup, A and B from shared memory through
+// descriptors, f32 accumulators (sm_90a).
+__device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[64], uint64_t desc_a,
+                                                      uint64_t desc_b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, "
+      "%40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, "
+      "%56, %57, %58, %59, %60, %61, %62, %63 "
+      "}, %64, %65, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+        "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(1));
+}
+
+#endif
+
+template <bool kSwiglu>
+__global__ void __launch_bounds__(kWgThreads, 2)
+    moe_gemm_mf4_wgmma_kernel(const __nv_bfloat16* __restrict__ a, const int* __restrict__ a_rows,
+                              const uint8_t* __restrict__ blocks,
+                              const uint8_t* __restrict__ scales, const float* __restrict__ bias,
+                              const int* __restrict__ offsets, const int* __restrict__ plan, int N,
+                              int K, float limit, void* __restrict__ out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using bf16 = __nv_bfloat16;
+  if (int(blockIdx.x) >= plan[0]) return;
+  extern __shared__ unsigned char wg_smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(wg_smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* as = smem;                             // [stages][kWgTileBytes]
+  unsigned char* ws = smem + kWgStages * kWgTileBytes;  // [stages][kWgTileBytes]
+  __shared__ uint32_t lut[256];                         // byte -> its two e2m1 values as bf16
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int e = plan[1 + 2 * blockIdx.x], row0 = plan[2 + 2 * blockIdx.x];
+  const int rows = min(kWgRows, offsets[e + 1] - row0);
+  const int n0 = blockIdx.y * kWgCols, KB = K / 32, k_steps = (KB + 1) / 2;
+  {
+    const __nv_bfloat162 p = __floats2bfloat162_rn(kWgE2M1[tid & 15], kWgE2M1[tid >> 4]);
+    lut[tid] = *reinterpret_cast<const uint32_t*>(&p);
+  }
+
+  // Activation copy: 128 rows x 8 chunks of 16 bytes per step, 4 per thread; rows past the
+  // tile repeat its last row (finite; never stored).
+  const int a_chunk = tid & 7;
+  const bf16* a_src[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = (tid >> 3) + 32 * i, ga = row0 + min(r, rows - 1);
+    a_src[i] = a + int64_t(a_rows ? a_rows[ga] : ga) * K + a_chunk * 8;
+  }
+  // One commit group per call, empty past the last step (the wait counts stay uniform).
+  auto copy_a = [&](int step, int buf) {
+    const int k = step * kWgK + a_chunk * 8;
+    if (step < k_steps) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        cp_async16(as + buf * kWgTileBytes + wg_core_offset((tid >> 3) + 32 * i, a_chunk),
+                   a_src[i] + (k < K ? step * kWgK : 0), k < K ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+  // Weights: thread = (weight row, which of the step's two blocks); rows past N repeat row N-1.
+  const int w_row = tid >> 1, w_half = tid & 1;
+  const int64_t w_block0 = (int64_t(e) * N + min(n0 + w_row, N - 1)) * KB + w_half;
+  // The packed weights of a step are loaded a step before they are expanded (registers).
+  uint4 wq;
+  uint32_t wsc;
+  auto load_w = [&](int step) {
+    wq = make_uint4(0, 0, 0, 0);  // the missing half of a K % 64 == 32 tail: zeros
+    wsc = 0;
+    if (2 * step + w_half < KB) {
+      wq = *reinterpret_cast<const uint4*>(blocks + (w_block0 + 2 * step) * 16);
+      wsc = scales[w_block0 + 2 * step];
+    }
+  };
+  auto expand_w = [&](int buf) {
+    // 2^(s - 127) as bf16 (s = 0: the subnormal 2^-127, as the CPU's e8m0 decode); its product
+    // with an e2m1 value is exact.
+    const uint32_t sb = wsc ? wsc << 7 : 0x40u, s2u = sb | (sb << 16);
+    const __nv_bfloat162 s2 = *reinterpret_cast<const __nv_bfloat162*>(&s2u);
+    const uint32_t words[4] = {wq.x, wq.y, wq.z, wq.w};
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      uint32_t v[4];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        uint32_t pair = lut[(words[q] >> (8 * b)) & 0xffu];
+        __nv_bfloat162 x = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&pair), s2);
+        v[b] = *reinterpret_cast<const uint32_t*>(&x);
+      }
+      *reinterpret_cast<uint4*>(ws + buf * kWgTileBytes + wg_core_offset(w_row, w_half * 4 + q)) =
+          make_uint4(v[0], v[1], v[2], v[3]);
+    }
+  };
+
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+  const int wg = warp >> 2;             // warpgroup: tile rows 64 wg .. 64 wg + 63
+  const bool wg_live = rows > wg * 64;  // the last tile of an expert may leave one idle
+  const uint32_t as_s = smem_addr(as) + wg * 8 * 1024, ws_s = smem_addr(ws);
+
+  // Three stages: at step s the tensor cores read stage s % 3, the activation rows of step s + 2
+  // are on their way into stage (s + 2) % 3 (cp.async), and the weights of step s + 1 are expanded
+  // into stage (s + 1) % 3 while those of step s + 2 load into registers.
+  copy_a(0, 0);
+  copy_a(1, 1);
+  load_w(0);
+  __syncthreads();  // the table
+  expand_w(0);
+  load_w(1);
+  for (int step = 0; step < k_steps; ++step) {
+    const int buf = step % kWgStages;
+    cp_async_wait<1>();  // all but the newest group: this step's activation rows
+    fence_proxy_async_shared();
+    __syncthreads();  // this step's tiles are in place; every thread is done with step - 1
+    if (wg_live) {
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kWgK / 16; ++kk)
+        wgmma_m64n128k16_bf16(acc, wg_desc(as_s + buf * kWgTileBytes + kk * 256),
+                              wg_desc(ws_s + buf * kWgTileBytes + kk * 256));
+      wgmma_commit();
+    }
+    // While the tensor cores work. Stage (step + 2) % 3 was last read by step - 1's products
+    // and stage (step + 1) % 3 by step - 2's, both waited for before this step's barrier.
+    copy_a(step + 2, (step + 2) % kWgStages);
+    if (step + 1 < k_steps) {
+      expand_w((step + 1) % kWgStages);
+      load_w(step + 2);
+    }
+    if (wg_live) wgmma_wait_all();
+#pragma unroll
+    for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(acc[i])::"memory");
+  }
+
+  // Epilogue: lane holds rows l/4 (+8) of its warp's 16 and the column pair n, n + 1 of each of
+  // the 16 8-column groups (acc[4j .. 4j + 3]).
+  const int c2 = 2 * (lane & 3);
+  const int r_lo = wg * 64 + (warp & 3) * 16 + (lane >> 2), r_hi = r_lo + 8;
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const int n = n0 + 8 * j + c2;
+    if (n >= N) continue;
+    const float b0 = bias[int64_t(e) * N + n], b1 = bias[int64_t(e) * N + n + 1];
+    if constexpr (kSwiglu) {
+      auto swiglu = [&](float g, float l) {
+        g = fminf(g + b0, limit);
+        l = fminf(fmaxf(l + b1, -limit), limit);
+        return g / (1.0f + __expf(-1.702f * g)) * (l + 1.0f);
+      };
+      const float v_lo = swiglu(acc[4 * j], acc[4 * j + 1]);
+      const float v_hi = swiglu(acc[4 * j + 2], acc[4 * j + 3]);
+      // Lanes l and l ^ 1 hold neighbouring outputs: the even lane stores row r_lo's pair, the
+      // odd lane row r_hi's. (N % 64 == 0 here, so no lane left the loop above.)
+      const bool even = (lane & 1) == 0;
+      const float other = __shfl_xor_sync(0xffffffffu, even ? v_hi : v_lo, 1);
+      const int r = even ? r_lo : r_hi, p = n / 2 - (even ? 0 : 1);
+      if (r < rows) {
+        bf16* o = static_cast<bf16*>(out) + int64_t(row0 + r) * (N / 2) + p;
+        *reinterpret_cast<uint32_t*>(o) =
+            even ? pack_bf16x2(v_lo, other) : pack_bf16x2(other, v_hi);
+      }
+    } else {
+      float* o = static_cast<float*>(out);
+      if (r_lo < rows)
+        *reinterpret_cast<float2*>(o + int64_t(row0 + r_lo) * N + n) =
+            make_float2(acc[4 * j] + b0, acc[4 * j + 1] + b1);
+      if (r_hi < rows)
+        *reinterpret_cast<float2*>(o + int64_t(row0 + r_hi) * N + n) =
+            make_float2(acc[4 * j + 2] + b0, acc[4 * j + 3] + b1);
+    }
+  }
+#else
+  __trap();  // built without sm_90a: the launcher refuses such devices
+#endif
+}
+
+template <bool kSwiglu>
+void launch_moe_gemm_mf4_wgmma(const void* a, const int* a_rows, const uint8_t* blocks,
+                               const uint8_t* scales, const float* bias, const int* offsets,
+                               const int* plan, int max_tiles, int N, int K, float limit, void* out,
+                               cudaStream_t stream) {
+  // Per launch (about a microsecond; a prefill step has two per layer): the limit belongs to
+  // the kernel on the current device, and a function-local flag would race between threads.
+  check(cudaFuncSetAttribute(moe_gemm_mf4_wgmma_kernel<kSwiglu>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes)),
+        "cudaFuncSetAttribute(moe_gemm_mf4_wgmma)");
+  const dim3 grid(unsigned(max_tiles), unsigned((N + kWgCols - 1) / kWgCols));
+  moe_gemm_mf4_wgmma_kernel<kSwiglu><<<grid, kWgThreads, kWgSmemBytes, stream>>>(
+      static_cast<const __nv_bfloat16*>(a), a_rows, blocks, scales, bias, offsets, plan, N, K,
+      limit, out);
+}
+
+void check_moe_wgmma_args(const char* launcher, ActType t, int A, int E, int H, int I) {
+  MIND4_CUDA_ARG(moe_gemm_wgmma_supported(), launcher,
+                 "this GPU is not a Hopper (compute capability 9.x) card");
+  MIND4_CUDA_ARG(t == ActType::kBF16, launcher, "dtype ", act_name(t),
+                 " (bf16 only; f32 mode keeps the expanded route)");
+  MIND4_CUDA_ARG(A >= 0 && E > 0 && H > 0 && H % 32 == 0 && I > 0 && I % 32 == 0, launcher,
+                 "A = ", A, ", E = ", E, ", H = ", H, ", I = ", I, " (H and I multiples of 32)");
+}
+
+}  // namespace
+
+bool moe_gemm_wgmma_supported() {
+  static const bool hopper = [] {
+    int dev = 0;
+    cudaDeviceProp p{};
+    return cudaGetDevice(&dev) == cudaSuccess && cudaGetDeviceProperties(&p, dev) == cudaSuccess &&
+           p.major == 9;
+  }();
+  return hopper;
+}
+
+void moe_mlp1_swiglu_mf4_wgmma(ActType t, const void* x, const uint8_t* blocks,
+                               const uint8_t* scales, const float* bias, MoeGroups g,
+                               const int* plan, int A, int E, int H, int I, float limit,
+                               void* act_out, cudaStream_t stream) {
+  MIND4_CUDA_ARG(x && blocks && scales && bias && g.offsets && g.group_row && plan && act_out,
+                 "moe_mlp1_swiglu_mf4_wgmma", "null pointer");
+  check_moe_wgmma_args("moe_mlp1_swiglu_mf4_wgmma", t, A, E, H, I);
+  if (A == 0) return;
+  launch_moe_gemm_mf4_wgmma<true>(x, g.group_row, blocks, scales, bias, g.offsets, plan,
+                                  moe_tile_plan_capacity(A, E), 2 * I, H, limit, act_out, stream);
+  check_launch("moe_mlp1_swiglu_mf4_wgmma_bf16");
+}
+
+void moe_mlp2_mf4_wgmma(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
+                        const float* bias, MoeGroups g, const int* plan, int A, int E, int H, int I,
+                        float* y, cudaStream_t stream) {
+  MIND4_CUDA_ARG(act && blocks && scales && bias && g.offsets && plan && y, "moe_mlp2_mf4_wgmma",
+                 "null pointer");
+  check_moe_wgmma_args("moe_mlp2_mf4_wgmma", t, A, E, H, I);
+  if (A == 0) return;
+  launch_moe_gemm_mf4_wgmma<false>(act, nullptr, blocks, scales, bias, g.offsets, plan,
+                                   moe_tile_plan_capacity(A, E), H, I, 0.0f, y, stream);
+  check_launch("moe_mlp2_mf4_wgmma_f32");
+}
+
+}  // namespace mind4::cuda

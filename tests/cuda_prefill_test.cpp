@@ -1,0 +1,349 @@
+// The prefill kernels of the CUDA line's bf16 mode against the CPU reference: fused flash
+// attention (attention_prefill.cu) against cpu::attention_head, and the grouped MXFP4 GEMM of the
+// experts (moe_gemm_mf4.cu) against the CPU's MXFP4 decode in double. Fresh random inputs each
+// run (the seed is printed on failure), outputs poisoned with NaN, edge shapes: 1 row, row counts
+// that are not a multiple of the tiles, windows shorter and longer than the context, a prefill
+// that continues a cache, head sizes below the tile, experts with 0 rows and with several tiles,
+// k and n not multiples of the tile; and the whole model on the committed fixtures.
+#include <gtest/gtest.h>
+
+#ifdef MIND4_HAVE_CUDA
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "cpu/matmul.h"
+#include "cpu/ops.h"
+#include "cuda/kernels.h"
+#include "cuda_test_util.h"
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+#include "mind4/model.h"
+#include "model/backend.h"
+#include "model/model_impl.h"
+
+namespace mind4 {
+namespace {
+
+using cuda::ActType;
+using namespace cuda_test;
+
+struct CudaPrefillTest : ::testing::Test {
+  unsigned seed = std::random_device{}();
+  std::mt19937 rng{seed};
+  void SetUp() override { MIND4_REQUIRE_GPU(); }
+  std::vector<float> normal(size_t n, float sd = 1.0f) {
+    std::normal_distribution<float> d(0.0f, sd);
+    std::vector<float> v(n);
+    for (float& x : v) x = d(rng);
+    return v;
+  }
+  std::vector<uint8_t> bytes(size_t n, int lo, int hi) {
+    std::uniform_int_distribution<int> d(lo, hi);
+    std::vector<uint8_t> v(n);
+    for (auto& b : v) b = uint8_t(d(rng));
+    return v;
+  }
+};
+
+// Rows are positions pos0 .. pos0 + B - 1 of one slot; the cache holds keys before pos0 too
+// (a prefill that continues a sequence) and positions past the step hold stale values.
+TEST_F(CudaPrefillTest, FlashAttentionMatchesCpu) {
+  SCOPED_TRACE(seed);
+  const ActType t = ActType::kBF16;
+  struct Case {
+    int NH, NKV, D, B, pos0, window;
+  };
+  for (const Case ac :
+       {Case{64, 8, 64, 1, 0, 0}, Case{64, 8, 64, 1, 37, 0}, Case{64, 8, 64, 300, 0, 128},
+        Case{64, 8, 64, 300, 50, 0}, Case{64, 8, 64, 200, 20, 1000}, Case{64, 8, 64, 700, 0, 128},
+        Case{4, 4, 32, 77, 3, 5}, Case{6, 1, 24, 33, 10, 0}, Case{8, 2, 128, 70, 5, 17},
+        Case{4, 2, 16, 7, 0, 1}, Case{2, 1, 8, 130, 0, 0}, Case{4, 2, 16, 48, 0, 8}}) {
+    const int NH = ac.NH, NKV = ac.NKV, D = ac.D, B = ac.B, S = 2, slot = 1;
+    const int P = ac.pos0 + B + 9, QKV = (NH + 2 * NKV) * D, W = NKV * D;
+    const auto qkv = rounded(normal(size_t(B) * QKV), t);
+    // Stale cache bytes past the step must not leak in: NaN there (every key the step sees is
+    // rewritten below).
+    auto kc = rounded(normal(size_t(S) * P * W), t), vc = rounded(normal(size_t(S) * P * W), t);
+    for (int p = ac.pos0 + B; p < P; ++p)
+      for (int j = 0; j < W; ++j)
+        kc[(size_t(slot) * P + p) * W + j] = vc[(size_t(slot) * P + p) * W + j] = NAN;
+    const auto sinks = normal(NH, 1.0f);
+    auto d_qkv = upload(to_act(qkv, t)), d_k = upload(to_act(kc, t)), d_v = upload(to_act(vc, t));
+    auto d_sinks = upload(sinks);
+    auto d_out = poisoned(size_t(B) * NH * D * 2);
+    const float scale = 1.0f / std::sqrt(float(D));
+    cuda::attention_prefill_flash(t, d_qkv.data(), NH, NKV, D, {d_k.data(), d_v.data(), P}, slot,
+                                  ac.pos0, d_sinks.data<float>(), B, ac.window, scale, d_out.data(),
+                                  nullptr);
+    const auto out = download_act(d_out, size_t(B) * NH * D, t);
+    std::vector<double> want;
+    std::vector<float> scores(P), o(D);
+    for (int r = 0; r < B; ++r)
+      for (int h = 0; h < NH; ++h) {
+        const int p = ac.pos0 + r, first = ac.window ? std::max(0, p - ac.window + 1) : 0;
+        const size_t base = (size_t(slot) * P + first) * W + size_t(h / (NH / NKV)) * D;
+        cpu::attention_head(qkv.data() + size_t(r) * QKV + h * D, kc.data() + base,
+                            vc.data() + base, W, p - first + 1, D, sinks[h], scale, scores.data(),
+                            o.data());
+        want.insert(want.end(), o.begin(), o.end());
+      }
+    EXPECT_LT(rel_error(out, want), 1e-2)
+        << "NH=" << NH << " NKV=" << NKV << " D=" << D << " B=" << B << " pos0=" << ac.pos0
+        << " window=" << ac.window;
+  }
+}
+
+TEST_F(CudaPrefillTest, FlashAttentionRejectsWhatItDoesNotServe) {
+  EXPECT_FALSE(cuda::attention_prefill_flash_supported(ActType::kF32, 64));
+  EXPECT_FALSE(cuda::attention_prefill_flash_supported(ActType::kBF16, 12));
+  EXPECT_FALSE(cuda::attention_prefill_flash_supported(ActType::kBF16, 136));
+  EXPECT_TRUE(cuda::attention_prefill_flash_supported(ActType::kBF16, 64));
+  cuda::DeviceBuffer buf(1024);
+  const cuda::KvLayer kv{buf.data(), buf.data(), 4};
+  EXPECT_THROW(cuda::attention_prefill_flash(ActType::kF32, buf.data(), 4, 2, 16, kv, 0, 0,
+                                             buf.data<float>(), 2, 0, 0.25f, buf.data(), nullptr),
+               Error);
+  EXPECT_THROW(cuda::attention_prefill_flash(ActType::kBF16, buf.data(), 4, 2, 16, kv, 0, 3,
+                                             buf.data<float>(), 2, 0, 0.25f, buf.data(), nullptr),
+               Error);  // pos0 + B past the cache
+}
+
+double prefill_swiglu_ref(double g, double l, double limit) {
+  g = std::min(g, limit);
+  l = std::clamp(l, -limit, limit);
+  return g / (1.0 + std::exp(-1.702 * g)) * (l + 1.0);
+}
+
+// Every expert matrix [rows, cols] decoded to float on the CPU.
+std::vector<float> prefill_decode(const std::vector<uint8_t>& blocks,
+                                  const std::vector<uint8_t>& scales, int64_t values) {
+  std::vector<float> w(static_cast<size_t>(values));
+  cpu::mf4_to_f32(blocks.data(), scales.data(), values / 32, w.data());
+  return w;
+}
+
+double prefill_dot(const float* w, const float* x, int n) {
+  double s = 0;
+  for (int i = 0; i < n; ++i) s += double(w[i]) * x[i];
+  return s;
+}
+
+TEST_F(CudaPrefillTest, GroupedMxfp4GemmMatchesCpu) {
+  SCOPED_TRACE(seed);
+  const ActType t = ActType::kBF16;
+  // (B, K, E, H, I): one row; experts with 0 rows (E > A); partial tiles; experts of several
+  // row tiles (about 320 rows each); k = 96 (a half step of 64 at the end); n = H = 160 (a partial
+  // column tile); the gpt-oss-20b shape.
+  for (auto [B, K, E, H, I] : {std::tuple{1, 4, 32, 128, 64},
+                               {3, 2, 16, 96, 96},
+                               {37, 4, 8, 160, 96},
+                               {320, 4, 4, 64, 128},
+                               {150, 1, 3, 256, 32},
+                               {48, 2, 4, 64, 64},
+                               {8, 4, 32, 2880, 2880}}) {
+    const int A = B * K;
+    // Route each row to K distinct random experts and group on the device.
+    std::vector<int> experts;
+    for (int r = 0; r < B; ++r) {
+      std::vector<int> all(E);
+      for (int e = 0; e < E; ++e) all[e] = e;
+      std::shuffle(all.begin(), all.end(), rng);
+      experts.insert(experts.end(), all.begin(), all.begin() + K);
+    }
+    auto gbuf = poisoned(size_t(2 * (E + 1) + 3 * A) * 4);
+    int* gp = gbuf.data<int>();
+    const cuda::MoeGroups g{gp, gp + E + 1, gp + 2 * (E + 1), gp + 2 * (E + 1) + A,
+                            gp + 2 * (E + 1) + 2 * A};
+    auto d_experts = upload(experts);
+    cuda::moe_group(d_experts.data<int>(), A, K, E, g, nullptr);
+
+    const auto x = rounded(normal(size_t(B) * H), t);
+    const auto b1 = bytes(size_t(E) * 2 * I * H / 2, 0, 255),
+               s1 = bytes(size_t(E) * 2 * I * H / 32, 119, 126);
+    const auto b2 = bytes(size_t(E) * H * I / 2, 0, 255),
+               s2 = bytes(size_t(E) * H * I / 32, 119, 126);
+    const auto bias1 = normal(size_t(E) * 2 * I, 0.5f), bias2 = normal(size_t(E) * H, 0.5f);
+    const float limit = 7.0f;
+    auto d_x = upload(to_act(x, t));
+    auto d_b1 = upload(b1), d_s1 = upload(s1), d_b2 = upload(b2), d_s2 = upload(s2);
+    auto d_bias1 = upload(bias1), d_bias2 = upload(bias2);
+    const auto all = download<int>(gbuf, size_t(2 * (E + 1) + 3 * A));
+    const int* assign_at = all.data() + 2 * (E + 1) + 2 * A;
+    const auto w1 = prefill_decode(b1, s1, int64_t(E) * 2 * I * H);
+    const auto w2 = prefill_decode(b2, s2, int64_t(E) * H * I);
+    auto d_plan = poisoned(size_t(1 + 2 * cuda::moe_tile_plan_capacity(A, E)) * 4);
+    cuda::moe_tile_plan(g.offsets, E, d_plan.data<int>(), nullptr);
+    // Both kernels: mma.sync everywhere, the warpgroup-MMA one on Hopper.
+    for (const bool wgmma : {false, true}) {
+      if (wgmma && !cuda::moe_gemm_wgmma_supported()) continue;
+      auto d_act = poisoned(size_t(A) * I * 2), d_y = poisoned(size_t(A) * H * 4);
+      (wgmma ? cuda::moe_mlp1_swiglu_mf4_wgmma : cuda::moe_mlp1_swiglu_mf4_gemm)(
+          t, d_x.data(), d_b1.data<uint8_t>(), d_s1.data<uint8_t>(), d_bias1.data<float>(), g,
+          d_plan.data<int>(), A, E, H, I, limit, d_act.data(), nullptr);
+      (wgmma ? cuda::moe_mlp2_mf4_wgmma : cuda::moe_mlp2_mf4_gemm)(
+          t, d_act.data(), d_b2.data<uint8_t>(), d_s2.data<uint8_t>(), d_bias2.data<float>(), g,
+          d_plan.data<int>(), A, E, H, I, d_y.data<float>(), nullptr);
+      const auto act = download_act(d_act, size_t(A) * I, t);
+      const auto y = download<float>(d_y, size_t(A) * H);
+      // mlp1 from x; mlp2 from the device's own act (the two checks are independent).
+      std::vector<float> act_got, y_got;
+      std::vector<double> act_want, y_want;
+      for (int i = 0; i < A; ++i) {
+        const int r = i / K, e = experts[i], at = assign_at[i];
+        for (int p = 0; p < I; ++p) {
+          const int64_t row = int64_t(e) * 2 * I + 2 * p;
+          const float* xr = x.data() + size_t(r) * H;
+          const double gate = prefill_dot(w1.data() + row * H, xr, H) + bias1[row];
+          const double lin = prefill_dot(w1.data() + (row + 1) * H, xr, H) + bias1[row + 1];
+          act_want.push_back(prefill_swiglu_ref(gate, lin, limit));
+          act_got.push_back(act[size_t(at) * I + p]);
+        }
+        for (int n = 0; n < H; ++n) {
+          const int64_t row = int64_t(e) * H + n;
+          y_want.push_back(prefill_dot(w2.data() + row * I, act.data() + size_t(at) * I, I) +
+                           bias2[row]);
+          y_got.push_back(y[size_t(at) * H + n]);
+        }
+      }
+      EXPECT_LT(rel_error(act_got, act_want), 1e-2)
+          << "mlp1 B=" << B << " K=" << K << " E=" << E << " H=" << H << " I=" << I
+          << " wgmma=" << wgmma;
+      EXPECT_LT(rel_error(y_got, y_want), 1e-5) << "mlp2 B=" << B << " K=" << K << " E=" << E
+                                                << " H=" << H << " I=" << I << " wgmma=" << wgmma;
+    }
+  }
+}
+
+TEST_F(CudaPrefillTest, GroupedMxfp4GemmRejectsBadArguments) {
+  cuda::DeviceBuffer buf(4096);
+  const cuda::MoeGroups g{buf.data<int>(), buf.data<int>(), buf.data<int>(), buf.data<int>(),
+                          buf.data<int>()};
+  const auto* u8 = buf.data<uint8_t>();
+  EXPECT_THROW(
+      cuda::moe_mlp1_swiglu_mf4_gemm(ActType::kF32, buf.data(), u8, u8, buf.data<float>(), g,
+                                     buf.data<int>(), 4, 2, 64, 64, 7.0f, buf.data(), nullptr),
+      Error);  // f32 keeps the expanded route
+  EXPECT_THROW(cuda::moe_mlp2_mf4_gemm(ActType::kBF16, buf.data(), u8, u8, buf.data<float>(), g,
+                                       buf.data<int>(), 4, 2, 48, 64, buf.data<float>(), nullptr),
+               Error);  // H not a multiple of 32
+  EXPECT_THROW(cuda::moe_mlp2_mf4_wgmma(ActType::kF32, buf.data(), u8, u8, buf.data<float>(), g,
+                                        buf.data<int>(), 4, 2, 64, 64, buf.data<float>(), nullptr),
+               Error);  // f32 (and, off Hopper, any dtype)
+  EXPECT_THROW(cuda::moe_tile_plan(nullptr, 4, buf.data<int>(), nullptr), Error);
+}
+
+// The smallest router margin (k-th minus (k+1)-th logit) over layers at each prompt position, on
+// the CPU line (f32): truncated copies of the model give each layer's router logits.
+std::vector<double> prefill_router_margins(const std::string& dir, const std::vector<int>& tokens) {
+  const int T = int(tokens.size());
+  std::vector<double> margin(size_t(T), INFINITY);
+  for (int l = 0;; ++l) {
+    Model::Impl impl;
+    impl.weights = load_checkpoint(dir);
+    if (l >= impl.weights.config.num_hidden_layers) break;
+    impl.weights.layers.resize(l + 1);
+    ModelConfig& c = impl.weights.config;
+    c.num_hidden_layers = l + 1;
+    impl.qkv_rows = (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim;
+    ThreadPool pool(1);
+    Workspace ws;
+    workspace_init(ws, c, T, 1, 1, T);
+    KvCache kv;
+    kv.layers = l + 1, kv.positions = T, kv.width = c.num_key_value_heads * c.head_dim;
+    kv.k = FloatBuffer(size_t(kv.layers) * T * kv.width);
+    kv.v = FloatBuffer(size_t(kv.layers) * T * kv.width);
+    std::vector<StepRow> rows;
+    for (int i = 0; i < T; ++i) rows.push_back({0, i, tokens[i]});
+    forward_step(impl, ws, kv, pool, rows, {});  // ws.gate: layer l's router logits
+    const int E = c.num_experts, K = c.experts_per_token;
+    for (int i = 0; i < T && K < E; ++i) {
+      std::vector<float> g(ws.gate.data() + int64_t(i) * E, ws.gate.data() + int64_t(i + 1) * E);
+      std::sort(g.rbegin(), g.rend());
+      margin[size_t(i)] = std::min(margin[size_t(i)], double(g[K - 1] - g[K]));
+    }
+  }
+  return margin;
+}
+
+// The whole model in bf16 mode: the prefill route of these kernels (one step through the fused
+// attention and the grouped GEMM, forced down to the fixtures' few rows) and the CUDA-core route
+// (steps of 16 rows) against the Hugging Face logits, bf16 bound 2e-2 * max|logit| as in
+// cuda_model_test.cpp. bf16 rounding perturbs router logits by about 1e-2, so where the CPU
+// line's router margin at a position is smaller, bf16 may pick another expert there than float64
+// HF did, and that position and every later one (which attend to it) may differ by more than the
+// bound on either route. The bound is checked on the positions before the first such near-tie;
+// the errors over all positions are printed.
+TEST(CudaPrefillModel, Bf16RoutesMatchTransformersBeforeTheFirstRouterNearTie) {
+  MIND4_REQUIRE_GPU();
+  for (const char* name : {"plain_bf16_mqa", "yarn32_mxfp4_mha", "yarn_mxfp4_gqa"}) {
+    const std::string dir = std::string(MIND4_SOURCE_DIR) + "/tests/fixtures/" + name;
+    auto file = SafeTensorsFile::open(dir + "/expected.safetensors");
+    std::vector<int> tokens;
+    std::vector<float> want;
+    for (const SafeTensor& t : file->tensors()) {
+      if (t.name == "tokens") {
+        const int32_t* p = reinterpret_cast<const int32_t*>(t.data);
+        tokens.assign(p, p + t.nbytes / 4);
+      } else if (t.name == "logits") {
+        const float* p = reinterpret_cast<const float*>(t.data);
+        want.assign(p, p + t.nbytes / 4);
+      }
+    }
+    ASSERT_FALSE(tokens.empty()) << name;
+    const int T = int(tokens.size()), V = int(want.size()) / T;
+    const auto margin = prefill_router_margins(dir, tokens);
+    int clear = 0;  // positions before the first near-tie
+    while (clear < T && margin[size_t(clear)] >= 1e-2) ++clear;
+    Config c;
+    c.paths.checkpoint = dir;
+    c.execution.backend = Backend::kCuda;
+    c.execution.dtype = ActivationDType::kBFloat16;
+    auto model = Model::load(c);
+    double top = 0;
+    for (float v : want) top = std::max(top, double(std::abs(v)));
+    const double bound = 2e-2 * top;
+    double worst_clear[2] = {0, 0}, worst_all[2] = {0, 0};
+    for (const bool prefill_route : {false, true}) {
+      if (prefill_route) setenv("MIND4_CUDA_PREFILL_MIN_ROWS", "2", 1);
+      Context ctx(model, {.context_length = T,
+                          .max_batch_tokens = prefill_route ? T : 16,
+                          .keep_all_logits = true});
+      unsetenv("MIND4_CUDA_PREFILL_MIN_ROWS");
+      const int a = ctx.new_sequence();
+      ctx.append(a, tokens);
+      ctx.process();
+      auto all = ctx.all_logits(a);
+      ASSERT_EQ(all.size(), want.size()) << name;
+      for (size_t i = 0; i < all.size(); ++i) {
+        const double err = std::abs(all[i] - want[i]);
+        worst_all[prefill_route] = std::max(worst_all[prefill_route], err);
+        if (int(i / size_t(V)) < clear)
+          worst_clear[prefill_route] = std::max(worst_clear[prefill_route], err);
+      }
+    }
+    std::printf(
+        "%s bf16: first router near-tie at position %d of %d; max |logit - HF| before it: CUDA "
+        "cores %.4g, prefill route %.4g; over all positions: %.4g, %.4g (bound %.4g)\n",
+        name, clear, T, worst_clear[0], worst_clear[1], worst_all[0], worst_all[1], bound);
+    EXPECT_LE(worst_clear[0], bound) << name << ": the CUDA-core route";
+    EXPECT_LE(worst_clear[1], bound) << name << ": the prefill route";
+  }
+}
+
+}  // namespace
+}  // namespace mind4
+
+#else
+
+TEST(CudaPrefill, NotCompiledIn) {
+  GTEST_SKIP() << "CUDA prefill kernel tests skipped: this build has no CUDA line (nvcc not found "
+                  "or MIND4_CUDA=OFF)";
+}
+
+#endif  // MIND4_HAVE_CUDA
