@@ -29,21 +29,7 @@ namespace {
 using cuda::ActType;
 using namespace cuda_test;
 
-struct CudaDecodeTest : ::testing::Test {
-  unsigned seed = std::random_device{}();
-  std::mt19937 rng{seed};
-  std::vector<float> normal(size_t n, float sd = 1.0f) {
-    std::normal_distribution<float> d(0.0f, sd);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng);
-    return v;
-  }
-  std::vector<uint8_t> bytes(size_t n, int lo, int hi) {
-    std::uniform_int_distribution<int> d(lo, hi);
-    std::vector<uint8_t> v(n);
-    for (auto& b : v) b = uint8_t(d(rng));
-    return v;
-  }
+struct CudaDecodeTest : ::testing::Test, RandomInputs {
   void SetUp() override { MIND4_REQUIRE_GPU(); }
 };
 

@@ -48,22 +48,8 @@ Groups make_groups(std::mt19937& rng, int B, int K, int E) {
   return out;
 }
 
-struct CudaMoeTest : ::testing::TestWithParam<ActType> {
-  unsigned seed = std::random_device{}();
-  std::mt19937 rng{seed};
+struct CudaMoeTest : ::testing::TestWithParam<ActType>, RandomInputs {
   void SetUp() override { MIND4_REQUIRE_GPU(); }
-  std::vector<float> normal(size_t n, float sd = 1.0f) {
-    std::normal_distribution<float> d(0.0f, sd);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng);
-    return v;
-  }
-  std::vector<uint8_t> bytes(size_t n, int lo, int hi) {
-    std::uniform_int_distribution<int> d(lo, hi);
-    std::vector<uint8_t> v(n);
-    for (auto& b : v) b = uint8_t(d(rng));
-    return v;
-  }
 };
 
 TEST_P(CudaMoeTest, GroupingIsAPermutationByExpert) {

@@ -23,15 +23,7 @@ namespace {
 using cuda::ActType;
 using namespace cuda_test;
 
-struct CudaRandomTest : ::testing::Test {
-  unsigned seed = std::random_device{}();
-  std::mt19937 rng{seed};
-  std::vector<float> normal(size_t n, float sd = 1.0f, float mean = 0.0f) {
-    std::normal_distribution<float> d(mean, sd);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng);
-    return v;
-  }
+struct CudaRandomTest : ::testing::Test, RandomInputs {
   void SetUp() override { MIND4_REQUIRE_GPU(); }
 };
 

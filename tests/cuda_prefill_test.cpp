@@ -33,22 +33,8 @@ namespace {
 using cuda::ActType;
 using namespace cuda_test;
 
-struct CudaPrefillTest : ::testing::Test {
-  unsigned seed = std::random_device{}();
-  std::mt19937 rng{seed};
+struct CudaPrefillTest : ::testing::Test, RandomInputs {
   void SetUp() override { MIND4_REQUIRE_GPU(); }
-  std::vector<float> normal(size_t n, float sd = 1.0f) {
-    std::normal_distribution<float> d(0.0f, sd);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng);
-    return v;
-  }
-  std::vector<uint8_t> bytes(size_t n, int lo, int hi) {
-    std::uniform_int_distribution<int> d(lo, hi);
-    std::vector<uint8_t> v(n);
-    for (auto& b : v) b = uint8_t(d(rng));
-    return v;
-  }
 };
 
 // Rows are positions pos0 .. pos0 + B - 1 of one slot; the cache holds keys before pos0 too

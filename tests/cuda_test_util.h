@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,25 @@ inline std::string cuda_gpu_missing() {
                    << " (the CUDA line is "                         \
                       "compiled in)";                               \
   } while (0)
+
+// Fresh random inputs: a new seed every run, so that no test is tuned to its inputs (tests print
+// it with SCOPED_TRACE(seed), which makes a failure reproducible).
+struct RandomInputs {
+  unsigned seed = std::random_device{}();
+  std::mt19937 rng{seed};
+  std::vector<float> normal(size_t n, float sd = 1.0f, float mean = 0.0f) {
+    std::normal_distribution<float> d(mean, sd);
+    std::vector<float> v(n);
+    for (float& x : v) x = d(rng);
+    return v;
+  }
+  std::vector<uint8_t> bytes(size_t n, int lo, int hi) {
+    std::uniform_int_distribution<int> d(lo, hi);
+    std::vector<uint8_t> v(n);
+    for (auto& b : v) b = uint8_t(d(rng));
+    return v;
+  }
+};
 
 template <typename T>
 cuda::DeviceBuffer upload(const std::vector<T>& v) {
