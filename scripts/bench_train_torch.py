@@ -113,7 +113,8 @@ class Block(nn.Module):
         cnt = torch.bincount(flat_e, minlength=a.experts)
         offs = cnt.cumsum(0).to(torch.int32)
         counts = None if a.grouped_mm else offs.tolist()
-        y = self.experts(t[rows], offs, counts, e_sorted)
+        # grouped_mm takes bf16 only (autocast does not cover it): cast the rows explicitly.
+        y = self.experts(t[rows].to(torch.bfloat16), offs, counts, e_sorted)
         y = y * w.reshape(-1)[order, None]
         out = torch.zeros(B * S, H, device=x.device, dtype=torch.float32).index_add_(0, rows, y)
         aux = a.experts * (cnt.float() / (B * S) * probs.mean(0)).sum()
@@ -150,7 +151,7 @@ class Compact(nn.Module):
             aux = aux + a_l / len(self.blocks)
         x = Block.rms(x, self.norm)
         logits = self.unemb(x).float()
-        ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         return ce + self.a.aux_coef * aux
 
 

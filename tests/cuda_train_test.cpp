@@ -6,6 +6,7 @@
 // CUDA tests skip; the one that checks the error a CUDA config gives without a GPU runs in CI.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -309,6 +310,7 @@ TEST(CudaTrainKernels, RopeForwardTransposeAndBackward) {
 
 struct CtShape {
   int B, S, window, E, K;
+  float swiglu_limit = 0.6f;  // low: the clamp is active on part of the expert inputs
 };
 
 ModelConfig ct_model(const CtShape& s) {
@@ -317,7 +319,7 @@ ModelConfig ct_model(const CtShape& s) {
   c.num_key_value_heads = 2, c.head_dim = 8, c.intermediate_size = 12, c.vocab_size = 53;
   c.initial_context_length = 4, c.max_context_length = 64, c.sliding_window = s.window;
   c.rope_theta = 10000.0f, c.rope_scaling_factor = 4.0f, c.num_experts = s.E;
-  c.experts_per_token = s.K, c.swiglu_limit = 0.6f;
+  c.experts_per_token = s.K, c.swiglu_limit = s.swiglu_limit;
   return c;
 }
 
@@ -343,7 +345,9 @@ std::vector<double> ct_params(const ParamLayout& layout, uint64_t seed) {
   return p;
 }
 
-void ct_compare_model(const CtShape& s, const char* dtype, double grad_tol, double loss_tol) {
+// Returns each tensor's relative gradient error.
+std::vector<double> ct_compare_model(const CtShape& s, const char* dtype, double grad_tol,
+                                     double loss_tol) {
   const ModelConfig m = ct_model(s);
   const ParamLayout layout = make_param_layout(m);
   ThreadPool pool(2);
@@ -371,11 +375,14 @@ void ct_compare_model(const CtShape& s, const char* dtype, double grad_tol, doub
   EXPECT_NEAR(lc.ce, lr.ce, loss_tol * lr.ce) << what;
   EXPECT_NEAR(lc.aux, lr.aux, loss_tol * lr.aux) << what;
   EXPECT_NEAR(engine->eval_loss(tokens.data(), targets.data()), lr.ce, loss_tol * lr.ce) << what;
+  std::vector<double> errors;
   for (const auto& t : layout.tensors) {
     std::vector<float> got(g.begin() + t.offset, g.begin() + t.offset + t.numel);
     std::vector<double> want(gref.begin() + t.offset, gref.begin() + t.offset + t.numel);
-    EXPECT_LT(rel_error(got, want), grad_tol) << what << ": " << t.name;
+    errors.push_back(rel_error(got, want));
+    EXPECT_LT(errors.back(), grad_tol) << what << ": " << t.name;
   }
+  return errors;
 }
 
 // Shapes: odd S, window shorter and longer than S and none, one sequence, k = 1 and k = E.
@@ -386,14 +393,22 @@ TEST(CudaTrainModel, Float32LossAndEveryGradientMatchDouble) {
   for (const CtShape& s : kCtShapes) ct_compare_model(s, "float32", 1e-4, 1e-6);
 }
 
-// bf16 rounds GEMM operands to 8 significant bits (relative 2^-9 = 0.2% each); through two
-// blocks and the loss that compounds to about 1% per gradient tensor, so 5% catches a wrong
-// formula (which is off by O(1)) without tripping on rounding. Routing must not depend on
-// rounding for the comparison to hold: k = E chooses every expert whatever the logits.
+// bf16 rounds GEMM operands to 8 significant bits (relative 2^-9 = 0.2% each). These weights
+// (std 0.4) saturate softmaxes, and some gradients are sums that mostly cancel (a sink's is
+// -sum p_sink * delta, a gate's the router softmax's backward), so rounding compounds through two
+// blocks into 1-12% per tensor (seen: 12% on a first-block sink, 5-8% on first-block attention
+// and gate tensors, most tensors far below). A wrong formula or a wrong dtype is off by O(1): the
+// bound is 20% on every tensor and 5% on the median tensor. The comparison only holds where no
+// decision depends on rounding: k = E chooses every expert whatever the logits, and the SwiGLU
+// clamp sits at gpt-oss's 7, beyond these inputs (at 0.6 an input a rounding away from the bound
+// gets a gradient on one side and none on the other: 40-65% errors in mlp1, seen).
 TEST(CudaTrainModel, Bfloat16GradientsWithinRoundingOfDouble) {
   MIND4_REQUIRE_GPU();
-  ct_compare_model({2, 7, 4, 3, 3}, "bfloat16", 5e-2, 1e-2);
-  ct_compare_model({1, 9, 0, 2, 2}, "bfloat16", 5e-2, 1e-2);
+  for (const CtShape& s : {CtShape{2, 7, 4, 3, 3, 7.0f}, CtShape{1, 9, 0, 2, 2, 7.0f}}) {
+    std::vector<double> e = ct_compare_model(s, "bfloat16", 0.2, 1e-2);
+    std::sort(e.begin(), e.end());
+    EXPECT_LT(e[e.size() / 2], 0.05) << "median tensor error, S = " << s.S;
+  }
 }
 
 TEST(CudaTrainEngine, AdamWStepsMatchTheCpuEngine) {

@@ -77,23 +77,23 @@ __device__ __forceinline__ int train_first_key(int s, int window) {
 
 template <typename T>
 __global__ void __launch_bounds__(kTrainSoftmaxThreads)
-    train_attn_softmax_fwd_kernel(const float* __restrict__ scores, const float* __restrict__ sinks,
+    train_attn_softmax_fwd_kernel(const T* __restrict__ scores, const float* __restrict__ sinks,
                                   int NH, int S, int window, float scale, T* __restrict__ P,
                                   float* __restrict__ lse) {
   const int64_t row = blockIdx.x;  // (b*NH + h)*S + s
   const int s = int(row % S), h = int((row / S) % NH), j0 = train_first_key(s, window);
-  const float* sr = scores + row * S;
+  const T* sr = scores + row * S;
   const float sink = sinks[h];
   float m = sink;
-  for (int j = j0 + threadIdx.x; j <= s; j += blockDim.x) m = fmaxf(m, sr[j] * scale);
+  for (int j = j0 + threadIdx.x; j <= s; j += blockDim.x) m = fmaxf(m, to_f32(sr[j]) * scale);
   m = train_block_max(m);
   float sum = 0.0f;
-  for (int j = j0 + threadIdx.x; j <= s; j += blockDim.x) sum += __expf(sr[j] * scale - m);
+  for (int j = j0 + threadIdx.x; j <= s; j += blockDim.x) sum += __expf(to_f32(sr[j]) * scale - m);
   sum = train_block_sum(sum) + __expf(sink - m);
   const float inv = 1.0f / sum;
   T* pr = P + row * S;
   for (int j = threadIdx.x; j < S; j += blockDim.x)
-    pr[j] = from_f32<T>(j >= j0 && j <= s ? __expf(sr[j] * scale - m) * inv : 0.0f);
+    pr[j] = from_f32<T>(j >= j0 && j <= s ? __expf(to_f32(sr[j]) * scale - m) * inv : 0.0f);
   if (threadIdx.x == 0) lse[row] = m + logf(sum);
 }
 
@@ -138,21 +138,21 @@ __global__ void train_attn_bwd_prep_kernel(const float* __restrict__ dout,
 }
 
 template <typename T>
-__global__ void train_attn_softmax_bwd_kernel(const float* __restrict__ scores,
-                                              const float* __restrict__ dP,
+__global__ void train_attn_softmax_bwd_kernel(const T* __restrict__ scores,
+                                              const T* __restrict__ dP,
                                               const float* __restrict__ lse,
                                               const float* __restrict__ delta, int S, int window,
                                               float scale, T* __restrict__ P, T* __restrict__ dS) {
   const int64_t row = blockIdx.x;
   const int s = int(row % S), j0 = train_first_key(s, window);
   const float L = lse[row], dl = delta[row];
-  const float* sr = scores + row * S;
-  const float* dr = dP + row * S;
+  const T* sr = scores + row * S;
+  const T* dr = dP + row * S;
   for (int j = threadIdx.x; j < S; j += blockDim.x) {
     float p = 0.0f, ds = 0.0f;
     if (j >= j0 && j <= s) {
-      p = __expf(sr[j] * scale - L);
-      ds = p * (dr[j] - dl) * scale;
+      p = __expf(to_f32(sr[j]) * scale - L);
+      ds = p * (to_f32(dr[j]) - dl) * scale;
     }
     P[row * S + j] = from_f32<T>(p);
     dS[row * S + j] = from_f32<T>(ds);
@@ -208,9 +208,8 @@ void train_rope_bwd(ActType t, const float* dq, const float* dk, const float* dv
   check_launch(train_attn_name(t, "train_rope_bwd_f32", "train_rope_bwd_bf16"));
 }
 
-void train_attn_softmax_fwd(ActType t, const float* scores, const float* sinks, int B, int NH,
-                            int S, int window, float scale, void* P, float* lse,
-                            cudaStream_t stream) {
+void train_attn_softmax_fwd(ActType t, const void* scores, const float* sinks, int B, int NH, int S,
+                            int window, float scale, void* P, float* lse, cudaStream_t stream) {
   MIND4_CUDA_ARG(scores && sinks && P && lse, "train_attn_softmax_fwd", "null pointer");
   MIND4_CUDA_ARG(B >= 0 && NH > 0 && S > 0 && window >= 0, "train_attn_softmax_fwd", "B = ", B,
                  ", NH = ", NH, ", S = ", S, ", window = ", window);
@@ -218,7 +217,7 @@ void train_attn_softmax_fwd(ActType t, const float* scores, const float* sinks, 
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
     train_attn_softmax_fwd_kernel<T><<<B * NH * S, kTrainSoftmaxThreads, 0, stream>>>(
-        scores, sinks, NH, S, window, scale, static_cast<T*>(P), lse);
+        static_cast<const T*>(scores), sinks, NH, S, window, scale, static_cast<T*>(P), lse);
   });
   check_launch(train_attn_name(t, "train_attn_softmax_fwd_f32", "train_attn_softmax_fwd_bf16"));
 }
@@ -253,7 +252,7 @@ void train_attn_bwd_prep(ActType t, const float* dout, const void* out, const fl
   check_launch(train_attn_name(t, "train_attn_bwd_prep_f32", "train_attn_bwd_prep_bf16"));
 }
 
-void train_attn_softmax_bwd(ActType t, const float* scores, const float* dP, const float* lse,
+void train_attn_softmax_bwd(ActType t, const void* scores, const void* dP, const float* lse,
                             const float* delta, int B, int NH, int S, int window, float scale,
                             void* P, void* dS, cudaStream_t stream) {
   MIND4_CUDA_ARG(scores && dP && lse && delta && P && dS, "train_attn_softmax_bwd", "null pointer");
@@ -262,7 +261,8 @@ void train_attn_softmax_bwd(ActType t, const float* scores, const float* dP, con
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
     train_attn_softmax_bwd_kernel<T><<<B * NH * S, kTrainSoftmaxThreads, 0, stream>>>(
-        scores, dP, lse, delta, S, window, scale, static_cast<T*>(P), static_cast<T*>(dS));
+        static_cast<const T*>(scores), static_cast<const T*>(dP), lse, delta, S, window, scale,
+        static_cast<T*>(P), static_cast<T*>(dS));
   });
   check_launch(train_attn_name(t, "train_attn_softmax_bwd_f32", "train_attn_softmax_bwd_bf16"));
 }

@@ -18,6 +18,7 @@
 #include "cpu/ops.h"
 #include "cuda/buffer.h"
 #include "cuda/ceilings.h"
+#include "cuda/profiler.h"
 #include "cuda/train_kernels.h"
 #include "mind4/status.h"
 #include "train/engine.h"
@@ -29,10 +30,18 @@ namespace {
 using cuda::ActType;
 using cuda::DeviceBuffer;
 
+// Each expert's rows start at a multiple of this in the grouped buffers and its products run over
+// a whole number of tiles (the gap rows are zero where they could reach a gradient). cuBLAS picks
+// its kernel per shape, and a shape it has not seen costs a heuristic query on the host (measured:
+// per-expert products of exact row counts made the experts 57% of the step, host-bound); rounded
+// counts repeat, so the choice comes from its cache.
+constexpr int kExpertRowTile = 256;
+
 struct CudaTrainLayer {
   DeviceBuffer xin, rstd1, t1, q, k, v, lse, attn, xmid, rstd2, t2, probs, topk_e, topk_w, offsets,
-      group_row, group_expert, assign_at, xe, h, act, y;
-  std::vector<int> host_offsets;  // [E + 1], from the forward
+      poffsets, group_row, group_expert, assign_at, xe, h, act, y;
+  std::vector<int> host_offsets;   // [E + 1], from the forward
+  std::vector<int> host_poffsets;  // [E + 1]: the padded segments (kExpertRowTile rows)
 };
 
 class CudaTrainEngine final : public TrainEngine {
@@ -84,6 +93,7 @@ class CudaTrainEngine final : public TrainEngine {
   AdamWConfig adamw_;
   float aux_coef_;
   int B_, S_, NT_, H_, D_, NH_, NKV_, E_, K_, I_, V_, L_, QKV_, A_;
+  int A_max_;  // grouped rows with padding: A + E (kExpertRowTile - 1)
   bool bf16_;
   ActType t_;
   int64_t step_ = 0;
@@ -98,6 +108,7 @@ class CudaTrainEngine final : public TrainEngine {
   DeviceBuffer qkvf_, glog_, hf_, scores_, pa_, oh_, active_;
   DeviceBuffer dx_, dxa_, dt_, dw_, dy_, dact_, dh_, dxe_, dglog_, dattn_, dOh_, delta_, sinkt_,
       dP_, dS_, dqh_, dkh_, dvh_, dqkv_, colsum_partial_, sumsq_;
+  cuda::StepProfiler prof_;  // MIND4_CUDA_PROFILE=1: GPU time per phase of the step
   cuda::PinnedBuffer host_loss_, host_probsum_, host_sumsq_, host_offsets_;
 };
 
@@ -108,6 +119,7 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   NKV_ = c_.num_key_value_heads, E_ = c_.num_experts, K_ = c_.experts_per_token;
   I_ = c_.intermediate_size, V_ = c_.vocab_size, L_ = c_.num_hidden_layers;
   QKV_ = (NH_ + 2 * NKV_) * D_, A_ = NT_ * K_;
+  A_max_ = A_ + E_ * (kExpertRowTile - 1);
   bf16_ = cfg.execution.dtype == ActivationDType::kBFloat16;
   t_ = bf16_ ? ActType::kBF16 : ActType::kF32;
   MIND4_CHECK(cfg.execution.dtype != ActivationDType::kFloat16, Status::kUnsupported, cfg.source,
@@ -141,7 +153,7 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   tokens_ = DeviceBuffer(size_t(NT_) * 4, "tokens");
   targets_ = DeviceBuffer(size_t(NT_) * 4, "targets");
 
-  const int64_t NT = NT_, A = A_;
+  const int64_t NT = NT_, A = A_, AP = A_max_;
   layers_.resize(L_);
   for (auto& a : layers_) {
     a.xin = DeviceBuffer(NT * H_ * 4, "layer input");
@@ -159,14 +171,16 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
     a.topk_e = DeviceBuffer(A * 4, "router experts");
     a.topk_w = DeviceBuffer(A * 4, "router weights");
     a.offsets = DeviceBuffer((E_ + 1) * 4, "expert offsets");
-    a.group_row = DeviceBuffer(A * 4, "group rows");
-    a.group_expert = DeviceBuffer(A * 4, "group experts");
+    a.poffsets = DeviceBuffer((E_ + 1) * 4, "padded expert offsets");
+    a.group_row = DeviceBuffer(AP * 4, "group rows");
+    a.group_expert = DeviceBuffer(AP * 4, "group experts");
     a.assign_at = DeviceBuffer(A * 4, "assignment positions");
-    a.xe = act(A * H_, "expert inputs");
-    a.h = act(A * 2 * I_, "expert pre-activations");
-    a.act = act(A * I_, "expert activations");
-    a.y = DeviceBuffer(A * H_ * 4, "expert outputs");
+    a.xe = act(AP * H_, "expert inputs");
+    a.h = act(AP * 2 * I_, "expert pre-activations");
+    a.act = act(AP * I_, "expert activations");
+    a.y = DeviceBuffer(AP * H_ * 4, "expert outputs");
     a.host_offsets.assign(E_ + 1, 0);
+    a.host_poffsets.assign(E_ + 1, 0);
   }
   const int64_t scores = int64_t(B_) * NH_ * S_ * S_;
   xf_ = DeviceBuffer(NT * H_ * 4, "final residual");
@@ -178,8 +192,8 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   probsum_ = DeviceBuffer(int64_t(L_) * E_ * 4, "router probability sums");
   qkvf_ = DeviceBuffer(NT * QKV_ * 4, "qkv");
   glog_ = DeviceBuffer(NT * E_ * 4, "router logits");
-  hf_ = DeviceBuffer(A * 2 * I_ * 4, "expert mlp1 output");
-  scores_ = DeviceBuffer(scores * 4, "attention scores");
+  hf_ = DeviceBuffer(AP * 2 * I_ * 4, "expert mlp1 output");
+  scores_ = act(scores, "attention scores");
   pa_ = act(scores, "attention probabilities");
   oh_ = act(NT * NH_ * D_, "attention output (head-major)");
   active_ = DeviceBuffer((E_ + 1) * 4, "active experts");
@@ -187,16 +201,16 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   dxa_ = act(NT * H_, "dx (act)");
   dt_ = DeviceBuffer(NT * H_ * 4, "dt");
   dw_ = DeviceBuffer(A * 4, "router weight gradients");
-  dy_ = act(A * H_, "expert output gradients");
-  dact_ = DeviceBuffer(A * I_ * 4, "expert activation gradients");
-  dh_ = act(A * 2 * I_, "expert pre-activation gradients");
-  dxe_ = DeviceBuffer(A * H_ * 4, "expert input gradients");
+  dy_ = act(AP * H_, "expert output gradients");
+  dact_ = DeviceBuffer(AP * I_ * 4, "expert activation gradients");
+  dh_ = act(AP * 2 * I_, "expert pre-activation gradients");
+  dxe_ = DeviceBuffer(AP * H_ * 4, "expert input gradients");
   dglog_ = act(NT * E_, "router logit gradients");
   dattn_ = DeviceBuffer(NT * NH_ * D_ * 4, "attention output gradients");
   dOh_ = act(NT * NH_ * D_, "attention output gradients (head-major)");
   delta_ = DeviceBuffer(NT * NH_ * 4, "attention delta");
   sinkt_ = DeviceBuffer(NT * NH_ * 4, "sink gradient terms");
-  dP_ = DeviceBuffer(scores * 4, "attention probability gradients");
+  dP_ = act(scores, "attention probability gradients");
   dS_ = act(scores, "attention score gradients");
   dqh_ = DeviceBuffer(NT * NH_ * D_ * 4, "dq");
   dkh_ = DeviceBuffer(NT * NKV_ * D_ * 4, "dk");
@@ -204,7 +218,7 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   dqkv_ = act(NT * QKV_, "dqkv");
   const int widest = std::max({QKV_, 2 * I_, H_, E_, NH_ * D_});
   colsum_partial_ =
-      DeviceBuffer(cuda::train_colsum_partial_size(std::max(A_, NT_), widest) * 4, "colsum");
+      DeviceBuffer(cuda::train_colsum_partial_size(std::max(A_max_, NT_), widest) * 4, "colsum");
   sumsq_ = DeviceBuffer(cuda::train_sumsq_blocks * 8, "gradient norm partials");
   host_loss_ = cuda::PinnedBuffer(NT * 4);
   host_probsum_ = cuda::PinnedBuffer(int64_t(L_) * E_ * 4);
@@ -229,20 +243,23 @@ void CudaTrainEngine::forward_layer(int l, float* xout) {
   cuda::train_qkv_rope_fwd(t_, qkvf_.data<float>(), p(o.qkv_b), cos_.data<float>(),
                            sin_.data<float>(), B_, S_, NH_, NKV_, D_, a.q.data(), a.k.data(),
                            a.v.data(), st());
+  prof_.mark(st(), "fwd attn norm+qkv+rope");
   cuda::train_gemm(blas_.get(), t_, GS, S_, D_, {a.q.data(), D_, int64_t(GS) * D_, false},
-                   {a.k.data(), D_, int64_t(S_) * D_, true}, 0.0f, scores_.data(), true, S_,
+                   {a.k.data(), D_, int64_t(S_) * D_, true}, 0.0f, scores_.data(), false, S_,
                    int64_t(GS) * S_, BK, "attention scores");
-  cuda::train_attn_softmax_fwd(t_, scores_.data<float>(), p(o.sinks), B_, NH_, S_,
-                               layer_window(c_, l), scale, pa_.data(), a.lse.data<float>(), st());
+  cuda::train_attn_softmax_fwd(t_, scores_.data(), p(o.sinks), B_, NH_, S_, layer_window(c_, l),
+                               scale, pa_.data(), a.lse.data<float>(), st());
   cuda::train_gemm(blas_.get(), t_, GS, D_, S_, {pa_.data(), S_, int64_t(GS) * S_, false},
                    {a.v.data(), D_, int64_t(S_) * D_, false}, 0.0f, oh_.data(), false, D_,
                    int64_t(GS) * D_, BK, "attention P V");
   cuda::train_heads_to_rows(t_, oh_.data(), B_, NH_, S_, D_, a.attn.data(), st());
+  prof_.mark(st(), "fwd attn core");
   cuda::check(
       cudaMemcpyAsync(a.xmid.data(), a.xin.data(), a.xin.bytes(), cudaMemcpyDeviceToDevice, st()),
       "residual copy");
   mm(NT_, H_, NH_ * D_, a.attn.data(), NH_ * D_, false, w(o.out_w), NH_ * D_, true, 1.0f,
      a.xmid.data(), true, H_, "attention out forward");
+  prof_.mark(st(), "fwd attn out");
   // ---- mixture of experts (the out bias joins the residual inside the norm kernel)
   cuda::train_rmsnorm_fwd(t_, a.xmid.data<float>(), p(o.out_b), p(o.mlp_norm), NT_, H_, eps,
                           a.t2.data(), a.rstd2.data<float>(), st());
@@ -260,15 +277,30 @@ void CudaTrainEngine::forward_layer(int l, float* xout) {
               "download expert offsets");
   cuda::check(cudaStreamSynchronize(st()), "expert offsets");
   std::memcpy(a.host_offsets.data(), host_offsets_.data(), (E_ + 1) * 4);
-  cuda::gather_rows(t_, a.t2.data(), a.group_row.data<int>(), A_, H_, a.xe.data(), st());
-  const std::vector<int>& off = a.host_offsets;
+  std::vector<int>& off = a.host_poffsets;
+  for (int e = 0; e < E_; ++e) {
+    const int cnt = a.host_offsets[e + 1] - a.host_offsets[e];
+    off[e + 1] = off[e] + (cnt + kExpertRowTile - 1) / kExpertRowTile * kExpertRowTile;
+  }
+  const int AP = off[E_];
+  // Pageable source: the copy has read it when cudaMemcpyAsync returns.
+  cuda::check(
+      cudaMemcpyAsync(a.poffsets.data(), off.data(), (E_ + 1) * 4, cudaMemcpyHostToDevice, st()),
+      "upload padded expert offsets");
+  cuda::check(cudaMemsetAsync(a.group_row.data(), 0, size_t(AP) * 4, st()), "zero group rows");
+  cuda::check(cudaMemsetAsync(a.group_expert.data(), 0, size_t(AP) * 4, st()), "zero groups");
+  cuda::train_pad_groups(a.topk_e.data<int>(), a.offsets.data<int>(), a.poffsets.data<int>(), A_,
+                         K_, a.assign_at.data<int>(), a.group_row.data<int>(),
+                         a.group_expert.data<int>(), st());
+  prof_.mark(st(), "fwd router+group+sync");
+  cuda::gather_rows(t_, a.t2.data(), a.group_row.data<int>(), AP, H_, a.xe.data(), st());
   for (int e = 0; e < E_; ++e) {
     const int base = off[e], cnt = off[e + 1] - off[e];
     mm(cnt, 2 * I_, H_, at(a.xe, int64_t(base) * H_), H_, false,
        w(o.mlp1_w + int64_t(e) * 2 * I_ * H_), H_, true, 0.0f,
        hf_.data<float>() + int64_t(base) * 2 * I_, true, 2 * I_, "expert mlp1 forward");
   }
-  cuda::train_swiglu_fwd(t_, hf_.data<float>(), p(o.mlp1_b), a.group_expert.data<int>(), A_, I_,
+  cuda::train_swiglu_fwd(t_, hf_.data<float>(), p(o.mlp1_b), a.group_expert.data<int>(), AP, I_,
                          c_.swiglu_limit, a.h.data(), a.act.data(), st());
   for (int e = 0; e < E_; ++e) {
     const int base = off[e], cnt = off[e + 1] - off[e];
@@ -278,6 +310,7 @@ void CudaTrainEngine::forward_layer(int l, float* xout) {
   cuda::train_moe_combine_fwd(a.xmid.data<float>(), a.y.data<float>(), p(o.mlp2_b),
                               a.topk_e.data<int>(), a.assign_at.data<int>(), a.topk_w.data<float>(),
                               NT_, K_, H_, xout, st());
+  prof_.mark(st(), "fwd experts+combine");
 }
 
 void CudaTrainEngine::backward_layer(int l, float grad_scale) {
@@ -285,9 +318,13 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
   CudaTrainLayer& a = layers_[l];
   const int G = NH_ / NKV_, GS = G * S_, BK = B_ * NKV_;
   const float scale = float(1.0 / std::sqrt(double(D_)));
-  const std::vector<int>& off = a.host_offsets;
+  const std::vector<int>& off = a.host_poffsets;  // padded segments (kExpertRowTile)
+  const int AP = off[E_];
   float* dx = dx_.data<float>();
-  // ---- mixture of experts: out = xmid + sum_s w_s (y_s + b2)
+  // ---- mixture of experts: out = xmid + sum_s w_s (y_s + b2). The gap rows of dy stay zero,
+  // so nothing flows from them into the weight and bias gradients.
+  cuda::check(cudaMemsetAsync(dy_.data(), 0, size_t(AP) * H_ * cuda::act_size(t_), st()),
+              "zero expert output gradients");
   cuda::train_moe_combine_bwd(t_, dx, a.y.data<float>(), p(o.mlp2_b), a.topk_e.data<int>(),
                               a.assign_at.data<int>(), a.topk_w.data<float>(), NT_, K_, H_,
                               dw_.data<float>(), dy_.data(), st());
@@ -301,7 +338,7 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
     mm(cnt, I_, H_, dy, H_, false, w(o.mlp2_w + int64_t(e) * H_ * I_), I_, false, 0.0f,
        dact_.data<float>() + int64_t(base) * I_, true, I_, "expert mlp2 input gradient");
   }
-  cuda::train_swiglu_bwd(t_, a.h.data(), dact_.data<float>(), A_, I_, c_.swiglu_limit, dh_.data(),
+  cuda::train_swiglu_bwd(t_, a.h.data(), dact_.data<float>(), AP, I_, c_.swiglu_limit, dh_.data(),
                          st());
   for (int e = 0; e < E_; ++e) {
     const int base = off[e], cnt = off[e + 1] - off[e];
@@ -319,6 +356,7 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
                          a.probs.data<float>(), a.offsets.data<int>(), aux_scale,
                          dxe_.data<float>(), a.assign_at.data<int>(), NT_, E_, K_, H_,
                          dglog_.data(), dt_.data<float>(), st());
+  prof_.mark(st(), "bwd experts");
   mm(E_, H_, NT_, dglog_.data(), E_, true, a.t2.data(), H_, false, 1.0f, g(o.gate_w), true, H_,
      "router weight gradient");
   colsum(t_, dglog_.data(), E_, NT_, E_, g(o.gate_b));
@@ -328,6 +366,7 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
                           dt_.data<float>(), NT_, H_, true, dx, st());
   colsum(ActType::kF32, dt_.data(), H_, NT_, H_, g(o.mlp_norm), a.xmid.data<float>(),
          a.rstd2.data<float>());
+  prof_.mark(st(), "bwd router+norm");
 
   // ---- attention: xmid = xin + attn Wo^T + bo
   const void* dxa = dx;
@@ -344,13 +383,15 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
                             a.lse.data<float>(), B_, NH_, S_, D_, dOh_.data(), delta_.data<float>(),
                             sinkt_.data<float>(), st());
   cuda::train_sink_grad(sinkt_.data<float>(), B_, NH_, S_, g(o.sinks), st());
+  prof_.mark(st(), "bwd attn out");
   const int64_t sq = int64_t(GS) * D_, skv = int64_t(S_) * D_, ss = int64_t(GS) * S_;
   cuda::train_gemm(blas_.get(), t_, GS, S_, D_, {a.q.data(), D_, sq, false},
-                   {a.k.data(), D_, skv, true}, 0.0f, scores_.data(), true, S_, ss, BK,
+                   {a.k.data(), D_, skv, true}, 0.0f, scores_.data(), false, S_, ss, BK,
                    "attention scores (backward)");
   cuda::train_gemm(blas_.get(), t_, GS, S_, D_, {dOh_.data(), D_, sq, false},
-                   {a.v.data(), D_, skv, true}, 0.0f, dP_.data(), true, S_, ss, BK, "attention dP");
-  cuda::train_attn_softmax_bwd(t_, scores_.data<float>(), dP_.data<float>(), a.lse.data<float>(),
+                   {a.v.data(), D_, skv, true}, 0.0f, dP_.data(), false, S_, ss, BK,
+                   "attention dP");
+  cuda::train_attn_softmax_bwd(t_, scores_.data(), dP_.data(), a.lse.data<float>(),
                                delta_.data<float>(), B_, NH_, S_, layer_window(c_, l), scale,
                                pa_.data(), dS_.data(), st());
   cuda::train_gemm(blas_.get(), t_, GS, D_, S_, {dS_.data(), S_, ss, false},
@@ -365,6 +406,7 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
   cuda::train_rope_bwd(t_, dqh_.data<float>(), dkh_.data<float>(), dvh_.data<float>(),
                        cos_.data<float>(), sin_.data<float>(), B_, S_, NH_, NKV_, D_, dqkv_.data(),
                        st());
+  prof_.mark(st(), "bwd attn core");
   mm(QKV_, H_, NT_, dqkv_.data(), QKV_, true, a.t1.data(), H_, false, 1.0f, g(o.qkv_w), true, H_,
      "qkv weight gradient");
   colsum(t_, dqkv_.data(), QKV_, NT_, QKV_, g(o.qkv_b));
@@ -374,6 +416,7 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
                           dt_.data<float>(), NT_, H_, true, dx, st());
   colsum(ActType::kF32, dt_.data(), H_, NT_, H_, g(o.attn_norm), a.xin.data<float>(),
          a.rstd1.data<float>());
+  prof_.mark(st(), "bwd qkv+norm");
 }
 
 LossParts CudaTrainEngine::run(const int* tokens, const int* targets, bool grads,
@@ -388,6 +431,7 @@ LossParts CudaTrainEngine::run(const int* tokens, const int* targets, bool grads
   cuda::check(
       cudaMemcpyAsync(targets_.data(), targets, size_t(NT_) * 4, cudaMemcpyHostToDevice, st()),
       "upload targets");
+  prof_.begin(st(), grads ? NT_ : -NT_);
   cuda::check(cudaMemsetAsync(probsum_.data(), 0, probsum_.bytes(), st()), "zero probsum");
   float* x0 = L_ > 0 ? layers_[0].xin.data<float>() : xf_.data<float>();
   cuda::embedding_gather(ActType::kF32, p(layout_.embedding), tokens_.data<int>(), NT_, H_, x0,
@@ -401,6 +445,7 @@ LossParts CudaTrainEngine::run(const int* tokens, const int* targets, bool grads
   cuda::train_cross_entropy(t_, logits_.data<float>(), targets_.data<int>(), NT_, V_,
                             float(double(grad_scale) / NT_), row_loss_.data<float>(),
                             grads ? dlogits_.data() : nullptr, st());
+  prof_.mark(st(), "logits+loss");
   if (grads) {
     mm(V_, H_, NT_, dlogits_.data(), V_, true, tf_.data(), H_, false, 1.0f, g(layout_.unembedding),
        true, H_, "unembedding weight gradient");
@@ -410,6 +455,7 @@ LossParts CudaTrainEngine::run(const int* tokens, const int* targets, bool grads
                             dt_.data<float>(), NT_, H_, false, dx_.data<float>(), st());
     colsum(ActType::kF32, dt_.data(), H_, NT_, H_, g(layout_.norm), xf_.data<float>(),
            rstdf_.data<float>());
+    prof_.mark(st(), "bwd logits+norm");
     for (int l = L_ - 1; l >= 0; --l) backward_layer(l, grad_scale);
     cuda::train_embedding_bwd(dx_.data<float>(), tokens_.data<int>(), NT_, H_, g(layout_.embedding),
                               st());
@@ -420,7 +466,9 @@ LossParts CudaTrainEngine::run(const int* tokens, const int* targets, bool grads
   cuda::check(cudaMemcpyAsync(host_probsum_.data(), probsum_.data(), probsum_.bytes(),
                               cudaMemcpyDeviceToHost, st()),
               "download router sums");
+  prof_.mark(st(), "embedding bwd+downloads");
   cuda::check(cudaStreamSynchronize(st()), "training step");
+  prof_.end();
   LossParts loss;
   const float* rl = host_loss_.data<float>();
   for (int r = 0; r < NT_; ++r) loss.ce += rl[r];
@@ -446,6 +494,7 @@ double CudaTrainEngine::eval_loss(const int* tokens, const int* targets) {
 
 double CudaTrainEngine::clip_and_update(double max_norm, double lr) {
   const int64_t n = layout_.total;
+  prof_.begin(st(), 0);
   cuda::train_sumsq(g32_.data<float>(), n, sumsq_.data<double>(), st());
   cuda::check(cudaMemcpyAsync(host_sumsq_.data(), sumsq_.data(), sumsq_.bytes(),
                               cudaMemcpyDeviceToHost, st()),
@@ -467,6 +516,11 @@ double CudaTrainEngine::clip_and_update(double max_norm, double lr) {
   s.beta2 = float(b2);
   cuda::train_adamw(p32_.data<float>(), g32_.data<float>(), m32_.data<float>(), v32_.data<float>(),
                     decay_.data<uint8_t>(), n, s, bf16_ ? wbf_.data() : nullptr, st());
+  prof_.mark(st(), "grad norm + AdamW");
+  if (prof_.on()) {
+    cuda::check(cudaStreamSynchronize(st()), "AdamW");
+    prof_.end();
+  }
   return norm;
 }
 

@@ -47,12 +47,13 @@ void train_qkv_rope_fwd(ActType t, const float* qkv, const float* bias, const fl
 void train_rope_bwd(ActType t, const float* dq, const float* dk, const float* dv,
                     const float* cos_table, const float* sin_table, int B, int S, int NH, int NKV,
                     int D, void* dqkv, cudaStream_t stream);
+// scores and dP hold q.k and dO.v as the products wrote them: act (bf16 in bf16 mode, as PyTorch's
+// autocast does; the softmax itself is f32).
 // Per row (b, h, s): P act = softmax over (scale * scores[keys], sinks[h]) with keys
 // [first(s), s] (first = s - window + 1 when window > 0), 0 elsewhere; lse [B, NH, S] = log of
 // the denominator.
-void train_attn_softmax_fwd(ActType t, const float* scores, const float* sinks, int B, int NH,
-                            int S, int window, float scale, void* P, float* lse,
-                            cudaStream_t stream);
+void train_attn_softmax_fwd(ActType t, const void* scores, const float* sinks, int B, int NH, int S,
+                            int window, float scale, void* P, float* lse, cudaStream_t stream);
 // out act [NT, NH D] from o act [B, NH, S, D].
 void train_heads_to_rows(ActType t, const void* o, int B, int NH, int S, int D, void* out,
                          cudaStream_t stream);
@@ -63,7 +64,7 @@ void train_attn_bwd_prep(ActType t, const float* dout, const void* out, const fl
                          float* sink_terms, cudaStream_t stream);
 // P act = exp(scale * scores - lse) on the row's keys (0 elsewhere), dS act = P (dP - delta)
 // scale.
-void train_attn_softmax_bwd(ActType t, const float* scores, const float* dP, const float* lse,
+void train_attn_softmax_bwd(ActType t, const void* scores, const void* dP, const float* lse,
                             const float* delta, int B, int NH, int S, int window, float scale,
                             void* P, void* dS, cudaStream_t stream);
 // dsinks[h] -= sum over (b, s) of sink_terms, in a fixed order.
@@ -98,6 +99,14 @@ void train_router_bwd(ActType t, const int* experts, const float* weights, const
                       const float* probs, const int* offsets, float aux_scale, const float* dxe,
                       const int* assign_at, int NT, int E, int K, int H, void* dlogits, float* dt,
                       cudaStream_t stream);
+
+// Spreads moe_group's grouping out to padded expert segments (each starting at poffsets[e], a
+// multiple of the products' row tile, so that cuBLAS sees few distinct shapes): for each
+// assignment i of expert e = experts[i], assign_at[i] moves from offsets[e] + j to poffsets[e] + j
+// (in place), and group_row / group_expert [poffsets[E]] get its row and expert there. Rows of
+// the gaps must be set beforehand (to 0: row 0 of expert 0, any valid row will do).
+void train_pad_groups(const int* experts, const int* offsets, const int* poffsets, int A, int K,
+                      int* assign_at, int* group_row, int* group_expert, cudaStream_t stream);
 
 // ---- train_loss.cu
 // Per row: row_loss = logsumexp(logits) - logits[target]; when dlogits (act [NT, V]) is given it

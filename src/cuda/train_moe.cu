@@ -154,6 +154,20 @@ __global__ void train_router_bwd_kernel(const int* __restrict__ experts,
   }
 }
 
+__global__ void train_pad_groups_kernel(const int* __restrict__ experts,
+                                        const int* __restrict__ offsets,
+                                        const int* __restrict__ poffsets, int A, int K,
+                                        int* __restrict__ assign_at, int* __restrict__ group_row,
+                                        int* __restrict__ group_expert) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= A) return;
+  const int e = experts[i];
+  const int at = assign_at[i] - offsets[e] + poffsets[e];
+  assign_at[i] = at;
+  group_row[at] = i / K;
+  group_expert[at] = e;
+}
+
 const char* train_moe_name(ActType t, const char* f32, const char* bf16) {
   return t == ActType::kF32 ? f32 : bf16;
 }
@@ -227,6 +241,17 @@ void train_moe_combine_bwd(ActType t, const float* dx, const float* y, const flo
         dx, y, bias, experts, assign_at, weights, NT, K, H, dweights, static_cast<T*>(dy));
   });
   check_launch(train_moe_name(t, "train_moe_combine_bwd_f32", "train_moe_combine_bwd_bf16"));
+}
+
+void train_pad_groups(const int* experts, const int* offsets, const int* poffsets, int A, int K,
+                      int* assign_at, int* group_row, int* group_expert, cudaStream_t stream) {
+  MIND4_CUDA_ARG(experts && offsets && poffsets && assign_at && group_row && group_expert,
+                 "train_pad_groups", "null pointer");
+  MIND4_CUDA_ARG(A >= 0 && K > 0 && A % K == 0, "train_pad_groups", "A = ", A, ", K = ", K);
+  if (A == 0) return;
+  train_pad_groups_kernel<<<(A + 255) / 256, 256, 0, stream>>>(experts, offsets, poffsets, A, K,
+                                                               assign_at, group_row, group_expert);
+  check_launch("train_pad_groups");
 }
 
 void train_router_bwd(ActType t, const int* experts, const float* weights, const float* dweights,
