@@ -258,8 +258,10 @@ TEST(CudaTrainKernels, RopeForwardTransposeAndBackward) {
   std::vector<float> cs(size_t(S) * D / 2), sn(cs.size());
   cpu::rope_tables(c, S, cs.data(), sn.data());
   auto qkv = ct_random(size_t(B) * S * QKV, rng), bias = ct_random(QKV, rng);
-  auto dq = ct_random(size_t(B) * NH * S * D, rng), dk = ct_random(size_t(B) * NKV * S * D, rng),
-       dv = ct_random(size_t(B) * NKV * S * D, rng);
+  const int G = NH / NKV;
+  // dk, dv per query head (the products' output): the KV head's gradient sums its group.
+  auto dq = ct_random(size_t(B) * NH * S * D, rng), dk = ct_random(size_t(B) * NH * S * D, rng),
+       dv = ct_random(size_t(B) * NH * S * D, rng);
   std::vector<double> ref(qkv.size()), dref(qkv.size());
   const std::vector<double> csd = ct_d(cs), snd = ct_d(sn);
   for (int r = 0; r < B * S; ++r) {
@@ -272,8 +274,13 @@ TEST(CudaTrainKernels, RopeForwardTransposeAndBackward) {
       for (int d = 0; d < D; ++d) drow[h * D + d] = dq[((size_t(b) * NH + h) * S + s) * D + d];
     for (int h = 0; h < NKV; ++h)
       for (int d = 0; d < D; ++d) {
-        drow[(NH + h) * D + d] = dk[((size_t(b) * NKV + h) * S + s) * D + d];
-        drow[(NH + NKV + h) * D + d] = dv[((size_t(b) * NKV + h) * S + s) * D + d];
+        double sk = 0, sv = 0;
+        for (int g = 0; g < G; ++g) {
+          sk += dk[((size_t(b) * NH + h * G + g) * S + s) * D + d];
+          sv += dv[((size_t(b) * NH + h * G + g) * S + s) * D + d];
+        }
+        drow[(NH + h) * D + d] = sk;
+        drow[(NH + NKV + h) * D + d] = sv;
       }
     rope_bwd(drow, NH + NKV, D, csd.data() + s * D / 2, snd.data() + s * D / 2);
   }
@@ -289,14 +296,18 @@ TEST(CudaTrainKernels, RopeForwardTransposeAndBackward) {
     const int b = r / S, s = r % S;
     for (int hh = 0; hh < NH + 2 * NKV; ++hh)
       for (int d = 0; d < D; ++d) {
-        float got;
-        if (hh < NH)
-          got = qv[((size_t(b) * NH + hh) * S + s) * D + d];
-        else if (hh < NH + NKV)
-          got = kv[((size_t(b) * NKV + hh - NH) * S + s) * D + d];
-        else
-          got = vv[((size_t(b) * NKV + hh - NH - NKV) * S + s) * D + d];
-        err = std::max(err, std::abs(got - ref[size_t(r) * QKV + hh * D + d]));
+        const double want = ref[size_t(r) * QKV + hh * D + d];
+        if (hh < NH) {
+          err = std::max(err, std::abs(qv[((size_t(b) * NH + hh) * S + s) * D + d] - want));
+          continue;
+        }
+        // k and v are written once for each query head of the group.
+        const bool is_k = hh < NH + NKV;
+        const int kvh = is_k ? hh - NH : hh - NH - NKV;
+        for (int g = 0; g < G; ++g) {
+          const size_t at = ((size_t(b) * NH + kvh * G + g) * S + s) * D + d;
+          err = std::max(err, std::abs((is_k ? kv : vv)[at] - want));
+        }
       }
   }
   EXPECT_LT(err, 1e-5);
@@ -311,6 +322,7 @@ TEST(CudaTrainKernels, RopeForwardTransposeAndBackward) {
 struct CtShape {
   int B, S, window, E, K;
   float swiglu_limit = 0.6f;  // low: the clamp is active on part of the expert inputs
+  int attn_tile = 3;          // queries per attention tile: several tiles, windows across them
 };
 
 ModelConfig ct_model(const CtShape& s) {
@@ -362,7 +374,7 @@ std::vector<double> ct_compare_model(const CtShape& s, const char* dtype, double
   const LossParts lr = ref.run(pd.data(), tokens.data(), targets.data(), gref.data(), grad_scale);
 
   const TrainConfig cfg = ct_train_config(m, s.B, s.S, dtype);
-  auto engine = make_cuda_train_engine(cfg, layout);
+  auto engine = make_cuda_train_engine(cfg, layout, s.attn_tile);
   std::vector<float> pf(pd.begin(), pd.end()), zeros(layout.total, 0.0f);
   engine->write_state(pf.data(), zeros.data(), zeros.data(), 0);
   engine->zero_grads();
@@ -371,7 +383,8 @@ std::vector<double> ct_compare_model(const CtShape& s, const char* dtype, double
   engine->read_grads(g.data());
   const std::string what = std::string(dtype) + " B=" + std::to_string(s.B) +
                            " S=" + std::to_string(s.S) + " window=" + std::to_string(s.window) +
-                           " E=" + std::to_string(s.E) + " K=" + std::to_string(s.K);
+                           " E=" + std::to_string(s.E) + " K=" + std::to_string(s.K) +
+                           " tile=" + std::to_string(s.attn_tile);
   EXPECT_NEAR(lc.ce, lr.ce, loss_tol * lr.ce) << what;
   EXPECT_NEAR(lc.aux, lr.aux, loss_tol * lr.aux) << what;
   EXPECT_NEAR(engine->eval_loss(tokens.data(), targets.data()), lr.ce, loss_tol * lr.ce) << what;
@@ -385,8 +398,11 @@ std::vector<double> ct_compare_model(const CtShape& s, const char* dtype, double
   return errors;
 }
 
-// Shapes: odd S, window shorter and longer than S and none, one sequence, k = 1 and k = E.
-const CtShape kCtShapes[] = {{2, 7, 4, 4, 2}, {1, 5, 8, 3, 1}, {3, 6, 0, 4, 4}, {2, 16, 3, 5, 2}};
+// Shapes: odd S, window shorter and longer than S and none, one sequence, k = 1 and k = E;
+// attention tiles of 3 queries (the last one partial) and one whole-sequence tile (the default).
+const CtShape kCtShapes[] = {{2, 7, 4, 4, 2},           {1, 5, 8, 3, 1},
+                             {3, 6, 0, 4, 4},           {2, 16, 3, 5, 2},
+                             {2, 16, 5, 4, 2, 0.6f, 0}, {1, 13, 6, 4, 2, 0.6f, 4}};
 
 TEST(CudaTrainModel, Float32LossAndEveryGradientMatchDouble) {
   MIND4_REQUIRE_GPU();

@@ -1,14 +1,15 @@
 // Training attention around cuBLAS's products (the engine runs Q K^T, P V and the backward's
-// products as strided batches over (sequence, KV head), the query heads of a group stacked as
-// rows): QKV bias + RoPE into head-major tensors and its transpose, the masked softmax with the
-// sink in the denominator (causal, sliding window) and its backward, and the sink gradient.
+// products as strided batches over (sequence, head), one query tile at a time over only the keys
+// the tile can see): QKV bias + RoPE into head-major tensors (k and v repeated for each query head
+// of their group) and its transpose, the masked softmax of a tile with the sink in the
+// denominator (causal, sliding window) and its backward, and the sink gradient.
 #include "cuda/train_kernels.h"
 #include "cuda/train_util.cuh"
 
 namespace mind4::cuda {
 namespace {
 
-constexpr int kTrainSoftmaxThreads = 256;
+constexpr int kTrainSoftmaxWarps = 8;
 
 template <typename T>
 __global__ void train_qkv_rope_fwd_kernel(const float* __restrict__ qkv,
@@ -30,15 +31,21 @@ __global__ void train_qkv_rope_fwd_kernel(const float* __restrict__ qkv,
       y1 = x1 * c - x2 * sn;
       y2 = x2 * c + x1 * sn;
     }
-    T* dst;
-    if (hh < NH)
-      dst = q + ((int64_t(b) * NH + hh) * S + s) * D;
-    else if (hh < NH + NKV)
-      dst = k + ((int64_t(b) * NKV + hh - NH) * S + s) * D;
-    else
-      dst = v + ((int64_t(b) * NKV + hh - NH - NKV) * S + s) * D;
-    dst[i] = from_f32<T>(y1);
-    dst[i + h2] = from_f32<T>(y2);
+    if (hh < NH) {
+      T* dst = q + ((int64_t(b) * NH + hh) * S + s) * D;
+      dst[i] = from_f32<T>(y1);
+      dst[i + h2] = from_f32<T>(y2);
+    } else {
+      // k or v of KV head kvh, written for each of the G query heads that read it.
+      const bool is_k = hh < NH + NKV;
+      const int kvh = is_k ? hh - NH : hh - NH - NKV, G = NH / NKV;
+      T* base = is_k ? k : v;
+      for (int g = 0; g < G; ++g) {
+        T* dst = base + ((int64_t(b) * NH + kvh * G + g) * S + s) * D;
+        dst[i] = from_f32<T>(y1);
+        dst[i + h2] = from_f32<T>(y2);
+      }
+    }
   }
 }
 
@@ -52,14 +59,20 @@ __global__ void train_rope_bwd_kernel(const float* __restrict__ dq, const float*
   T* dst = dqkv + r * int64_t(heads) * D;
   for (int p = threadIdx.x; p < heads * h2; p += blockDim.x) {
     const int hh = p / h2, i = p % h2;
-    const float* src;
-    if (hh < NH)
-      src = dq + ((int64_t(b) * NH + hh) * S + s) * D;
-    else if (hh < NH + NKV)
-      src = dk + ((int64_t(b) * NKV + hh - NH) * S + s) * D;
-    else
-      src = dv + ((int64_t(b) * NKV + hh - NH - NKV) * S + s) * D;
-    const float d1 = src[i], d2 = src[i + h2];
+    float d1 = 0.0f, d2 = 0.0f;
+    if (hh < NH) {
+      const float* src = dq + ((int64_t(b) * NH + hh) * S + s) * D;
+      d1 = src[i], d2 = src[i + h2];
+    } else {
+      // The KV head's gradient is the sum over the query heads of its group.
+      const bool is_k = hh < NH + NKV;
+      const int kvh = is_k ? hh - NH : hh - NH - NKV, G = NH / NKV;
+      const float* base = is_k ? dk : dv;
+      for (int g = 0; g < G; ++g) {
+        const float* src = base + ((int64_t(b) * NH + kvh * G + g) * S + s) * D;
+        d1 += src[i], d2 += src[i + h2];
+      }
+    }
     float y1 = d1, y2 = d2;
     if (hh < NH + NKV) {
       const float c = cos_t[s * h2 + i], sn = sin_t[s * h2 + i];
@@ -75,26 +88,35 @@ __device__ __forceinline__ int train_first_key(int s, int window) {
   return window > 0 ? max(0, s - window + 1) : 0;
 }
 
+// A warp per query row of the tile (rows are at most a few thousand keys; a block per row spent
+// its time in block-wide reductions: v4 measured the attention core barely moved when tiles
+// halved its work). Row (bh, qi) is query s = q0 + qi of sequence-head bh, its columns keys
+// k0 .. k0 + nk - 1.
 template <typename T>
-__global__ void __launch_bounds__(kTrainSoftmaxThreads)
+__global__ void __launch_bounds__(kTrainSoftmaxWarps * 32)
     train_attn_softmax_fwd_kernel(const T* __restrict__ scores, const float* __restrict__ sinks,
-                                  int NH, int S, int window, float scale, T* __restrict__ P,
+                                  int64_t rows, int NH, int S, int q0, int nq, int k0, int nk,
+                                  int window, float scale, T* __restrict__ P,
                                   float* __restrict__ lse) {
-  const int64_t row = blockIdx.x;  // (b*NH + h)*S + s
-  const int s = int(row % S), h = int((row / S) % NH), j0 = train_first_key(s, window);
-  const T* sr = scores + row * S;
+  const int64_t row = int64_t(blockIdx.x) * kTrainSoftmaxWarps + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const int64_t bh = row / nq;
+  const int s = q0 + int(row % nq), h = int(bh % NH);
+  const int j0 = max(train_first_key(s, window) - k0, 0), j1 = min(s - k0, nk - 1);
+  const T* sr = scores + row * nk;
   const float sink = sinks[h];
   float m = sink;
-  for (int j = j0 + threadIdx.x; j <= s; j += blockDim.x) m = fmaxf(m, to_f32(sr[j]) * scale);
-  m = train_block_max(m);
+  for (int j = j0 + lane; j <= j1; j += 32) m = fmaxf(m, to_f32(sr[j]) * scale);
+  m = warp_max(m);
   float sum = 0.0f;
-  for (int j = j0 + threadIdx.x; j <= s; j += blockDim.x) sum += __expf(to_f32(sr[j]) * scale - m);
-  sum = train_block_sum(sum) + __expf(sink - m);
+  for (int j = j0 + lane; j <= j1; j += 32) sum += __expf(to_f32(sr[j]) * scale - m);
+  sum = warp_sum(sum) + __expf(sink - m);
   const float inv = 1.0f / sum;
-  T* pr = P + row * S;
-  for (int j = threadIdx.x; j < S; j += blockDim.x)
-    pr[j] = from_f32<T>(j >= j0 && j <= s ? __expf(to_f32(sr[j]) * scale - m) * inv : 0.0f);
-  if (threadIdx.x == 0) lse[row] = m + logf(sum);
+  T* pr = P + row * nk;
+  for (int j = lane; j < nk; j += 32)
+    pr[j] = from_f32<T>(j >= j0 && j <= j1 ? __expf(to_f32(sr[j]) * scale - m) * inv : 0.0f);
+  if (lane == 0) lse[bh * S + s] = m + logf(sum);
 }
 
 template <typename T>
@@ -138,24 +160,28 @@ __global__ void train_attn_bwd_prep_kernel(const float* __restrict__ dout,
 }
 
 template <typename T>
-__global__ void train_attn_softmax_bwd_kernel(const T* __restrict__ scores,
-                                              const T* __restrict__ dP,
-                                              const float* __restrict__ lse,
-                                              const float* __restrict__ delta, int S, int window,
-                                              float scale, T* __restrict__ P, T* __restrict__ dS) {
-  const int64_t row = blockIdx.x;
-  const int s = int(row % S), j0 = train_first_key(s, window);
-  const float L = lse[row], dl = delta[row];
-  const T* sr = scores + row * S;
-  const T* dr = dP + row * S;
-  for (int j = threadIdx.x; j < S; j += blockDim.x) {
+__global__ void __launch_bounds__(kTrainSoftmaxWarps * 32)
+    train_attn_softmax_bwd_kernel(const T* __restrict__ scores, const T* __restrict__ dP,
+                                  const float* __restrict__ lse, const float* __restrict__ delta,
+                                  int64_t rows, int S, int q0, int nq, int k0, int nk, int window,
+                                  float scale, T* __restrict__ P, T* __restrict__ dS) {
+  const int64_t row = int64_t(blockIdx.x) * kTrainSoftmaxWarps + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const int64_t bh = row / nq;
+  const int s = q0 + int(row % nq);
+  const int j0 = max(train_first_key(s, window) - k0, 0), j1 = min(s - k0, nk - 1);
+  const float L = lse[bh * S + s], dl = delta[bh * S + s];
+  const T* sr = scores + row * nk;
+  const T* dr = dP + row * nk;
+  for (int j = lane; j < nk; j += 32) {
     float p = 0.0f, ds = 0.0f;
-    if (j >= j0 && j <= s) {
+    if (j >= j0 && j <= j1) {
       p = __expf(to_f32(sr[j]) * scale - L);
       ds = p * (to_f32(dr[j]) - dl) * scale;
     }
-    P[row * S + j] = from_f32<T>(p);
-    dS[row * S + j] = from_f32<T>(ds);
+    P[row * nk + j] = from_f32<T>(p);
+    dS[row * nk + j] = from_f32<T>(ds);
   }
 }
 
@@ -209,15 +235,20 @@ void train_rope_bwd(ActType t, const float* dq, const float* dk, const float* dv
 }
 
 void train_attn_softmax_fwd(ActType t, const void* scores, const float* sinks, int B, int NH, int S,
-                            int window, float scale, void* P, float* lse, cudaStream_t stream) {
+                            AttnTile tile, int window, float scale, void* P, float* lse,
+                            cudaStream_t stream) {
   MIND4_CUDA_ARG(scores && sinks && P && lse, "train_attn_softmax_fwd", "null pointer");
-  MIND4_CUDA_ARG(B >= 0 && NH > 0 && S > 0 && window >= 0, "train_attn_softmax_fwd", "B = ", B,
-                 ", NH = ", NH, ", S = ", S, ", window = ", window);
+  MIND4_CUDA_ARG(B >= 0 && NH > 0 && S > 0 && window >= 0 && tile.valid(S),
+                 "train_attn_softmax_fwd", "B = ", B, ", NH = ", NH, ", S = ", S,
+                 ", tile q0 = ", tile.q0, " nq = ", tile.nq, " k0 = ", tile.k0, " nk = ", tile.nk);
   if (B == 0) return;
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
-    train_attn_softmax_fwd_kernel<T><<<B * NH * S, kTrainSoftmaxThreads, 0, stream>>>(
-        static_cast<const T*>(scores), sinks, NH, S, window, scale, static_cast<T*>(P), lse);
+    const int64_t rows = int64_t(B) * NH * tile.nq;
+    train_attn_softmax_fwd_kernel<T>
+        <<<int((rows + kTrainSoftmaxWarps - 1) / kTrainSoftmaxWarps), kTrainSoftmaxWarps * 32, 0,
+           stream>>>(static_cast<const T*>(scores), sinks, rows, NH, S, tile.q0, tile.nq, tile.k0,
+                     tile.nk, window, scale, static_cast<T*>(P), lse);
   });
   check_launch(train_attn_name(t, "train_attn_softmax_fwd_f32", "train_attn_softmax_fwd_bf16"));
 }
@@ -253,16 +284,20 @@ void train_attn_bwd_prep(ActType t, const float* dout, const void* out, const fl
 }
 
 void train_attn_softmax_bwd(ActType t, const void* scores, const void* dP, const float* lse,
-                            const float* delta, int B, int NH, int S, int window, float scale,
-                            void* P, void* dS, cudaStream_t stream) {
+                            const float* delta, int B, int NH, int S, AttnTile tile, int window,
+                            float scale, void* P, void* dS, cudaStream_t stream) {
   MIND4_CUDA_ARG(scores && dP && lse && delta && P && dS, "train_attn_softmax_bwd", "null pointer");
-  MIND4_CUDA_ARG(B >= 0 && NH > 0 && S > 0 && window >= 0, "train_attn_softmax_bwd", "B = ", B);
+  MIND4_CUDA_ARG(B >= 0 && NH > 0 && S > 0 && window >= 0 && tile.valid(S),
+                 "train_attn_softmax_bwd", "B = ", B, ", S = ", S, ", tile q0 = ", tile.q0,
+                 " nq = ", tile.nq, " k0 = ", tile.k0, " nk = ", tile.nk);
   if (B == 0) return;
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
-    train_attn_softmax_bwd_kernel<T><<<B * NH * S, kTrainSoftmaxThreads, 0, stream>>>(
-        static_cast<const T*>(scores), static_cast<const T*>(dP), lse, delta, S, window, scale,
-        static_cast<T*>(P), static_cast<T*>(dS));
+    const int64_t rows = int64_t(B) * NH * tile.nq;
+    train_attn_softmax_bwd_kernel<T><<<int((rows + kTrainSoftmaxWarps - 1) / kTrainSoftmaxWarps),
+                                       kTrainSoftmaxWarps * 32, 0, stream>>>(
+        static_cast<const T*>(scores), static_cast<const T*>(dP), lse, delta, rows, S, tile.q0,
+        tile.nq, tile.k0, tile.nk, window, scale, static_cast<T*>(P), static_cast<T*>(dS));
   });
   check_launch(train_attn_name(t, "train_attn_softmax_bwd_f32", "train_attn_softmax_bwd_bf16"));
 }

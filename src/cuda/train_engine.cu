@@ -5,11 +5,12 @@
 // reduction stay fp32. With float32 everything is fp32 and TF32 stays off, so the engine can be
 // checked tightly against the CPU.
 //
-// Attention materialises the scores of each (sequence, KV head) as strided-batched cuBLAS
-// products (query heads of a group stacked as rows); the backward recomputes them from the saved
-// log-sum-exp instead of keeping P per layer. Experts are grouped by moe_group and multiplied one
-// expert at a time; the group offsets come back to the host once per layer (the products' row
-// counts), and the backward reuses them.
+// Attention materialises the scores of each (sequence, head) as strided-batched cuBLAS products,
+// one query tile at a time over only the keys that tile can see (causal: the keys up to its last
+// query; sliding window: the window before its first query), so masked blocks are mostly not
+// computed; the backward recomputes the scores from the saved log-sum-exp instead of keeping P.
+// Experts are grouped by moe_group and multiplied one expert at a time; the group offsets come back
+// to the host once per layer (the products' row counts), and the backward reuses them.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -46,7 +47,7 @@ struct CudaTrainLayer {
 
 class CudaTrainEngine final : public TrainEngine {
  public:
-  CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layout);
+  CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layout, int attn_tile);
   void zero_grads() override;
   LossParts accumulate(const int* tokens, const int* targets, float grad_scale) override;
   double clip_and_update(double max_norm, double lr) override;
@@ -60,6 +61,15 @@ class CudaTrainEngine final : public TrainEngine {
 
  private:
   LossParts run(const int* tokens, const int* targets, bool grads, float grad_scale);
+  std::vector<cuda::AttnTile> attn_tiles(int window) const {
+    std::vector<cuda::AttnTile> tiles;
+    for (int q0 = 0; q0 < S_; q0 += tile_) {
+      const int nq = std::min(tile_, S_ - q0);
+      const int k0 = window > 0 ? std::max(0, q0 - window + 1) : 0;
+      tiles.push_back({q0, nq, k0, q0 + nq - k0});
+    }
+    return tiles;
+  }
   void forward_layer(int l, float* xout);
   void backward_layer(int l, float grad_scale);
   // Weights as the GEMMs read them (the bf16 copy in bf16 mode) and fp32 views.
@@ -94,6 +104,7 @@ class CudaTrainEngine final : public TrainEngine {
   float aux_coef_;
   int B_, S_, NT_, H_, D_, NH_, NKV_, E_, K_, I_, V_, L_, QKV_, A_;
   int A_max_;  // grouped rows with padding: A + E (kExpertRowTile - 1)
+  int tile_;   // attention query tile
   bool bf16_;
   ActType t_;
   int64_t step_ = 0;
@@ -112,8 +123,12 @@ class CudaTrainEngine final : public TrainEngine {
   cuda::PinnedBuffer host_loss_, host_probsum_, host_sumsq_, host_offsets_;
 };
 
-CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layout)
-    : layout_(layout), c_(layout.config), adamw_(cfg.adamw), aux_coef_(cfg.aux_loss_coef) {
+CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layout, int attn_tile)
+    : layout_(layout),
+      c_(layout.config),
+      adamw_(cfg.adamw),
+      aux_coef_(cfg.aux_loss_coef),
+      tile_(attn_tile > 0 ? attn_tile : 256) {
   B_ = cfg.micro_batch, S_ = cfg.seq_len, NT_ = B_ * S_;
   H_ = c_.hidden_size, D_ = c_.head_dim, NH_ = c_.num_attention_heads;
   NKV_ = c_.num_key_value_heads, E_ = c_.num_experts, K_ = c_.experts_per_token;
@@ -160,8 +175,8 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
     a.rstd1 = DeviceBuffer(NT * 4, "rstd");
     a.t1 = act(NT * H_, "attention norm output");
     a.q = act(NT * NH_ * D_, "q");
-    a.k = act(NT * NKV_ * D_, "k");
-    a.v = act(NT * NKV_ * D_, "v");
+    a.k = act(NT * NH_ * D_, "k (per query head)");
+    a.v = act(NT * NH_ * D_, "v (per query head)");
     a.lse = DeviceBuffer(NT * NH_ * 4, "attention lse");
     a.attn = act(NT * NH_ * D_, "attention output");
     a.xmid = DeviceBuffer(NT * H_ * 4, "residual after attention");
@@ -213,8 +228,8 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   dP_ = act(scores, "attention probability gradients");
   dS_ = act(scores, "attention score gradients");
   dqh_ = DeviceBuffer(NT * NH_ * D_ * 4, "dq");
-  dkh_ = DeviceBuffer(NT * NKV_ * D_ * 4, "dk");
-  dvh_ = DeviceBuffer(NT * NKV_ * D_ * 4, "dv");
+  dkh_ = DeviceBuffer(NT * NH_ * D_ * 4, "dk (per query head)");
+  dvh_ = DeviceBuffer(NT * NH_ * D_ * 4, "dv (per query head)");
   dqkv_ = act(NT * QKV_, "dqkv");
   const int widest = std::max({QKV_, 2 * I_, H_, E_, NH_ * D_});
   colsum_partial_ =
@@ -233,7 +248,6 @@ void CudaTrainEngine::zero_grads() {
 void CudaTrainEngine::forward_layer(int l, float* xout) {
   const LayerOffsets& o = layout_.layers[l];
   CudaTrainLayer& a = layers_[l];
-  const int G = NH_ / NKV_, GS = G * S_, BK = B_ * NKV_;
   const float eps = float(kRmsEps), scale = float(1.0 / std::sqrt(double(D_)));
   // ---- attention
   cuda::train_rmsnorm_fwd(t_, a.xin.data<float>(), nullptr, p(o.attn_norm), NT_, H_, eps,
@@ -244,14 +258,20 @@ void CudaTrainEngine::forward_layer(int l, float* xout) {
                            sin_.data<float>(), B_, S_, NH_, NKV_, D_, a.q.data(), a.k.data(),
                            a.v.data(), st());
   prof_.mark(st(), "fwd attn norm+qkv+rope");
-  cuda::train_gemm(blas_.get(), t_, GS, S_, D_, {a.q.data(), D_, int64_t(GS) * D_, false},
-                   {a.k.data(), D_, int64_t(S_) * D_, true}, 0.0f, scores_.data(), false, S_,
-                   int64_t(GS) * S_, BK, "attention scores");
-  cuda::train_attn_softmax_fwd(t_, scores_.data(), p(o.sinks), B_, NH_, S_, layer_window(c_, l),
-                               scale, pa_.data(), a.lse.data<float>(), st());
-  cuda::train_gemm(blas_.get(), t_, GS, D_, S_, {pa_.data(), S_, int64_t(GS) * S_, false},
-                   {a.v.data(), D_, int64_t(S_) * D_, false}, 0.0f, oh_.data(), false, D_,
-                   int64_t(GS) * D_, BK, "attention P V");
+  const int BH = B_ * NH_, window = layer_window(c_, l);
+  const int64_t sq = int64_t(S_) * D_;
+  for (const cuda::AttnTile& tl : attn_tiles(window)) {
+    const int64_t st_scores = int64_t(tl.nq) * tl.nk;
+    cuda::train_gemm(blas_.get(), t_, tl.nq, tl.nk, D_,
+                     {at(a.q, int64_t(tl.q0) * D_), D_, sq, false},
+                     {at(a.k, int64_t(tl.k0) * D_), D_, sq, true}, 0.0f, scores_.data(), false,
+                     tl.nk, st_scores, BH, "attention scores");
+    cuda::train_attn_softmax_fwd(t_, scores_.data(), p(o.sinks), B_, NH_, S_, tl, window, scale,
+                                 pa_.data(), a.lse.data<float>(), st());
+    cuda::train_gemm(blas_.get(), t_, tl.nq, D_, tl.nk, {pa_.data(), tl.nk, st_scores, false},
+                     {at(a.v, int64_t(tl.k0) * D_), D_, sq, false}, 0.0f,
+                     at(oh_, int64_t(tl.q0) * D_), false, D_, sq, BH, "attention P V");
+  }
   cuda::train_heads_to_rows(t_, oh_.data(), B_, NH_, S_, D_, a.attn.data(), st());
   prof_.mark(st(), "fwd attn core");
   cuda::check(
@@ -316,7 +336,6 @@ void CudaTrainEngine::forward_layer(int l, float* xout) {
 void CudaTrainEngine::backward_layer(int l, float grad_scale) {
   const LayerOffsets& o = layout_.layers[l];
   CudaTrainLayer& a = layers_[l];
-  const int G = NH_ / NKV_, GS = G * S_, BK = B_ * NKV_;
   const float scale = float(1.0 / std::sqrt(double(D_)));
   const std::vector<int>& off = a.host_poffsets;  // padded segments (kExpertRowTile)
   const int AP = off[E_];
@@ -384,25 +403,34 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
                             sinkt_.data<float>(), st());
   cuda::train_sink_grad(sinkt_.data<float>(), B_, NH_, S_, g(o.sinks), st());
   prof_.mark(st(), "bwd attn out");
-  const int64_t sq = int64_t(GS) * D_, skv = int64_t(S_) * D_, ss = int64_t(GS) * S_;
-  cuda::train_gemm(blas_.get(), t_, GS, S_, D_, {a.q.data(), D_, sq, false},
-                   {a.k.data(), D_, skv, true}, 0.0f, scores_.data(), false, S_, ss, BK,
-                   "attention scores (backward)");
-  cuda::train_gemm(blas_.get(), t_, GS, S_, D_, {dOh_.data(), D_, sq, false},
-                   {a.v.data(), D_, skv, true}, 0.0f, dP_.data(), false, S_, ss, BK,
-                   "attention dP");
-  cuda::train_attn_softmax_bwd(t_, scores_.data(), dP_.data(), a.lse.data<float>(),
-                               delta_.data<float>(), B_, NH_, S_, layer_window(c_, l), scale,
-                               pa_.data(), dS_.data(), st());
-  cuda::train_gemm(blas_.get(), t_, GS, D_, S_, {dS_.data(), S_, ss, false},
-                   {a.k.data(), D_, skv, false}, 0.0f, dqh_.data(), true, D_, sq, BK,
-                   "attention dq");
-  cuda::train_gemm(blas_.get(), t_, S_, D_, GS, {dS_.data(), S_, ss, true},
-                   {a.q.data(), D_, sq, false}, 0.0f, dkh_.data(), true, D_, skv, BK,
-                   "attention dk");
-  cuda::train_gemm(blas_.get(), t_, S_, D_, GS, {pa_.data(), S_, ss, true},
-                   {dOh_.data(), D_, sq, false}, 0.0f, dvh_.data(), true, D_, skv, BK,
-                   "attention dv");
+  const int BH = B_ * NH_, window = layer_window(c_, l);
+  const int64_t sq = int64_t(S_) * D_;
+  // dk and dv gather over the tiles whose keys overlap: zero, then accumulate.
+  cuda::check(cudaMemsetAsync(dkh_.data(), 0, dkh_.bytes(), st()), "zero dk");
+  cuda::check(cudaMemsetAsync(dvh_.data(), 0, dvh_.bytes(), st()), "zero dv");
+  for (const cuda::AttnTile& tl : attn_tiles(window)) {
+    const int64_t ss = int64_t(tl.nq) * tl.nk;
+    const void* q = at(a.q, int64_t(tl.q0) * D_);
+    const void* dO = at(dOh_, int64_t(tl.q0) * D_);
+    const void* k = at(a.k, int64_t(tl.k0) * D_);
+    const void* v = at(a.v, int64_t(tl.k0) * D_);
+    cuda::train_gemm(blas_.get(), t_, tl.nq, tl.nk, D_, {q, D_, sq, false}, {k, D_, sq, true}, 0.0f,
+                     scores_.data(), false, tl.nk, ss, BH, "attention scores (backward)");
+    cuda::train_gemm(blas_.get(), t_, tl.nq, tl.nk, D_, {dO, D_, sq, false}, {v, D_, sq, true},
+                     0.0f, dP_.data(), false, tl.nk, ss, BH, "attention dP");
+    cuda::train_attn_softmax_bwd(t_, scores_.data(), dP_.data(), a.lse.data<float>(),
+                                 delta_.data<float>(), B_, NH_, S_, tl, window, scale, pa_.data(),
+                                 dS_.data(), st());
+    cuda::train_gemm(blas_.get(), t_, tl.nq, D_, tl.nk, {dS_.data(), tl.nk, ss, false},
+                     {k, D_, sq, false}, 0.0f, dqh_.data<float>() + int64_t(tl.q0) * D_, true, D_,
+                     sq, BH, "attention dq");
+    cuda::train_gemm(blas_.get(), t_, tl.nk, D_, tl.nq, {dS_.data(), tl.nk, ss, true},
+                     {q, D_, sq, false}, 1.0f, dkh_.data<float>() + int64_t(tl.k0) * D_, true, D_,
+                     sq, BH, "attention dk");
+    cuda::train_gemm(blas_.get(), t_, tl.nk, D_, tl.nq, {pa_.data(), tl.nk, ss, true},
+                     {dO, D_, sq, false}, 1.0f, dvh_.data<float>() + int64_t(tl.k0) * D_, true, D_,
+                     sq, BH, "attention dv");
+  }
   cuda::train_rope_bwd(t_, dqh_.data<float>(), dkh_.data<float>(), dvh_.data<float>(),
                        cos_.data<float>(), sin_.data<float>(), B_, S_, NH_, NKV_, D_, dqkv_.data(),
                        st());
@@ -564,8 +592,8 @@ std::string CudaTrainEngine::describe() const {
 }  // namespace
 
 std::unique_ptr<TrainEngine> make_cuda_train_engine(const TrainConfig& config,
-                                                    const ParamLayout& layout) {
-  return std::make_unique<CudaTrainEngine>(config, layout);
+                                                    const ParamLayout& layout, int attn_tile) {
+  return std::make_unique<CudaTrainEngine>(config, layout, attn_tile);
 }
 
 }  // namespace mind4::train

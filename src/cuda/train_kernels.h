@@ -8,8 +8,8 @@
 // f32 unless said. Shapes: NT = B*S rows (B sequences of S positions, all from position 0), H
 // hidden, NH/NKV heads of D, QKV = (NH + 2 NKV) D, E experts, K per row, A = NT*K assignments in
 // expert-grouped order (moe_group), I intermediate, V vocabulary. Attention tensors are
-// head-major: q [B, NH, S, D], k and v [B, NKV, S, D]; scores and probabilities [B, NH, S, S]
-// (row (b, h, s) holds the keys of query s). The math is that of src/train/ops.h.
+// head-major, [B, NH, S, D] (k and v repeated per query head); scores and probabilities are
+// query tiles [B, NH, nq, nk] (AttnTile). The math is that of src/train/ops.h.
 #pragma once
 
 #include <cublas_v2.h>
@@ -30,30 +30,41 @@ void train_rmsnorm_fwd(ActType t, float* x, const float* add, const float* g, in
 void train_rmsnorm_bwd(const float* x, const float* g, const float* rstd, const float* dy, int NT,
                        int H, bool accumulate, float* dx, cudaStream_t stream);
 // out[j] += sum over rows r < R of a[r*lda + j] (times x[r*N + j] * rstd[r] when x is given: the
-// norm scale's gradient), j < N, in a fixed order (partial sums over 256-row chunks, then the
+// norm scale's gradient), j < N, in a fixed order (partial sums over 32-row chunks, then the
 // chunks in order). partial: scratch of train_colsum_partial_size(R, N) floats.
 void train_colsum(ActType t, const void* a, int64_t lda, int R, int N, const float* x,
                   const float* rstd, float* partial, float* out, cudaStream_t stream);
 int64_t train_colsum_partial_size(int R, int N);
 
 // ---- train_attention.cu
-// qkv f32 [NT, QKV] (the GEMM output) + bias -> RoPE on q and k (tables [S, D/2]) -> q, k, v act
-// head-major.
+// qkv f32 [NT, QKV] (the GEMM output) + bias -> RoPE on q and k (tables [S, D/2]) -> q act
+// [B, NH, S, D] and k, v act [B, NH, S, D]: each KV head written for each of the NH/NKV query
+// heads of its group, so that every product is a plain strided batch over (sequence, head).
 void train_qkv_rope_fwd(ActType t, const float* qkv, const float* bias, const float* cos_table,
                         const float* sin_table, int B, int S, int NH, int NKV, int D, void* q,
                         void* k, void* v, cudaStream_t stream);
-// The transpose: dq f32 [B, NH, S, D], dk, dv f32 [B, NKV, S, D] -> dqkv act [NT, QKV] with the
-// rotation's transpose applied to dq and dk.
+// The transpose: dq, dk, dv f32 [B, NH, S, D] (dk, dv per query head) -> dqkv act [NT, QKV], the
+// KV heads' gradients summed over their group, the rotation's transpose applied to q and k.
 void train_rope_bwd(ActType t, const float* dq, const float* dk, const float* dv,
                     const float* cos_table, const float* sin_table, int B, int S, int NH, int NKV,
                     int D, void* dqkv, cudaStream_t stream);
-// scores and dP hold q.k and dO.v as the products wrote them: act (bf16 in bf16 mode, as PyTorch's
-// autocast does; the softmax itself is f32).
+// A query tile: queries q0 .. q0 + nq - 1 against keys k0 .. k0 + nk - 1 (the keys those queries
+// can see, so that causal and windowed attention skip what is masked). Score, P, dP and dS
+// tiles are [B, NH, nq, nk].
+struct AttnTile {
+  int q0, nq, k0, nk;
+  bool valid(int S) const {
+    return q0 >= 0 && nq > 0 && q0 + nq <= S && k0 >= 0 && nk > 0 && k0 + nk <= S;
+  }
+};
+// scores and dP hold q.k and dO.v as the products wrote them: act (bf16 in bf16 mode, as
+// PyTorch's autocast does; the softmax itself is f32).
 // Per row (b, h, s): P act = softmax over (scale * scores[keys], sinks[h]) with keys
-// [first(s), s] (first = s - window + 1 when window > 0), 0 elsewhere; lse [B, NH, S] = log of
-// the denominator.
+// [first(s), s] (first = s - window + 1 when window > 0), 0 elsewhere in the tile; lse
+// [B, NH, S] = log of the denominator.
 void train_attn_softmax_fwd(ActType t, const void* scores, const float* sinks, int B, int NH, int S,
-                            int window, float scale, void* P, float* lse, cudaStream_t stream);
+                            AttnTile tile, int window, float scale, void* P, float* lse,
+                            cudaStream_t stream);
 // out act [NT, NH D] from o act [B, NH, S, D].
 void train_heads_to_rows(ActType t, const void* o, int B, int NH, int S, int D, void* out,
                          cudaStream_t stream);
@@ -62,11 +73,11 @@ void train_heads_to_rows(ActType t, const void* o, int B, int NH, int S, int D, 
 void train_attn_bwd_prep(ActType t, const float* dout, const void* out, const float* sinks,
                          const float* lse, int B, int NH, int S, int D, void* dO, float* delta,
                          float* sink_terms, cudaStream_t stream);
-// P act = exp(scale * scores - lse) on the row's keys (0 elsewhere), dS act = P (dP - delta)
-// scale.
+// P act = exp(scale * scores - lse) on the row's keys (0 elsewhere in the tile), dS act =
+// P (dP - delta) scale.
 void train_attn_softmax_bwd(ActType t, const void* scores, const void* dP, const float* lse,
-                            const float* delta, int B, int NH, int S, int window, float scale,
-                            void* P, void* dS, cudaStream_t stream);
+                            const float* delta, int B, int NH, int S, AttnTile tile, int window,
+                            float scale, void* P, void* dS, cudaStream_t stream);
 // dsinks[h] -= sum over (b, s) of sink_terms, in a fixed order.
 void train_sink_grad(const float* sink_terms, int B, int NH, int S, float* dsinks,
                      cudaStream_t stream);

@@ -7,7 +7,9 @@ namespace mind4::cuda {
 namespace {
 
 constexpr int kTrainNormWarps = 8;
-constexpr int kTrainColsumRows = 256;
+// 32-row chunks: enough blocks to fill the GPU for the expert segments (a few thousand rows, a
+// few hundred columns), where 256-row chunks left most SMs idle.
+constexpr int kTrainColsumRows = 32;
 
 template <typename T>
 __global__ void __launch_bounds__(kTrainNormWarps * 32)
