@@ -172,16 +172,19 @@ TEST(CudaTrainKernels, SwigluForwardBackward) {
   std::mt19937_64 rng(3);
   const int A = 37, I = 19, E = 3;
   const float limit = 1.5f;
-  auto h = ct_random(size_t(A) * 2 * I, rng, 2.0), bias = ct_random(size_t(E) * 2 * I, rng),
-       dact = ct_random(size_t(A) * I, rng);
+  const auto h0 = ct_random(size_t(A) * 2 * I, rng, 2.0), bias = ct_random(size_t(E) * 2 * I, rng),
+             dact0 = ct_random(size_t(A) * I, rng);
   std::vector<int> ge(A);
   for (int a = 0; a < A; ++a) ge[a] = int(rng() % E);
   for (ActType t : {ActType::kF32, ActType::kBF16}) {
-    auto dh = upload(h), db = upload(bias), dge = upload(ge), dd = upload(dact);
+    // The products' outputs come in the activation dtype.
+    const auto h = cuda_test::rounded(h0, t), dact = cuda_test::rounded(dact0, t);
+    auto dh = upload(cuda_test::to_act(h, t)), db = upload(bias), dge = upload(ge),
+         dd = upload(cuda_test::to_act(dact, t));
     auto hs = poisoned(h.size() * cuda::act_size(t)),
          act = poisoned(dact.size() * cuda::act_size(t));
-    cuda::train_swiglu_fwd(t, dh.data<float>(), db.data<float>(), dge.data<int>(), A, I, limit,
-                           hs.data(), act.data(), nullptr);
+    cuda::train_swiglu_fwd(t, dh.data(), db.data<float>(), dge.data<int>(), A, I, limit, hs.data(),
+                           act.data(), nullptr);
     const auto hsv = cuda_test::download_act(hs, h.size(), t);
     std::vector<double> hb(h.size()), ref(size_t(A) * I), dref(h.size());
     for (int a = 0; a < A; ++a)
@@ -198,7 +201,7 @@ TEST(CudaTrainKernels, SwigluForwardBackward) {
       swiglu_bwd(hsd.data() + size_t(a) * 2 * I, I, double(limit), dd_d.data() + size_t(a) * I,
                  dref.data() + size_t(a) * 2 * I);
     auto dho = poisoned(h.size() * cuda::act_size(t));
-    cuda::train_swiglu_bwd(t, hs.data(), dd.data<float>(), A, I, limit, dho.data(), nullptr);
+    cuda::train_swiglu_bwd(t, hs.data(), dd.data(), A, I, limit, dho.data(), nullptr);
     EXPECT_LT(rel_error(cuda_test::download_act(dho, h.size(), t), dref), 2 * cuda_test::tol(t));
   }
 }
@@ -230,20 +233,27 @@ TEST(CudaTrainKernels, RouterTopkProbsAndCrossEntropy) {
     }
   }
   for (auto [NT, V] : {std::pair{1, 7}, std::pair{9, 1000}, std::pair{3, 32768}}) {
-    auto lg = ct_random(size_t(NT) * V, rng, 3.0);
+    const auto lg0 = ct_random(size_t(NT) * V, rng, 3.0);
     std::vector<int> tg(NT);
     for (auto& x : tg) x = int(rng() % V);
     const float scale = 0.25f;
-    std::vector<double> ref(lg.begin(), lg.end()), loss(NT);
-    for (int r = 0; r < NT; ++r)
-      loss[r] = cross_entropy_fwd_bwd(ref.data() + size_t(r) * V, V, tg[r], double(scale));
     for (ActType t : {ActType::kF32, ActType::kBF16}) {
-      auto dl = upload(lg), dt = upload(tg);
+      // Logits come from the unembedding product in the activation dtype.
+      const auto lg = cuda_test::rounded(lg0, t);
+      std::vector<double> ref(lg.begin(), lg.end()), loss(NT);
+      for (int r = 0; r < NT; ++r)
+        loss[r] = cross_entropy_fwd_bwd(ref.data() + size_t(r) * V, V, tg[r], double(scale));
+      auto dl = upload(cuda_test::to_act(lg, t)), dt = upload(tg);
       auto rl = poisoned(NT * 4), grad = poisoned(lg.size() * cuda::act_size(t));
-      cuda::train_cross_entropy(t, dl.data<float>(), dt.data<int>(), NT, V, scale, rl.data<float>(),
+      cuda::train_cross_entropy(t, dl.data(), dt.data<int>(), NT, V, scale, rl.data<float>(),
                                 grad.data(), nullptr);
       EXPECT_LT(rel_error(download<float>(rl, NT), loss), 1e-5);
       EXPECT_LT(rel_error(cuda_test::download_act(grad, lg.size(), t), ref), cuda_test::tol(t));
+      // Loss only (evaluation): the same losses, no gradient written.
+      auto rl2 = poisoned(NT * 4);
+      cuda::train_cross_entropy(t, dl.data(), dt.data<int>(), NT, V, scale, rl2.data<float>(),
+                                nullptr, nullptr);
+      EXPECT_LT(rel_error(download<float>(rl2, NT), loss), 1e-5);
     }
   }
 }

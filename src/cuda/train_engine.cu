@@ -1,7 +1,8 @@
 // The CUDA training engine: the model of src/train/model.cpp on the GPU, over the same flat
 // ParamLayout. fp32 master weights, gradients and AdamW m/v live on the GPU; with dtype bfloat16
 // a bf16 copy of the weights (refreshed by the AdamW kernel) and bf16 activations feed cuBLAS
-// (fp32 accumulation), while the residual stream, norm statistics, softmaxes, the loss and every
+// (fp32 accumulation) and the products write bf16 (as under PyTorch's autocast), while the
+// residual stream, norm statistics, softmaxes, the loss, the gradients of the parameters and every
 // reduction stay fp32. With float32 everything is fp32 and TF32 stays off, so the engine can be
 // checked tightly against the CPU.
 //
@@ -193,7 +194,7 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
     a.xe = act(AP * H_, "expert inputs");
     a.h = act(AP * 2 * I_, "expert pre-activations");
     a.act = act(AP * I_, "expert activations");
-    a.y = DeviceBuffer(AP * H_ * 4, "expert outputs");
+    a.y = act(AP * H_, "expert outputs");
     a.host_offsets.assign(E_ + 1, 0);
     a.host_poffsets.assign(E_ + 1, 0);
   }
@@ -201,13 +202,13 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   xf_ = DeviceBuffer(NT * H_ * 4, "final residual");
   rstdf_ = DeviceBuffer(NT * 4, "rstd");
   tf_ = act(NT * H_, "final norm output");
-  logits_ = DeviceBuffer(NT * V_ * 4, "logits");
+  logits_ = act(NT * V_, "logits");
   dlogits_ = act(NT * V_, "logit gradients");
   row_loss_ = DeviceBuffer(NT * 4, "row losses");
   probsum_ = DeviceBuffer(int64_t(L_) * E_ * 4, "router probability sums");
   qkvf_ = DeviceBuffer(NT * QKV_ * 4, "qkv");
   glog_ = DeviceBuffer(NT * E_ * 4, "router logits");
-  hf_ = DeviceBuffer(AP * 2 * I_ * 4, "expert mlp1 output");
+  hf_ = act(AP * 2 * I_, "expert mlp1 output");
   scores_ = act(scores, "attention scores");
   pa_ = act(scores, "attention probabilities");
   oh_ = act(NT * NH_ * D_, "attention output (head-major)");
@@ -217,9 +218,9 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   dt_ = DeviceBuffer(NT * H_ * 4, "dt");
   dw_ = DeviceBuffer(A * 4, "router weight gradients");
   dy_ = act(AP * H_, "expert output gradients");
-  dact_ = DeviceBuffer(AP * I_ * 4, "expert activation gradients");
+  dact_ = act(AP * I_, "expert activation gradients");
   dh_ = act(AP * 2 * I_, "expert pre-activation gradients");
-  dxe_ = DeviceBuffer(AP * H_ * 4, "expert input gradients");
+  dxe_ = act(AP * H_, "expert input gradients");
   dglog_ = act(NT * E_, "router logit gradients");
   dattn_ = DeviceBuffer(NT * NH_ * D_ * 4, "attention output gradients");
   dOh_ = act(NT * NH_ * D_, "attention output gradients (head-major)");
@@ -317,17 +318,17 @@ void CudaTrainEngine::forward_layer(int l, float* xout) {
   for (int e = 0; e < E_; ++e) {
     const int base = off[e], cnt = off[e + 1] - off[e];
     mm(cnt, 2 * I_, H_, at(a.xe, int64_t(base) * H_), H_, false,
-       w(o.mlp1_w + int64_t(e) * 2 * I_ * H_), H_, true, 0.0f,
-       hf_.data<float>() + int64_t(base) * 2 * I_, true, 2 * I_, "expert mlp1 forward");
+       w(o.mlp1_w + int64_t(e) * 2 * I_ * H_), H_, true, 0.0f, at(hf_, int64_t(base) * 2 * I_),
+       false, 2 * I_, "expert mlp1 forward");
   }
-  cuda::train_swiglu_fwd(t_, hf_.data<float>(), p(o.mlp1_b), a.group_expert.data<int>(), AP, I_,
+  cuda::train_swiglu_fwd(t_, hf_.data(), p(o.mlp1_b), a.group_expert.data<int>(), AP, I_,
                          c_.swiglu_limit, a.h.data(), a.act.data(), st());
   for (int e = 0; e < E_; ++e) {
     const int base = off[e], cnt = off[e + 1] - off[e];
     mm(cnt, H_, I_, at(a.act, int64_t(base) * I_), I_, false, w(o.mlp2_w + int64_t(e) * H_ * I_),
-       I_, true, 0.0f, a.y.data<float>() + int64_t(base) * H_, true, H_, "expert mlp2 forward");
+       I_, true, 0.0f, at(a.y, int64_t(base) * H_), false, H_, "expert mlp2 forward");
   }
-  cuda::train_moe_combine_fwd(a.xmid.data<float>(), a.y.data<float>(), p(o.mlp2_b),
+  cuda::train_moe_combine_fwd(t_, a.xmid.data<float>(), a.y.data(), p(o.mlp2_b),
                               a.topk_e.data<int>(), a.assign_at.data<int>(), a.topk_w.data<float>(),
                               NT_, K_, H_, xout, st());
   prof_.mark(st(), "fwd experts+combine");
@@ -344,7 +345,7 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
   // so nothing flows from them into the weight and bias gradients.
   cuda::check(cudaMemsetAsync(dy_.data(), 0, size_t(AP) * H_ * cuda::act_size(t_), st()),
               "zero expert output gradients");
-  cuda::train_moe_combine_bwd(t_, dx, a.y.data<float>(), p(o.mlp2_b), a.topk_e.data<int>(),
+  cuda::train_moe_combine_bwd(t_, dx, a.y.data(), p(o.mlp2_b), a.topk_e.data<int>(),
                               a.assign_at.data<int>(), a.topk_w.data<float>(), NT_, K_, H_,
                               dw_.data<float>(), dy_.data(), st());
   for (int e = 0; e < E_; ++e) {
@@ -355,10 +356,9 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
        g(o.mlp2_w + int64_t(e) * H_ * I_), true, I_, "expert mlp2 weight gradient");
     colsum(t_, dy, H_, cnt, H_, g(o.mlp2_b + int64_t(e) * H_));
     mm(cnt, I_, H_, dy, H_, false, w(o.mlp2_w + int64_t(e) * H_ * I_), I_, false, 0.0f,
-       dact_.data<float>() + int64_t(base) * I_, true, I_, "expert mlp2 input gradient");
+       at(dact_, int64_t(base) * I_), false, I_, "expert mlp2 input gradient");
   }
-  cuda::train_swiglu_bwd(t_, a.h.data(), dact_.data<float>(), AP, I_, c_.swiglu_limit, dh_.data(),
-                         st());
+  cuda::train_swiglu_bwd(t_, a.h.data(), dact_.data(), AP, I_, c_.swiglu_limit, dh_.data(), st());
   for (int e = 0; e < E_; ++e) {
     const int base = off[e], cnt = off[e + 1] - off[e];
     if (!cnt) continue;
@@ -367,14 +367,14 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
        g(o.mlp1_w + int64_t(e) * 2 * I_ * H_), true, H_, "expert mlp1 weight gradient");
     colsum(t_, dh, 2 * I_, cnt, 2 * I_, g(o.mlp1_b + int64_t(e) * 2 * I_));
     mm(cnt, H_, 2 * I_, dh, 2 * I_, false, w(o.mlp1_w + int64_t(e) * 2 * I_ * H_), H_, false, 0.0f,
-       dxe_.data<float>() + int64_t(base) * H_, true, H_, "expert mlp1 input gradient");
+       at(dxe_, int64_t(base) * H_), false, H_, "expert mlp1 input gradient");
   }
   const float aux_scale =
       aux_coef_ != 0.0f ? float(double(grad_scale) * aux_coef_ * E_ / (double(NT_) * L_)) : 0.0f;
   cuda::train_router_bwd(t_, a.topk_e.data<int>(), a.topk_w.data<float>(), dw_.data<float>(),
-                         a.probs.data<float>(), a.offsets.data<int>(), aux_scale,
-                         dxe_.data<float>(), a.assign_at.data<int>(), NT_, E_, K_, H_,
-                         dglog_.data(), dt_.data<float>(), st());
+                         a.probs.data<float>(), a.offsets.data<int>(), aux_scale, dxe_.data(),
+                         a.assign_at.data<int>(), NT_, E_, K_, H_, dglog_.data(), dt_.data<float>(),
+                         st());
   prof_.mark(st(), "bwd experts");
   mm(E_, H_, NT_, dglog_.data(), E_, true, a.t2.data(), H_, false, 1.0f, g(o.gate_w), true, H_,
      "router weight gradient");
@@ -469,8 +469,8 @@ LossParts CudaTrainEngine::run(const int* tokens, const int* targets, bool grads
   cuda::train_rmsnorm_fwd(t_, xf_.data<float>(), nullptr, p(layout_.norm), NT_, H_, float(kRmsEps),
                           tf_.data(), rstdf_.data<float>(), st());
   mm(NT_, V_, H_, tf_.data(), H_, false, w(layout_.unembedding), H_, true, 0.0f, logits_.data(),
-     true, V_, "unembedding forward");
-  cuda::train_cross_entropy(t_, logits_.data<float>(), targets_.data<int>(), NT_, V_,
+     false, V_, "unembedding forward");
+  cuda::train_cross_entropy(t_, logits_.data(), targets_.data<int>(), NT_, V_,
                             float(double(grad_scale) / NT_), row_loss_.data<float>(),
                             grads ? dlogits_.data() : nullptr, st());
   prof_.mark(st(), "logits+loss");

@@ -87,27 +87,27 @@ void train_sink_grad(const float* sink_terms, int B, int NH, int S, float* dsink
 // weights [NT, K] = softmax over them, probs [NT, E] = softmax over all E. E <= 256.
 void train_router_fwd(const float* logits, const float* bias, int NT, int E, int K, int* experts,
                       float* weights, float* probs, cudaStream_t stream);
-// h f32 [A, 2I] (GEMM output) + bias [E, 2I] of each assignment's expert -> h_saved act (the
+// h act [A, 2I] (GEMM output) + bias [E, 2I] of each assignment's expert -> h_saved act (the
 // biased pre-activation, kept for the backward) and act_out act [A, I] = clamped SwiGLU.
-void train_swiglu_fwd(ActType t, const float* h, const float* bias, const int* group_expert, int A,
+void train_swiglu_fwd(ActType t, const void* h, const float* bias, const int* group_expert, int A,
                       int I, float limit, void* h_saved, void* act_out, cudaStream_t stream);
-// dh act [A, 2I] from h_saved act and dact f32 [A, I].
-void train_swiglu_bwd(ActType t, const void* h_saved, const float* dact, int A, int I, float limit,
+// dh act [A, 2I] from h_saved act and dact act [A, I].
+void train_swiglu_bwd(ActType t, const void* h_saved, const void* dact, int A, int I, float limit,
                       void* dh, cudaStream_t stream);
 // xout [NT, H] = xmid + sum over slots s (in order) of weights[r, s] * (y[assign_at] + bias[e]),
-// y f32 [A, H], bias [E, H], e = experts[r, s].
-void train_moe_combine_fwd(const float* xmid, const float* y, const float* bias, const int* experts,
-                           const int* assign_at, const float* weights, int NT, int K, int H,
-                           float* xout, cudaStream_t stream);
+// y act [A, H], bias [E, H], e = experts[r, s].
+void train_moe_combine_fwd(ActType t, const float* xmid, const void* y, const float* bias,
+                           const int* experts, const int* assign_at, const float* weights, int NT,
+                           int K, int H, float* xout, cudaStream_t stream);
 // dweights [NT, K] = dx . (y + bias), dy act [A, H] = weight * dx.
-void train_moe_combine_bwd(ActType t, const float* dx, const float* y, const float* bias,
+void train_moe_combine_bwd(ActType t, const float* dx, const void* y, const float* bias,
                            const int* experts, const int* assign_at, const float* weights, int NT,
                            int K, int H, float* dweights, void* dy, cudaStream_t stream);
 // dlogits act [NT, E] = the top-k softmax's backward from dweights, plus (aux_scale > 0) the
 // load-balancing term through probs with the gradient aux_scale * count_e / NT per expert
-// (count_e = offsets[e+1] - offsets[e]); dt [NT, H] = sum over slots of dxe f32 [A, H].
+// (count_e = offsets[e+1] - offsets[e]); dt [NT, H] = sum over slots of dxe act [A, H].
 void train_router_bwd(ActType t, const int* experts, const float* weights, const float* dweights,
-                      const float* probs, const int* offsets, float aux_scale, const float* dxe,
+                      const float* probs, const int* offsets, float aux_scale, const void* dxe,
                       const int* assign_at, int NT, int E, int K, int H, void* dlogits, float* dt,
                       cudaStream_t stream);
 
@@ -120,9 +120,10 @@ void train_pad_groups(const int* experts, const int* offsets, const int* poffset
                       int* assign_at, int* group_row, int* group_expert, cudaStream_t stream);
 
 // ---- train_loss.cu
-// Per row: row_loss = logsumexp(logits) - logits[target]; when dlogits (act [NT, V]) is given it
-// receives (softmax - onehot(target)) * scale.
-void train_cross_entropy(ActType t, const float* logits, const int* targets, int NT, int V,
+// Per row of logits act [NT, V] (bf16 in bf16 mode, as autocast; the softmax is f32): row_loss =
+// logsumexp(logits) - logits[target]; when dlogits (act [NT, V]) is given it receives
+// (softmax - onehot(target)) * scale.
+void train_cross_entropy(ActType t, const void* logits, const int* targets, int NT, int V,
                          float scale, float* row_loss, void* dlogits, cudaStream_t stream);
 // grad_table [V, H] += dx [NT, H] at each row's token (atomics: the order of additions to a
 // repeated token's row varies).

@@ -10,24 +10,23 @@ constexpr int kTrainCeThreads = 512;
 
 template <typename T>
 __global__ void __launch_bounds__(kTrainCeThreads)
-    train_cross_entropy_kernel(const float* __restrict__ logits, const int* __restrict__ targets,
-                               int V, float scale, float* __restrict__ row_loss,
-                               T* __restrict__ dlogits) {
+    train_cross_entropy_kernel(const T* __restrict__ logits, const int* __restrict__ targets, int V,
+                               float scale, float* __restrict__ row_loss, T* __restrict__ dlogits) {
   const int64_t r = blockIdx.x;
-  const float* lr = logits + r * V;
+  const T* lr = logits + r * V;
   float m = -INFINITY;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, lr[i]);
+  for (int i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, to_f32(lr[i]));
   m = train_block_max(m);
   float sum = 0.0f;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) sum += __expf(lr[i] - m);
+  for (int i = threadIdx.x; i < V; i += blockDim.x) sum += __expf(to_f32(lr[i]) - m);
   sum = train_block_sum(sum);
   const float lse = m + logf(sum);
   const int target = targets[r];
-  if (threadIdx.x == 0) row_loss[r] = lse - lr[target];
+  if (threadIdx.x == 0) row_loss[r] = lse - to_f32(lr[target]);
   if (!dlogits) return;
   T* dr = dlogits + r * V;
   for (int i = threadIdx.x; i < V; i += blockDim.x)
-    dr[i] = from_f32<T>(__expf(lr[i] - lse) * scale - (i == target ? scale : 0.0f));
+    dr[i] = from_f32<T>(__expf(to_f32(lr[i]) - lse) * scale - (i == target ? scale : 0.0f));
 }
 
 __global__ void train_embedding_bwd_kernel(const float* __restrict__ dx,
@@ -40,7 +39,7 @@ __global__ void train_embedding_bwd_kernel(const float* __restrict__ dx,
 
 }  // namespace
 
-void train_cross_entropy(ActType t, const float* logits, const int* targets, int NT, int V,
+void train_cross_entropy(ActType t, const void* logits, const int* targets, int NT, int V,
                          float scale, float* row_loss, void* dlogits, cudaStream_t stream) {
   MIND4_CUDA_ARG(logits && targets && row_loss, "train_cross_entropy", "null pointer");
   MIND4_CUDA_ARG(NT >= 0 && V > 0, "train_cross_entropy", "NT = ", NT, ", V = ", V);
@@ -48,7 +47,7 @@ void train_cross_entropy(ActType t, const float* logits, const int* targets, int
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
     train_cross_entropy_kernel<T><<<NT, kTrainCeThreads, 0, stream>>>(
-        logits, targets, V, scale, row_loss, static_cast<T*>(dlogits));
+        static_cast<const T*>(logits), targets, V, scale, row_loss, static_cast<T*>(dlogits));
   });
   check_launch(t == ActType::kF32 ? "train_cross_entropy_f32" : "train_cross_entropy_bf16");
 }

@@ -43,7 +43,7 @@ __global__ void train_router_fwd_kernel(const float* __restrict__ logits,
 }
 
 template <typename T>
-__global__ void train_swiglu_fwd_kernel(const float* __restrict__ h, const float* __restrict__ bias,
+__global__ void train_swiglu_fwd_kernel(const T* __restrict__ h, const float* __restrict__ bias,
                                         const int* __restrict__ group_expert, int A, int I,
                                         float limit, T* __restrict__ h_saved, T* __restrict__ act) {
   const int64_t n = int64_t(A) * I;
@@ -52,8 +52,8 @@ __global__ void train_swiglu_fwd_kernel(const float* __restrict__ h, const float
     const int64_t a = idx / I;
     const int i = int(idx % I);
     const float* br = bias + int64_t(group_expert[a]) * 2 * I;
-    const float hg = h[a * 2 * I + 2 * i] + br[2 * i];
-    const float hl = h[a * 2 * I + 2 * i + 1] + br[2 * i + 1];
+    const float hg = to_f32(h[a * 2 * I + 2 * i]) + br[2 * i];
+    const float hl = to_f32(h[a * 2 * I + 2 * i + 1]) + br[2 * i + 1];
     h_saved[a * 2 * I + 2 * i] = from_f32<T>(hg);
     h_saved[a * 2 * I + 2 * i + 1] = from_f32<T>(hl);
     const float g = fminf(hg, limit), l = fminf(fmaxf(hl, -limit), limit);
@@ -62,8 +62,8 @@ __global__ void train_swiglu_fwd_kernel(const float* __restrict__ h, const float
 }
 
 template <typename T>
-__global__ void train_swiglu_bwd_kernel(const T* __restrict__ h, const float* __restrict__ dact,
-                                        int A, int I, float limit, T* __restrict__ dh) {
+__global__ void train_swiglu_bwd_kernel(const T* __restrict__ h, const T* __restrict__ dact, int A,
+                                        int I, float limit, T* __restrict__ dh) {
   const int64_t n = int64_t(A) * I;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -72,15 +72,16 @@ __global__ void train_swiglu_bwd_kernel(const T* __restrict__ h, const float* __
     const float hg = to_f32(h[a * 2 * I + 2 * i]), hl = to_f32(h[a * 2 * I + 2 * i + 1]);
     const float g = fminf(hg, limit), l = fminf(fmaxf(hl, -limit), limit);
     const float sig = 1.0f / (1.0f + expf(-kTrainSwigluAlpha * g));
-    const float d = dact[idx];
+    const float d = to_f32(dact[idx]);
     dh[a * 2 * I + 2 * i] = from_f32<T>(
         hg <= limit ? d * (l + 1.0f) * sig * (1.0f + kTrainSwigluAlpha * g * (1.0f - sig)) : 0.0f);
     dh[a * 2 * I + 2 * i + 1] = from_f32<T>(fabsf(hl) <= limit ? d * g * sig : 0.0f);
   }
 }
 
+template <typename T>
 __global__ void train_moe_combine_fwd_kernel(
-    const float* __restrict__ xmid, const float* __restrict__ y, const float* __restrict__ bias,
+    const float* __restrict__ xmid, const T* __restrict__ y, const float* __restrict__ bias,
     const int* __restrict__ experts, const int* __restrict__ assign_at,
     const float* __restrict__ weights, int NT, int K, int H, float* __restrict__ xout) {
   const int64_t r = blockIdx.x;
@@ -88,7 +89,7 @@ __global__ void train_moe_combine_fwd_kernel(
     float v = xmid[r * H + j];
     for (int s = 0; s < K; ++s) {
       const int64_t at = assign_at[r * K + s];
-      v += weights[r * K + s] * (y[at * H + j] + bias[int64_t(experts[r * K + s]) * H + j]);
+      v += weights[r * K + s] * (to_f32(y[at * H + j]) + bias[int64_t(experts[r * K + s]) * H + j]);
     }
     xout[r * H + j] = v;
   }
@@ -96,11 +97,13 @@ __global__ void train_moe_combine_fwd_kernel(
 
 // A warp per (row, slot).
 template <typename T>
-__global__ void train_moe_combine_bwd_kernel(
-    const float* __restrict__ dx, const float* __restrict__ y, const float* __restrict__ bias,
-    const int* __restrict__ experts, const int* __restrict__ assign_at,
-    const float* __restrict__ weights, int NT, int K, int H, float* __restrict__ dweights,
-    T* __restrict__ dy) {
+__global__ void train_moe_combine_bwd_kernel(const float* __restrict__ dx, const T* __restrict__ y,
+                                             const float* __restrict__ bias,
+                                             const int* __restrict__ experts,
+                                             const int* __restrict__ assign_at,
+                                             const float* __restrict__ weights, int NT, int K,
+                                             int H, float* __restrict__ dweights,
+                                             T* __restrict__ dy) {
   const int64_t w = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (w >= int64_t(NT) * K) return;
@@ -110,7 +113,7 @@ __global__ void train_moe_combine_bwd_kernel(
   float dot = 0.0f;
   for (int j = lane; j < H; j += 32) {
     const float g = dx[r * H + j];
-    dot += g * (y[at * H + j] + br[j]);
+    dot += g * (to_f32(y[at * H + j]) + br[j]);
     dy[at * H + j] = from_f32<T>(wt * g);
   }
   dot = warp_sum(dot);
@@ -124,7 +127,7 @@ __global__ void train_router_bwd_kernel(const int* __restrict__ experts,
                                         const float* __restrict__ dweights,
                                         const float* __restrict__ probs,
                                         const int* __restrict__ offsets, float aux_scale,
-                                        const float* __restrict__ dxe,
+                                        const T* __restrict__ dxe,
                                         const int* __restrict__ assign_at, int NT, int E, int K,
                                         int H, T* __restrict__ dlogits, float* __restrict__ dt) {
   const int64_t r = blockIdx.x;
@@ -149,7 +152,7 @@ __global__ void train_router_bwd_kernel(const int* __restrict__ experts,
   }
   for (int j = threadIdx.x; j < H; j += blockDim.x) {
     float v = 0.0f;
-    for (int s = 0; s < K; ++s) v += dxe[int64_t(assign_at[r * K + s]) * H + j];
+    for (int s = 0; s < K; ++s) v += to_f32(dxe[int64_t(assign_at[r * K + s]) * H + j]);
     dt[r * H + j] = v;
   }
 }
@@ -186,7 +189,7 @@ void train_router_fwd(const float* logits, const float* bias, int NT, int E, int
   check_launch("train_router_fwd");
 }
 
-void train_swiglu_fwd(ActType t, const float* h, const float* bias, const int* group_expert, int A,
+void train_swiglu_fwd(ActType t, const void* h, const float* bias, const int* group_expert, int A,
                       int I, float limit, void* h_saved, void* act_out, cudaStream_t stream) {
   MIND4_CUDA_ARG(h && bias && group_expert && h_saved && act_out, "train_swiglu_fwd",
                  "null pointer");
@@ -195,12 +198,13 @@ void train_swiglu_fwd(ActType t, const float* h, const float* bias, const int* g
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
     train_swiglu_fwd_kernel<T><<<train_blocks(int64_t(A) * I), 256, 0, stream>>>(
-        h, bias, group_expert, A, I, limit, static_cast<T*>(h_saved), static_cast<T*>(act_out));
+        static_cast<const T*>(h), bias, group_expert, A, I, limit, static_cast<T*>(h_saved),
+        static_cast<T*>(act_out));
   });
   check_launch(train_moe_name(t, "train_swiglu_fwd_f32", "train_swiglu_fwd_bf16"));
 }
 
-void train_swiglu_bwd(ActType t, const void* h_saved, const float* dact, int A, int I, float limit,
+void train_swiglu_bwd(ActType t, const void* h_saved, const void* dact, int A, int I, float limit,
                       void* dh, cudaStream_t stream) {
   MIND4_CUDA_ARG(h_saved && dact && dh, "train_swiglu_bwd", "null pointer");
   MIND4_CUDA_ARG(A >= 0 && I > 0 && limit > 0, "train_swiglu_bwd", "A = ", A, ", I = ", I);
@@ -208,25 +212,29 @@ void train_swiglu_bwd(ActType t, const void* h_saved, const float* dact, int A, 
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
     train_swiglu_bwd_kernel<T><<<train_blocks(int64_t(A) * I), 256, 0, stream>>>(
-        static_cast<const T*>(h_saved), dact, A, I, limit, static_cast<T*>(dh));
+        static_cast<const T*>(h_saved), static_cast<const T*>(dact), A, I, limit,
+        static_cast<T*>(dh));
   });
   check_launch(train_moe_name(t, "train_swiglu_bwd_f32", "train_swiglu_bwd_bf16"));
 }
 
-void train_moe_combine_fwd(const float* xmid, const float* y, const float* bias, const int* experts,
-                           const int* assign_at, const float* weights, int NT, int K, int H,
-                           float* xout, cudaStream_t stream) {
+void train_moe_combine_fwd(ActType t, const float* xmid, const void* y, const float* bias,
+                           const int* experts, const int* assign_at, const float* weights, int NT,
+                           int K, int H, float* xout, cudaStream_t stream) {
   MIND4_CUDA_ARG(xmid && y && bias && experts && assign_at && weights && xout,
                  "train_moe_combine_fwd", "null pointer");
   MIND4_CUDA_ARG(NT >= 0 && K > 0 && H > 0, "train_moe_combine_fwd", "NT = ", NT, ", K = ", K,
                  ", H = ", H);
   if (NT == 0) return;
-  train_moe_combine_fwd_kernel<<<NT, 256, 0, stream>>>(xmid, y, bias, experts, assign_at, weights,
-                                                       NT, K, H, xout);
-  check_launch("train_moe_combine_fwd");
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    train_moe_combine_fwd_kernel<T><<<NT, 256, 0, stream>>>(
+        xmid, static_cast<const T*>(y), bias, experts, assign_at, weights, NT, K, H, xout);
+  });
+  check_launch(train_moe_name(t, "train_moe_combine_fwd_f32", "train_moe_combine_fwd_bf16"));
 }
 
-void train_moe_combine_bwd(ActType t, const float* dx, const float* y, const float* bias,
+void train_moe_combine_bwd(ActType t, const float* dx, const void* y, const float* bias,
                            const int* experts, const int* assign_at, const float* weights, int NT,
                            int K, int H, float* dweights, void* dy, cudaStream_t stream) {
   MIND4_CUDA_ARG(dx && y && bias && experts && assign_at && weights && dweights && dy,
@@ -238,7 +246,8 @@ void train_moe_combine_bwd(ActType t, const float* dx, const float* y, const flo
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
     train_moe_combine_bwd_kernel<T><<<int((warps + 7) / 8), 256, 0, stream>>>(
-        dx, y, bias, experts, assign_at, weights, NT, K, H, dweights, static_cast<T*>(dy));
+        dx, static_cast<const T*>(y), bias, experts, assign_at, weights, NT, K, H, dweights,
+        static_cast<T*>(dy));
   });
   check_launch(train_moe_name(t, "train_moe_combine_bwd_f32", "train_moe_combine_bwd_bf16"));
 }
@@ -255,7 +264,7 @@ void train_pad_groups(const int* experts, const int* offsets, const int* poffset
 }
 
 void train_router_bwd(ActType t, const int* experts, const float* weights, const float* dweights,
-                      const float* probs, const int* offsets, float aux_scale, const float* dxe,
+                      const float* probs, const int* offsets, float aux_scale, const void* dxe,
                       const int* assign_at, int NT, int E, int K, int H, void* dlogits, float* dt,
                       cudaStream_t stream) {
   MIND4_CUDA_ARG(
@@ -266,9 +275,9 @@ void train_router_bwd(ActType t, const int* experts, const float* weights, const
   if (NT == 0) return;
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
-    train_router_bwd_kernel<T><<<NT, 256, 0, stream>>>(experts, weights, dweights, probs, offsets,
-                                                       aux_scale, dxe, assign_at, NT, E, K, H,
-                                                       static_cast<T*>(dlogits), dt);
+    train_router_bwd_kernel<T><<<NT, 256, 0, stream>>>(
+        experts, weights, dweights, probs, offsets, aux_scale, static_cast<const T*>(dxe),
+        assign_at, NT, E, K, H, static_cast<T*>(dlogits), dt);
   });
   check_launch(train_moe_name(t, "train_router_bwd_f32", "train_router_bwd_bf16"));
 }
