@@ -6,6 +6,7 @@
 
 #include "command.h"
 #include "mind4/config.h"
+#include "mind4/status.h"
 #include "train/bench.h"
 #include "train/train_config.h"
 
@@ -39,6 +40,10 @@ mind4::train::TrainConfig bench_train_config(const BenchTrainOptions& o) {
   c.steps = c.lr.total_steps = o.warmup + o.steps;
   c.execution.backend = parse_backend(o.backend, "bench-train --backend");
   c.execution.dtype = parse_activation_dtype(o.dtype, "bench-train --dtype");
+  if (c.execution.backend == Backend::kCpu && c.execution.dtype != ActivationDType::kFloat32)
+    throw Error(Status::kInvalidArgument,
+                "bench-train: --dtype " + o.dtype +
+                    " needs --backend cuda (CPU training computes in float32)");
   c.execution.device = c.execution.backend == Backend::kCuda ? Device::kCuda : Device::kCpu;
   c.execution.threads = o.threads;
   return c;
@@ -72,7 +77,7 @@ void setup_bench_train(CLI::App& app) {
   app.add_option("--backend", o->backend, "cpu | cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
-  app.add_option("--dtype", o->dtype, "float32 | bfloat16 (CUDA)")
+  app.add_option("--dtype", o->dtype, "float32 | bfloat16 (bfloat16 on CUDA only)")
       ->check(CLI::IsMember({"float32", "bfloat16"}))
       ->capture_default_str();
   app.add_option("--layers", o->layers, "Blocks")->capture_default_str();
