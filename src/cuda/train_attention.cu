@@ -185,6 +185,23 @@ __global__ void __launch_bounds__(kTrainSoftmaxWarps * 32)
   }
 }
 
+// dS from the forward's kept P (0 outside each row's keys, so dS is too).
+template <typename T>
+__global__ void __launch_bounds__(kTrainSoftmaxWarps * 32)
+    train_attn_dsoftmax_kernel(const T* __restrict__ P, const T* __restrict__ dP,
+                               const float* __restrict__ delta, int64_t rows, int S, int q0, int nq,
+                               int nk, float scale, T* __restrict__ dS) {
+  const int64_t row = int64_t(blockIdx.x) * kTrainSoftmaxWarps + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const int64_t bh = row / nq;
+  const float dl = delta[bh * S + q0 + int(row % nq)];
+  for (int j = lane; j < nk; j += 32) {
+    const float p = to_f32(P[row * nk + j]);
+    dS[row * nk + j] = from_f32<T>(p * (to_f32(dP[row * nk + j]) - dl) * scale);
+  }
+}
+
 __global__ void train_sink_grad_kernel(const float* __restrict__ terms, int B, int NH, int S,
                                        float* __restrict__ dsinks) {
   const int h = blockIdx.x;
@@ -300,6 +317,24 @@ void train_attn_softmax_bwd(ActType t, const void* scores, const void* dP, const
         tile.nq, tile.k0, tile.nk, window, scale, static_cast<T*>(P), static_cast<T*>(dS));
   });
   check_launch(train_attn_name(t, "train_attn_softmax_bwd_f32", "train_attn_softmax_bwd_bf16"));
+}
+
+void train_attn_dsoftmax(ActType t, const void* P, const void* dP, const float* delta, int B,
+                         int NH, int S, AttnTile tile, float scale, void* dS, cudaStream_t stream) {
+  MIND4_CUDA_ARG(P && dP && delta && dS, "train_attn_dsoftmax", "null pointer");
+  MIND4_CUDA_ARG(B >= 0 && NH > 0 && S > 0 && tile.valid(S), "train_attn_dsoftmax", "B = ", B,
+                 ", S = ", S, ", tile q0 = ", tile.q0, " nq = ", tile.nq, " k0 = ", tile.k0,
+                 " nk = ", tile.nk);
+  if (B == 0) return;
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t rows = int64_t(B) * NH * tile.nq;
+    train_attn_dsoftmax_kernel<T>
+        <<<int((rows + kTrainSoftmaxWarps - 1) / kTrainSoftmaxWarps), kTrainSoftmaxWarps * 32, 0,
+           stream>>>(static_cast<const T*>(P), static_cast<const T*>(dP), delta, rows, S, tile.q0,
+                     tile.nq, tile.nk, scale, static_cast<T*>(dS));
+  });
+  check_launch(train_attn_name(t, "train_attn_dsoftmax_f32", "train_attn_dsoftmax_bf16"));
 }
 
 void train_sink_grad(const float* sink_terms, int B, int NH, int S, float* dsinks,

@@ -9,7 +9,8 @@
 // Attention materialises the scores of each (sequence, head) as strided-batched cuBLAS products,
 // one query tile at a time over only the keys that tile can see (causal: the keys up to its last
 // query; sliding window: the window before its first query), so masked blocks are mostly not
-// computed; the backward recomputes the scores from the saved log-sum-exp instead of keeping P.
+// computed. The backward reuses each layer's probabilities when they fit (kKeepProbsBytes), else
+// recomputes them from the saved log-sum-exp.
 // Experts are grouped by moe_group and multiplied one expert at a time; the group offsets come back
 // to the host once per layer (the products' row counts), and the backward reuses them.
 #include <algorithm>
@@ -38,17 +39,21 @@ using cuda::DeviceBuffer;
 // per-expert products of exact row counts made the experts 57% of the step, host-bound); rounded
 // counts repeat, so the choice comes from its cache.
 constexpr int kExpertRowTile = 256;
+// The attention probabilities of every layer are kept for the backward (one product, one pass over
+// the scores and one write of P fewer per tile) when all of them take at most this; beyond it
+// (long sequences) the backward recomputes them.
+constexpr int64_t kKeepProbsBytes = int64_t(8) << 30;
 
 struct CudaTrainLayer {
   DeviceBuffer xin, rstd1, t1, q, k, v, lse, attn, xmid, rstd2, t2, probs, topk_e, topk_w, offsets,
-      poffsets, group_row, group_expert, assign_at, xe, h, act, y;
+      poffsets, group_row, group_expert, assign_at, xe, h, act, y, probs_kept;
   std::vector<int> host_offsets;   // [E + 1], from the forward
   std::vector<int> host_poffsets;  // [E + 1]: the padded segments (kExpertRowTile rows)
 };
 
 class CudaTrainEngine final : public TrainEngine {
  public:
-  CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layout, int attn_tile);
+  CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layout, CudaTrainOptions opts);
   void zero_grads() override;
   LossParts accumulate(const int* tokens, const int* targets, float grad_scale) override;
   double clip_and_update(double max_norm, double lr) override;
@@ -106,6 +111,7 @@ class CudaTrainEngine final : public TrainEngine {
   int B_, S_, NT_, H_, D_, NH_, NKV_, E_, K_, I_, V_, L_, QKV_, A_;
   int A_max_;  // grouped rows with padding: A + E (kExpertRowTile - 1)
   int tile_;   // attention query tile
+  bool keep_probs_;
   bool bf16_;
   ActType t_;
   int64_t step_ = 0;
@@ -124,12 +130,13 @@ class CudaTrainEngine final : public TrainEngine {
   cuda::PinnedBuffer host_loss_, host_probsum_, host_sumsq_, host_offsets_;
 };
 
-CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layout, int attn_tile)
+CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layout,
+                                 CudaTrainOptions opts)
     : layout_(layout),
       c_(layout.config),
       adamw_(cfg.adamw),
       aux_coef_(cfg.aux_loss_coef),
-      tile_(attn_tile > 0 ? attn_tile : 256) {
+      tile_(opts.attn_tile > 0 ? opts.attn_tile : 256) {
   B_ = cfg.micro_batch, S_ = cfg.seq_len, NT_ = B_ * S_;
   H_ = c_.hidden_size, D_ = c_.head_dim, NH_ = c_.num_attention_heads;
   NKV_ = c_.num_key_value_heads, E_ = c_.num_experts, K_ = c_.experts_per_token;
@@ -170,6 +177,15 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   targets_ = DeviceBuffer(size_t(NT_) * 4, "targets");
 
   const int64_t NT = NT_, A = A_, AP = A_max_;
+  auto probs_elems = [&](int l) {
+    int64_t n = 0;
+    for (const cuda::AttnTile& tl : attn_tiles(layer_window(c_, l)))
+      n += int64_t(B_) * NH_ * tl.nq * tl.nk;
+    return n;
+  };
+  int64_t probs_bytes = 0;
+  for (int l = 0; l < L_; ++l) probs_bytes += probs_elems(l) * cuda::act_size(t_);
+  keep_probs_ = opts.keep_probs == 1 || (opts.keep_probs < 0 && probs_bytes <= kKeepProbsBytes);
   layers_.resize(L_);
   for (auto& a : layers_) {
     a.xin = DeviceBuffer(NT * H_ * 4, "layer input");
@@ -198,6 +214,8 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
     a.host_offsets.assign(E_ + 1, 0);
     a.host_poffsets.assign(E_ + 1, 0);
   }
+  if (keep_probs_)
+    for (int l = 0; l < L_; ++l) layers_[l].probs_kept = act(probs_elems(l), "attention P (kept)");
   const int64_t scores = int64_t(B_) * NH_ * S_ * S_;
   xf_ = DeviceBuffer(NT * H_ * 4, "final residual");
   rstdf_ = DeviceBuffer(NT * 4, "rstd");
@@ -261,15 +279,18 @@ void CudaTrainEngine::forward_layer(int l, float* xout) {
   prof_.mark(st(), "fwd attn norm+qkv+rope");
   const int BH = B_ * NH_, window = layer_window(c_, l);
   const int64_t sq = int64_t(S_) * D_;
+  int64_t kept_at = 0;  // this tile's place in the layer's kept probabilities
   for (const cuda::AttnTile& tl : attn_tiles(window)) {
     const int64_t st_scores = int64_t(tl.nq) * tl.nk;
+    void* P = keep_probs_ ? at(a.probs_kept, kept_at) : pa_.data();
+    kept_at += st_scores * BH;
     cuda::train_gemm(blas_.get(), t_, tl.nq, tl.nk, D_,
                      {at(a.q, int64_t(tl.q0) * D_), D_, sq, false},
                      {at(a.k, int64_t(tl.k0) * D_), D_, sq, true}, 0.0f, scores_.data(), false,
                      tl.nk, st_scores, BH, "attention scores");
-    cuda::train_attn_softmax_fwd(t_, scores_.data(), p(o.sinks), B_, NH_, S_, tl, window, scale,
-                                 pa_.data(), a.lse.data<float>(), st());
-    cuda::train_gemm(blas_.get(), t_, tl.nq, D_, tl.nk, {pa_.data(), tl.nk, st_scores, false},
+    cuda::train_attn_softmax_fwd(t_, scores_.data(), p(o.sinks), B_, NH_, S_, tl, window, scale, P,
+                                 a.lse.data<float>(), st());
+    cuda::train_gemm(blas_.get(), t_, tl.nq, D_, tl.nk, {P, tl.nk, st_scores, false},
                      {at(a.v, int64_t(tl.k0) * D_), D_, sq, false}, 0.0f,
                      at(oh_, int64_t(tl.q0) * D_), false, D_, sq, BH, "attention P V");
   }
@@ -408,28 +429,37 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
   // dk and dv gather over the tiles whose keys overlap: zero, then accumulate.
   cuda::check(cudaMemsetAsync(dkh_.data(), 0, dkh_.bytes(), st()), "zero dk");
   cuda::check(cudaMemsetAsync(dvh_.data(), 0, dvh_.bytes(), st()), "zero dv");
+  int64_t kept_at = 0;
   for (const cuda::AttnTile& tl : attn_tiles(window)) {
     const int64_t ss = int64_t(tl.nq) * tl.nk;
     const void* q = at(a.q, int64_t(tl.q0) * D_);
     const void* dO = at(dOh_, int64_t(tl.q0) * D_);
     const void* k = at(a.k, int64_t(tl.k0) * D_);
     const void* v = at(a.v, int64_t(tl.k0) * D_);
-    cuda::train_gemm(blas_.get(), t_, tl.nq, tl.nk, D_, {q, D_, sq, false}, {k, D_, sq, true}, 0.0f,
-                     scores_.data(), false, tl.nk, ss, BH, "attention scores (backward)");
     cuda::train_gemm(blas_.get(), t_, tl.nq, tl.nk, D_, {dO, D_, sq, false}, {v, D_, sq, true},
                      0.0f, dP_.data(), false, tl.nk, ss, BH, "attention dP");
-    cuda::train_attn_softmax_bwd(t_, scores_.data(), dP_.data(), a.lse.data<float>(),
-                                 delta_.data<float>(), B_, NH_, S_, tl, window, scale, pa_.data(),
-                                 dS_.data(), st());
+    const void* P = pa_.data();
+    if (keep_probs_) {
+      P = at(a.probs_kept, kept_at);
+      cuda::train_attn_dsoftmax(t_, P, dP_.data(), delta_.data<float>(), B_, NH_, S_, tl, scale,
+                                dS_.data(), st());
+    } else {
+      cuda::train_gemm(blas_.get(), t_, tl.nq, tl.nk, D_, {q, D_, sq, false}, {k, D_, sq, true},
+                       0.0f, scores_.data(), false, tl.nk, ss, BH, "attention scores (backward)");
+      cuda::train_attn_softmax_bwd(t_, scores_.data(), dP_.data(), a.lse.data<float>(),
+                                   delta_.data<float>(), B_, NH_, S_, tl, window, scale, pa_.data(),
+                                   dS_.data(), st());
+    }
+    kept_at += ss * BH;
     cuda::train_gemm(blas_.get(), t_, tl.nq, D_, tl.nk, {dS_.data(), tl.nk, ss, false},
                      {k, D_, sq, false}, 0.0f, dqh_.data<float>() + int64_t(tl.q0) * D_, true, D_,
                      sq, BH, "attention dq");
     cuda::train_gemm(blas_.get(), t_, tl.nk, D_, tl.nq, {dS_.data(), tl.nk, ss, true},
                      {q, D_, sq, false}, 1.0f, dkh_.data<float>() + int64_t(tl.k0) * D_, true, D_,
                      sq, BH, "attention dk");
-    cuda::train_gemm(blas_.get(), t_, tl.nk, D_, tl.nq, {pa_.data(), tl.nk, ss, true},
-                     {dO, D_, sq, false}, 1.0f, dvh_.data<float>() + int64_t(tl.k0) * D_, true, D_,
-                     sq, BH, "attention dv");
+    cuda::train_gemm(blas_.get(), t_, tl.nk, D_, tl.nq, {P, tl.nk, ss, true}, {dO, D_, sq, false},
+                     1.0f, dvh_.data<float>() + int64_t(tl.k0) * D_, true, D_, sq, BH,
+                     "attention dv");
   }
   cuda::train_rope_bwd(t_, dqh_.data<float>(), dkh_.data<float>(), dvh_.data<float>(),
                        cos_.data<float>(), sin_.data<float>(), B_, S_, NH_, NKV_, D_, dqkv_.data(),
@@ -586,14 +616,16 @@ double CudaTrainEngine::peak_flops() {
 
 std::string CudaTrainEngine::describe() const {
   return "cuda (" + device_name_ + "), " +
-         (bf16_ ? "bfloat16 compute, fp32 master weights" : "float32 (no TF32)");
+         (bf16_ ? "bfloat16 compute, fp32 master weights" : "float32 (no TF32)") +
+         (keep_probs_ ? "" : ", attention probabilities recomputed in the backward");
 }
 
 }  // namespace
 
 std::unique_ptr<TrainEngine> make_cuda_train_engine(const TrainConfig& config,
-                                                    const ParamLayout& layout, int attn_tile) {
-  return std::make_unique<CudaTrainEngine>(config, layout, attn_tile);
+                                                    const ParamLayout& layout,
+                                                    CudaTrainOptions options) {
+  return std::make_unique<CudaTrainEngine>(config, layout, options);
 }
 
 }  // namespace mind4::train

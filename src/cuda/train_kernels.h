@@ -78,6 +78,9 @@ void train_attn_bwd_prep(ActType t, const float* dout, const void* out, const fl
 void train_attn_softmax_bwd(ActType t, const void* scores, const void* dP, const float* lse,
                             const float* delta, int B, int NH, int S, AttnTile tile, int window,
                             float scale, void* P, void* dS, cudaStream_t stream);
+// The same dS from the forward's P kept (act, the tile as train_attn_softmax_fwd wrote it).
+void train_attn_dsoftmax(ActType t, const void* P, const void* dP, const float* delta, int B,
+                         int NH, int S, AttnTile tile, float scale, void* dS, cudaStream_t stream);
 // dsinks[h] -= sum over (b, s) of sink_terms, in a fixed order.
 void train_sink_grad(const float* sink_terms, int B, int NH, int S, float* dsinks,
                      cudaStream_t stream);

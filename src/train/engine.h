@@ -56,10 +56,14 @@ std::unique_ptr<TrainEngine> make_cpu_train_engine(const TrainConfig& config,
 
 #ifdef MIND4_HAVE_CUDA
 // src/cuda/train_engine.cu: dtype float32 (fp32 everywhere, no TF32) or bfloat16 (bf16 GEMM
-// operands with fp32 accumulation, fp32 master weights, statistics and reductions). attn_tile:
-// queries per attention tile (0 = the default, 256; tests pass small tiles to cover several).
+// operands with fp32 accumulation, fp32 master weights, statistics and reductions).
+struct CudaTrainOptions {
+  int attn_tile = 0;    // queries per attention tile (0 = 256; tests use small tiles)
+  int keep_probs = -1;  // keep attention P for the backward: 1 yes, 0 recompute, -1 when it fits
+};
 std::unique_ptr<TrainEngine> make_cuda_train_engine(const TrainConfig& config,
-                                                    const ParamLayout& layout, int attn_tile = 0);
+                                                    const ParamLayout& layout,
+                                                    CudaTrainOptions options = {});
 // Empty when a CUDA GPU is usable, else why not.
 std::string cuda_train_gpu_missing();
 #endif
