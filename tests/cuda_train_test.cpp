@@ -19,6 +19,7 @@
 #include "train/engine.h"
 #include "train/model.h"
 #include "train/ops.h"
+#include "train/optimizer.h"
 #include "train/params.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
@@ -325,6 +326,221 @@ TEST(CudaTrainKernels, RopeForwardTransposeAndBackward) {
   cuda::train_rope_bwd(ActType::kF32, ddq.data<float>(), ddk.data<float>(), ddv.data<float>(),
                        dcs.data<float>(), dsn.data<float>(), B, S, NH, NKV, D, out.data(), nullptr);
   EXPECT_LT(rel_error(download<float>(out, qkv.size()), dref), 1e-6);
+}
+
+TEST(CudaTrainKernels, AttentionSoftmaxTilesForwardAndBackward) {
+  MIND4_REQUIRE_GPU();
+  std::mt19937_64 rng(7);
+  const int B = 2, NH = 3, S = 11;
+  const float scale = 0.35f;
+  const auto sinks = ct_random(NH, rng);
+  // Tiles: the whole sequence; a middle tile of a causal layer; windowed tiles with the window
+  // shorter than the tile, longer than it, and reaching back before the tile's keys.
+  struct Case {
+    cuda::AttnTile tile;
+    int window;
+  };
+  for (const Case& cs : {Case{{0, 11, 0, 11}, 0}, Case{{4, 3, 0, 7}, 0}, Case{{6, 5, 3, 8}, 4},
+                         Case{{3, 4, 0, 7}, 20}, Case{{8, 3, 7, 4}, 2}}) {
+    const cuda::AttnTile tl = cs.tile;
+    const int64_t n = int64_t(B) * NH * tl.nq * tl.nk;
+    for (ActType t : {ActType::kF32, ActType::kBF16}) {
+      const auto sc = cuda_test::rounded(ct_random(size_t(n), rng, 2.0), t);
+      const auto dp = cuda_test::rounded(ct_random(size_t(n), rng), t);
+      const auto delta = ct_random(size_t(B) * NH * S, rng);
+      std::vector<double> P(size_t(n), 0.0), dS(size_t(n), 0.0), lse(size_t(B) * NH * S, 0.0);
+      for (int64_t row = 0; row < int64_t(B) * NH * tl.nq; ++row) {
+        const int64_t bh = row / tl.nq;
+        const int s = tl.q0 + int(row % tl.nq), h = int(bh % NH);
+        const int first = cs.window > 0 ? std::max(0, s - cs.window + 1) : 0;
+        double m = sinks[h];
+        for (int j = 0; j < tl.nk; ++j)
+          if (tl.k0 + j >= first && tl.k0 + j <= s)
+            m = std::max(m, double(scale) * sc[row * tl.nk + j]);
+        double sum = std::exp(sinks[h] - m);
+        for (int j = 0; j < tl.nk; ++j)
+          if (tl.k0 + j >= first && tl.k0 + j <= s)
+            sum += std::exp(double(scale) * sc[row * tl.nk + j] - m);
+        lse[bh * S + s] = m + std::log(sum);
+        for (int j = 0; j < tl.nk; ++j) {
+          if (tl.k0 + j < first || tl.k0 + j > s) continue;
+          const double p = std::exp(double(scale) * sc[row * tl.nk + j] - m) / sum;
+          P[row * tl.nk + j] = p;
+          dS[row * tl.nk + j] = p * (dp[row * tl.nk + j] - delta[bh * S + s]) * scale;
+        }
+      }
+      auto dsc = upload(cuda_test::to_act(sc, t)), ddp = upload(cuda_test::to_act(dp, t)),
+           dsink = upload(sinks), ddelta = upload(delta);
+      auto dP = poisoned(size_t(n) * cuda::act_size(t)), dlse = poisoned(lse.size() * 4);
+      cuda::train_attn_softmax_fwd(t, dsc.data(), dsink.data<float>(), B, NH, S, tl, cs.window,
+                                   scale, dP.data(), dlse.data<float>(), nullptr);
+      const auto Pv = cuda_test::download_act(dP, size_t(n), t);
+      EXPECT_LT(rel_error(Pv, P), cuda_test::tol(t)) << "tile q0 " << tl.q0;
+      const auto lv = download<float>(dlse, lse.size());
+      for (int64_t row = 0; row < int64_t(B) * NH * tl.nq; ++row) {
+        const int64_t i = row / tl.nq * S + tl.q0 + row % tl.nq;
+        EXPECT_NEAR(lv[i], lse[i], 1e-4 * (1 + std::abs(lse[i]))) << "lse of row " << row;
+      }
+      // Backward, recomputing P from lse, and from the kept P.
+      auto P2 = poisoned(size_t(n) * cuda::act_size(t)),
+           dS1 = poisoned(size_t(n) * cuda::act_size(t)),
+           dS2 = poisoned(size_t(n) * cuda::act_size(t));
+      cuda::train_attn_softmax_bwd(t, dsc.data(), ddp.data(), dlse.data<float>(),
+                                   ddelta.data<float>(), B, NH, S, tl, cs.window, scale, P2.data(),
+                                   dS1.data(), nullptr);
+      EXPECT_LT(rel_error(cuda_test::download_act(P2, size_t(n), t), P), 2 * cuda_test::tol(t));
+      EXPECT_LT(rel_error(cuda_test::download_act(dS1, size_t(n), t), dS), 2 * cuda_test::tol(t));
+      cuda::train_attn_dsoftmax(t, dP.data(), ddp.data(), ddelta.data<float>(), B, NH, S, tl, scale,
+                                dS2.data(), nullptr);
+      EXPECT_LT(rel_error(cuda_test::download_act(dS2, size_t(n), t), dS), 2 * cuda_test::tol(t));
+    }
+  }
+}
+
+TEST(CudaTrainKernels, RouterBackwardCombineAndEmbeddingGradient) {
+  MIND4_REQUIRE_GPU();
+  std::mt19937_64 rng(8);
+  const int NT = 13, E = 5, K = 2, H = 37;
+  // Assignments grouped by expert with a gap (as the padded groups): row r slot s at a place
+  // of its own.
+  std::vector<int> experts(NT * K), assign_at(NT * K);
+  const std::vector<float> logits = ct_random(size_t(NT) * E, rng);
+  for (int r = 0; r < NT; ++r) {
+    std::vector<double> row(logits.begin() + r * E, logits.begin() + (r + 1) * E);
+    std::vector<int> ex(K);
+    std::vector<double> wt(K);
+    router_fwd(row.data(), E, K, ex.data(), wt.data());
+    for (int s = 0; s < K; ++s) experts[r * K + s] = ex[s];
+  }
+  std::vector<int> offsets(E + 1, 0);
+  for (int e : experts) ++offsets[e + 1];
+  for (int e = 0; e < E; ++e) offsets[e + 1] += offsets[e];
+  std::vector<int> cursor(offsets.begin(), offsets.end() - 1);
+  const int A = NT * K + 3;  // 3 unused rows
+  for (int i = 0; i < NT * K; ++i) assign_at[i] = cursor[experts[i]]++ + 3 * (experts[i] > 1);
+  auto weights = ct_random(size_t(NT) * K, rng), probs = ct_random(size_t(NT) * E, rng);
+  for (auto& w : weights) w = std::abs(w);
+  for (auto& p : probs) p = std::abs(p) / 3;
+  const auto dweights = ct_random(size_t(NT) * K, rng), dx = ct_random(size_t(NT) * H, rng),
+             xmid = ct_random(size_t(NT) * H, rng), bias = ct_random(size_t(E) * H, rng);
+  const float aux_scale = 0.3f;
+  for (ActType t : {ActType::kF32, ActType::kBF16}) {
+    const auto dxe = cuda_test::rounded(ct_random(size_t(A) * H, rng), t);
+    const auto y = cuda_test::rounded(ct_random(size_t(A) * H, rng), t);
+    // References.
+    std::vector<double> dlog(size_t(NT) * E, 0.0), dt(size_t(NT) * H, 0.0), xout(size_t(NT) * H),
+        dw(size_t(NT) * K), dy(size_t(A) * H, 0.0);
+    std::vector<double> aux_g(E);
+    for (int e = 0; e < E; ++e) aux_g[e] = aux_scale * double(offsets[e + 1] - offsets[e]) / NT;
+    for (int r = 0; r < NT; ++r) {
+      std::vector<double> w(weights.begin() + r * K, weights.begin() + (r + 1) * K),
+          dwv(dweights.begin() + r * K, dweights.begin() + (r + 1) * K),
+          p(probs.begin() + r * E, probs.begin() + (r + 1) * E);
+      router_bwd(experts.data() + r * K, w.data(), dwv.data(), K, dlog.data() + r * E);
+      softmax_bwd(p.data(), aux_g.data(), E, dlog.data() + r * E);
+      for (int j = 0; j < H; ++j) {
+        double v = xmid[r * H + j];
+        for (int s = 0; s < K; ++s) {
+          const int at = assign_at[r * K + s], e = experts[r * K + s];
+          dt[r * H + j] += dxe[size_t(at) * H + j];
+          v += weights[r * K + s] * (y[size_t(at) * H + j] + bias[e * H + j]);
+        }
+        xout[r * H + j] = v;
+      }
+      for (int s = 0; s < K; ++s) {
+        const int at = assign_at[r * K + s], e = experts[r * K + s];
+        double d = 0;
+        for (int j = 0; j < H; ++j) {
+          d += dx[r * H + j] * (y[size_t(at) * H + j] + bias[e * H + j]);
+          dy[size_t(at) * H + j] = weights[r * K + s] * dx[r * H + j];
+        }
+        dw[r * K + s] = d;
+      }
+    }
+    auto d_ex = upload(experts), d_at = upload(assign_at), d_w = upload(weights),
+         d_dw = upload(dweights), d_p = upload(probs), d_off = upload(offsets),
+         d_dxe = upload(cuda_test::to_act(dxe, t)), d_y = upload(cuda_test::to_act(y, t)),
+         d_dx = upload(dx), d_xmid = upload(xmid), d_bias = upload(bias);
+    auto dl = poisoned(dlog.size() * cuda::act_size(t)), ddt = poisoned(dt.size() * 4);
+    cuda::train_router_bwd(t, d_ex.data<int>(), d_w.data<float>(), d_dw.data<float>(),
+                           d_p.data<float>(), d_off.data<int>(), aux_scale, d_dxe.data(),
+                           d_at.data<int>(), NT, E, K, H, dl.data(), ddt.data<float>(), nullptr);
+    EXPECT_LT(rel_error(cuda_test::download_act(dl, dlog.size(), t), dlog), cuda_test::tol(t));
+    EXPECT_LT(rel_error(download<float>(ddt, dt.size()), dt), 1e-5);
+    auto dxo = poisoned(xout.size() * 4);
+    cuda::train_moe_combine_fwd(t, d_xmid.data<float>(), d_y.data(), d_bias.data<float>(),
+                                d_ex.data<int>(), d_at.data<int>(), d_w.data<float>(), NT, K, H,
+                                dxo.data<float>(), nullptr);
+    EXPECT_LT(rel_error(download<float>(dxo, xout.size()), xout), 1e-5);
+    std::vector<uint8_t> zero_dy(dy.size() * cuda::act_size(t), 0);
+    auto ddw = poisoned(dw.size() * 4), ddy = upload(zero_dy);
+    cuda::train_moe_combine_bwd(t, d_dx.data<float>(), d_y.data(), d_bias.data<float>(),
+                                d_ex.data<int>(), d_at.data<int>(), d_w.data<float>(), NT, K, H,
+                                ddw.data<float>(), ddy.data(), nullptr);
+    EXPECT_LT(rel_error(download<float>(ddw, dw.size()), dw), 1e-5);
+    EXPECT_LT(rel_error(cuda_test::download_act(ddy, dy.size(), t), dy), cuda_test::tol(t));
+  }
+  // Embedding gradient: rows of repeated tokens add up.
+  const int V = 7;
+  std::vector<int> tokens(NT);
+  for (auto& x : tokens) x = int(rng() % 3) * 2;  // 0, 2, 4 only: repeats and untouched rows
+  auto table = ct_random(size_t(V) * H, rng);
+  std::vector<double> ref(table.begin(), table.end());
+  for (int r = 0; r < NT; ++r)
+    for (int j = 0; j < H; ++j) ref[size_t(tokens[r]) * H + j] += dx[r * H + j];
+  auto dtab = upload(table), dtok = upload(tokens), ddx = upload(dx);
+  cuda::train_embedding_bwd(ddx.data<float>(), dtok.data<int>(), NT, H, dtab.data<float>(),
+                            nullptr);
+  EXPECT_LT(rel_error(download<float>(dtab, table.size()), ref), 1e-6);
+}
+
+TEST(CudaTrainKernels, AdamWAndGradientNormMatchTheCpu) {
+  MIND4_REQUIRE_GPU();
+  ModelConfig m;  // small: the layout's tensors and their decay flags are what matter here
+  m.hidden_size = 24, m.num_hidden_layers = 2, m.num_attention_heads = 4;
+  m.num_key_value_heads = 2, m.head_dim = 8, m.intermediate_size = 12, m.vocab_size = 53;
+  m.num_experts = 3, m.experts_per_token = 1;
+  const ParamLayout layout = make_param_layout(m);
+  ThreadPool pool(2);
+  std::mt19937_64 rng(9);
+  const int64_t n = layout.total;
+  auto p = ct_random(size_t(n), rng), g = ct_random(size_t(n), rng), mm = ct_random(size_t(n), rng),
+       v = ct_random(size_t(n), rng);
+  for (auto& x : v) x = x * x;
+  // The CPU optimizer at step 3 (its state set by hand), then clipped gradients.
+  AdamWConfig cfg;
+  AdamW opt(layout, cfg);
+  opt.m() = mm, opt.v() = v;
+  opt.set_step(2);
+  std::vector<float> pc = p, gc = g;
+  const double norm = clip_grad_norm(pool, gc.data(), n, 0.5);
+  const double lr = 3e-3;
+  opt.update(pool, pc.data(), gc.data(), lr);
+  std::vector<uint8_t> decay(size_t(n / 16), 0);
+  for (const auto& t : layout.tensors)
+    if (t.decay)
+      for (int64_t c = t.offset / 16; c < (t.offset + t.numel + 15) / 16; ++c) decay[c] = 1;
+  auto dp = upload(p), dg = upload(g), dm = upload(mm), dv = upload(v), ddecay = upload(decay);
+  auto partial = poisoned(cuda::train_sumsq_blocks * 8);
+  cuda::train_sumsq(dg.data<float>(), n, partial.data<double>(), nullptr);
+  double ss = 0;
+  for (double x : download<double>(partial, cuda::train_sumsq_blocks)) ss += x;
+  EXPECT_NEAR(std::sqrt(ss), norm, 1e-9 * norm);
+  const double bc1 = 1 - std::pow(cfg.beta1, 3.0), bc2 = 1 - std::pow(cfg.beta2, 3.0);
+  cuda::AdamWStep st{float(0.5 / (norm + 1e-6)),
+                     float(lr / bc1),
+                     float(std::sqrt(bc2)),
+                     float(1 - lr * cfg.weight_decay),
+                     float(cfg.eps),
+                     float(cfg.beta1),
+                     float(cfg.beta2)};
+  auto pbf = poisoned(size_t(n) * 2);
+  cuda::train_adamw(dp.data<float>(), dg.data<float>(), dm.data<float>(), dv.data<float>(),
+                    ddecay.data<uint8_t>(), n, st, pbf.data(), nullptr);
+  EXPECT_LT(rel_error(download<float>(dp, size_t(n)), ct_d(pc)), 1e-6);
+  EXPECT_LT(rel_error(download<float>(dm, size_t(n)), ct_d(opt.m())), 1e-6);
+  EXPECT_LT(rel_error(download<float>(dv, size_t(n)), ct_d(opt.v())), 1e-6);
+  EXPECT_LT(rel_error(cuda_test::download_act(pbf, size_t(n), ActType::kBF16), ct_d(pc)), 4e-3);
 }
 
 // ---- the whole model
