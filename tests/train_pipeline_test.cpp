@@ -119,13 +119,19 @@ TEST(TrainConfig, EachBadFieldIsNamed) {
   EXPECT_NE(mx.find("checkpoint.export_experts"), std::string::npos) << mx;
   EXPECT_NE(mx.find("multiples of 32"), std::string::npos) << mx;
   EXPECT_THROW(load_train_config("/nonexistent/train.yaml"), Error);
-  try {
-    parse_train_config(replace_once(ok, "backend: cpu", "backend: cuda"), "t.yaml");
-    ADD_FAILURE() << "CUDA training is not built";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.status(), Status::kUnsupported);
-    EXPECT_NE(std::string(e.what()).find("execution.backend"), std::string::npos);
-  }
+  // backend: cuda parses (whether a GPU is there is checked when training starts); the device
+  // and dtype must agree with the backend.
+  const TrainConfig cu =
+      parse_train_config(replace_once(replace_once(ok, "backend: cpu", "backend: cuda"),
+                                      "device: cpu", "device: auto"),
+                         "t.yaml");
+  EXPECT_EQ(cu.execution.backend, Backend::kCuda);
+  EXPECT_NE(
+      pipeline_error(replace_once(ok, "backend: cpu", "backend: cuda")).find("execution.device"),
+      std::string::npos);
+  EXPECT_NE(
+      pipeline_error(replace_once(ok, "dtype: float32", "dtype: bfloat16")).find("execution.dtype"),
+      std::string::npos);
 }
 
 TEST(TrainData, ShardsRoundTripAndBadShardsAreNamed) {

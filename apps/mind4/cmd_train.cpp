@@ -1,4 +1,4 @@
-// `mind4 train config/train.yaml`: trains a gpt-oss model on the CPU from prepare-data shards
+// `mind4 train config/train.yaml`: trains a gpt-oss model on the CPU or a CUDA GPU from shards
 // (see src/train/trainer.h), resuming from the checkpoint directory's latest checkpoint.
 #include <cstdio>
 
@@ -48,6 +48,7 @@ void setup_train(CLI::App& app) {
   app.callback([o] { train_cmd_run(*o); });
 }
 
-mind4::cli::Command register_train{"train", "Train a model from a train.yaml (CPU)", setup_train};
+mind4::cli::Command register_train{"train", "Train a model from a train.yaml (CPU or CUDA)",
+                                   setup_train};
 
 }  // namespace

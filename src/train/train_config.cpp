@@ -179,14 +179,20 @@ TrainConfig parse_train_config(const std::string& text, const std::string& sourc
     c.execution.device = parse_device(f.get_string("device"), source + ": execution.device");
     c.execution.threads = f.get_int("threads");
     train_require(c.execution.threads >= 0, f, "threads", "must be >= 0 (0 = all cores)");
-    if (c.execution.backend != Backend::kCpu || c.execution.device == Device::kCuda)
-      throw Error(Status::kUnsupported,
-                  source +
-                      ": execution.backend/device: training runs on the CPU in this build "
-                      "(the CUDA training line is not written yet); use cpu");
-    if (c.execution.dtype != ActivationDType::kFloat32)
-      throw Error(Status::kUnsupported,
-                  source + ": execution.dtype: CPU training computes in float32");
+    // The backend runs the step; device must agree with it (auto follows the backend). Whether a
+    // GPU is there is checked when training starts (check_train_backend), not when parsing.
+    if (c.execution.backend == Backend::kCuda) {
+      train_require(c.execution.device != Device::kCpu, f, "device",
+                    "is cpu but execution.backend is cuda; use cuda or auto");
+      train_require(c.execution.dtype != ActivationDType::kFloat16, f, "dtype",
+                    "float16 is not a training dtype; use bfloat16 (mixed precision with fp32 "
+                    "master weights) or float32");
+    } else {
+      train_require(c.execution.device != Device::kCuda, f, "device",
+                    "is cuda but execution.backend is cpu; set backend: cuda to train on the GPU");
+      train_require(c.execution.dtype == ActivationDType::kFloat32, f, "dtype",
+                    "CPU training computes in float32 (bfloat16 is for backend: cuda)");
+    }
     f.finish(true);
   }
   top.finish(true);

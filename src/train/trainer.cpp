@@ -16,6 +16,7 @@
 #include "mind4/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/engine.h"
 #include "train/gemm.h"
 #include "train/model.h"
 #include "train/optimizer.h"
@@ -30,23 +31,6 @@ using trainer_clock = std::chrono::steady_clock;
 
 double trainer_seconds_since(trainer_clock::time_point t0) {
   return std::chrono::duration<double>(trainer_clock::now() - t0).count();
-}
-
-// The matrix throughput this machine reaches with the training kernel (square products over the
-// whole pool): the "peak" of the MFU figure, measured, as the GPU figures use a measured peak.
-double trainer_measure_peak_flops(ThreadPool& pool) {
-  const int n = 384;
-  std::vector<float> a(size_t(n) * n, 0.5f), b(size_t(n) * n, 0.25f), c(size_t(n) * n);
-  gemm_nt(pool, a.data(), n, n, b.data(), n, n, static_cast<const float*>(nullptr), c.data(), n);
-  int reps = 0;
-  const auto t0 = trainer_clock::now();
-  double s = 0.0;
-  do {
-    gemm_nt(pool, a.data(), n, n, b.data(), n, n, static_cast<const float*>(nullptr), c.data(), n);
-    ++reps;
-    s = trainer_seconds_since(t0);
-  } while (s < 0.3);
-  return 2.0 * n * n * double(n) * reps / s;
 }
 
 std::string trainer_fingerprint(const TrainConfig& c) {
@@ -150,6 +134,7 @@ std::string loss_curve_svg(const std::string& metrics_jsonl) {
 
 TrainResult run_training(const TrainConfig& cfg, const TrainRunOptions& opts) {
   const auto t_start = trainer_clock::now();
+  check_train_backend(cfg);  // a CUDA config without a GPU fails here, before any work
   // ---- data and vocabulary
   Tokenizer tok = Tokenizer::from_vocabulary_file(cfg.tokenizer);
   MIND4_CHECK(tok.vocab_size() == cfg.model.vocab_size, Status::kInvalidConfig, cfg.source,
@@ -174,9 +159,10 @@ TrainResult run_training(const TrainConfig& cfg, const TrainRunOptions& opts) {
   // ---- model, optimizer, state
   ThreadPool pool(cfg.execution.threads);
   const ParamLayout layout = make_param_layout(cfg.model);
-  std::vector<float> params(size_t(layout.total)), grads(size_t(layout.total));
+  // Host copies of the state: initial values, checkpoints and the export go through them.
+  std::vector<float> params(size_t(layout.total)), adam_m(size_t(layout.total), 0.0f),
+      adam_v(size_t(layout.total), 0.0f);
   init_params(layout, cfg.seed, cfg.init_std, params.data());
-  AdamW opt(layout, cfg.adamw);
   BatchSampler sampler(train_data, cfg.seq_len, cfg.seed * 0x9E3779B97F4A7C15ull + 1);
   TrainState state;
   state.fingerprint = trainer_fingerprint(cfg);
@@ -185,11 +171,10 @@ TrainResult run_training(const TrainConfig& cfg, const TrainRunOptions& opts) {
   const std::string latest = opts.resume ? latest_checkpoint(cfg.checkpoint_dir) : "";
   if (!latest.empty()) {
     const std::string fp = state.fingerprint;
-    state = load_checkpoint_state(latest, layout, params.data(), opt.m().data(), opt.v().data());
+    state = load_checkpoint_state(latest, layout, params.data(), adam_m.data(), adam_v.data());
     MIND4_CHECK(state.fingerprint == fp, Status::kInvalidConfig, latest,
                 " was made with a different model shape, batch geometry or seed than ", cfg.source,
                 "; use another checkpoint.dir to start afresh");
-    opt.set_step(state.step);
     sampler.set_state(state.sampler_state);
     trainer_truncate_metrics(metrics_path, state.step);
     std::fprintf(stderr, "resuming from %s (step %lld)\n", latest.c_str(), (long long)state.step);
@@ -199,16 +184,17 @@ TrainResult run_training(const TrainConfig& cfg, const TrainRunOptions& opts) {
   std::ofstream metrics(metrics_path, std::ios::app);
   MIND4_CHECK(metrics, Status::kIoError, "cannot write ", metrics_path);
 
-  TrainModel<float> model(layout, cfg.micro_batch, cfg.seq_len, cfg.aux_loss_coef, pool);
+  std::unique_ptr<TrainEngine> engine = make_train_engine(cfg, layout, pool);
+  engine->write_state(params.data(), adam_m.data(), adam_v.data(), state.step);
   const int rows = cfg.micro_batch * cfg.seq_len;
   std::vector<int> inputs(static_cast<size_t>(rows)), targets(static_cast<size_t>(rows));
-  const double peak = trainer_measure_peak_flops(pool);
+  const double peak = engine->peak_flops();
   const double flops_tok = train_flops_per_token(cfg, layout.active_matmul_params());
   std::fprintf(stderr,
-               "model: %lld parameters (%lld active matmul); %lld tokens/step; %d threads; "
+               "model: %lld parameters (%lld active matmul); %lld tokens/step; %s; "
                "measured matmul peak %.1f GFLOP/s; %lld train / %lld val tokens\n",
                (long long)layout.total, (long long)layout.active_matmul_params(),
-               (long long)cfg.tokens_per_step(), pool.size(), peak / 1e9,
+               (long long)cfg.tokens_per_step(), engine->describe().c_str(), peak / 1e9,
                (long long)train_data.tokens.size(), (long long)val_data.tokens.size());
 
   auto evaluate = [&]() {
@@ -218,7 +204,7 @@ TrainResult run_training(const TrainConfig& cfg, const TrainRunOptions& opts) {
       for (int i = 0; i < cfg.micro_batch; ++i)
         eval_window(val_data, cfg.seq_len, b * cfg.micro_batch + i, windows,
                     inputs.data() + i * cfg.seq_len, targets.data() + i * cfg.seq_len);
-      sum += model.run(params.data(), inputs.data(), targets.data(), nullptr, 1.0f).ce;
+      sum += engine->eval_loss(inputs.data(), targets.data());
     }
     return sum / cfg.eval_batches;
   };
@@ -226,8 +212,9 @@ TrainResult run_training(const TrainConfig& cfg, const TrainRunOptions& opts) {
   if (fs::exists(cfg.tokenizer + ".json")) extra.push_back(cfg.tokenizer + ".json");
   auto checkpoint = [&]() {
     state.sampler_state = sampler.state();
-    save_checkpoint(cfg.checkpoint_dir, layout, params.data(), opt.m().data(), opt.v().data(),
-                    state, cfg.keep_last, extra);
+    engine->read_state(params.data(), adam_m.data(), adam_v.data());
+    save_checkpoint(cfg.checkpoint_dir, layout, params.data(), adam_m.data(), adam_v.data(), state,
+                    cfg.keep_last, extra);
     metrics.flush();
     std::ifstream in(metrics_path);
     std::stringstream ss;
@@ -244,12 +231,12 @@ TrainResult run_training(const TrainConfig& cfg, const TrainRunOptions& opts) {
   int64_t run_tokens = 0;
   while (state.step < cfg.steps) {
     const int64_t step = state.step;  // 0-based index of this step
-    std::fill(grads.begin(), grads.end(), 0.0f);
+    engine->zero_grads();
     double ce = 0.0, aux = 0.0;
     for (int a = 0; a < cfg.grad_accum; ++a) {
       sampler.next(cfg.micro_batch, inputs.data(), targets.data());
-      LossParts lp = model.run(params.data(), inputs.data(), targets.data(), grads.data(),
-                               1.0f / float(cfg.grad_accum));
+      LossParts lp =
+          engine->accumulate(inputs.data(), targets.data(), 1.0f / float(cfg.grad_accum));
       ce += lp.ce / cfg.grad_accum;
       aux += lp.aux / cfg.grad_accum;
     }
@@ -262,9 +249,8 @@ TrainResult run_training(const TrainConfig& cfg, const TrainRunOptions& opts) {
                       (last.empty() ? std::string("none (no checkpoint yet)") : last) +
                       "; lower optimizer.lr or training.grad_clip and resume");
     }
-    const double gnorm = clip_grad_norm(pool, grads.data(), layout.total, cfg.grad_clip);
     const double lr = cfg.lr.at(step);
-    opt.update(pool, params.data(), grads.data(), lr);
+    const double gnorm = engine->clip_and_update(cfg.grad_clip, lr);
     state.step = step + 1;
     state.tokens_seen += cfg.tokens_per_step();
     window_tokens += cfg.tokens_per_step();
@@ -312,6 +298,7 @@ TrainResult run_training(const TrainConfig& cfg, const TrainRunOptions& opts) {
   if (state.step == cfg.steps && !cfg.export_dir.empty()) {
     // The shipped model: bf16 matrices (half the bytes), experts bf16 or MXFP4 (a quarter of
     // bf16's bytes, gpt-oss's own format), f32 vectors, and its own vocabulary.
+    engine->read_state(params.data(), adam_m.data(), adam_v.data());
     write_model_files(cfg.export_dir, layout, params.data(), DType::kBF16, cfg.export_mxfp4);
     fs::copy_file(cfg.tokenizer, cfg.export_dir + "/tokenizer.tiktoken",
                   fs::copy_options::overwrite_existing);

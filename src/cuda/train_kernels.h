@@ -1,0 +1,161 @@
+// Host launchers of the training kernels (src/cuda/train_*.cu), forward and backward of every op
+// of a gpt-oss block beside the inference kernels of kernels.h, which the trainer reuses where
+// they compute the same thing (embedding_gather, gather_rows, moe_group, convert_to_act). Plain
+// C++ (tests call them). Each launcher checks its arguments (kInvalidArgument naming it) and the
+// launch (kDeviceError naming the kernel), and enqueues on `stream` without synchronising.
+//
+// "act" buffers hold the activation dtype t (bf16 or f32), as in kernels.h; everything else is
+// f32 unless said. Shapes: NT = B*S rows (B sequences of S positions, all from position 0), H
+// hidden, NH/NKV heads of D, QKV = (NH + 2 NKV) D, E experts, K per row, A = NT*K assignments in
+// expert-grouped order (moe_group), I intermediate, V vocabulary. Attention tensors are
+// head-major, [B, NH, S, D] (k and v repeated per query head); scores and probabilities are
+// query tiles [B, NH, nq, nk] (AttnTile). The math is that of src/train/ops.h.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "cuda/kernels.h"
+
+namespace mind4::cuda {
+
+// ---- train_norm.cu
+// y act [NT, H] = x / rms(x) * g, rstd [NT]. When add is given, x += add ([H], a bias) first
+// (written back: x is then the residual stream the backward sees).
+void train_rmsnorm_fwd(ActType t, float* x, const float* add, const float* g, int NT, int H,
+                       float eps, void* y, float* rstd, cudaStream_t stream);
+// dx [NT, H] (= or += per accumulate) from dy [NT, H]: rstd*dy*g - x*rstd^3/H*sum(dy*g*x).
+void train_rmsnorm_bwd(const float* x, const float* g, const float* rstd, const float* dy, int NT,
+                       int H, bool accumulate, float* dx, cudaStream_t stream);
+// out[j] += sum over rows r < R of a[r*lda + j] (times x[r*N + j] * rstd[r] when x is given: the
+// norm scale's gradient), j < N, in a fixed order (partial sums over 32-row chunks, then the
+// chunks in order). partial: scratch of train_colsum_partial_size(R, N) floats.
+void train_colsum(ActType t, const void* a, int64_t lda, int R, int N, const float* x,
+                  const float* rstd, float* partial, float* out, cudaStream_t stream);
+int64_t train_colsum_partial_size(int R, int N);
+
+// ---- train_attention.cu
+// qkv f32 [NT, QKV] (the GEMM output) + bias -> RoPE on q and k (tables [S, D/2]) -> q act
+// [B, NH, S, D] and k, v act [B, NH, S, D]: each KV head written for each of the NH/NKV query
+// heads of its group, so that every product is a plain strided batch over (sequence, head).
+void train_qkv_rope_fwd(ActType t, const float* qkv, const float* bias, const float* cos_table,
+                        const float* sin_table, int B, int S, int NH, int NKV, int D, void* q,
+                        void* k, void* v, cudaStream_t stream);
+// The transpose: dq, dk, dv f32 [B, NH, S, D] (dk, dv per query head) -> dqkv act [NT, QKV], the
+// KV heads' gradients summed over their group, the rotation's transpose applied to q and k.
+void train_rope_bwd(ActType t, const float* dq, const float* dk, const float* dv,
+                    const float* cos_table, const float* sin_table, int B, int S, int NH, int NKV,
+                    int D, void* dqkv, cudaStream_t stream);
+// A query tile: queries q0 .. q0 + nq - 1 against keys k0 .. k0 + nk - 1 (the keys those queries
+// can see, so that causal and windowed attention skip what is masked). Score, P, dP and dS
+// tiles are [B, NH, nq, nk].
+struct AttnTile {
+  int q0, nq, k0, nk;
+  bool valid(int S) const {
+    return q0 >= 0 && nq > 0 && q0 + nq <= S && k0 >= 0 && nk > 0 && k0 + nk <= S;
+  }
+};
+// scores and dP hold q.k and dO.v as the products wrote them: act (bf16 in bf16 mode, as
+// PyTorch's autocast does; the softmax itself is f32).
+// Per row (b, h, s): P act = softmax over (scale * scores[keys], sinks[h]) with keys
+// [first(s), s] (first = s - window + 1 when window > 0), 0 elsewhere in the tile; lse
+// [B, NH, S] = log of the denominator.
+void train_attn_softmax_fwd(ActType t, const void* scores, const float* sinks, int B, int NH, int S,
+                            AttnTile tile, int window, float scale, void* P, float* lse,
+                            cudaStream_t stream);
+// out act [NT, NH D] from o act [B, NH, S, D].
+void train_heads_to_rows(ActType t, const void* o, int B, int NH, int S, int D, void* out,
+                         cudaStream_t stream);
+// From dout f32 [NT, NH D] and the forward's out act [NT, NH D]: dO act head-major, delta
+// [B, NH, S] = dO . out, sink_terms [B, NH, S] = exp(sinks[h] - lse) * delta.
+void train_attn_bwd_prep(ActType t, const float* dout, const void* out, const float* sinks,
+                         const float* lse, int B, int NH, int S, int D, void* dO, float* delta,
+                         float* sink_terms, cudaStream_t stream);
+// P act = exp(scale * scores - lse) on the row's keys (0 elsewhere in the tile), dS act =
+// P (dP - delta) scale.
+void train_attn_softmax_bwd(ActType t, const void* scores, const void* dP, const float* lse,
+                            const float* delta, int B, int NH, int S, AttnTile tile, int window,
+                            float scale, void* P, void* dS, cudaStream_t stream);
+// The same dS from the forward's P kept (act, the tile as train_attn_softmax_fwd wrote it).
+void train_attn_dsoftmax(ActType t, const void* P, const void* dP, const float* delta, int B,
+                         int NH, int S, AttnTile tile, float scale, void* dS, cudaStream_t stream);
+// dsinks[h] -= sum over (b, s) of sink_terms, in a fixed order.
+void train_sink_grad(const float* sink_terms, int B, int NH, int S, float* dsinks,
+                     cudaStream_t stream);
+
+// ---- train_moe.cu
+// Router: logits [NT, E] + bias -> experts int [NT, K] (largest first, ties: lower index),
+// weights [NT, K] = softmax over them, probs [NT, E] = softmax over all E. E <= 256.
+void train_router_fwd(const float* logits, const float* bias, int NT, int E, int K, int* experts,
+                      float* weights, float* probs, cudaStream_t stream);
+// h act [A, 2I] (GEMM output) + bias [E, 2I] of each assignment's expert -> h_saved act (the
+// biased pre-activation, kept for the backward) and act_out act [A, I] = clamped SwiGLU.
+void train_swiglu_fwd(ActType t, const void* h, const float* bias, const int* group_expert, int A,
+                      int I, float limit, void* h_saved, void* act_out, cudaStream_t stream);
+// dh act [A, 2I] from h_saved act and dact act [A, I].
+void train_swiglu_bwd(ActType t, const void* h_saved, const void* dact, int A, int I, float limit,
+                      void* dh, cudaStream_t stream);
+// xout [NT, H] = xmid + sum over slots s (in order) of weights[r, s] * (y[assign_at] + bias[e]),
+// y act [A, H], bias [E, H], e = experts[r, s].
+void train_moe_combine_fwd(ActType t, const float* xmid, const void* y, const float* bias,
+                           const int* experts, const int* assign_at, const float* weights, int NT,
+                           int K, int H, float* xout, cudaStream_t stream);
+// dweights [NT, K] = dx . (y + bias), dy act [A, H] = weight * dx.
+void train_moe_combine_bwd(ActType t, const float* dx, const void* y, const float* bias,
+                           const int* experts, const int* assign_at, const float* weights, int NT,
+                           int K, int H, float* dweights, void* dy, cudaStream_t stream);
+// dlogits act [NT, E] = the top-k softmax's backward from dweights, plus (aux_scale > 0) the
+// load-balancing term through probs with the gradient aux_scale * count_e / NT per expert
+// (count_e = offsets[e+1] - offsets[e]); dt [NT, H] = sum over slots of dxe act [A, H].
+void train_router_bwd(ActType t, const int* experts, const float* weights, const float* dweights,
+                      const float* probs, const int* offsets, float aux_scale, const void* dxe,
+                      const int* assign_at, int NT, int E, int K, int H, void* dlogits, float* dt,
+                      cudaStream_t stream);
+
+// Spreads moe_group's grouping out to padded expert segments (each starting at poffsets[e], a
+// multiple of the products' row tile, so that cuBLAS sees few distinct shapes): for each
+// assignment i of expert e = experts[i], assign_at[i] moves from offsets[e] + j to poffsets[e] + j
+// (in place), and group_row / group_expert [poffsets[E]] get its row and expert there. Rows of
+// the gaps must be set beforehand (to 0: row 0 of expert 0, any valid row will do).
+void train_pad_groups(const int* experts, const int* offsets, const int* poffsets, int A, int K,
+                      int* assign_at, int* group_row, int* group_expert, cudaStream_t stream);
+
+// ---- train_loss.cu
+// Per row of logits act [NT, V] (bf16 in bf16 mode, as autocast; the softmax is f32): row_loss =
+// logsumexp(logits) - logits[target]; when dlogits (act [NT, V]) is given it receives
+// (softmax - onehot(target)) * scale.
+void train_cross_entropy(ActType t, const void* logits, const int* targets, int NT, int V,
+                         float scale, float* row_loss, void* dlogits, cudaStream_t stream);
+// grad_table [V, H] += dx [NT, H] at each row's token (atomics: the order of additions to a
+// repeated token's row varies).
+void train_embedding_bwd(const float* dx, const int* tokens, int NT, int H, float* grad_table,
+                         cudaStream_t stream);
+
+// ---- train_optim.cu
+// partial double [train_sumsq_blocks] = partial sums of g^2 (the host adds them in order).
+constexpr int train_sumsq_blocks = 1024;
+void train_sumsq(const float* g, int64_t n, double* partial, cudaStream_t stream);
+// AdamW as optimizer.cpp with g scaled by grad_coef first (clipping; 1 = none): decay_chunks
+// [n/16] marks 16-float chunks under weight decay. p_act (bf16, or null) receives a copy of p.
+struct AdamWStep {
+  float grad_coef, step_size, bc2_sqrt, decay, eps, beta1, beta2;
+};
+void train_adamw(float* p, const float* g, float* m, float* v, const uint8_t* decay_chunks,
+                 int64_t n, AdamWStep s, void* p_bf16, cudaStream_t stream);
+
+// ---- GEMM through cuBLAS in row-major terms: C [M, N] = op(A) op(B) + beta C (batch strided
+// products when batch > 1), op(A) [M, K] is A stored [M, K] (transA false) or [K, M]; op(B)
+// [K, N] is B stored [K, N] or [N, K] (transB). A and B of dtype t; C f32 when c_f32, else t.
+// f32 accumulation; in f32 no TF32. `what` names the product in a cuBLAS error.
+struct GemmArg {
+  const void* p;
+  int64_t ld, stride;
+  bool trans;
+};
+void train_gemm(cublasHandle_t blas, ActType t, int M, int N, int K, GemmArg a, GemmArg b,
+                float beta, void* c, bool c_f32, int64_t ldc, int64_t stride_c, int batch,
+                const char* what);
+
+}  // namespace mind4::cuda

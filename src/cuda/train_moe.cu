@@ -1,0 +1,285 @@
+// Training mixture of experts around the per-expert cuBLAS products: the router (top-k, its
+// softmax, the full softmax of the load-balancing loss) and its backward, the clamped SwiGLU and
+// its backward, and the weighted combine into the residual stream and its backward.
+#include "cuda/train_kernels.h"
+#include "cuda/train_util.cuh"
+
+namespace mind4::cuda {
+namespace {
+
+constexpr int kTrainRouterMaxExperts = 256;
+constexpr float kTrainSwigluAlpha = 1.702f;
+
+// A thread per row: E is small (gpt-oss: 32 or 128).
+__global__ void train_router_fwd_kernel(const float* __restrict__ logits,
+                                        const float* __restrict__ bias, int NT, int E, int K,
+                                        int* __restrict__ experts, float* __restrict__ weights,
+                                        float* __restrict__ probs) {
+  const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= NT) return;
+  const float* lr = logits + r * E;
+  uint32_t taken[kTrainRouterMaxExperts / 32] = {};
+  int* er = experts + r * K;
+  for (int s = 0; s < K; ++s) {
+    int best = -1;
+    float bv = 0.0f;
+    for (int e = 0; e < E; ++e) {
+      if (taken[e >> 5] >> (e & 31) & 1u) continue;
+      const float v = lr[e] + bias[e];
+      if (best < 0 || v > bv) best = e, bv = v;
+    }
+    taken[best >> 5] |= 1u << (best & 31);
+    er[s] = best;
+  }
+  const float m = lr[er[0]] + bias[er[0]];
+  float sum = 0.0f;
+  for (int s = 0; s < K; ++s) sum += weights[r * K + s] = expf(lr[er[s]] + bias[er[s]] - m);
+  for (int s = 0; s < K; ++s) weights[r * K + s] /= sum;
+  float mx = lr[0] + bias[0];
+  for (int e = 1; e < E; ++e) mx = fmaxf(mx, lr[e] + bias[e]);
+  float total = 0.0f;
+  for (int e = 0; e < E; ++e) total += probs[r * E + e] = expf(lr[e] + bias[e] - mx);
+  for (int e = 0; e < E; ++e) probs[r * E + e] /= total;
+}
+
+template <typename T>
+__global__ void train_swiglu_fwd_kernel(const T* __restrict__ h, const float* __restrict__ bias,
+                                        const int* __restrict__ group_expert, int A, int I,
+                                        float limit, T* __restrict__ h_saved, T* __restrict__ act) {
+  const int64_t n = int64_t(A) * I;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t a = idx / I;
+    const int i = int(idx % I);
+    const float* br = bias + int64_t(group_expert[a]) * 2 * I;
+    const float hg = to_f32(h[a * 2 * I + 2 * i]) + br[2 * i];
+    const float hl = to_f32(h[a * 2 * I + 2 * i + 1]) + br[2 * i + 1];
+    h_saved[a * 2 * I + 2 * i] = from_f32<T>(hg);
+    h_saved[a * 2 * I + 2 * i + 1] = from_f32<T>(hl);
+    const float g = fminf(hg, limit), l = fminf(fmaxf(hl, -limit), limit);
+    act[idx] = from_f32<T>(g / (1.0f + expf(-kTrainSwigluAlpha * g)) * (l + 1.0f));
+  }
+}
+
+template <typename T>
+__global__ void train_swiglu_bwd_kernel(const T* __restrict__ h, const T* __restrict__ dact, int A,
+                                        int I, float limit, T* __restrict__ dh) {
+  const int64_t n = int64_t(A) * I;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t a = idx / I;
+    const int i = int(idx % I);
+    const float hg = to_f32(h[a * 2 * I + 2 * i]), hl = to_f32(h[a * 2 * I + 2 * i + 1]);
+    const float g = fminf(hg, limit), l = fminf(fmaxf(hl, -limit), limit);
+    const float sig = 1.0f / (1.0f + expf(-kTrainSwigluAlpha * g));
+    const float d = to_f32(dact[idx]);
+    dh[a * 2 * I + 2 * i] = from_f32<T>(
+        hg <= limit ? d * (l + 1.0f) * sig * (1.0f + kTrainSwigluAlpha * g * (1.0f - sig)) : 0.0f);
+    dh[a * 2 * I + 2 * i + 1] = from_f32<T>(fabsf(hl) <= limit ? d * g * sig : 0.0f);
+  }
+}
+
+template <typename T>
+__global__ void train_moe_combine_fwd_kernel(
+    const float* __restrict__ xmid, const T* __restrict__ y, const float* __restrict__ bias,
+    const int* __restrict__ experts, const int* __restrict__ assign_at,
+    const float* __restrict__ weights, int NT, int K, int H, float* __restrict__ xout) {
+  const int64_t r = blockIdx.x;
+  for (int j = threadIdx.x; j < H; j += blockDim.x) {
+    float v = xmid[r * H + j];
+    for (int s = 0; s < K; ++s) {
+      const int64_t at = assign_at[r * K + s];
+      v += weights[r * K + s] * (to_f32(y[at * H + j]) + bias[int64_t(experts[r * K + s]) * H + j]);
+    }
+    xout[r * H + j] = v;
+  }
+}
+
+// A warp per (row, slot).
+template <typename T>
+__global__ void train_moe_combine_bwd_kernel(const float* __restrict__ dx, const T* __restrict__ y,
+                                             const float* __restrict__ bias,
+                                             const int* __restrict__ experts,
+                                             const int* __restrict__ assign_at,
+                                             const float* __restrict__ weights, int NT, int K,
+                                             int H, float* __restrict__ dweights,
+                                             T* __restrict__ dy) {
+  const int64_t w = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (w >= int64_t(NT) * K) return;
+  const int64_t r = w / K, at = assign_at[w];
+  const float* br = bias + int64_t(experts[w]) * H;
+  const float wt = weights[w];
+  float dot = 0.0f;
+  for (int j = lane; j < H; j += 32) {
+    const float g = dx[r * H + j];
+    dot += g * (to_f32(y[at * H + j]) + br[j]);
+    dy[at * H + j] = from_f32<T>(wt * g);
+  }
+  dot = warp_sum(dot);
+  if (lane == 0) dweights[w] = dot;
+}
+
+// A block per row: its first E threads the router logits' gradient, all of them dt.
+template <typename T>
+__global__ void train_router_bwd_kernel(const int* __restrict__ experts,
+                                        const float* __restrict__ weights,
+                                        const float* __restrict__ dweights,
+                                        const float* __restrict__ probs,
+                                        const int* __restrict__ offsets, float aux_scale,
+                                        const T* __restrict__ dxe,
+                                        const int* __restrict__ assign_at, int NT, int E, int K,
+                                        int H, T* __restrict__ dlogits, float* __restrict__ dt) {
+  const int64_t r = blockIdx.x;
+  const int* er = experts + r * K;
+  const float* wr = weights + r * K;
+  const float* dwr = dweights + r * K;
+  const float* pr = probs + r * E;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    float dot = 0.0f;
+    for (int s = 0; s < K; ++s) dot += wr[s] * dwr[s];
+    float g = 0.0f;
+    for (int s = 0; s < K; ++s)
+      if (er[s] == e) g += wr[s] * (dwr[s] - dot);
+    if (aux_scale > 0.0f) {
+      // aux_g[e] = aux_scale * count_e / NT; softmax backward: p_e (aux_g_e - p . aux_g).
+      float pdot = 0.0f;
+      for (int f = 0; f < E; ++f)
+        pdot += pr[f] * aux_scale * float(offsets[f + 1] - offsets[f]) / NT;
+      g += pr[e] * (aux_scale * float(offsets[e + 1] - offsets[e]) / NT - pdot);
+    }
+    dlogits[r * E + e] = from_f32<T>(g);
+  }
+  for (int j = threadIdx.x; j < H; j += blockDim.x) {
+    float v = 0.0f;
+    for (int s = 0; s < K; ++s) v += to_f32(dxe[int64_t(assign_at[r * K + s]) * H + j]);
+    dt[r * H + j] = v;
+  }
+}
+
+__global__ void train_pad_groups_kernel(const int* __restrict__ experts,
+                                        const int* __restrict__ offsets,
+                                        const int* __restrict__ poffsets, int A, int K,
+                                        int* __restrict__ assign_at, int* __restrict__ group_row,
+                                        int* __restrict__ group_expert) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= A) return;
+  const int e = experts[i];
+  const int at = assign_at[i] - offsets[e] + poffsets[e];
+  assign_at[i] = at;
+  group_row[at] = i / K;
+  group_expert[at] = e;
+}
+
+const char* train_moe_name(ActType t, const char* f32, const char* bf16) {
+  return t == ActType::kF32 ? f32 : bf16;
+}
+
+}  // namespace
+
+void train_router_fwd(const float* logits, const float* bias, int NT, int E, int K, int* experts,
+                      float* weights, float* probs, cudaStream_t stream) {
+  MIND4_CUDA_ARG(logits && bias && experts && weights && probs, "train_router_fwd", "null pointer");
+  MIND4_CUDA_ARG(NT >= 0 && E > 0 && E <= kTrainRouterMaxExperts && K > 0 && K <= E,
+                 "train_router_fwd", "NT = ", NT, ", E = ", E, " (at most ", kTrainRouterMaxExperts,
+                 "), K = ", K);
+  if (NT == 0) return;
+  train_router_fwd_kernel<<<(NT + 127) / 128, 128, 0, stream>>>(logits, bias, NT, E, K, experts,
+                                                                weights, probs);
+  check_launch("train_router_fwd");
+}
+
+void train_swiglu_fwd(ActType t, const void* h, const float* bias, const int* group_expert, int A,
+                      int I, float limit, void* h_saved, void* act_out, cudaStream_t stream) {
+  MIND4_CUDA_ARG(h && bias && group_expert && h_saved && act_out, "train_swiglu_fwd",
+                 "null pointer");
+  MIND4_CUDA_ARG(A >= 0 && I > 0 && limit > 0, "train_swiglu_fwd", "A = ", A, ", I = ", I);
+  if (A == 0) return;
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    train_swiglu_fwd_kernel<T><<<train_blocks(int64_t(A) * I), 256, 0, stream>>>(
+        static_cast<const T*>(h), bias, group_expert, A, I, limit, static_cast<T*>(h_saved),
+        static_cast<T*>(act_out));
+  });
+  check_launch(train_moe_name(t, "train_swiglu_fwd_f32", "train_swiglu_fwd_bf16"));
+}
+
+void train_swiglu_bwd(ActType t, const void* h_saved, const void* dact, int A, int I, float limit,
+                      void* dh, cudaStream_t stream) {
+  MIND4_CUDA_ARG(h_saved && dact && dh, "train_swiglu_bwd", "null pointer");
+  MIND4_CUDA_ARG(A >= 0 && I > 0 && limit > 0, "train_swiglu_bwd", "A = ", A, ", I = ", I);
+  if (A == 0) return;
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    train_swiglu_bwd_kernel<T><<<train_blocks(int64_t(A) * I), 256, 0, stream>>>(
+        static_cast<const T*>(h_saved), static_cast<const T*>(dact), A, I, limit,
+        static_cast<T*>(dh));
+  });
+  check_launch(train_moe_name(t, "train_swiglu_bwd_f32", "train_swiglu_bwd_bf16"));
+}
+
+void train_moe_combine_fwd(ActType t, const float* xmid, const void* y, const float* bias,
+                           const int* experts, const int* assign_at, const float* weights, int NT,
+                           int K, int H, float* xout, cudaStream_t stream) {
+  MIND4_CUDA_ARG(xmid && y && bias && experts && assign_at && weights && xout,
+                 "train_moe_combine_fwd", "null pointer");
+  MIND4_CUDA_ARG(NT >= 0 && K > 0 && H > 0, "train_moe_combine_fwd", "NT = ", NT, ", K = ", K,
+                 ", H = ", H);
+  if (NT == 0) return;
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    train_moe_combine_fwd_kernel<T><<<NT, 256, 0, stream>>>(
+        xmid, static_cast<const T*>(y), bias, experts, assign_at, weights, NT, K, H, xout);
+  });
+  check_launch(train_moe_name(t, "train_moe_combine_fwd_f32", "train_moe_combine_fwd_bf16"));
+}
+
+void train_moe_combine_bwd(ActType t, const float* dx, const void* y, const float* bias,
+                           const int* experts, const int* assign_at, const float* weights, int NT,
+                           int K, int H, float* dweights, void* dy, cudaStream_t stream) {
+  MIND4_CUDA_ARG(dx && y && bias && experts && assign_at && weights && dweights && dy,
+                 "train_moe_combine_bwd", "null pointer");
+  MIND4_CUDA_ARG(NT >= 0 && K > 0 && H > 0, "train_moe_combine_bwd", "NT = ", NT, ", K = ", K,
+                 ", H = ", H);
+  if (NT == 0) return;
+  const int64_t warps = int64_t(NT) * K;
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    train_moe_combine_bwd_kernel<T><<<int((warps + 7) / 8), 256, 0, stream>>>(
+        dx, static_cast<const T*>(y), bias, experts, assign_at, weights, NT, K, H, dweights,
+        static_cast<T*>(dy));
+  });
+  check_launch(train_moe_name(t, "train_moe_combine_bwd_f32", "train_moe_combine_bwd_bf16"));
+}
+
+void train_pad_groups(const int* experts, const int* offsets, const int* poffsets, int A, int K,
+                      int* assign_at, int* group_row, int* group_expert, cudaStream_t stream) {
+  MIND4_CUDA_ARG(experts && offsets && poffsets && assign_at && group_row && group_expert,
+                 "train_pad_groups", "null pointer");
+  MIND4_CUDA_ARG(A >= 0 && K > 0 && A % K == 0, "train_pad_groups", "A = ", A, ", K = ", K);
+  if (A == 0) return;
+  train_pad_groups_kernel<<<(A + 255) / 256, 256, 0, stream>>>(experts, offsets, poffsets, A, K,
+                                                               assign_at, group_row, group_expert);
+  check_launch("train_pad_groups");
+}
+
+void train_router_bwd(ActType t, const int* experts, const float* weights, const float* dweights,
+                      const float* probs, const int* offsets, float aux_scale, const void* dxe,
+                      const int* assign_at, int NT, int E, int K, int H, void* dlogits, float* dt,
+                      cudaStream_t stream) {
+  MIND4_CUDA_ARG(
+      experts && weights && dweights && probs && offsets && dxe && assign_at && dlogits && dt,
+      "train_router_bwd", "null pointer");
+  MIND4_CUDA_ARG(NT >= 0 && E > 0 && K > 0 && K <= E && H > 0 && aux_scale >= 0, "train_router_bwd",
+                 "NT = ", NT, ", E = ", E, ", K = ", K, ", H = ", H);
+  if (NT == 0) return;
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    train_router_bwd_kernel<T><<<NT, 256, 0, stream>>>(
+        experts, weights, dweights, probs, offsets, aux_scale, static_cast<const T*>(dxe),
+        assign_at, NT, E, K, H, static_cast<T*>(dlogits), dt);
+  });
+  check_launch(train_moe_name(t, "train_router_bwd_f32", "train_router_bwd_bf16"));
+}
+
+}  // namespace mind4::cuda
