@@ -14,6 +14,7 @@
 
 #include "cuda/buffer.h"
 #include "cuda/kernels.h"
+#include "cuda_bench_util.h"
 
 namespace {
 
@@ -22,79 +23,21 @@ using mind4::cuda::DeviceBuffer;
 
 constexpr int kPbH = 2880, kPbI = 2880, kPbE = 32, kPbK = 4, kPbNH = 64, kPbNKV = 8, kPbD = 64;
 
-bool prefill_bench_gpu(benchmark::State& state) {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-    state.SkipWithError("no CUDA GPU on this machine");
-    return false;
-  }
-  return true;
-}
-
-uint64_t prefill_bench_mix(uint64_t x) {  // splitmix64: fast fills of hundreds of MB
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-DeviceBuffer prefill_bench_bytes(size_t n, uint8_t lo, uint8_t hi, uint64_t seed) {
-  std::vector<uint8_t> h(n);
-  for (size_t i = 0; i < n; ++i)
-    h[i] = uint8_t(lo + prefill_bench_mix(seed * 0x100000000ull + i) % (hi - lo + 1));
-  DeviceBuffer d(n);
-  mind4::cuda::check(cudaMemcpy(d.data(), h.data(), n, cudaMemcpyHostToDevice), "bench");
-  return d;
-}
-
-// Uniform values in [-scale, scale] as f32, or as bf16 when bf16 is set.
-DeviceBuffer prefill_bench_values(size_t n, float scale, uint64_t seed, bool bf16) {
-  std::vector<float> f(n);
-  for (size_t i = 0; i < n; ++i)
-    f[i] = (float(prefill_bench_mix(seed * 0x100000000ull + i) >> 40) / float(1 << 24) * 2 - 1) *
-           scale;
-  DeviceBuffer raw(n * 4);
-  mind4::cuda::check(cudaMemcpy(raw.data(), f.data(), n * 4, cudaMemcpyHostToDevice), "bench");
-  if (!bf16) return raw;
-  DeviceBuffer a(n * 2);
-  mind4::cuda::convert_to_act(ActType::kBF16, raw.data(), false, int64_t(n), a.data(), nullptr);
-  mind4::cuda::check(cudaDeviceSynchronize(), "bench");
-  return a;
-}
-
-template <typename F>
-void prefill_bench_time(benchmark::State& state, int reps, F&& launch) {
-  cudaEvent_t start, stop;
-  mind4::cuda::check(cudaEventCreate(&start), "bench");
-  mind4::cuda::check(cudaEventCreate(&stop), "bench");
-  launch();
-  mind4::cuda::check(cudaDeviceSynchronize(), "bench warm-up");
-  for (auto _ : state) {
-    cudaEventRecord(start);
-    for (int r = 0; r < reps; ++r) launch();
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float ms = 0.0f;
-    cudaEventElapsedTime(&ms, start, stop);
-    state.SetIterationTime(double(ms) / 1e3 / reps);
-  }
-  mind4::cuda::check(cudaGetLastError(), "bench");
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-}
+namespace cb = mind4::cuda_bench;
+using cb::Dist;
 
 // One layer's attention over a 2048-token prefill (arg: window, 0 = full). FLOPs: 4 D per
 // (query head, visible key) pair (q.k and p.v), masked work not counted.
 void BM_CudaFlashPrefill(benchmark::State& state) {
-  if (!prefill_bench_gpu(state)) return;
+  if (!cb::gpu_present(state)) return;
   const int B = 2048, window = int(state.range(0)), QKV = (kPbNH + 2 * kPbNKV) * kPbD;
   const size_t cache = size_t(B) * kPbNKV * kPbD;
-  auto k = prefill_bench_values(cache, 1.0f, 1, true),
-       v = prefill_bench_values(cache, 1.0f, 2, true);
-  auto qkv = prefill_bench_values(size_t(B) * QKV, 1.0f, 3, true);
-  auto sinks = prefill_bench_values(kPbNH, 1.0f, 4, false);
+  auto k = cb::random_bf16(cache, 1.0f, 1, Dist::kUniform),
+       v = cb::random_bf16(cache, 1.0f, 2, Dist::kUniform);
+  auto qkv = cb::random_bf16(size_t(B) * QKV, 1.0f, 3, Dist::kUniform);
+  auto sinks = cb::random_f32(kPbNH, 1.0f, 4, Dist::kUniform);
   DeviceBuffer out(size_t(B) * kPbNH * kPbD * 2);
-  prefill_bench_time(state, 10, [&] {
+  cb::time_launches(state, 10, [&] {
     mind4::cuda::attention_prefill_flash(ActType::kBF16, qkv.data(), kPbNH, kPbNKV, kPbD,
                                          {k.data(), v.data(), B}, 0, 0, sinks.data<float>(), B,
                                          window, 0.125f, out.data(), nullptr);
@@ -111,7 +54,7 @@ BENCHMARK(BM_CudaFlashPrefill)->Arg(0)->Arg(128)->UseManualTime()->Unit(benchmar
 // 32 experts (256 rows each: whole tiles), 1 = each row's first expert drawn at random (uneven
 // counts and partial tiles, as a real step has); the kernel, 0 = mma.sync, 1 = warpgroup MMA.
 void BM_CudaMoeGemmPrefill(benchmark::State& state) {
-  if (!prefill_bench_gpu(state)) return;
+  if (!cb::gpu_present(state)) return;
   const int B = 2048, A = B * kPbK, which = int(state.range(0));
   // Filling 400 MB of random weights takes seconds: once per process (never freed).
   struct Weights {
@@ -119,34 +62,29 @@ void BM_CudaMoeGemmPrefill(benchmark::State& state) {
   };
   static const Weights* w = [] {
     const size_t w1 = size_t(kPbE) * 2 * kPbI * kPbH, w2 = size_t(kPbE) * kPbH * kPbI;
-    return new Weights{prefill_bench_bytes(w1 / 2, 0, 255, 11),
-                       prefill_bench_bytes(w1 / 32, 124, 128, 12),
-                       prefill_bench_bytes(w2 / 2, 0, 255, 13),
-                       prefill_bench_bytes(w2 / 32, 124, 128, 14),
-                       prefill_bench_values(size_t(kPbE) * 2 * kPbI, 0.1f, 15, false),
-                       prefill_bench_values(size_t(kPbE) * kPbH, 0.1f, 16, false),
-                       prefill_bench_values(size_t(2048) * kPbH, 1.0f, 17, true),
-                       prefill_bench_values(size_t(2048) * kPbK * kPbI, 1.0f, 18, true)};
+    return new Weights{cb::random_bytes(w1 / 2, 0, 255, 11),
+                       cb::random_bytes(w1 / 32, 124, 128, 12),
+                       cb::random_bytes(w2 / 2, 0, 255, 13),
+                       cb::random_bytes(w2 / 32, 124, 128, 14),
+                       cb::random_f32(size_t(kPbE) * 2 * kPbI, 0.1f, 15, Dist::kUniform),
+                       cb::random_f32(size_t(kPbE) * kPbH, 0.1f, 16, Dist::kUniform),
+                       cb::random_bf16(size_t(2048) * kPbH, 1.0f, 17, Dist::kUniform),
+                       cb::random_bf16(size_t(2048) * kPbK * kPbI, 1.0f, 18, Dist::kUniform)};
   }();
   const DeviceBuffer &b1 = w->b1, &s1 = w->s1, &b2 = w->b2, &s2 = w->s2, &bias1 = w->bias1,
                      &bias2 = w->bias2, &x = w->x, &act = w->act;
-  std::vector<int> experts(A);
-  for (int a = 0; a < A; ++a) {
-    const int r = a / kPbK, s = a % kPbK;
-    experts[a] = state.range(1) ? int((prefill_bench_mix(uint64_t(r) + 99) % kPbE + 7 * s) % kPbE)
-                                : (a + a / kPbE) % kPbE;  // 7 s: distinct experts per row
-  }
-  DeviceBuffer d_experts(size_t(A) * 4), groups_buf(size_t(2 * (kPbE + 1) + 3 * A) * 4);
-  mind4::cuda::check(
-      cudaMemcpy(d_experts.data(), experts.data(), size_t(A) * 4, cudaMemcpyHostToDevice), "bench");
-  int* g = groups_buf.data<int>();
-  const mind4::cuda::MoeGroups groups{g, g + (kPbE + 1), g + 2 * (kPbE + 1), g + 2 * (kPbE + 1) + A,
-                                      g + 2 * (kPbE + 1) + 2 * A};
-  mind4::cuda::moe_group(d_experts.data<int>(), A, kPbK, kPbE, groups, nullptr);
+  std::vector<int> experts = cb::spread_experts(A, kPbE);
+  if (state.range(1))
+    for (int a = 0; a < A; ++a) {
+      const int r = a / kPbK, s = a % kPbK;  // 7 s: distinct experts per row
+      experts[a] = int((cb::mix(uint64_t(r) + 99) % kPbE + 7 * s) % kPbE);
+    }
+  DeviceBuffer groups_buf;
+  const mind4::cuda::MoeGroups groups = cb::moe_groups_of(experts, kPbK, kPbE, groups_buf);
   DeviceBuffer plan(size_t(1 + 2 * mind4::cuda::moe_tile_plan_capacity(A, kPbE)) * 4);
   mind4::cuda::moe_tile_plan(groups.offsets, kPbE, plan.data<int>(), nullptr);
   DeviceBuffer act_out(size_t(A) * kPbI * 2), y(size_t(A) * kPbH * 4);
-  prefill_bench_time(state, 5, [&] {
+  cb::time_launches(state, 5, [&] {
     if (which == 1)
       (state.range(2) ? mind4::cuda::moe_mlp1_swiglu_mf4_wgmma
                       : mind4::cuda::moe_mlp1_swiglu_mf4_gemm)(
