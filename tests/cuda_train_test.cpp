@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "cpu/ops.h"
 #include "io_test_util.h"
 #include "mind4/status.h"
 #include "train/engine.h"
