@@ -21,6 +21,7 @@
 #include "mind4/status.h"
 #include "model/backend.h"
 #include "model/model_impl.h"
+#include "router_margins.h"
 
 #ifdef MIND4_HAVE_CUDA
 #include "cuda_test_util.h"
@@ -74,39 +75,11 @@ class CudaFixture
   void SetUp() override { MIND4_REQUIRE_GPU(); }
 };
 
-// The smallest margin, over layers and prompt positions, between the k-th and (k+1)-th router
-// logit on the CPU line (f32): truncated copies of the model give each layer's router logits.
-// bf16 activations perturb router logits by about 1e-2; a margin below that may flip an expert.
+// The smallest router margin over layers and prompt positions (tests/router_margins.h): a margin
+// below bf16's perturbation of router logits (about 1e-2) may flip an expert.
 double cpu_min_router_gap(const std::string& dir, const std::vector<int>& tokens) {
-  double gap = INFINITY;
-  const int T = int(tokens.size());
-  for (int l = 0;; ++l) {
-    Model::Impl impl;
-    impl.weights = load_checkpoint(dir);
-    const int layers = impl.weights.config.num_hidden_layers;
-    if (l >= layers) break;
-    impl.weights.layers.resize(l + 1);
-    ModelConfig& c = impl.weights.config;
-    c.num_hidden_layers = l + 1;
-    impl.qkv_rows = (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim;
-    ThreadPool pool(1);
-    Workspace ws;
-    workspace_init(ws, c, T, 1, 1, T);
-    KvCache kv;
-    kv.layers = l + 1, kv.positions = T, kv.width = c.num_key_value_heads * c.head_dim;
-    kv.k = FloatBuffer(size_t(kv.layers) * T * kv.width);
-    kv.v = FloatBuffer(size_t(kv.layers) * T * kv.width);
-    std::vector<StepRow> rows;
-    for (int i = 0; i < T; ++i) rows.push_back({0, i, tokens[i]});
-    forward_step(impl, ws, kv, pool, rows, {});  // ws.gate: layer l's router logits
-    const int E = c.num_experts, K = c.experts_per_token;
-    for (int i = 0; i < T; ++i) {
-      std::vector<float> g(ws.gate.data() + int64_t(i) * E, ws.gate.data() + int64_t(i + 1) * E);
-      std::sort(g.rbegin(), g.rend());
-      if (K < E) gap = std::min(gap, double(g[K - 1] - g[K]));
-    }
-  }
-  return gap;
+  const std::vector<double> m = test::cpu_router_margins(dir, tokens);
+  return m.empty() ? INFINITY : *std::min_element(m.begin(), m.end());
 }
 
 TEST_P(CudaFixture, MatchesTransformers) {

@@ -26,6 +26,7 @@
 #include "mind4/model.h"
 #include "model/backend.h"
 #include "model/model_impl.h"
+#include "router_margins.h"
 
 namespace mind4 {
 namespace {
@@ -224,39 +225,6 @@ TEST_F(CudaPrefillTest, GroupedMxfp4GemmRejectsBadArguments) {
   EXPECT_THROW(cuda::moe_tile_plan(nullptr, 4, buf.data<int>(), nullptr), Error);
 }
 
-// The smallest router margin (k-th minus (k+1)-th logit) over layers at each prompt position, on
-// the CPU line (f32): truncated copies of the model give each layer's router logits.
-std::vector<double> prefill_router_margins(const std::string& dir, const std::vector<int>& tokens) {
-  const int T = int(tokens.size());
-  std::vector<double> margin(size_t(T), INFINITY);
-  for (int l = 0;; ++l) {
-    Model::Impl impl;
-    impl.weights = load_checkpoint(dir);
-    if (l >= impl.weights.config.num_hidden_layers) break;
-    impl.weights.layers.resize(l + 1);
-    ModelConfig& c = impl.weights.config;
-    c.num_hidden_layers = l + 1;
-    impl.qkv_rows = (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim;
-    ThreadPool pool(1);
-    Workspace ws;
-    workspace_init(ws, c, T, 1, 1, T);
-    KvCache kv;
-    kv.layers = l + 1, kv.positions = T, kv.width = c.num_key_value_heads * c.head_dim;
-    kv.k = FloatBuffer(size_t(kv.layers) * T * kv.width);
-    kv.v = FloatBuffer(size_t(kv.layers) * T * kv.width);
-    std::vector<StepRow> rows;
-    for (int i = 0; i < T; ++i) rows.push_back({0, i, tokens[i]});
-    forward_step(impl, ws, kv, pool, rows, {});  // ws.gate: layer l's router logits
-    const int E = c.num_experts, K = c.experts_per_token;
-    for (int i = 0; i < T && K < E; ++i) {
-      std::vector<float> g(ws.gate.data() + int64_t(i) * E, ws.gate.data() + int64_t(i + 1) * E);
-      std::sort(g.rbegin(), g.rend());
-      margin[size_t(i)] = std::min(margin[size_t(i)], double(g[K - 1] - g[K]));
-    }
-  }
-  return margin;
-}
-
 // The whole model in bf16 mode: the prefill route of these kernels (one step through the fused
 // attention and the grouped GEMM, forced down to the fixtures' few rows) and the CUDA-core route
 // (steps of 16 rows) against the Hugging Face logits, bf16 bound 2e-2 * max|logit| as in
@@ -283,7 +251,7 @@ TEST(CudaPrefillModel, Bf16RoutesMatchTransformersBeforeTheFirstRouterNearTie) {
     }
     ASSERT_FALSE(tokens.empty()) << name;
     const int T = int(tokens.size()), V = int(want.size()) / T;
-    const auto margin = prefill_router_margins(dir, tokens);
+    const auto margin = test::cpu_router_margins(dir, tokens);
     int clear = 0;  // positions before the first near-tie
     while (clear < T && margin[size_t(clear)] >= 1e-2) ++clear;
     Config c;

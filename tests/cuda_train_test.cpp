@@ -24,6 +24,7 @@
 #include "train/params.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
+#include "train_test_util.h"
 
 #ifdef MIND4_HAVE_CUDA
 #include "cuda/train_kernels.h"
@@ -39,26 +40,7 @@ using mind4::testing::write_file;
 
 std::string ct_yaml(const std::string& data, const std::string& tok, const std::string& ckpt,
                     const std::string& backend, const std::string& dtype, int steps) {
-  std::ostringstream os;
-  os << "model:\n  hidden_size: 32\n  num_hidden_layers: 2\n  num_attention_heads: 4\n"
-        "  num_key_value_heads: 2\n  head_dim: 8\n  intermediate_size: 16\n  vocab_size: 300\n"
-        "  initial_context_length: 16\n  max_context_length: 64\n  sliding_window: 4\n"
-        "  rope_theta: 10000.0\n  rope_scaling_factor: 2.0\n  rope_ntk_alpha: 1.0\n"
-        "  rope_ntk_beta: 32.0\n  num_experts: 4\n  experts_per_token: 2\n  swiglu_limit: 7.0\n"
-        "data:\n  dir: "
-     << data << "\n  tokenizer: " << tok
-     << "\ntraining:\n  seq_len: 16\n  micro_batch: 2\n  grad_accum: 2\n  steps: " << steps
-     << "\n  token_budget: 0\n  seed: 7\n  init_std: 0.05\n  aux_loss_coef: 0.01\n"
-        "  grad_clip: 1.0\n  log_interval: 4\n"
-        "optimizer:\n  lr: 0.003\n  min_lr: 0.0003\n  warmup_steps: 3\n  decay: cosine\n"
-        "  beta1: 0.9\n  beta2: 0.95\n  eps: 1.0e-8\n  weight_decay: 0.1\n"
-        "eval:\n  interval: 5\n  batches: 2\n"
-        "checkpoint:\n  dir: "
-     << ckpt
-     << "\n  interval: 3\n  keep_last: 2\n  export: \"\"\n  export_experts: bf16\n"
-        "execution:\n  backend: "
-     << backend << "\n  dtype: " << dtype << "\n  device: auto\n  threads: 2\n";
-  return os.str();
+  return mind4::testing::tiny_train_yaml({data, tok, ckpt, 300, steps, backend, dtype, "auto"});
 }
 
 bool ct_gpu_usable() {

@@ -1,0 +1,42 @@
+// The tiny training run the trainer tests share: 2 layers, hidden 32, 4 experts top-2, a 4-token
+// window, 16-token sequences in micro-batches of 2 with 2 accumulation steps, evaluation every 5
+// steps and checkpoints every 3, so that a few steps cross every code path of run_training.
+#pragma once
+
+#include <sstream>
+#include <string>
+
+namespace mind4::testing {
+
+struct TinyTrainRun {
+  std::string data, tokenizer, checkpoint;
+  int vocab = 300, steps = 16;
+  std::string backend = "cpu", dtype = "float32", device = "cpu";
+};
+
+// A complete train.yaml (every field is required) for the run.
+inline std::string tiny_train_yaml(const TinyTrainRun& r) {
+  std::ostringstream os;
+  os << "model:\n  hidden_size: 32\n  num_hidden_layers: 2\n  num_attention_heads: 4\n"
+        "  num_key_value_heads: 2\n  head_dim: 8\n  intermediate_size: 16\n  vocab_size: "
+     << r.vocab
+     << "\n  initial_context_length: 16\n  max_context_length: 64\n  sliding_window: 4\n"
+        "  rope_theta: 10000.0\n  rope_scaling_factor: 2.0\n  rope_ntk_alpha: 1.0\n"
+        "  rope_ntk_beta: 32.0\n  num_experts: 4\n  experts_per_token: 2\n  swiglu_limit: 7.0\n"
+        "data:\n  dir: "
+     << r.data << "\n  tokenizer: " << r.tokenizer
+     << "\ntraining:\n  seq_len: 16\n  micro_batch: 2\n  grad_accum: 2\n  steps: " << r.steps
+     << "\n  token_budget: 0\n  seed: 7\n  init_std: 0.05\n  aux_loss_coef: 0.01\n"
+        "  grad_clip: 1.0\n  log_interval: 4\n"
+        "optimizer:\n  lr: 0.003\n  min_lr: 0.0003\n  warmup_steps: 3\n  decay: cosine\n"
+        "  beta1: 0.9\n  beta2: 0.95\n  eps: 1.0e-8\n  weight_decay: 0.1\n"
+        "eval:\n  interval: 5\n  batches: 2\n"
+        "checkpoint:\n  dir: "
+     << r.checkpoint
+     << "\n  interval: 3\n  keep_last: 2\n  export: \"\"\n  export_experts: bf16\n"
+        "execution:\n  backend: "
+     << r.backend << "\n  dtype: " << r.dtype << "\n  device: " << r.device << "\n  threads: 2\n";
+  return os.str();
+}
+
+}  // namespace mind4::testing
