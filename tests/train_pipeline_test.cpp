@@ -14,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include "io/model_config.h"
 #include "io_test_util.h"
 #include "mind4/model.h"
 #include "mind4/status.h"
@@ -65,6 +66,31 @@ TEST(TrainConfig, ParsesEveryField) {
   EXPECT_EQ(c.lr.decay, DecayKind::kCosine);
   EXPECT_EQ(c.keep_last, 2);
   EXPECT_EQ(c.tokens_per_step(), 64);
+}
+
+// The recipes the repository ships parse, and keep what their comments and docs promise: the GPU
+// recipe is the bundled model's on CUDA (same shape, so the same export format, written
+// elsewhere), and the quick CPU recipe is smaller than the bundled one.
+TEST(TrainConfig, ShippedRecipesParse) {
+  const std::string root = std::string(MIND4_SOURCE_DIR) + "/";
+  const TrainConfig cpu = load_train_config(root + "config/train.yaml");
+  const TrainConfig gpu = load_train_config(root + "config/train-gpu.yaml");
+  const TrainConfig small = load_train_config(root + "config/train-small.yaml");
+  const TrainConfig bundled = load_train_config(root + "models/default/train.yaml");
+  EXPECT_EQ(cpu.execution.backend, Backend::kCpu);
+  EXPECT_EQ(cpu.export_dir, "models/default");
+  EXPECT_EQ(model_config_json(bundled.model, CheckpointLayout::kOriginal, false),
+            model_config_json(cpu.model, CheckpointLayout::kOriginal, false));
+  EXPECT_EQ(gpu.execution.backend, Backend::kCuda);
+  EXPECT_EQ(model_config_json(gpu.model, CheckpointLayout::kOriginal, false),
+            model_config_json(cpu.model, CheckpointLayout::kOriginal, false));
+  EXPECT_EQ(gpu.steps, cpu.steps);
+  EXPECT_EQ(gpu.tokens_per_step(), cpu.tokens_per_step());
+  EXPECT_NE(gpu.export_dir, cpu.export_dir);
+  EXPECT_EQ(small.execution.backend, Backend::kCpu);
+  EXPECT_LT(small.steps * small.tokens_per_step(), cpu.steps * cpu.tokens_per_step());
+  EXPECT_LT(small.model.hidden_size, cpu.model.hidden_size);
+  EXPECT_NE(small.export_dir, cpu.export_dir);
 }
 
 TEST(TrainConfig, EachBadFieldIsNamed) {
