@@ -1,10 +1,13 @@
-// The tiny training run the trainer tests share: 2 layers, hidden 32, 4 experts top-2, a 4-token
-// window, 16-token sequences in micro-batches of 2 with 2 accumulation steps, evaluation every 5
-// steps and checkpoints every 3, so that a few steps cross every code path of run_training.
+// What the trainer tests share: random inputs, and a tiny training run (2 layers, hidden 32, 4
+// experts top-2, a 4-token window, 16-token sequences in micro-batches of 2 with 2 accumulation
+// steps, evaluation every 5 steps and checkpoints every 3, so that a few steps cross every code
+// path of run_training).
 #pragma once
 
+#include <random>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace mind4::testing {
 
@@ -13,6 +16,18 @@ struct TinyTrainRun {
   int vocab = 300, steps = 16;
   std::string backend = "cpu", dtype = "float32", device = "cpu";
 };
+
+// n values ~ N(0, scale^2) from rng (the kernel tests' fresh inputs).
+inline std::vector<float> random_normals(size_t n, std::mt19937_64& rng, double scale = 1.0) {
+  std::normal_distribution<double> d(0.0, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = float(d(rng));
+  return v;
+}
+
+inline std::vector<double> as_doubles(const std::vector<float>& v) {
+  return std::vector<double>(v.begin(), v.end());
+}
 
 // A complete train.yaml (every field is required) for the run.
 inline std::string tiny_train_yaml(const TinyTrainRun& r) {
