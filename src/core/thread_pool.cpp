@@ -8,6 +8,7 @@ namespace {
 // Spinning keeps the wake-up latency of back-to-back decode calls near a microsecond; after this
 // many pauses (tens of microseconds) a thread sleeps so that an idle pool costs no CPU.
 constexpr int kSpinIterations = 20000;
+constexpr int kClosedJob = -(1 << 30);
 
 template <typename T, typename Pred>
 void spin_then_wait(const std::atomic<T>& a, T old, Pred done) {
@@ -55,8 +56,11 @@ void ThreadPool::worker_main(int worker) {
                    [&] { return generation_.load(std::memory_order_acquire) != seen; });
     seen = generation_.load(std::memory_order_acquire);
     if (stop_.load(std::memory_order_acquire)) return;
+    // A closed job (negative count) is finished or about to be: nothing to do, nobody waits.
+    if (joined_.fetch_add(1, std::memory_order_acq_rel) < 0) continue;
     work_on_current_job(worker);
-    if (busy_.fetch_sub(1, std::memory_order_acq_rel) == 1) busy_.notify_one();
+    done_.fetch_add(1, std::memory_order_acq_rel);
+    done_.notify_one();
   }
 }
 
@@ -68,12 +72,16 @@ void ThreadPool::run(int64_t n, int64_t grain, Call call, void* fn) {
   failed_.store(false, std::memory_order_relaxed);
   error_ = nullptr;
   next_.store(0, std::memory_order_relaxed);
-  busy_.store(int(workers_.size()), std::memory_order_relaxed);
+  done_.store(0, std::memory_order_relaxed);
+  // Release: a worker whose fetch_add on joined_ reads this value sees the job's fields above.
+  joined_.store(0, std::memory_order_release);
   generation_.fetch_add(1, std::memory_order_acq_rel);
   generation_.notify_all();
   work_on_current_job(0);
-  int left = busy_.load(std::memory_order_acquire);
-  spin_then_wait(busy_, left, [&] { return busy_.load(std::memory_order_acquire) == 0; });
+  // Every chunk is taken: close the job. Far below zero, so that late joiners keep it negative.
+  const int joined = joined_.exchange(kClosedJob, std::memory_order_acq_rel);
+  int done = done_.load(std::memory_order_acquire);
+  spin_then_wait(done_, done, [&] { return done_.load(std::memory_order_acquire) == joined; });
   if (failed_.load(std::memory_order_acquire)) std::rethrow_exception(error_);
 }
 

@@ -3,6 +3,8 @@
 // threads or going through a queue of std::function: workers stay alive, spin briefly on a
 // generation counter, then sleep on it (futex via std::atomic::wait); the caller takes part in
 // the work and chunks are handed out by one atomic counter (dynamic balancing for uneven rows).
+// The caller never waits for a worker that has not started: on a machine where another program
+// holds a core, the caller does the work alone instead of waiting a scheduler slice for it.
 #pragma once
 
 #include <atomic>
@@ -57,7 +59,11 @@ class ThreadPool {
   void* fn_ = nullptr;
   int64_t n_ = 0, grain_ = 1;
   std::atomic<int64_t> next_{0};
-  std::atomic<int> busy_{0};            // workers that have not finished the current job
+  // Workers join a job through joined_, which the caller closes (makes negative) once every chunk
+  // is taken; it then waits for done_ to reach the number that joined. A worker that was asleep
+  // or descheduled and wakes after that finds the job closed and costs the caller nothing.
+  std::atomic<int> joined_{0};
+  std::atomic<int> done_{0};
   std::atomic<uint32_t> generation_{0};  // bumped once per job; workers wait for a change
   std::atomic<bool> stop_{false};
   std::atomic<bool> failed_{false};
