@@ -22,10 +22,7 @@
 namespace mind4 {
 namespace {
 
-std::string mind4_binary() {
-  const char* env = std::getenv("MIND4_BINARY");
-  return env ? env : MIND4_BINARY;
-}
+using testing::mind4_binary;
 
 // A child process on the far side of a pseudo-terminal; what it prints accumulates in output().
 class PtySession {

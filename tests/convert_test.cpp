@@ -201,8 +201,7 @@ TEST(RandomCheckpoint, SameSeedSameBytesDifferentSeedDifferentBytes) {
 }
 
 int run(const std::string& args) {
-  const char* bin = std::getenv("MIND4_BINARY");
-  std::string cmd = std::string(bin ? bin : MIND4_BINARY) + " " + args;
+  std::string cmd = mind4::testing::mind4_binary() + " " + args;
   return std::system(cmd.c_str());
 }
 

@@ -34,6 +34,8 @@
 namespace mind4::train {
 namespace {
 
+using mind4::testing::mind4_binary;
+using mind4::testing::quiet_shell;
 using mind4::testing::read_file;
 using mind4::testing::ScratchDir;
 using mind4::testing::write_file;
@@ -230,13 +232,6 @@ TEST(CudaTrainEngine, AdamWStepsMatchTheCpuEngine) {
 
 // ---- `mind4 train` with backend: cuda, end to end
 
-std::string ct_binary() {
-  const char* env = std::getenv("MIND4_BINARY");
-  return env ? env : MIND4_BINARY;
-}
-int ct_shell(const std::string& cmd) {
-  return std::system((cmd + " >/dev/null 2>&1").c_str());
-}
 std::vector<double> ct_losses(const std::string& metrics) {
   std::vector<double> out;
   std::istringstream in(read_file(metrics));
@@ -251,19 +246,9 @@ std::vector<double> ct_losses(const std::string& metrics) {
 TEST(CudaTrainRun, TrainsResumesOnEitherBackendAndExports) {
   MIND4_REQUIRE_GPU();
   ScratchDir dir("cuda_train_run");
-  std::string text;
-  std::mt19937 rng(9);
-  const char* words[] = {"and", "the",   "lord",   "said",  "unto", "him",  "behold", "light",
-                         "day", "night", "waters", "earth", "was",  "good", "god",    "made"};
-  for (int i = 0; i < 3000; ++i) text += std::string(words[rng() % 16]) + (i % 12 ? " " : ".\n");
-  write_file(dir / "corpus.txt", text);
-  const std::string tok = dir / "vocab.tiktoken", data = dir / "data";
-  ASSERT_EQ(ct_shell(ct_binary() + " train-tokenizer --input " + (dir / "corpus.txt") +
-                     " --vocab-size 300 --out " + tok),
-            0);
-  ASSERT_EQ(ct_shell("MIND4_NO_PROGRESS=1 " + ct_binary() + " prepare-data --chunk-bytes 512 " +
-                     "--input " + (dir / "corpus.txt") + " --tokenizer " + tok + " --out " + data),
-            0);
+  const mind4::testing::TinyCorpus corpus = mind4::testing::make_tiny_corpus(dir.str());
+  ASSERT_EQ(corpus.status, 0);
+  const std::string tok = corpus.tokenizer, data = corpus.data;
   const std::string a = dir / "ck_a", b = dir / "ck_b", c = dir / "ck_c";
   write_file(dir / "a.yaml", ct_yaml(data, tok, a, "cuda", "float32", 12));
   write_file(dir / "b.yaml", ct_yaml(data, tok, b, "cuda", "float32", 12));
@@ -271,13 +256,13 @@ TEST(CudaTrainRun, TrainsResumesOnEitherBackendAndExports) {
   std::string ay = read_file(dir / "a.yaml");
   ay.replace(ay.find("export: \"\""), 10, "export: " + (dir / "export"));
   write_file(dir / "a.yaml", ay);
-  ASSERT_EQ(ct_shell(ct_binary() + " train " + (dir / "a.yaml")), 0);
+  ASSERT_EQ(quiet_shell(mind4_binary() + " train " + (dir / "a.yaml")), 0);
   // b: stop after 6 (checkpointed), resume on the GPU; c: the same first 6 steps' checkpoint
   // resumed on the CPU.
-  ASSERT_EQ(ct_shell(ct_binary() + " train " + (dir / "b.yaml") + " --stop-after 6"), 0);
+  ASSERT_EQ(quiet_shell(mind4_binary() + " train " + (dir / "b.yaml") + " --stop-after 6"), 0);
   std::filesystem::copy(b, c, std::filesystem::copy_options::recursive);
-  ASSERT_EQ(ct_shell(ct_binary() + " train " + (dir / "b.yaml")), 0);
-  ASSERT_EQ(ct_shell(ct_binary() + " train " + (dir / "c.yaml")), 0);
+  ASSERT_EQ(quiet_shell(mind4_binary() + " train " + (dir / "b.yaml")), 0);
+  ASSERT_EQ(quiet_shell(mind4_binary() + " train " + (dir / "c.yaml")), 0);
   const auto la = ct_losses(a + "/metrics.jsonl"), lb = ct_losses(b + "/metrics.jsonl"),
              lc = ct_losses(c + "/metrics.jsonl");
   ASSERT_EQ(la.size(), 12u);
@@ -292,9 +277,9 @@ TEST(CudaTrainRun, TrainsResumesOnEitherBackendAndExports) {
   }
   EXPECT_TRUE(std::filesystem::exists(dir / "export/model.safetensors"));
   for (const char* backend : {"cpu", "cuda"})
-    EXPECT_EQ(ct_shell(ct_binary() + " generate --checkpoint " + (dir / "export") +
-                       " --tokenizer auto --backend " + backend +
-                       " --max-new-tokens 4 --temperature 0 'the lord'"),
+    EXPECT_EQ(quiet_shell(mind4_binary() + " generate --checkpoint " + (dir / "export") +
+                          " --tokenizer auto --backend " + backend +
+                          " --max-new-tokens 4 --temperature 0 'the lord'"),
               0)
         << backend;
 }

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -36,6 +37,12 @@ class ScratchDir {
   }
   std::filesystem::path path_;
 };
+
+// The `mind4` command the tests drive: $MIND4_BINARY (set by ctest) or the build's own path.
+inline std::string mind4_binary() {
+  const char* env = std::getenv("MIND4_BINARY");
+  return env ? env : MIND4_BINARY;
+}
 
 inline void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

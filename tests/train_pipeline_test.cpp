@@ -226,14 +226,8 @@ TEST(TrainModel, ForwardMatchesInferenceEngine) {
   EXPECT_NEAR(lp.ce, ce, 1e-5 * ce);
 }
 
-std::string mind4_binary() {
-  const char* env = std::getenv("MIND4_BINARY");
-  return env ? env : MIND4_BINARY;
-}
-
-int pipeline_shell(const std::string& cmd) {
-  return std::system((cmd + " >/dev/null 2>&1").c_str());
-}
+using mind4::testing::mind4_binary;
+using mind4::testing::quiet_shell;
 
 std::vector<std::string> loss_lines(const std::string& metrics) {
   std::vector<std::string> out;
@@ -253,21 +247,9 @@ struct PipelineData {
   ScratchDir dir{"train_resume"};
   std::string tokenizer, data;
   PipelineData() {
-    std::string text;
-    std::mt19937 rng(9);
-    const char* words[] = {"and", "the",   "lord",   "said",  "unto", "him",  "behold", "light",
-                           "day", "night", "waters", "earth", "was",  "good", "god",    "made"};
-    for (int i = 0; i < 3000; ++i) text += std::string(words[rng() % 16]) + (i % 12 ? " " : ".\n");
-    write_file(dir / "corpus.txt", text);
-    tokenizer = dir / "vocab.tiktoken";
-    data = dir / "data";
-    EXPECT_EQ(pipeline_shell(mind4_binary() + " train-tokenizer --input " + (dir / "corpus.txt") +
-                             " --vocab-size 300 --out " + tokenizer),
-              0);
-    EXPECT_EQ(pipeline_shell("MIND4_NO_PROGRESS=1 " + mind4_binary() +
-                             " prepare-data --chunk-bytes 512 --input " + (dir / "corpus.txt") +
-                             " --tokenizer " + tokenizer + " --out " + data),
-              0);
+    const mind4::testing::TinyCorpus c = mind4::testing::make_tiny_corpus(dir.str());
+    EXPECT_EQ(c.status, 0);
+    tokenizer = c.tokenizer, data = c.data;
   }
 };
 
@@ -276,7 +258,7 @@ TEST(TrainResume, KilledRunResumesBitForBit) {
   const std::string a = d.dir / "ck_a", b = d.dir / "ck_b";
   write_file(d.dir / "a.yaml", pipeline_yaml(d.data, d.tokenizer, a, 300));
   write_file(d.dir / "b.yaml", pipeline_yaml(d.data, d.tokenizer, b, 300));
-  ASSERT_EQ(pipeline_shell(mind4_binary() + " train " + (d.dir / "a.yaml")), 0);
+  ASSERT_EQ(quiet_shell(mind4_binary() + " train " + (d.dir / "a.yaml")), 0);
 
   // Run b slowly, kill it with SIGKILL once it is past a checkpoint and mid-way, then resume.
   const pid_t pid = fork();
@@ -301,7 +283,7 @@ TEST(TrainResume, KilledRunResumesBitForBit) {
   waitpid(pid, &status, 0);
   ASSERT_TRUE(WIFSIGNALED(status)) << "the run ended before it was killed";
   EXPECT_FALSE(std::filesystem::exists(b + "/step_00000016"));
-  ASSERT_EQ(pipeline_shell(mind4_binary() + " train " + (d.dir / "b.yaml")), 0);
+  ASSERT_EQ(quiet_shell(mind4_binary() + " train " + (d.dir / "b.yaml")), 0);
 
   const auto la = loss_lines(a + "/metrics.jsonl"), lb = loss_lines(b + "/metrics.jsonl");
   ASSERT_EQ(la.size(), 16u + 4u);  // 16 steps, evaluations at 5, 10, 15, 16
@@ -388,10 +370,10 @@ TEST(TrainExport, MindTrainExportsMxfp4Experts) {
   write_file(d.dir / "mx.yaml", yaml);
   // --stop-after between checkpoint intervals (3) still leaves a checkpoint to resume from, and
   // nothing is exported before the last step.
-  ASSERT_EQ(pipeline_shell(mind4_binary() + " train --stop-after 2 " + (d.dir / "mx.yaml")), 0);
+  ASSERT_EQ(quiet_shell(mind4_binary() + " train --stop-after 2 " + (d.dir / "mx.yaml")), 0);
   EXPECT_EQ(read_file(d.dir / "ck/latest"), "step_00000002\n");
   EXPECT_FALSE(std::filesystem::exists(d.dir / "out"));
-  ASSERT_EQ(pipeline_shell(mind4_binary() + " train " + (d.dir / "mx.yaml")), 0);
+  ASSERT_EQ(quiet_shell(mind4_binary() + " train " + (d.dir / "mx.yaml")), 0);
   EXPECT_EQ(read_file(d.dir / "ck/latest"), "step_00000004\n");
   Config cfg;
   cfg.paths.checkpoint = d.dir / "out";

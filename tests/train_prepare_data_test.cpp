@@ -23,8 +23,7 @@ struct PdRun {
 };
 
 PdRun pd_run(const std::string& args) {
-  const char* env = std::getenv("MIND4_BINARY");
-  const std::string bin = env ? env : MIND4_BINARY;
+  const std::string bin = mind4::testing::mind4_binary();
   const std::string tok = std::string(MIND4_SOURCE_DIR) + "/models/default/tokenizer.tiktoken";
   PdRun r;
   FILE* p = popen(

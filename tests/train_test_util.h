@@ -4,10 +4,13 @@
 // path of run_training).
 #pragma once
 
+#include <cstdlib>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "io_test_util.h"
 
 namespace mind4::testing {
 
@@ -27,6 +30,36 @@ inline std::vector<float> random_normals(size_t n, std::mt19937_64& rng, double 
 
 inline std::vector<double> as_doubles(const std::vector<float>& v) {
   return std::vector<double>(v.begin(), v.end());
+}
+
+// Runs a shell command with its output discarded; returns its exit status.
+inline int quiet_shell(const std::string& cmd) {
+  return std::system((cmd + " >/dev/null 2>&1").c_str());
+}
+
+// A tiny corpus of Bible words in `dir`, with its 300-id vocabulary and token shards made by the
+// mind4 command itself (train-tokenizer, prepare-data). status is the exit status of the first
+// command that failed, 0 when both ran.
+struct TinyCorpus {
+  std::string tokenizer, data;
+  int status = 0;
+};
+inline TinyCorpus make_tiny_corpus(const std::string& dir) {
+  std::string text;
+  std::mt19937 rng(9);
+  const char* words[] = {"and", "the",   "lord",   "said",  "unto", "him",  "behold", "light",
+                         "day", "night", "waters", "earth", "was",  "good", "god",    "made"};
+  for (int i = 0; i < 3000; ++i) text += std::string(words[rng() % 16]) + (i % 12 ? " " : ".\n");
+  const std::string corpus = dir + "/corpus.txt";
+  write_file(corpus, text);
+  TinyCorpus c{dir + "/vocab.tiktoken", dir + "/data"};
+  c.status = quiet_shell(mind4_binary() + " train-tokenizer --input " + corpus +
+                         " --vocab-size 300 --out " + c.tokenizer);
+  if (c.status == 0)
+    c.status = quiet_shell("MIND4_NO_PROGRESS=1 " + mind4_binary() +
+                           " prepare-data --chunk-bytes 512 --input " + corpus + " --tokenizer " +
+                           c.tokenizer + " --out " + c.data);
+  return c;
 }
 
 // A complete train.yaml (every field is required) for the run.
