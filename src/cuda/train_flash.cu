@@ -22,6 +22,10 @@
 // second pass would recompute S and dP (two of the five products) for every tile pair, about 40%
 // more tensor work; the price is that dQ's additions come in a varying order (the last bits of
 // dq vary run to run, as the embedding gradient's already do).
+//
+// ptxas (sm_90a, nvcc 13.0): forward 158 registers (3 blocks of 4 warps an SM), backward 239 (2
+// blocks of 4 warps), no spills; a bound of 2 forward blocks of 8 warps or 3 backward blocks
+// spilled.
 #include <cmath>
 
 #include "cuda/mma.cuh"
