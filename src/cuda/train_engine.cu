@@ -10,11 +10,14 @@
 // one query tile at a time over only the keys that tile can see (causal: the keys up to its last
 // query; sliding window: the window before its first query), so masked blocks are mostly not
 // computed. The backward reuses each layer's probabilities when they fit (kKeepProbsBytes), else
-// recomputes them from the saved log-sum-exp.
+// recomputes them from the saved log-sum-exp. With MIND4_CUDA_TRAIN_FLASH=1 (bf16, head dimension
+// 64) attention runs instead as fused tensor-core tiles (train_flash.cu) on the packed qkv rows:
+// no scores in memory, no per-query-head copies of k and v.
 // Experts are grouped by moe_group and multiplied one expert at a time; the group offsets come back
 // to the host once per layer (the products' row counts), and the backward reuses them.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -45,8 +48,9 @@ constexpr int kExpertRowTile = 256;
 constexpr int64_t kKeepProbsBytes = int64_t(8) << 30;
 
 struct CudaTrainLayer {
-  DeviceBuffer xin, rstd1, t1, q, k, v, lse, attn, xmid, rstd2, t2, probs, topk_e, topk_w, offsets,
-      poffsets, group_row, group_expert, assign_at, xe, h, act, y, probs_kept;
+  // q, k, v: the cuBLAS route's head-major tensors; qkv: the fused route's packed rows.
+  DeviceBuffer xin, rstd1, t1, q, k, v, qkv, lse, attn, xmid, rstd2, t2, probs, topk_e, topk_w,
+      offsets, poffsets, group_row, group_expert, assign_at, xe, h, act, y, probs_kept;
   std::vector<int> host_offsets;   // [E + 1], from the forward
   std::vector<int> host_poffsets;  // [E + 1]: the padded segments (kExpertRowTile rows)
 };
@@ -77,7 +81,9 @@ class CudaTrainEngine final : public TrainEngine {
     return tiles;
   }
   void forward_layer(int l, float* xout);
+  void forward_attention_tiles(int l, int window, float scale);
   void backward_layer(int l, float grad_scale);
+  void backward_attention_tiles(int l, int window, float scale);
   // Weights as the GEMMs read them (the bf16 copy in bf16 mode) and fp32 views.
   const void* w(int64_t off) const {
     return bf16_ ? static_cast<const void*>(wbf_.data<uint16_t>() + off)
@@ -112,6 +118,8 @@ class CudaTrainEngine final : public TrainEngine {
   int A_max_;  // grouped rows with padding: A + E (kExpertRowTile - 1)
   int tile_;   // attention query tile
   bool keep_probs_;
+  bool flash_;              // fused attention (train_flash.cu)
+  std::string flash_note_;  // why the fused attention was asked for and does not run
   bool bf16_;
   ActType t_;
   int64_t step_ = 0;
@@ -126,6 +134,7 @@ class CudaTrainEngine final : public TrainEngine {
   DeviceBuffer qkvf_, glog_, hf_, scores_, pa_, oh_, active_;
   DeviceBuffer dx_, dxa_, dt_, dw_, dy_, dact_, dh_, dxe_, dglog_, dattn_, dOh_, delta_, sinkt_,
       dP_, dS_, dqh_, dkh_, dvh_, dqkv_, colsum_partial_, sumsq_;
+  DeviceBuffer dOb_, dqkvf_, flash_scratch_;  // the fused route's backward
   cuda::StepProfiler prof_;  // MIND4_CUDA_PROFILE=1: GPU time per phase of the step
   cuda::PinnedBuffer host_loss_, host_probsum_, host_sumsq_, host_offsets_;
 };
@@ -147,6 +156,14 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   t_ = bf16_ ? ActType::kBF16 : ActType::kF32;
   MIND4_CHECK(cfg.execution.dtype != ActivationDType::kFloat16, Status::kUnsupported, cfg.source,
               ": execution.dtype float16 is not a training dtype");
+  const char* flash_env = std::getenv("MIND4_CUDA_TRAIN_FLASH");
+  const bool flash_asked =
+      opts.flash == 1 || (opts.flash < 0 && flash_env && std::strcmp(flash_env, "1") == 0);
+  flash_ = flash_asked && cuda::train_flash_supported(t_, D_);
+  if (flash_asked && !flash_)
+    flash_note_ = std::string(", fused attention asked for but not built for ") +
+                  (bf16_ ? "head_dim " + std::to_string(D_) : std::string("float32")) +
+                  " (bfloat16 with head_dim 64 only): cuBLAS attention";
   cudaDeviceProp prop{};
   cuda::check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   device_name_ = prop.name;
@@ -185,15 +202,20 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   };
   int64_t probs_bytes = 0;
   for (int l = 0; l < L_; ++l) probs_bytes += probs_elems(l) * cuda::act_size(t_);
-  keep_probs_ = opts.keep_probs == 1 || (opts.keep_probs < 0 && probs_bytes <= kKeepProbsBytes);
+  keep_probs_ =
+      !flash_ && (opts.keep_probs == 1 || (opts.keep_probs < 0 && probs_bytes <= kKeepProbsBytes));
   layers_.resize(L_);
   for (auto& a : layers_) {
     a.xin = DeviceBuffer(NT * H_ * 4, "layer input");
     a.rstd1 = DeviceBuffer(NT * 4, "rstd");
     a.t1 = act(NT * H_, "attention norm output");
-    a.q = act(NT * NH_ * D_, "q");
-    a.k = act(NT * NH_ * D_, "k (per query head)");
-    a.v = act(NT * NH_ * D_, "v (per query head)");
+    if (flash_) {
+      a.qkv = act(NT * QKV_, "qkv (after bias and RoPE)");
+    } else {
+      a.q = act(NT * NH_ * D_, "q");
+      a.k = act(NT * NH_ * D_, "k (per query head)");
+      a.v = act(NT * NH_ * D_, "v (per query head)");
+    }
     a.lse = DeviceBuffer(NT * NH_ * 4, "attention lse");
     a.attn = act(NT * NH_ * D_, "attention output");
     a.xmid = DeviceBuffer(NT * H_ * 4, "residual after attention");
@@ -216,7 +238,8 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   }
   if (keep_probs_)
     for (int l = 0; l < L_; ++l) layers_[l].probs_kept = act(probs_elems(l), "attention P (kept)");
-  const int64_t scores = int64_t(B_) * NH_ * S_ * S_;
+  // The cuBLAS route's score tiles (none with the fused attention).
+  const int64_t scores = flash_ ? 0 : int64_t(B_) * NH_ * S_ * S_;
   xf_ = DeviceBuffer(NT * H_ * 4, "final residual");
   rstdf_ = DeviceBuffer(NT * 4, "rstd");
   tf_ = act(NT * H_, "final norm output");
@@ -229,7 +252,7 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   hf_ = act(AP * 2 * I_, "expert mlp1 output");
   scores_ = act(scores, "attention scores");
   pa_ = act(scores, "attention probabilities");
-  oh_ = act(NT * NH_ * D_, "attention output (head-major)");
+  if (!flash_) oh_ = act(NT * NH_ * D_, "attention output (head-major)");
   active_ = DeviceBuffer((E_ + 1) * 4, "active experts");
   dx_ = DeviceBuffer(NT * H_ * 4, "dx");
   dxa_ = act(NT * H_, "dx (act)");
@@ -240,15 +263,22 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   dh_ = act(AP * 2 * I_, "expert pre-activation gradients");
   dxe_ = act(AP * H_, "expert input gradients");
   dglog_ = act(NT * E_, "router logit gradients");
-  dattn_ = DeviceBuffer(NT * NH_ * D_ * 4, "attention output gradients");
-  dOh_ = act(NT * NH_ * D_, "attention output gradients (head-major)");
-  delta_ = DeviceBuffer(NT * NH_ * 4, "attention delta");
-  sinkt_ = DeviceBuffer(NT * NH_ * 4, "sink gradient terms");
-  dP_ = act(scores, "attention probability gradients");
-  dS_ = act(scores, "attention score gradients");
-  dqh_ = DeviceBuffer(NT * NH_ * D_ * 4, "dq");
-  dkh_ = DeviceBuffer(NT * NH_ * D_ * 4, "dk (per query head)");
-  dvh_ = DeviceBuffer(NT * NH_ * D_ * 4, "dv (per query head)");
+  if (flash_) {
+    dOb_ = act(NT * NH_ * D_, "attention output gradients (act)");
+    dqkvf_ = DeviceBuffer(NT * QKV_ * 4, "dqkv (f32, before RoPE's transpose)");
+    flash_scratch_ =
+        DeviceBuffer(cuda::train_flash_bwd_scratch_floats(B_, S_, NH_) * 4, "attention delta");
+  } else {
+    dattn_ = DeviceBuffer(NT * NH_ * D_ * 4, "attention output gradients");
+    dOh_ = act(NT * NH_ * D_, "attention output gradients (head-major)");
+    delta_ = DeviceBuffer(NT * NH_ * 4, "attention delta");
+    sinkt_ = DeviceBuffer(NT * NH_ * 4, "sink gradient terms");
+    dP_ = act(scores, "attention probability gradients");
+    dS_ = act(scores, "attention score gradients");
+    dqh_ = DeviceBuffer(NT * NH_ * D_ * 4, "dq");
+    dkh_ = DeviceBuffer(NT * NH_ * D_ * 4, "dk (per query head)");
+    dvh_ = DeviceBuffer(NT * NH_ * D_ * 4, "dv (per query head)");
+  }
   dqkv_ = act(NT * QKV_, "dqkv");
   const int widest = std::max({QKV_, 2 * I_, H_, E_, NH_ * D_});
   colsum_partial_ =
@@ -264,20 +294,11 @@ void CudaTrainEngine::zero_grads() {
   cuda::check(cudaMemsetAsync(g32_.data(), 0, g32_.bytes(), st()), "zero gradients");
 }
 
-void CudaTrainEngine::forward_layer(int l, float* xout) {
+// The cuBLAS route's forward attention core: per query tile, scores, softmax, P V.
+void CudaTrainEngine::forward_attention_tiles(int l, int window, float scale) {
   const LayerOffsets& o = layout_.layers[l];
   CudaTrainLayer& a = layers_[l];
-  const float eps = float(kRmsEps), scale = float(1.0 / std::sqrt(double(D_)));
-  // ---- attention
-  cuda::train_rmsnorm_fwd(t_, a.xin.data<float>(), nullptr, p(o.attn_norm), NT_, H_, eps,
-                          a.t1.data(), a.rstd1.data<float>(), st());
-  mm(NT_, QKV_, H_, a.t1.data(), H_, false, w(o.qkv_w), H_, true, 0.0f, qkvf_.data(), true, QKV_,
-     "qkv forward");
-  cuda::train_qkv_rope_fwd(t_, qkvf_.data<float>(), p(o.qkv_b), cos_.data<float>(),
-                           sin_.data<float>(), B_, S_, NH_, NKV_, D_, a.q.data(), a.k.data(),
-                           a.v.data(), st());
-  prof_.mark(st(), "fwd attn norm+qkv+rope");
-  const int BH = B_ * NH_, window = layer_window(c_, l);
+  const int BH = B_ * NH_;
   const int64_t sq = int64_t(S_) * D_;
   int64_t kept_at = 0;  // this tile's place in the layer's kept probabilities
   for (const cuda::AttnTile& tl : attn_tiles(window)) {
@@ -295,6 +316,31 @@ void CudaTrainEngine::forward_layer(int l, float* xout) {
                      at(oh_, int64_t(tl.q0) * D_), false, D_, sq, BH, "attention P V");
   }
   cuda::train_heads_to_rows(t_, oh_.data(), B_, NH_, S_, D_, a.attn.data(), st());
+}
+
+void CudaTrainEngine::forward_layer(int l, float* xout) {
+  const LayerOffsets& o = layout_.layers[l];
+  CudaTrainLayer& a = layers_[l];
+  const float eps = float(kRmsEps), scale = float(1.0 / std::sqrt(double(D_)));
+  // ---- attention
+  cuda::train_rmsnorm_fwd(t_, a.xin.data<float>(), nullptr, p(o.attn_norm), NT_, H_, eps,
+                          a.t1.data(), a.rstd1.data<float>(), st());
+  mm(NT_, QKV_, H_, a.t1.data(), H_, false, w(o.qkv_w), H_, true, 0.0f, qkvf_.data(), true, QKV_,
+     "qkv forward");
+  const int window = layer_window(c_, l);
+  if (flash_) {
+    cuda::train_qkv_rope_packed(t_, qkvf_.data<float>(), p(o.qkv_b), cos_.data<float>(),
+                                sin_.data<float>(), B_, S_, NH_, NKV_, D_, a.qkv.data(), st());
+    prof_.mark(st(), "fwd attn norm+qkv+rope");
+    cuda::train_flash_attention_fwd(t_, a.qkv.data(), p(o.sinks), B_, S_, NH_, NKV_, D_, window,
+                                    scale, a.attn.data(), a.lse.data<float>(), st());
+  } else {
+    cuda::train_qkv_rope_fwd(t_, qkvf_.data<float>(), p(o.qkv_b), cos_.data<float>(),
+                             sin_.data<float>(), B_, S_, NH_, NKV_, D_, a.q.data(), a.k.data(),
+                             a.v.data(), st());
+    prof_.mark(st(), "fwd attn norm+qkv+rope");
+    forward_attention_tiles(l, window, scale);
+  }
   prof_.mark(st(), "fwd attn core");
   cuda::check(
       cudaMemcpyAsync(a.xmid.data(), a.xin.data(), a.xin.bytes(), cudaMemcpyDeviceToDevice, st()),
@@ -353,6 +399,59 @@ void CudaTrainEngine::forward_layer(int l, float* xout) {
                               a.topk_e.data<int>(), a.assign_at.data<int>(), a.topk_w.data<float>(),
                               NT_, K_, H_, xout, st());
   prof_.mark(st(), "fwd experts+combine");
+}
+
+// The cuBLAS route's backward attention core (after the out projection's input gradient in
+// dattn_): delta and the sink gradient, then per query tile dP, dS (from the kept or recomputed
+// P), dq, dk, dv, and RoPE's transpose into dqkv_.
+void CudaTrainEngine::backward_attention_tiles(int l, int window, float scale) {
+  const LayerOffsets& o = layout_.layers[l];
+  CudaTrainLayer& a = layers_[l];
+  cuda::train_attn_bwd_prep(t_, dattn_.data<float>(), a.attn.data(), p(o.sinks),
+                            a.lse.data<float>(), B_, NH_, S_, D_, dOh_.data(), delta_.data<float>(),
+                            sinkt_.data<float>(), st());
+  cuda::train_sink_grad(sinkt_.data<float>(), B_, NH_, S_, g(o.sinks), st());
+  prof_.mark(st(), "bwd attn out");
+  const int BH = B_ * NH_;
+  const int64_t sq = int64_t(S_) * D_;
+  // dk and dv gather over the tiles whose keys overlap: zero, then accumulate.
+  cuda::check(cudaMemsetAsync(dkh_.data(), 0, dkh_.bytes(), st()), "zero dk");
+  cuda::check(cudaMemsetAsync(dvh_.data(), 0, dvh_.bytes(), st()), "zero dv");
+  int64_t kept_at = 0;
+  for (const cuda::AttnTile& tl : attn_tiles(window)) {
+    const int64_t ss = int64_t(tl.nq) * tl.nk;
+    const void* q = at(a.q, int64_t(tl.q0) * D_);
+    const void* dO = at(dOh_, int64_t(tl.q0) * D_);
+    const void* k = at(a.k, int64_t(tl.k0) * D_);
+    const void* v = at(a.v, int64_t(tl.k0) * D_);
+    cuda::train_gemm(blas_.get(), t_, tl.nq, tl.nk, D_, {dO, D_, sq, false}, {v, D_, sq, true},
+                     0.0f, dP_.data(), false, tl.nk, ss, BH, "attention dP");
+    const void* P = pa_.data();
+    if (keep_probs_) {
+      P = at(a.probs_kept, kept_at);
+      cuda::train_attn_dsoftmax(t_, P, dP_.data(), delta_.data<float>(), B_, NH_, S_, tl, scale,
+                                dS_.data(), st());
+    } else {
+      cuda::train_gemm(blas_.get(), t_, tl.nq, tl.nk, D_, {q, D_, sq, false}, {k, D_, sq, true},
+                       0.0f, scores_.data(), false, tl.nk, ss, BH, "attention scores (backward)");
+      cuda::train_attn_softmax_bwd(t_, scores_.data(), dP_.data(), a.lse.data<float>(),
+                                   delta_.data<float>(), B_, NH_, S_, tl, window, scale, pa_.data(),
+                                   dS_.data(), st());
+    }
+    kept_at += ss * BH;
+    cuda::train_gemm(blas_.get(), t_, tl.nq, D_, tl.nk, {dS_.data(), tl.nk, ss, false},
+                     {k, D_, sq, false}, 0.0f, dqh_.data<float>() + int64_t(tl.q0) * D_, true, D_,
+                     sq, BH, "attention dq");
+    cuda::train_gemm(blas_.get(), t_, tl.nk, D_, tl.nq, {dS_.data(), tl.nk, ss, true},
+                     {q, D_, sq, false}, 1.0f, dkh_.data<float>() + int64_t(tl.k0) * D_, true, D_,
+                     sq, BH, "attention dk");
+    cuda::train_gemm(blas_.get(), t_, tl.nk, D_, tl.nq, {P, tl.nk, ss, true}, {dO, D_, sq, false},
+                     1.0f, dvh_.data<float>() + int64_t(tl.k0) * D_, true, D_, sq, BH,
+                     "attention dv");
+  }
+  cuda::train_rope_bwd(t_, dqh_.data<float>(), dkh_.data<float>(), dvh_.data<float>(),
+                       cos_.data<float>(), sin_.data<float>(), B_, S_, NH_, NKV_, D_, dqkv_.data(),
+                       st());
 }
 
 void CudaTrainEngine::backward_layer(int l, float grad_scale) {
@@ -417,53 +516,23 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
   mm(H_, NH_ * D_, NT_, dxa, H_, true, a.attn.data(), NH_ * D_, false, 1.0f, g(o.out_w), true,
      NH_ * D_, "attention out weight gradient");
   colsum(ActType::kF32, dx, H_, NT_, H_, g(o.out_b));
-  mm(NT_, NH_ * D_, H_, dxa, H_, false, w(o.out_w), NH_ * D_, false, 0.0f, dattn_.data(), true,
-     NH_ * D_, "attention out input gradient");
-  cuda::train_attn_bwd_prep(t_, dattn_.data<float>(), a.attn.data(), p(o.sinks),
-                            a.lse.data<float>(), B_, NH_, S_, D_, dOh_.data(), delta_.data<float>(),
-                            sinkt_.data<float>(), st());
-  cuda::train_sink_grad(sinkt_.data<float>(), B_, NH_, S_, g(o.sinks), st());
-  prof_.mark(st(), "bwd attn out");
-  const int BH = B_ * NH_, window = layer_window(c_, l);
-  const int64_t sq = int64_t(S_) * D_;
-  // dk and dv gather over the tiles whose keys overlap: zero, then accumulate.
-  cuda::check(cudaMemsetAsync(dkh_.data(), 0, dkh_.bytes(), st()), "zero dk");
-  cuda::check(cudaMemsetAsync(dvh_.data(), 0, dvh_.bytes(), st()), "zero dv");
-  int64_t kept_at = 0;
-  for (const cuda::AttnTile& tl : attn_tiles(window)) {
-    const int64_t ss = int64_t(tl.nq) * tl.nk;
-    const void* q = at(a.q, int64_t(tl.q0) * D_);
-    const void* dO = at(dOh_, int64_t(tl.q0) * D_);
-    const void* k = at(a.k, int64_t(tl.k0) * D_);
-    const void* v = at(a.v, int64_t(tl.k0) * D_);
-    cuda::train_gemm(blas_.get(), t_, tl.nq, tl.nk, D_, {dO, D_, sq, false}, {v, D_, sq, true},
-                     0.0f, dP_.data(), false, tl.nk, ss, BH, "attention dP");
-    const void* P = pa_.data();
-    if (keep_probs_) {
-      P = at(a.probs_kept, kept_at);
-      cuda::train_attn_dsoftmax(t_, P, dP_.data(), delta_.data<float>(), B_, NH_, S_, tl, scale,
-                                dS_.data(), st());
-    } else {
-      cuda::train_gemm(blas_.get(), t_, tl.nq, tl.nk, D_, {q, D_, sq, false}, {k, D_, sq, true},
-                       0.0f, scores_.data(), false, tl.nk, ss, BH, "attention scores (backward)");
-      cuda::train_attn_softmax_bwd(t_, scores_.data(), dP_.data(), a.lse.data<float>(),
-                                   delta_.data<float>(), B_, NH_, S_, tl, window, scale, pa_.data(),
-                                   dS_.data(), st());
-    }
-    kept_at += ss * BH;
-    cuda::train_gemm(blas_.get(), t_, tl.nq, D_, tl.nk, {dS_.data(), tl.nk, ss, false},
-                     {k, D_, sq, false}, 0.0f, dqh_.data<float>() + int64_t(tl.q0) * D_, true, D_,
-                     sq, BH, "attention dq");
-    cuda::train_gemm(blas_.get(), t_, tl.nk, D_, tl.nq, {dS_.data(), tl.nk, ss, true},
-                     {q, D_, sq, false}, 1.0f, dkh_.data<float>() + int64_t(tl.k0) * D_, true, D_,
-                     sq, BH, "attention dk");
-    cuda::train_gemm(blas_.get(), t_, tl.nk, D_, tl.nq, {P, tl.nk, ss, true}, {dO, D_, sq, false},
-                     1.0f, dvh_.data<float>() + int64_t(tl.k0) * D_, true, D_, sq, BH,
-                     "attention dv");
+  const int window = layer_window(c_, l);
+  if (flash_) {
+    // The input gradient straight into act (rounded once, as autocast's product output).
+    mm(NT_, NH_ * D_, H_, dxa, H_, false, w(o.out_w), NH_ * D_, false, 0.0f, dOb_.data(), false,
+       NH_ * D_, "attention out input gradient");
+    prof_.mark(st(), "bwd attn out");
+    cuda::train_flash_attention_bwd(t_, a.qkv.data(), a.attn.data(), dOb_.data(),
+                                    a.lse.data<float>(), p(o.sinks), B_, S_, NH_, NKV_, D_, window,
+                                    scale, dqkvf_.data<float>(), g(o.sinks),
+                                    flash_scratch_.data<float>(), st());
+    cuda::train_rope_packed_bwd(t_, dqkvf_.data<float>(), cos_.data<float>(), sin_.data<float>(),
+                                B_, S_, NH_, NKV_, D_, dqkv_.data(), st());
+  } else {
+    mm(NT_, NH_ * D_, H_, dxa, H_, false, w(o.out_w), NH_ * D_, false, 0.0f, dattn_.data(), true,
+       NH_ * D_, "attention out input gradient");
+    backward_attention_tiles(l, window, scale);
   }
-  cuda::train_rope_bwd(t_, dqh_.data<float>(), dkh_.data<float>(), dvh_.data<float>(),
-                       cos_.data<float>(), sin_.data<float>(), B_, S_, NH_, NKV_, D_, dqkv_.data(),
-                       st());
   prof_.mark(st(), "bwd attn core");
   mm(QKV_, H_, NT_, dqkv_.data(), QKV_, true, a.t1.data(), H_, false, 1.0f, g(o.qkv_w), true, H_,
      "qkv weight gradient");
@@ -617,7 +686,10 @@ double CudaTrainEngine::peak_flops() {
 std::string CudaTrainEngine::describe() const {
   return "cuda (" + device_name_ + "), " +
          (bf16_ ? "bfloat16 compute, fp32 master weights" : "float32 (no TF32)") +
-         (keep_probs_ ? "" : ", attention probabilities recomputed in the backward");
+         (flash_        ? ", fused tensor-core attention"
+          : keep_probs_ ? ""
+                        : ", attention probabilities recomputed in the backward") +
+         flash_note_;
 }
 
 }  // namespace

@@ -85,6 +85,36 @@ void train_attn_dsoftmax(ActType t, const void* P, const void* dP, const float* 
 void train_sink_grad(const float* sink_terms, int B, int NH, int S, float* dsinks,
                      cudaStream_t stream);
 
+// ---- train_flash.cu: fused attention on tensor cores (bf16, head dimension 64; the cuBLAS
+// route above serves float32 and other head dimensions). Packed layout: qkv act [NT, QKV] holds
+// per row the NH query heads, then the NKV key heads, then the NKV value heads (train/ops.h's
+// AttnShape); lse and delta are f32 [NT, NH].
+bool train_flash_supported(ActType t, int D);
+// qkv f32 [NT, QKV] (the GEMM output) + bias -> RoPE on q and k -> out act [NT, QKV] packed.
+void train_qkv_rope_packed(ActType t, const float* qkv, const float* bias, const float* cos_table,
+                           const float* sin_table, int B, int S, int NH, int NKV, int D, void* out,
+                           cudaStream_t stream);
+// The transpose: dqkv f32 [NT, QKV] packed -> out act [NT, QKV], the rotation's transpose applied
+// to the q and k heads.
+void train_rope_packed_bwd(ActType t, const float* dqkv, const float* cos_table,
+                           const float* sin_table, int B, int S, int NH, int NKV, int D, void* out,
+                           cudaStream_t stream);
+// out act [NT, NH D] = attention of train/ops.h's attention_fwd (sink in the denominator with
+// value zero, causal, window = the last `window` keys when > 0, GQA), lse [NT, NH].
+void train_flash_attention_fwd(ActType t, const void* qkv, const float* sinks, int B, int S, int NH,
+                               int NKV, int D, int window, float scale, void* out, float* lse,
+                               cudaStream_t stream);
+// Floats of the backward's scratch: delta [NT, NH] and the sink reduction's partial sums.
+int64_t train_flash_bwd_scratch_floats(int B, int S, int NH);
+// Gradients of train_flash_attention_fwd from dout act [NT, NH D] and the forward's out and lse:
+// dqkv f32 [NT, QKV] packed (written whole: dq, and dk, dv summed over each group's heads), and
+// dsinks [NH] -= sum over rows of exp(sink - lse) dout . out (in a fixed order). dq is summed with
+// atomics, so its last bits vary from run to run.
+void train_flash_attention_bwd(ActType t, const void* qkv, const void* out, const void* dout,
+                               const float* lse, const float* sinks, int B, int S, int NH, int NKV,
+                               int D, int window, float scale, float* dqkv, float* dsinks,
+                               float* scratch, cudaStream_t stream);
+
 // ---- train_moe.cu
 // Router: logits [NT, E] + bias -> experts int [NT, K] (largest first, ties: lower index),
 // weights [NT, K] = softmax over them, probs [NT, E] = softmax over all E. E <= 256.

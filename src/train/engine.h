@@ -60,6 +60,10 @@ std::unique_ptr<TrainEngine> make_cpu_train_engine(const TrainConfig& config,
 struct CudaTrainOptions {
   int attn_tile = 0;    // queries per attention tile (0 = 256; tests use small tiles)
   int keep_probs = -1;  // keep attention P for the backward: 1 yes, 0 recompute, -1 when it fits
+  // Fused tensor-core attention (src/cuda/train_flash.cu) in bf16 mode with head dimension 64:
+  // 1 on, 0 off, -1 as MIND4_CUDA_TRAIN_FLASH says ("1" = on; off by default until measured).
+  // Elsewhere (float32, other head dimensions) the cuBLAS route runs and describe() says why.
+  int flash = -1;
 };
 std::unique_ptr<TrainEngine> make_cuda_train_engine(const TrainConfig& config,
                                                     const ParamLayout& layout,
