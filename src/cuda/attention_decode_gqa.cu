@@ -178,24 +178,32 @@ __global__ void __launch_bounds__(kGqaMaxWarps * 32)
     }
     __syncwarp();
 
-    // Values: lane owns dims 2 lane + 64 i (i < DR) of every head.
-#pragma unroll 4
-    for (int j = 0; j < kGqaTileKeys; ++j) {
-      const int row = j * D, swj = swizzle(j);
-      float2 v[DR];
+    // Values: lane owns dims 2 lane + 64 i (i < DR) of every head; four keys at a time, so that
+    // each head's four probabilities come in one broadcast load.
+#pragma unroll 2
+    for (int j0 = 0; j0 < kGqaTileKeys; j0 += 4) {
+      float2 v[4][DR];
 #pragma unroll
-      for (int i = 0; i < DR; ++i) {
-        const int d = 2 * lane + 64 * i;
-        v[i] = d < D ? load2(vt + row + ((d / EPU) ^ swj) * EPU + d % EPU) : make_float2(0, 0);
+      for (int jj = 0; jj < 4; ++jj) {
+        const int j = j0 + jj, swj = swizzle(j);
+#pragma unroll
+        for (int i = 0; i < DR; ++i) {
+          const int d = 2 * lane + 64 * i;
+          v[jj][i] = d < D ? load2(vt + j * D + ((d / EPU) ^ swj) * EPU + d % EPU)
+                           : make_float2(0.0f, 0.0f);
+        }
       }
 #pragma unroll
       for (int h = 0; h < GM; ++h) {
-        const float pr = p_s[h * kGqaTileKeys + j];
+        const float4 p4 = *reinterpret_cast<const float4*>(p_s + h * kGqaTileKeys + j0);
+        const float pj[4] = {p4.x, p4.y, p4.z, p4.w};
 #pragma unroll
-        for (int i = 0; i < DR; ++i) {
-          acc[h][2 * i] += pr * v[i].x;
-          acc[h][2 * i + 1] += pr * v[i].y;
-        }
+        for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+          for (int i = 0; i < DR; ++i) {
+            acc[h][2 * i] += pj[jj] * v[jj][i].x;
+            acc[h][2 * i + 1] += pj[jj] * v[jj][i].y;
+          }
       }
     }
     __syncwarp();  // the next iteration's copies overwrite this stage and p_s
