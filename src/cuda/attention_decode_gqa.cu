@@ -100,7 +100,10 @@ __global__ void __launch_bounds__(kGqaMaxWarps * 32)
 
   const int p = pos[r];
   const int first = window > 0 ? max(0, p - window + 1) : 0;
-  const int n = p - first + 1, chunk = (n + splits - 1) / splits;
+  // Chunks of at least one tile per warp: `splits` is sized for the longest context the cache
+  // holds (a graph replays it at every position), and a short row then leaves the last splits
+  // empty (they exit at once) instead of spreading a few keys over many blocks.
+  const int n = p - first + 1, chunk = max((n + splits - 1) / splits, kGqaTileKeys * warps);
   const int begin = first + blockIdx.y * chunk, end = min(p + 1, begin + chunk);
   const int64_t width = int64_t(NKV) * D;
   const T* kbase = kc + int64_t(slot[r]) * positions * width + int64_t(kvh) * D;
