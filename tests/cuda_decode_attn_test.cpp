@@ -192,8 +192,9 @@ TEST(CudaDecodeAttnSplits, FillTheGpuWithinTheBuffer) {
         EXPECT_LE(s, cap);
         EXPECT_LE(s, std::max(1, (keys + 127) / 128)) << B << " " << keys;
         // The split is below its bound only when the GPU already has 2 waves of blocks or more.
-        if (s < std::min(cap, (keys + 127) / 128))
+        if (s < std::min(cap, (keys + 127) / 128)) {
           EXPECT_GE(B * 8 * s, 2 * 132) << B << " " << keys << " " << cap;
+        }
       }
   EXPECT_EQ(cuda::attention_decode_gqa_splits(1, 8, 4096, 64), 32);
   EXPECT_GE(64 * 8 * cuda::attention_decode_gqa_splits(64, 8, 4096, 64), 2 * 3 * 132);
