@@ -93,8 +93,12 @@ struct CudaDecodeAttnTest : ::testing::TestWithParam<ActType>, RandomInputs {
       const double e = rel_error(got, want);
       if (!(e <= worst)) worst = e, worst_row = r;  // NaN and infinity count as worst
     }
-    EXPECT_LT(worst, tol(t)) << what << " (worst row " << worst_row << ", position "
-                             << (worst_row >= 0 ? c.pos[worst_row] : -1) << ")";
+    // The f32 reference sums its softmax denominator and outputs in float, one key after the
+    // other: its own error grows like sqrt(keys) (about 3e-6 at 4096 keys), hence the bound.
+    const double bound =
+        t == ActType::kF32 ? 1e-5 * std::max(1.0, std::sqrt(max_keys / 512.0)) : tol(t);
+    EXPECT_LT(worst, bound) << what << " (worst row " << worst_row << ", position "
+                            << (worst_row >= 0 ? c.pos[worst_row] : -1) << ")";
   }
 };
 
