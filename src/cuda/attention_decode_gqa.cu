@@ -13,10 +13,11 @@
 //           reading the probabilities as broadcasts.
 // At the end the block's warps are merged in shared memory; with one split the sink joins and the
 // output is written, otherwise the (max, sum, acc) of each head goes to the partial buffer and a
-// second kernel combines the splits. CUDA cores, not tensor cores: per byte of K and V the kernel
-// does G / 2 = 4 multiply-adds per bf16 element read, about 4 FMA per byte, which an H100 can issue
-// at about 30 TFMA/s against 3.35 TB/s of memory (about 40% of the issue budget at full
-// bandwidth); and the f32 mode must stay exact, which tf32 tensor cores would not be.
+// second kernel combines the splits. CUDA cores, not tensor cores: each K or V element read feeds
+// G = 8 multiply-adds (gpt-oss), 4 per byte in bf16; at 3.35 TB/s that is about 13 T FMA/s, under
+// half of what an H100's FP32 lanes issue (about 30 T/s), so the kernel should stay memory-bound;
+// and the f32 mode must stay exact, which tf32 tensor cores would not be. Query heads per KV head
+// are rounded up to 1 or 8 at compile time (GM); heads past G compute on zeros, unwritten.
 #include <algorithm>
 #include <cmath>
 
