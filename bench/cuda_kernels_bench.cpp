@@ -93,8 +93,10 @@ void BM_CudaExpertRoutePrefill(benchmark::State& state) {
 BENCHMARK(BM_CudaExpertRoutePrefill)->Arg(2048)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 // Attention decode: B sequences, one query row each, over `keys` cached positions (full
-// attention, flash-decoding splits as the backend picks them). Bytes: the K and V rows read.
-void BM_CudaAttentionDecode(benchmark::State& state) {
+// attention, flash-decoding splits as the backend picks them). Bytes: the K and V rows read once
+// (the per-head kernel reads them once per query head, mostly from L2). `grouped` picks the kernel
+// that reads each KV head once for its whole group (attention_decode_gqa.cu).
+void attention_decode_bench(benchmark::State& state, bool grouped) {
   if (!cb::gpu_present(state)) return;
   const int B = int(state.range(0)), keys = int(state.range(1));
   const int QKV = (kCbNH + 2 * kCbNKV) * kCbD;
@@ -106,23 +108,43 @@ void BM_CudaAttentionDecode(benchmark::State& state) {
   std::vector<int> pos(B, keys - 1), slot(B);
   for (int b = 0; b < B; ++b) slot[b] = b;
   auto d_pos = cb::upload(pos), d_slot = cb::upload(slot);
-  const int splits = mind4::cuda::attention_splits(B, kCbNH, keys, 64);
+  const int splits = grouped ? mind4::cuda::attention_decode_gqa_splits(B, kCbNKV, keys, 64)
+                             : mind4::cuda::attention_splits(B, kCbNH, keys, 64);
   DeviceBuffer partial(size_t(B) * kCbNH * splits * (kCbD + 2) * 4),
       out(size_t(B) * kCbNH * kCbD * 2);
   const mind4::cuda::KvLayer kv{k.data(), v.data(), keys};
+  auto* attention = grouped ? &mind4::cuda::attention_decode_gqa : &mind4::cuda::attention;
   cb::time_launches(state, 20, [&] {
-    mind4::cuda::attention(ActType::kBF16, qkv.data(), kCbNH, kCbNKV, kCbD, kv, d_pos.data<int>(),
-                           d_slot.data<int>(), sinks.data<float>(), B, 0, 0.125f, splits,
-                           partial.data<float>(), out.data(), nullptr);
+    attention(ActType::kBF16, qkv.data(), kCbNH, kCbNKV, kCbD, kv, d_pos.data<int>(),
+              d_slot.data<int>(), sinks.data<float>(), B, 0, 0.125f, splits, partial.data<float>(),
+              out.data(), nullptr);
   });
   state.counters["bytes_per_second"] =
       benchmark::Counter(2.0 * double(cache) * 2, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["splits"] = splits;
 }
+
+void BM_CudaAttentionDecode(benchmark::State& state) {
+  attention_decode_bench(state, false);
+}
 BENCHMARK(BM_CudaAttentionDecode)
     ->Args({1, 4096})
     ->Args({16, 4096})
     ->Args({64, 4096})
+    ->Args({1, 128})
+    ->Args({64, 128})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+void BM_CudaAttentionDecodeGqa(benchmark::State& state) {
+  attention_decode_bench(state, true);
+}
+BENCHMARK(BM_CudaAttentionDecodeGqa)
+    ->Args({1, 4096})
+    ->Args({16, 4096})
+    ->Args({64, 4096})
+    ->Args({1, 128})
+    ->Args({64, 128})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 

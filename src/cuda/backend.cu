@@ -138,6 +138,12 @@ class CudaBackend final : public StepBackend {
     // on an H100 they made decode at batch 1 slower (docs/perf-notes.md, v6).
     const char* pd = std::getenv("MIND4_CUDA_PDL");
     pdl_decode_ = pd && std::string(pd) == "1";
+    // Decode attention: one pass over each KV head for all its query heads
+    // (attention_decode_gqa.cu) where the shape allows; MIND4_CUDA_DECODE_ATTN=old keeps the
+    // per-query-head kernel of attention.cu (for comparisons).
+    const char* da = std::getenv("MIND4_CUDA_DECODE_ATTN");
+    gqa_decode_ = !(da && std::string(da) == "old") &&
+                  cuda::attention_decode_gqa_supported(int(NH), int(NKV), int(D));
     router_done_ = dev(4, "cudaMalloc (router counter)");
     // Zeroed on the step stream, ahead of every kernel that uses it.
     cuda::check(cudaMemsetAsync(router_done_.data(), 0, 4, stream_.get()),
@@ -407,13 +413,17 @@ class CudaBackend final : public StepBackend {
       const bool windowed = window > 0;
       const int max_keys = windowed ? std::min(c_.sliding_window, positions_) : positions_;
       const int cap = int(std::min<int64_t>(64, partial_capacity_ / (int64_t(B) * NH * (D + 2))));
-      const int splits = cuda::attention_splits(B, NH, max_keys, cap);
+      const int splits = gqa_decode_ ? cuda::attention_decode_gqa_splits(B, NKV, max_keys, cap)
+                                     : cuda::attention_splits(B, NH, max_keys, cap);
       if (tensor_route && run_slot >= 0 && flash_prefill_)
         cuda::attention_prefill_flash(act_, qkv_.data(), NH, NKV, D, kv, run_slot, pos0, lw.sinks,
                                       B, window, scale, attn_.data(), s);
       else if (tensor_route && run_slot >= 0 && int64_t(NH) * B * (pos0 + B) <= score_floats_)
         cuda::attention_prefill(blas, act_, qkv_.data(), NH, NKV, D, kv, run_slot, pos0, lw.sinks,
                                 B, window, scale, scores_.data<float>(), attn_.data(), s);
+      else if (gqa_decode_)
+        cuda::attention_decode_gqa(act_, qkv_.data(), NH, NKV, D, kv, pos, slot, lw.sinks, B,
+                                   window, scale, splits, partial_.data<float>(), attn_.data(), s);
       else
         cuda::attention(act_, qkv_.data(), NH, NKV, D, kv, pos, slot, lw.sinks, B, window, scale,
                         splits, partial_.data<float>(), attn_.data(), s);
@@ -549,7 +559,7 @@ class CudaBackend final : public StepBackend {
   const ActType act_;
   int positions_ = 0, max_rows_ = 0, max_logit_rows_ = 0, max_slots_ = 0;
   bool to_host_ = true;
-  bool fused_decode_ = true, pdl_decode_ = false;
+  bool fused_decode_ = true, pdl_decode_ = false, gqa_decode_ = false;
   int64_t kv_layer_elems_ = 0, sin_offset_ = 0, partial_capacity_ = 0, score_floats_ = 0;
   int prefill_min_rows_ = kPrefillMinRows;
   cuda::Stream stream_;

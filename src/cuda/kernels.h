@@ -78,6 +78,18 @@ void attention_prefill_flash(ActType t, const void* qkv, int NH, int NKV, int D,
 // Splits that keep the GPU busy for B rows over keys of up to max_keys, given the partial
 // buffer's capacity in splits.
 int attention_splits(int B, int NH, int max_keys, int max_splits);
+// ---- attention_decode_gqa.cu: the same as attention() (same arguments, same partial buffer
+// size B * NH * splits * (D + 2) floats), but one block per (row, KV head, key split) reads each
+// KV head's keys and values once for all its query heads. Serves NH / NKV <= 8 and D a power of
+// two in [16, 128] (attention_decode_gqa_supported); the backend uses attention() otherwise, and
+// with MIND4_CUDA_DECODE_ATTN=old.
+bool attention_decode_gqa_supported(int NH, int NKV, int D);
+void attention_decode_gqa(ActType t, const void* qkv, int NH, int NKV, int D, KvLayer kv,
+                          const int* pos, const int* slot, const float* sinks, int B, int window,
+                          float scale, int splits, float* partial, void* out, cudaStream_t stream);
+// Splits for attention_decode_gqa: B * NKV * splits blocks fill an H100 for B rows over keys of up
+// to max_keys, given the partial buffer's capacity in splits.
+int attention_decode_gqa_splits(int B, int NKV, int max_keys, int max_splits);
 
 // ---- router.cu: per row, logits f32 [B, E] + bias -> the K largest (ties: lower index) ->
 // softmax over them: experts int [B, K], weights f32 [B, K], largest first. E <= 256.

@@ -1,0 +1,369 @@
+// Decode attention that reads each KV head's keys and values once for all G = NH / NKV query
+// heads of its group (the kernel in attention.cu gives every query head its own pass, so gpt-oss
+// reads each cache row 8 times). One block per (row, KV head, key split); each warp of the block
+// takes every warps-th tile of 32 keys of the split, copies the tile's K and V rows into its own
+// shared memory with 16-byte cp.async (double-buffered: the next tile is in flight while this one
+// is computed), and then:
+//   scores: lane j owns key j of the tile and computes its dot product with all G query heads
+//           (q of the group in shared memory, read as broadcasts), so a K element is converted
+//           once and used G times;
+//   softmax: per head a warp maximum; each lane keeps its own running sum (one warp sum at the
+//           end), in base 2 (q is prescaled by log2(e));
+//   values: lane l owns dims 2l, 2l+1 (+64) of every head and accumulates the tile's 32 keys,
+//           reading the probabilities as broadcasts.
+// At the end the block's warps are merged in shared memory; with one split the sink joins and the
+// output is written, otherwise the (max, sum, acc) of each head goes to the partial buffer and a
+// second kernel combines the splits. CUDA cores, not tensor cores: each K or V element read feeds
+// G = 8 multiply-adds (gpt-oss), 4 per byte in bf16; at 3.35 TB/s that is about 13 T FMA/s, under
+// half of what an H100's FP32 lanes issue (about 30 T/s), so the kernel should stay memory-bound;
+// and the f32 mode must stay exact, which tf32 tensor cores would not be. Query heads per KV head
+// are rounded up to 1 or 8 at compile time (GM); heads past G compute on zeros, unwritten.
+#include <algorithm>
+#include <cmath>
+
+#include "cuda/device_util.cuh"
+#include "cuda/mma.cuh"
+#include "cuda/pdl.cuh"
+
+namespace mind4::cuda {
+namespace {
+
+constexpr int kGqaTileKeys = 32;  // keys per warp tile: one per lane
+constexpr int kGqaMaxWarps = 4;
+constexpr int kGqaStages = 2;
+constexpr float kLog2e = 1.4426950408889634f;
+// Shared memory a block may use; smaller than any sm_80+ opt-in limit, so that f32 at D = 128
+// takes 2 warps rather than failing.
+constexpr size_t kGqaSmemBudget = 160 * 1024;
+
+__device__ __forceinline__ float gqa_exp2(float x) {  // 2^x; 2^-inf = 0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Eight or four floats from one 16-byte unit of the tile.
+__device__ __forceinline__ void unit_to_f32(const float* p, float (&f)[8]) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+}
+__device__ __forceinline__ void unit_to_f32(const __nv_bfloat16* p, float (&f)[8]) {
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+// Row j of a tile holds U 16-byte units; unit c is stored at c ^ swz(j), so that the 8 lanes of a
+// quarter warp reading the same unit of 8 consecutive rows (the scores) hit 8 different bank
+// groups. U is a power of two; max(1, 8 / U) consecutive rows share one 128-byte bank line, so
+// swz(j) = (j >> log2(8 / U)) & (U - 1) below 8 units, j & 7 from 8 units on.
+struct GqaSwizzle {
+  int shift, mask;
+  __device__ int operator()(int j) const { return (j >> shift) & mask; }
+};
+__device__ __forceinline__ GqaSwizzle gqa_swizzle_for(int U) {
+  return U >= 8 ? GqaSwizzle{0, 7} : GqaSwizzle{__popc(8 / U - 1), U - 1};
+}
+
+// GM: query heads per KV head rounded up (1 or 8; heads >= G are zero and not written).
+// DR: rounds of 64 dims per lane in the value product (1 for D <= 64, 2 for D <= 128).
+template <typename T, int GM, int DR>
+__global__ void __launch_bounds__(kGqaMaxWarps * 32)
+    attention_decode_gqa_kernel(const T* __restrict__ qkv, int NH, int NKV, int D,
+                                const T* __restrict__ kc, const T* __restrict__ vc, int positions,
+                                const int* __restrict__ pos, const int* __restrict__ slot,
+                                const float* __restrict__ sinks, int window, float scale,
+                                int splits, float* __restrict__ partial, T* __restrict__ out) {
+  constexpr int EPU = 16 / int(sizeof(T));  // elements per 16-byte unit
+  extern __shared__ __align__(16) unsigned char gqa_smem[];
+  pdl_trigger();
+  pdl_wait();
+  const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r = blockIdx.x / NKV, kvh = blockIdx.x % NKV, G = NH / NKV;
+  const int U = D / EPU, log2_u = __popc(U - 1);  // 16-byte units per row (a power of two)
+  const GqaSwizzle swizzle = gqa_swizzle_for(U);
+  const int tile_elems = kGqaTileKeys * D;               // one K (or V) tile
+  float* q_s = reinterpret_cast<float*>(gqa_smem);       // [GM][D], prescaled
+  float* p_s = q_s + GM * D + warp * GM * kGqaTileKeys;  // [GM][32] of this warp
+  T* tiles = reinterpret_cast<T*>(q_s + GM * D + warps * GM * kGqaTileKeys) +
+             int64_t(warp) * kGqaStages * 2 * tile_elems;  // [stage][K, V][32][D] of this warp
+
+  const int QKV = (NH + 2 * NKV) * D;
+  const T* qrow = qkv + int64_t(r) * QKV + int64_t(kvh) * G * D;
+  for (int i = threadIdx.x; i < GM * D; i += blockDim.x) {
+    const int h = i / D;
+    q_s[i] = h < G ? to_f32(qrow[i]) * (scale * kLog2e) : 0.0f;
+  }
+
+  const int p = pos[r];
+  const int first = window > 0 ? max(0, p - window + 1) : 0;
+  // Chunks of at least one tile per warp: `splits` is sized for the longest context the cache
+  // holds (a graph replays it at every position), and a short row then leaves the last splits
+  // empty (they exit at once) instead of spreading a few keys over many blocks.
+  const int n = p - first + 1, chunk = max((n + splits - 1) / splits, kGqaTileKeys * warps);
+  const int begin = first + blockIdx.y * chunk, end = min(p + 1, begin + chunk);
+  const int64_t width = int64_t(NKV) * D;
+  const T* kbase = kc + int64_t(slot[r]) * positions * width + int64_t(kvh) * D;
+  const T* vbase = vc + int64_t(slot[r]) * positions * width + int64_t(kvh) * D;
+  const int tiles_total = end > begin ? (end - begin + kGqaTileKeys - 1) / kGqaTileKeys : 0;
+
+  // Tile t of the split (keys begin + 32 t ...) into stage s; rows past `end` are zero-filled, so
+  // that a probability of 0 never meets stale (possibly non-finite) shared memory.
+  auto load_tile = [&](int t, int s) {
+    const int k0 = begin + t * kGqaTileKeys;
+    T* kt = tiles + s * 2 * tile_elems;
+    T* vt = kt + tile_elems;
+    for (int u = lane; u < kGqaTileKeys * U; u += 32) {
+      const int j = u >> log2_u, c = u & (U - 1), key = k0 + j;
+      const int bytes = key < end ? 16 : 0;
+      const int64_t src = int64_t(bytes ? key : k0) * width + c * EPU;
+      const int dst = j * D + (c ^ swizzle(j)) * EPU;
+      cp_async16(kt + dst, kbase + src, bytes);
+      cp_async16(vt + dst, vbase + src, bytes);
+    }
+  };
+
+  float m[GM], l[GM], acc[GM][2 * DR];
+#pragma unroll
+  for (int h = 0; h < GM; ++h) {
+    m[h] = -INFINITY, l[h] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 2 * DR; ++i) acc[h][i] = 0.0f;
+  }
+  __syncthreads();  // q_s complete
+
+  int stage = 0;
+  if (warp < tiles_total) load_tile(warp, 0);
+  cp_async_commit();
+  for (int t = warp; t < tiles_total; t += warps, stage ^= 1) {
+    if (t + warps < tiles_total) load_tile(t + warps, stage ^ 1);
+    cp_async_commit();  // possibly empty: the wait below always leaves one group in flight
+    cp_async_wait<1>();
+    __syncwarp();
+    const T* kt = tiles + stage * 2 * tile_elems;
+    const T* vt = kt + tile_elems;
+
+    // Scores of key `lane` against the GM heads.
+    float s[GM];
+#pragma unroll
+    for (int h = 0; h < GM; ++h) s[h] = 0.0f;
+    const int sw = swizzle(lane);
+    for (int c = 0; c < U; ++c) {
+      float kf[8];
+      unit_to_f32(kt + lane * D + (c ^ sw) * EPU, kf);
+#pragma unroll
+      for (int h = 0; h < GM; ++h) {
+        const float* qh = q_s + h * D + c * EPU;
+#pragma unroll
+        for (int e = 0; e < EPU; e += 4) {
+          const float4 q4 = *reinterpret_cast<const float4*>(qh + e);
+          s[h] += q4.x * kf[e] + q4.y * kf[e + 1] + q4.z * kf[e + 2] + q4.w * kf[e + 3];
+        }
+      }
+    }
+
+    // Online softmax (base 2). The tile has at least one key below `end`, so m_new is finite.
+    const bool valid = begin + t * kGqaTileKeys + lane < end;
+#pragma unroll
+    for (int h = 0; h < GM; ++h) {
+      const float sv = valid ? s[h] : -INFINITY;
+      const float m_new = fmaxf(m[h], warp_max(sv));
+      const float corr = gqa_exp2(m[h] - m_new);  // m = -inf on the first tile: 0
+      const float pr = gqa_exp2(sv - m_new);
+      l[h] = l[h] * corr + pr;
+      m[h] = m_new;
+      p_s[h * kGqaTileKeys + lane] = pr;
+#pragma unroll
+      for (int i = 0; i < 2 * DR; ++i) acc[h][i] *= corr;
+    }
+    __syncwarp();
+
+    // Values: lane owns dims 2 lane + 64 i (i < DR) of every head; four keys at a time, so that
+    // each head's four probabilities come in one broadcast load.
+#pragma unroll 2
+    for (int j0 = 0; j0 < kGqaTileKeys; j0 += 4) {
+      float2 v[4][DR];
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const int j = j0 + jj, swj = swizzle(j);
+#pragma unroll
+        for (int i = 0; i < DR; ++i) {
+          const int d = 2 * lane + 64 * i;
+          v[jj][i] = d < D ? load2(vt + j * D + ((d / EPU) ^ swj) * EPU + d % EPU)
+                           : make_float2(0.0f, 0.0f);
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < GM; ++h) {
+        const float4 p4 = *reinterpret_cast<const float4*>(p_s + h * kGqaTileKeys + j0);
+        const float pj[4] = {p4.x, p4.y, p4.z, p4.w};
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+          for (int i = 0; i < DR; ++i) {
+            acc[h][2 * i] += pj[jj] * v[jj][i].x;
+            acc[h][2 * i + 1] += pj[jj] * v[jj][i].y;
+          }
+      }
+    }
+    __syncwarp();  // the next iteration's copies overwrite this stage and p_s
+  }
+  cp_async_wait<0>();
+
+  // Merge the warps: each writes (m, l, acc) of its heads over its own tile memory, which no copy
+  // targets any more.
+  float* comb = reinterpret_cast<float*>(tiles);  // [GM][D + 2] of this warp
+  __syncwarp();
+#pragma unroll
+  for (int h = 0; h < GM; ++h) {
+    const float lsum = warp_sum(l[h]);
+    if (lane == 0) comb[h * (D + 2)] = m[h], comb[h * (D + 2) + 1] = lsum;
+#pragma unroll
+    for (int i = 0; i < DR; ++i) {
+      const int d = 2 * lane + 64 * i;
+      if (d < D)
+        comb[h * (D + 2) + 2 + d] = acc[h][2 * i], comb[h * (D + 2) + 3 + d] = acc[h][2 * i + 1];
+    }
+  }
+  __syncthreads();
+  const int64_t warp_stride = int64_t(kGqaStages) * 2 * tile_elems * int(sizeof(T)) / 4;  // floats
+  const float* comb0 = reinterpret_cast<const float*>(
+      reinterpret_cast<T*>(q_s + GM * D + warps * GM * kGqaTileKeys));
+  for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+    const int h = i / D, d = i % D, head = kvh * G + h;
+    float M = -INFINITY;
+    for (int w = 0; w < warps; ++w) M = fmaxf(M, comb0[w * warp_stride + h * (D + 2)]);
+    float L = 0.0f, a = 0.0f;
+    for (int w = 0; w < warps; ++w) {
+      const float* cw = comb0 + w * warp_stride + h * (D + 2);
+      const float f = cw[0] == -INFINITY ? 0.0f : gqa_exp2(cw[0] - M);
+      L += cw[1] * f;
+      a += cw[2 + d] * f;
+    }
+    if (splits == 1) {  // every row has at least one key, so M is finite
+      const float sink = sinks[head] * kLog2e, Ms = fmaxf(M, sink);
+      const float e = gqa_exp2(M - Ms);
+      out[int64_t(r) * NH * D + int64_t(head) * D + d] =
+          from_f32<T>(a * e / (L * e + gqa_exp2(sink - Ms)));
+    } else {  // M = -inf when the split holds no key of this row: combined with weight 0
+      float* part = partial + ((int64_t(r) * NH + head) * splits + blockIdx.y) * (D + 2);
+      if (d == 0) part[0] = M, part[1] = L;
+      part[2 + d] = a;
+    }
+  }
+}
+
+// The splits of one (row, head): max and sums in base 2, the sink joins here.
+template <typename T>
+__global__ void attention_decode_gqa_combine_kernel(const float* __restrict__ partial,
+                                                    int64_t total, int NH, int D, int splits,
+                                                    const float* __restrict__ sinks,
+                                                    T* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t i = int64_t(blockIdx.x) * (blockDim.x >> 5) + warp;  // r * NH + h
+  if (i >= total) return;
+  const float* part = partial + i * splits * (D + 2);
+  const float sink = sinks[int(i % NH)] * kLog2e;
+  float M = sink;
+  for (int c = lane; c < splits; c += 32) M = fmaxf(M, part[c * (D + 2)]);
+  M = warp_max(M);
+  float L = 0.0f;
+  for (int c = lane; c < splits; c += 32)
+    L += part[c * (D + 2) + 1] * gqa_exp2(part[c * (D + 2)] - M);
+  const float inv = 1.0f / (warp_sum(L) + gqa_exp2(sink - M));
+  for (int d = lane; d < D; d += 32) {
+    float a = 0.0f;
+    for (int c = 0; c < splits; ++c)
+      a += part[c * (D + 2) + 2 + d] * gqa_exp2(part[c * (D + 2)] - M);
+    out[i * D + d] = from_f32<T>(a * inv);
+  }
+}
+
+size_t gqa_smem_bytes(int GM, int D, int es, int warps) {
+  return size_t(GM) * D * 4 + size_t(warps) * (size_t(GM) * kGqaTileKeys * 4 +
+                                               size_t(kGqaStages) * 2 * kGqaTileKeys * D * es);
+}
+
+int gqa_warps(int GM, int D, int es) {
+  int w = kGqaMaxWarps;
+  while (w > 1 && gqa_smem_bytes(GM, D, es, w) > kGqaSmemBudget) w /= 2;
+  return w;
+}
+
+}  // namespace
+
+bool attention_decode_gqa_supported(int NH, int NKV, int D) {
+  return NH > 0 && NKV > 0 && NH % NKV == 0 && NH / NKV <= 8 && D >= 16 && D <= 128 &&
+         (D & (D - 1)) == 0;
+}
+
+int attention_decode_gqa_splits(int B, int NKV, int max_keys, int max_splits) {
+  // About 1056 blocks (8 per multiprocessor of an H100: 2.7 waves at 3 resident blocks of the bf16
+  // D = 64 kernel), but no split shorter than one 32-key tile per warp of a block.
+  const int blocks = std::max(1, B * NKV);
+  const int want = (132 * 8 + blocks - 1) / blocks;
+  const int most = (max_keys + kGqaTileKeys * kGqaMaxWarps - 1) / (kGqaTileKeys * kGqaMaxWarps);
+  return std::clamp(std::min(want, most), 1, std::max(1, max_splits));
+}
+
+void attention_decode_gqa(ActType t, const void* qkv, int NH, int NKV, int D, KvLayer kv,
+                          const int* pos, const int* slot, const float* sinks, int B, int window,
+                          float scale, int splits, float* partial, void* out, cudaStream_t stream) {
+  MIND4_CUDA_ARG(qkv && kv.k && kv.v && pos && slot && sinks && out, "attention_decode_gqa",
+                 "null pointer");
+  MIND4_CUDA_ARG(attention_decode_gqa_supported(NH, NKV, D), "attention_decode_gqa", "NH = ", NH,
+                 ", NKV = ", NKV, ", D = ", D,
+                 " (NH a multiple of NKV with at most 8 query heads per KV head, D a power of two "
+                 "in [16, 128])");
+  MIND4_CUDA_ARG(B >= 0 && int64_t(B) * NKV < (int64_t(1) << 31) && window >= 0 &&
+                     kv.positions > 0 && splits >= 1 && splits <= 65535 && (splits == 1 || partial),
+                 "attention_decode_gqa", "B = ", B, ", window = ", window, ", splits = ", splits,
+                 " (splits > 1 needs the partial buffer)");
+  if (B == 0) return;
+  const int G = NH / NKV, GM = G == 1 ? 1 : 8, es = act_size(t);
+  const int warps = gqa_warps(GM, D, es);
+  const size_t smem = gqa_smem_bytes(GM, D, es, warps);
+  const dim3 grid(unsigned(int64_t(B) * NKV), unsigned(splits));
+  auto launch = [&](auto kernel, const char* name, auto tag) {
+    using T = decltype(tag);
+    if (smem > 48 * 1024)
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+            "cudaFuncSetAttribute(attention_decode_gqa)");
+    launch_pdl(name, kernel, grid, dim3(warps * 32), smem, stream, static_cast<const T*>(qkv), NH,
+               NKV, D, static_cast<const T*>(kv.k), static_cast<const T*>(kv.v), kv.positions, pos,
+               slot, sinks, window, scale, splits, partial, static_cast<T*>(out));
+  };
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    const char* name =
+        t == ActType::kF32 ? "attention_decode_gqa_f32" : "attention_decode_gqa_bf16";
+    if (GM == 1 && D <= 64)
+      launch(attention_decode_gqa_kernel<T, 1, 1>, name, tag);
+    else if (GM == 1)
+      launch(attention_decode_gqa_kernel<T, 1, 2>, name, tag);
+    else if (D <= 64)
+      launch(attention_decode_gqa_kernel<T, 8, 1>, name, tag);
+    else
+      launch(attention_decode_gqa_kernel<T, 8, 2>, name, tag);
+  });
+  if (splits == 1) return;
+  const int64_t heads = int64_t(B) * NH;
+  constexpr int kCombineWarps = 4;
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    launch_pdl(t == ActType::kF32 ? "attention_decode_gqa_combine_f32"
+                                  : "attention_decode_gqa_combine_bf16",
+               attention_decode_gqa_combine_kernel<T>,
+               dim3(unsigned((heads + kCombineWarps - 1) / kCombineWarps)),
+               dim3(kCombineWarps * 32), 0, stream, static_cast<const float*>(partial), heads, NH,
+               D, splits, sinks, static_cast<T*>(out));
+  });
+}
+
+}  // namespace mind4::cuda

@@ -1,0 +1,220 @@
+// The grouped decode attention (src/cuda/attention_decode_gqa.cu: one block per row, KV head and
+// key split, all query heads of the group against one read of the keys and values) against the
+// CPU reference attention (cpu::attention_head, as tests/cuda_ops_test.cpp checks the per-head
+// kernel): fresh random inputs, NaN-poisoned outputs and split-K partials, per-row relative error.
+// Shapes: 1 row and 64 rows of different sequences and positions; positions 0, 1, window - 1,
+// window, far beyond the window; 4096 keys; NH = NKV, NH = 4 NKV (padded heads) and NH = 8 NKV;
+// D 16, 32, 64 and 128; the split count of the heuristic, one split, and more splits than a row
+// has tiles (splits without keys); both activation dtypes.
+#include <gtest/gtest.h>
+
+#include "mind4/status.h"
+
+#ifdef MIND4_HAVE_CUDA
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cpu/ops.h"
+#include "cuda/kernels.h"
+#include "cuda_test_util.h"
+
+namespace mind4 {
+namespace {
+
+using cuda::ActType;
+using namespace cuda_test;
+
+struct CudaDecodeAttnTest : ::testing::TestWithParam<ActType>, RandomInputs {
+  void SetUp() override { MIND4_REQUIRE_GPU(); }
+
+  struct Case {
+    int NH, NKV, D;
+    int P, S;  // cache positions per slot, slots
+    int window;
+    std::vector<int> pos, slot;  // one per row
+    int splits;                  // 0: attention_decode_gqa_splits' choice
+    float q_sd = 1.0f;           // larger: sharper softmax (maxima that move across tiles)
+  };
+
+  static std::string describe(const Case& c, int splits) {
+    std::ostringstream s;
+    s << "NH=" << c.NH << " NKV=" << c.NKV << " D=" << c.D << " rows=" << c.pos.size()
+      << " P=" << c.P << " window=" << c.window << " splits=" << splits << " q_sd=" << c.q_sd;
+    if (c.pos.size() <= 4) {
+      s << " pos=";
+      for (int p : c.pos) s << p << ",";
+    }
+    return s.str();
+  }
+
+  // Runs the kernel on fresh random data and compares every row with the CPU reference.
+  void check(const Case& c) {
+    const ActType t = GetParam();
+    const int NH = c.NH, NKV = c.NKV, D = c.D, B = int(c.pos.size());
+    const int QKV = (NH + 2 * NKV) * D, W = NKV * D;
+    ASSERT_TRUE(cuda::attention_decode_gqa_supported(NH, NKV, D));
+    const auto qkv = rounded(normal(size_t(B) * QKV, c.q_sd), t);
+    const auto kc = rounded(normal(size_t(c.S) * c.P * W), t);
+    const auto vc = rounded(normal(size_t(c.S) * c.P * W), t);
+    const auto sinks = normal(NH, 1.0f);
+    const int max_keys = c.window ? std::min(c.window, c.P) : c.P;
+    const int splits =
+        c.splits ? c.splits : cuda::attention_decode_gqa_splits(B, NKV, max_keys, 64);
+    const std::string what = describe(c, splits);
+    auto d_qkv = upload(to_act(qkv, t)), d_k = upload(to_act(kc, t)), d_v = upload(to_act(vc, t));
+    auto d_sinks = upload(sinks), d_pos = upload(c.pos), d_slot = upload(c.slot);
+    auto d_partial = poisoned(size_t(B) * NH * splits * (D + 2) * 4);
+    auto d_out = poisoned(size_t(B) * NH * D * 4);
+    const float scale = 1.0f / std::sqrt(float(D));
+    cuda::attention_decode_gqa(t, d_qkv.data(), NH, NKV, D, {d_k.data(), d_v.data(), c.P},
+                               d_pos.data<int>(), d_slot.data<int>(), d_sinks.data<float>(), B,
+                               c.window, scale, splits, d_partial.data<float>(), d_out.data(),
+                               nullptr);
+    const auto out = download_act(d_out, size_t(B) * NH * D, t);
+    std::vector<float> scores(c.P), o(D);
+    double worst = 0;
+    int worst_row = -1;
+    for (int r = 0; r < B; ++r) {
+      std::vector<double> want;
+      const int first = c.window ? std::max(0, c.pos[r] - c.window + 1) : 0;
+      for (int h = 0; h < NH; ++h) {
+        const size_t base = (size_t(c.slot[r]) * c.P + first) * W + size_t(h / (NH / NKV)) * D;
+        cpu::attention_head(qkv.data() + size_t(r) * QKV + h * D, kc.data() + base,
+                            vc.data() + base, W, c.pos[r] - first + 1, D, sinks[h], scale,
+                            scores.data(), o.data());
+        want.insert(want.end(), o.begin(), o.end());
+      }
+      const std::vector<float> got(out.begin() + size_t(r) * NH * D,
+                                   out.begin() + size_t(r + 1) * NH * D);
+      const double e = rel_error(got, want);
+      if (!(e <= worst)) worst = e, worst_row = r;  // NaN and infinity count as worst
+    }
+    // The f32 reference sums its softmax denominator and outputs in float, one key after the
+    // other: its own error grows like sqrt(keys) (about 3e-6 at 4096 keys), hence the bound.
+    const double bound =
+        t == ActType::kF32 ? 1e-5 * std::max(1.0, std::sqrt(max_keys / 512.0)) : tol(t);
+    EXPECT_LT(worst, bound) << what << " (worst row " << worst_row << ", position "
+                            << (worst_row >= 0 ? c.pos[worst_row] : -1) << ")";
+  }
+};
+
+std::string act_name_of(const ::testing::TestParamInfo<ActType>& i) {
+  return cuda::act_name(i.param);
+}
+
+// One row at the positions where the window and the first tiles have their edges.
+TEST_P(CudaDecodeAttnTest, OneRowAtWindowEdges) {
+  SCOPED_TRACE(seed);
+  const int window = 128, P = 1000;
+  for (int p : {0, 1, 31, 32, window - 1, window, window + 1, 700, P - 1})
+    for (int splits : {0, 1, 5}) check({64, 8, 64, P, 2, window, {p}, {1}, splits});
+  // Full attention over the same positions (window 0), and a window longer than the context.
+  for (int p : {0, 1, window - 1, window, P - 1}) {
+    check({64, 8, 64, P, 1, 0, {p}, {0}, 0});
+    check({64, 8, 64, P, 1, 4000, {p}, {0}, 0});
+  }
+}
+
+// 4096 keys, as BM_CudaAttentionDecode measures: full attention at the last position, and the
+// sliding window far behind it.
+TEST_P(CudaDecodeAttnTest, FourThousandKeys) {
+  SCOPED_TRACE(seed);
+  const int P = 4096;
+  for (int splits : {0, 1, 7}) check({64, 8, 64, P, 2, 0, {P - 1}, {1}, splits});
+  check({64, 8, 64, P, 2, 0, {P - 1, P - 2, 2047, 4000}, {0, 1, 1, 0}, 0, 3.0f});
+  check({64, 8, 64, P, 2, 128, {P - 1, 3000}, {1, 0}, 0});
+}
+
+// 64 rows, each of its own sequence, at random positions (0 and the last position included),
+// below and beyond the window.
+TEST_P(CudaDecodeAttnTest, SixtyFourRowsOfDifferentSequences) {
+  SCOPED_TRACE(seed);
+  const int B = 64, P = 300;
+  std::vector<int> pos(B), slot(B);
+  for (int r = 0; r < B; ++r) pos[r] = int(rng() % P), slot[r] = (r * 37) % B;
+  pos[0] = 0, pos[1] = 1, pos[2] = 127, pos[3] = 128, pos[B - 1] = P - 1;
+  for (int window : {0, 128})
+    for (int splits : {0, 1, 4}) check({64, 8, 64, P, B, window, pos, slot, splits});
+  // Rows sharing a sequence at different positions (a batch of speculative or parallel steps).
+  std::vector<int> same(B, 0);
+  check({64, 8, 64, P, 1, 128, pos, same, 0, 2.0f});
+}
+
+// Head shapes: NH = NKV (one query head per block), 4 query heads per KV head (the kernel's
+// padded heads must stay unwritten and not disturb the others), D 16, 32 and 128.
+TEST_P(CudaDecodeAttnTest, HeadShapes) {
+  SCOPED_TRACE(seed);
+  struct Shape {
+    int NH, NKV, D;
+  };
+  const int P = 400;
+  for (const Shape s : {Shape{8, 8, 64}, Shape{8, 8, 32}, Shape{64, 8, 32}, Shape{16, 4, 32},
+                        Shape{4, 4, 16}, Shape{16, 2, 128}, Shape{2, 2, 128}, Shape{8, 1, 16}}) {
+    check({s.NH, s.NKV, s.D, P, 3, 0, {0, 1, 399, 250, 17}, {0, 1, 2, 2, 0}, 0});
+    check({s.NH, s.NKV, s.D, P, 3, 100, {0, 99, 100, 399, 250}, {2, 1, 0, 2, 1}, 3, 3.0f});
+  }
+}
+
+TEST_P(CudaDecodeAttnTest, RejectsUnsupportedShapes) {
+  EXPECT_FALSE(cuda::attention_decode_gqa_supported(64, 4, 64));  // 16 query heads per KV head
+  EXPECT_FALSE(cuda::attention_decode_gqa_supported(64, 8, 48));  // D not a power of two
+  EXPECT_FALSE(cuda::attention_decode_gqa_supported(64, 8, 256));
+  EXPECT_FALSE(cuda::attention_decode_gqa_supported(6, 4, 64));
+  EXPECT_TRUE(cuda::attention_decode_gqa_supported(64, 8, 64));
+  cuda::DeviceBuffer b(64);
+  try {
+    cuda::attention_decode_gqa(GetParam(), b.data(), 64, 8, 48, {b.data(), b.data(), 4},
+                               b.data<int>(), b.data<int>(), b.data<float>(), 1, 0, 1.0f, 1,
+                               nullptr, b.data(), nullptr);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), Status::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("attention_decode_gqa"), std::string::npos) << e.what();
+  }
+  try {  // several splits need the partial buffer
+    cuda::attention_decode_gqa(GetParam(), b.data(), 64, 8, 64, {b.data(), b.data(), 4},
+                               b.data<int>(), b.data<int>(), b.data<float>(), 1, 0, 1.0f, 2,
+                               nullptr, b.data(), nullptr);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), Status::kInvalidArgument);
+  }
+}
+
+// The split count: enough blocks to fill an H100 where the keys allow it, never more splits than
+// the partial buffer holds, and never a split shorter than one 32-key tile per warp (128 keys).
+TEST(CudaDecodeAttnSplits, FillTheGpuWithinTheBuffer) {
+  for (int B : {1, 2, 16, 64})
+    for (int keys : {1, 128, 129, 4096, 131072})
+      for (int cap : {1, 8, 64}) {
+        const int s = cuda::attention_decode_gqa_splits(B, 8, keys, cap);
+        EXPECT_GE(s, 1);
+        EXPECT_LE(s, cap);
+        EXPECT_LE(s, std::max(1, (keys + 127) / 128)) << B << " " << keys;
+        // The split is below its bound only when the GPU already has 2 waves of blocks or more.
+        if (s < std::min(cap, (keys + 127) / 128)) {
+          EXPECT_GE(B * 8 * s, 2 * 132) << B << " " << keys << " " << cap;
+        }
+      }
+  EXPECT_EQ(cuda::attention_decode_gqa_splits(1, 8, 4096, 64), 32);
+  EXPECT_GE(64 * 8 * cuda::attention_decode_gqa_splits(64, 8, 4096, 64), 2 * 3 * 132);
+}
+
+INSTANTIATE_TEST_SUITE_P(Act, CudaDecodeAttnTest, ::testing::Values(ActType::kF32, ActType::kBF16),
+                         act_name_of);
+
+}  // namespace
+}  // namespace mind4
+
+#else  // no CUDA line in this build
+
+TEST(CudaDecodeAttn, NotCompiledIn) {
+  GTEST_SKIP() << "CUDA decode attention tests skipped: this build has no CUDA line (nvcc not "
+                  "found or MIND4_CUDA=OFF)";
+}
+
+#endif
