@@ -250,7 +250,7 @@ struct TfModelShape {
 
 // The whole-model bf16 test of cuda_train_test.cpp with head_dim 64 (the fused kernels' size)
 // and sequences longer than a tile.
-std::vector<double> tf_compare_model(const TfModelShape& s) {
+std::vector<double> tf_compare_model(const TfModelShape& s, int flash) {
   ModelConfig m;
   m.hidden_size = 24, m.num_hidden_layers = 2, m.num_attention_heads = 4;
   m.num_key_value_heads = s.NKV, m.head_dim = kTfTestD, m.intermediate_size = 12;
@@ -280,12 +280,12 @@ std::vector<double> tf_compare_model(const TfModelShape& s) {
   cfg.source = "test", cfg.execution.backend = Backend::kCuda;
   cfg.execution.dtype = ActivationDType::kBFloat16;
   CudaTrainOptions opts;
-  opts.flash = 1;
+  opts.flash = flash;
   auto engine = make_cuda_train_engine(cfg, layout, opts);
   const std::string what = "B=" + std::to_string(s.B) + " S=" + std::to_string(s.S) +
                            " window=" + std::to_string(s.window) + " NKV=" + std::to_string(s.NKV);
-  // The fused route must be the one that ran.
-  EXPECT_NE(engine->describe().find("fused tensor-core attention"), std::string::npos)
+  // The route asked for must be the one that ran.
+  EXPECT_EQ(engine->describe().find("fused tensor-core attention") != std::string::npos, flash == 1)
       << engine->describe();
   std::vector<float> pf(pd.begin(), pd.end()), zeros(layout.total, 0.0f);
   engine->write_state(pf.data(), zeros.data(), zeros.data(), 0);
@@ -306,15 +306,25 @@ std::vector<double> tf_compare_model(const TfModelShape& s) {
   return errors;
 }
 
+double tf_median(std::vector<double> e) {
+  std::sort(e.begin(), e.end());
+  return e[e.size() / 2];
+}
+
 // The bounds of CudaTrainModel.Bfloat16GradientsWithinRoundingOfDouble (and its reasons: k = E,
-// the SwiGLU clamp beyond the inputs): 20% on every tensor, 5% on the median tensor.
+// the SwiGLU clamp beyond the inputs): 20% on every tensor, and on the median tensor 5% for 7
+// positions, 10% for 70. Rounding compounds through softmaxes over more keys: on an H100 the
+// median tensor of the cuBLAS route was 7.1% and 7.9% at S = 70, the fused route's 5.4% and 7.6%.
+// The fused route must also not be clearly worse than the cuBLAS route on the same inputs.
 TEST(CudaTrainFlash, WholeModelBfloat16GradientsWithinRoundingOfDouble) {
   MIND4_REQUIRE_GPU();
   for (const TfModelShape& s : {TfModelShape{2, 7, 4, 2, 3, 3}, TfModelShape{1, 70, 0, 1, 2, 2},
                                 TfModelShape{2, 70, 20, 2, 2, 2}}) {
-    std::vector<double> e = tf_compare_model(s);
-    std::sort(e.begin(), e.end());
-    EXPECT_LT(e[e.size() / 2], 0.05) << "median tensor error, S = " << s.S;
+    const double fused = tf_median(tf_compare_model(s, 1)),
+                 cublas = tf_median(tf_compare_model(s, 0));
+    EXPECT_LT(fused, s.S < 64 ? 0.05 : 0.1) << "median tensor error, S = " << s.S;
+    EXPECT_LT(fused, 1.25 * cublas + 0.005)
+        << "S = " << s.S << ": fused " << fused << " against the cuBLAS route's " << cublas;
   }
 }
 

@@ -10,9 +10,9 @@
 // one query tile at a time over only the keys that tile can see (causal: the keys up to its last
 // query; sliding window: the window before its first query), so masked blocks are mostly not
 // computed. The backward reuses each layer's probabilities when they fit (kKeepProbsBytes), else
-// recomputes them from the saved log-sum-exp. With MIND4_CUDA_TRAIN_FLASH=1 (bf16, head dimension
-// 64) attention runs instead as fused tensor-core tiles (train_flash.cu) on the packed qkv rows:
-// no scores in memory, no per-query-head copies of k and v.
+// recomputes them from the saved log-sum-exp. In bf16 with head dimension 64 (the default, unless
+// MIND4_CUDA_TRAIN_FLASH=0) attention runs instead as fused tensor-core tiles (train_flash.cu) on
+// the packed qkv rows: no scores in memory, no per-query-head copies of k and v.
 // Experts are grouped by moe_group and multiplied one expert at a time; the group offsets come back
 // to the host once per layer (the products' row counts), and the backward reuses them.
 #include <algorithm>
@@ -156,10 +156,13 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   t_ = bf16_ ? ActType::kBF16 : ActType::kF32;
   MIND4_CHECK(cfg.execution.dtype != ActivationDType::kFloat16, Status::kUnsupported, cfg.source,
               ": execution.dtype float16 is not a training dtype");
+  // Fused attention wherever it is built (bf16, head_dim 64) unless switched off; asking for it
+  // explicitly where it is not built says so in describe().
   const char* flash_env = std::getenv("MIND4_CUDA_TRAIN_FLASH");
-  const bool flash_asked =
-      opts.flash == 1 || (opts.flash < 0 && flash_env && std::strcmp(flash_env, "1") == 0);
-  flash_ = flash_asked && cuda::train_flash_supported(t_, D_);
+  const int flash_switch =
+      opts.flash >= 0 ? opts.flash : (flash_env ? (std::strcmp(flash_env, "0") == 0 ? 0 : 1) : -1);
+  const bool flash_asked = flash_switch == 1;
+  flash_ = flash_switch != 0 && cuda::train_flash_supported(t_, D_);
   if (flash_asked && !flash_)
     flash_note_ = std::string(", fused attention asked for but not built for ") +
                   (bf16_ ? "head_dim " + std::to_string(D_) : std::string("float32")) +
