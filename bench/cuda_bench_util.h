@@ -148,12 +148,18 @@ void time_launches(benchmark::State& state, int reps, int copies, F&& launch) {
     cudaEventRecord(start);
     for (int r = 0; r < reps; ++r) launch(r % copies);
     cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
     float ms = 0.0f;
-    cudaEventElapsedTime(&ms, start, stop);
+    cudaError_t e = cudaEventSynchronize(stop);
+    if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, start, stop);
+    if (e == cudaSuccess) e = cudaGetLastError();
+    // A failed launch or a broken context times every iteration as 0 s, and the library would
+    // then run iterations without end (a benchmark that "hangs"): stop here and say why.
+    if (e != cudaSuccess || ms <= 0.0f) {
+      state.SkipWithError(e != cudaSuccess ? cudaGetErrorString(e) : "GPU events timed 0 s");
+      break;
+    }
     state.SetIterationTime(double(ms) / 1e3 / reps);
   }
-  cuda::check(cudaGetLastError(), "bench");
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
 }
