@@ -148,6 +148,18 @@ class CudaBackend final : public StepBackend {
     // Zeroed on the step stream, ahead of every kernel that uses it.
     cuda::check(cudaMemsetAsync(router_done_.data(), 0, 4, stream_.get()),
                 "cudaMemsetAsync (router counter)");
+    // The folded decode chain (one row on the int8 expert route, see run_layers): the norms,
+    // the first quantization and the experts' combine move into the neighbouring kernels.
+    // MIND4_CUDA_FOLD_NORMS=0 keeps the separate launches (for comparisons).
+    const char* fn = std::getenv("MIND4_CUDA_FOLD_NORMS");
+    fold_norms_ = fused_decode_ && xq_.bytes() > 0 && !(fn && std::string(fn) == "0") &&
+                  cuda::router_norm_group_supported(int(H)) && H % 8 == 0 && H <= 4096;
+    if (fold_norms_) {
+      const int64_t tiles = cuda::moe_mlp2_combine_tiles(int(H));
+      combine_done_ = dev(tiles * 4, "cudaMalloc (combine counters)");
+      cuda::check(cudaMemsetAsync(combine_done_.data(), 0, size_t(tiles) * 4, stream_.get()),
+                  "cudaMemsetAsync (combine counters)");
+    }
     // Scratch of the tensor-core route, only for contexts whose steps can be that large.
     if (const char* v = std::getenv("MIND4_CUDA_PREFILL_MIN_ROWS"); v && std::atoi(v) > 0)
       prefill_min_rows_ = std::atoi(v);
@@ -384,6 +396,11 @@ class CudaBackend final : public StepBackend {
     // the QKV product on an H100; they convert every weight once per row).
     const bool fused_gemv =
         fused && act_ == ActType::kBF16 && B == 1 && H % 8 == 0 && (NH * D) % 8 == 0;
+    // The folded chain: per layer the QKV product norms its own input, the router norms and
+    // quantizes the experts' input, and the second expert product adds the combine into the
+    // residual; 7 launches instead of 10 (docs/perf-notes.md, CUDA decode, session 5).
+    const bool fold = fold_norms_ && fused_gemv && B <= kFusedRouterMaxRows && dm_.experts_mxfp4 &&
+                      tokens_hint <= 1;
     const cuda::PdlScope pdl(fused && pdl_decode_);
     prof_.begin(s, B);
     auto mark = [&](const char* op) { prof_.mark(s, op); };
@@ -392,13 +409,18 @@ class CudaBackend final : public StepBackend {
     // The router reads f32 activations whatever the dtype (t32: its own copy in bf16 mode).
     float* t32 = act_ == ActType::kF32 ? static_cast<float*>(t) : t32_.data<float>();
     float* t32_out = act_ == ActType::kF32 ? nullptr : t32;
-    cuda::residual_rmsnorm(act_, x, nullptr, nullptr, dm_.layers[0].attn_norm, B, H, kCudaRmsEps, t,
-                           nullptr, s);
+    if (!fold)
+      cuda::residual_rmsnorm(act_, x, nullptr, nullptr, dm_.layers[0].attn_norm, B, H, kCudaRmsEps,
+                             t, nullptr, s);
     mark("embedding+norm");
     for (int l = 0; l < c_.num_hidden_layers; ++l) {
       const cuda::DeviceLayer& lw = dm_.layers[l];
       const cuda::KvLayer kv = kv_layer(l);
-      if (fused_gemv) {
+      if (fold) {
+        cuda::decode_qkv_rope_norm(x, lw.attn_norm, kCudaRmsEps, lw.qkv_w, lw.qkv_b, H, NH, NKV, D,
+                                   cos_t, sin_t, pos, slot, qkv_.data(), kv, s);
+        mark("norm_qkv_gemv_rope");
+      } else if (fused_gemv) {
         cuda::decode_qkv_rope(t, lw.qkv_w, lw.qkv_b, B, H, NH, NKV, D, cos_t, sin_t, pos, slot,
                               qkv_.data(), kv, s);
         mark("qkv_gemv_rope");
@@ -428,6 +450,26 @@ class CudaBackend final : public StepBackend {
         cuda::attention(act_, qkv_.data(), NH, NKV, D, kv, pos, slot, lw.sinks, B, window, scale,
                         splits, partial_.data<float>(), attn_.data(), s);
       mark(windowed ? "attention_window" : "attention_full");
+      if (fold) {
+        cuda::decode_linear_residual(attn_.data(), lw.out_w, lw.out_b, B, NH * D, H, x, s);
+        mark("out_gemv_residual");
+        cuda::router_norm_group(x, lw.mlp_norm, kCudaRmsEps, lw.gate_w, lw.gate_b, B, H, E, K,
+                                gate_.data<float>(), router_done_.data<unsigned>(),
+                                topk_e_.data<int>(), topk_w_.data<float>(), groups_, t,
+                                xq_.data<int8_t>(), xd_.data<float>(), s);
+        mark("norm_router_group_q8");
+        cuda::moe_mlp1_swiglu_mf4_q8(act_, xq_.data<int8_t>(), xd_.data<float>(), lw.mlp1_blocks,
+                                     lw.mlp1_scales, lw.mlp1_b, groups_, max_active, H, I,
+                                     c_.swiglu_limit, act_buf_.data(), s);
+        mark("moe_mlp1_swiglu_q8");
+        cuda::quantize_q8_32(act_, act_buf_.data(), A, I, aq_.data<int8_t>(), ad_.data<float>(), s);
+        cuda::moe_mlp2_mf4_q8_combine(aq_.data<int8_t>(), ad_.data<float>(), lw.mlp2_blocks,
+                                      lw.mlp2_scales, lw.mlp2_b, groups_, max_active, H, I,
+                                      y_.data<float>(), topk_w_.data<float>(), B, K, x,
+                                      combine_done_.data<unsigned>(), s);
+        mark("moe_mlp2_q8_combine");
+        continue;
+      }
       if (fused_gemv) {  // the residual add happens in the product's epilogue
         cuda::decode_linear_residual(attn_.data(), lw.out_w, lw.out_b, B, NH * D, H, x, s);
         mark("out_gemv_residual");
@@ -500,6 +542,10 @@ class CudaBackend final : public StepBackend {
       mark("moe_combine_norm");
     }
     if (L == 0) return;
+    if (fold) {  // the final norm (the folded chain's layers leave the residual un-normed)
+      cuda::residual_rmsnorm(act_, x, nullptr, nullptr, dm_.norm, B, H, kCudaRmsEps, t, nullptr, s);
+      mark("final_norm");
+    }
     cuda::gather_rows(act_, t, logit_rows, L, H, final_.data(), s);
     cuda::linear(blas, act_, final_.data(), L, H, dm_.unembedding, V, logits_.data(), true);
     mark("unembedding");
@@ -559,7 +605,7 @@ class CudaBackend final : public StepBackend {
   const ActType act_;
   int positions_ = 0, max_rows_ = 0, max_logit_rows_ = 0, max_slots_ = 0;
   bool to_host_ = true;
-  bool fused_decode_ = true, pdl_decode_ = false, gqa_decode_ = false;
+  bool fused_decode_ = true, pdl_decode_ = false, gqa_decode_ = false, fold_norms_ = false;
   int64_t kv_layer_elems_ = 0, sin_offset_ = 0, partial_capacity_ = 0, score_floats_ = 0;
   int prefill_min_rows_ = kPrefillMinRows;
   cuda::Stream stream_;
@@ -570,6 +616,7 @@ class CudaBackend final : public StepBackend {
   bool tensor_route_ = false, grouped_gemm_ = false, gemm_wgmma_ = false, flash_prefill_ = false;
   DeviceBuffer xq_, xd_, aq_, ad_;  // int8 decode route (bf16 mode) only
   DeviceBuffer router_done_;        // router_group's block counter (fused decode)
+  DeviceBuffer combine_done_;       // the folded chain's mlp2 tile counters
   // GPU sampling: each slot's last logits, the jobs and results, and (penalties only, grown on
   // first use) the (token, count) pairs and the penalised rows.
   DeviceBuffer slot_logits_, sample_jobs_, sample_out_, pen_dev_, work_;

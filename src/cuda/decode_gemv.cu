@@ -23,6 +23,9 @@ constexpr int kDgMaxRows = 4;  // step rows (decode batch)
 // wave; at 107 registers (two buffers) it took 1.2 waves and ran at 1.8 TB/s on an H100.
 constexpr int kDgChunk = 6;
 constexpr int kDgMinBlocks = 6;
+// The folded QKV product keeps its normed input row in shared memory (K * 2 bytes): up to 8 KB
+// leaves six blocks per multiprocessor their shared memory.
+constexpr int kDgNormMaxK = 4096;
 
 __device__ __forceinline__ void dg_load(const uint4* w0, const uint4* w1, int c0, int K8,
                                         uint4 (&a)[kDgChunk], uint4 (&b)[kDgChunk]) {
@@ -46,20 +49,21 @@ __device__ __forceinline__ float dg_dot8(const uint4& w, const float (&x)[8], fl
 }
 
 // acc[r][0/1] = rows n0, n1 of w [*, K] times rows r < B of x [B, K] (sums over the warp done).
-// pdl_wait() happens after the first weight loads are issued.
-template <int MAXB>
+// pdl_wait() happens after the first weight loads are issued; then x_source() gives x (the
+// folded chain's QKV product norms its input there, while those loads are in flight).
+template <int MAXB, typename XSource>
 __device__ __forceinline__ void dg_two_rows(const __nv_bfloat16* __restrict__ w, int n0, int n1,
-                                            const __nv_bfloat16* __restrict__ x, int B, int K,
+                                            XSource&& x_source, int B, int K,
                                             float (&acc)[MAXB][2]) {
   const int lane = threadIdx.x & 31, K8 = K / 8;
   const uint4* w0 = reinterpret_cast<const uint4*>(w + int64_t(n0) * K);
   const uint4* w1 = reinterpret_cast<const uint4*>(w + int64_t(n1) * K);
-  const uint4* xv = reinterpret_cast<const uint4*>(x);
 #pragma unroll
   for (int r = 0; r < MAXB; ++r) acc[r][0] = acc[r][1] = 0.0f;
   uint4 a[kDgChunk], b[kDgChunk];
   dg_load(w0, w1, lane, K8, a, b);
   pdl_wait();
+  const uint4* xv = reinterpret_cast<const uint4*>(x_source());
   for (int c0 = lane; c0 < K8; c0 += 32 * kDgChunk) {
     if (c0 > lane) dg_load(w0, w1, c0, K8, a, b);
 #pragma unroll
@@ -89,27 +93,15 @@ __device__ __forceinline__ void dg_two_rows(const __nv_bfloat16* __restrict__ w,
   }
 }
 
-// Warp p: pair p of the (NH + 2 NKV) heads' D/2 pairs each: rows n0 = h D + j and n1 = n0 + D/2.
-// MAXB: the most rows the kernel serves (1: the decode case, sized for six blocks per
-// multiprocessor; 4: a few rows).
+// The QKV epilogue of warp pair (h, j): bias, RoPE of q and k, q into qkv, k and v into the cache.
 template <int MAXB>
-__global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
-    decode_qkv_rope_kernel(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
-                           const float* __restrict__ bias, int B, int K, int NH, int NKV, int D,
-                           const float* __restrict__ cos_table, const float* __restrict__ sin_table,
-                           const int* __restrict__ pos, const int* __restrict__ slot,
-                           __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ k_cache,
-                           __nv_bfloat16* __restrict__ v_cache, int positions) {
-  pdl_trigger();
-  const int half = D / 2, pairs = (NH + 2 * NKV) * half;
-  const int p = blockIdx.x * kDgWarps + (threadIdx.x >> 5);
-  if (p >= pairs) {
-    pdl_wait();
-    return;
-  }
-  const int h = p / half, j = p % half, n0 = h * D + j, n1 = n0 + half;
-  float acc[MAXB][2];
-  dg_two_rows(w, n0, n1, x, B, K, acc);
+__device__ __forceinline__ void dg_qkv_store(
+    const float (&acc)[MAXB][2], int h, int j, int B, int NH, int NKV, int D,
+    const float* __restrict__ bias, const float* __restrict__ cos_table,
+    const float* __restrict__ sin_table, const int* __restrict__ pos, const int* __restrict__ slot,
+    __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ k_cache,
+    __nv_bfloat16* __restrict__ v_cache, int positions) {
+  const int half = D / 2, n0 = h * D + j, n1 = n0 + half;
   const int lane = threadIdx.x & 31;
   if (lane >= B) return;
   // Lane r writes row r (the sums are in every lane after the butterfly).
@@ -140,6 +132,93 @@ __global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
   }
 }
 
+// Warp p: pair p of the (NH + 2 NKV) heads' D/2 pairs each: rows n0 = h D + j and n1 = n0 + D/2.
+// MAXB: the most rows the kernel serves (1: the decode case, sized for six blocks per
+// multiprocessor; 4: a few rows).
+template <int MAXB>
+__global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
+    decode_qkv_rope_kernel(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
+                           const float* __restrict__ bias, int B, int K, int NH, int NKV, int D,
+                           const float* __restrict__ cos_table, const float* __restrict__ sin_table,
+                           const int* __restrict__ pos, const int* __restrict__ slot,
+                           __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ k_cache,
+                           __nv_bfloat16* __restrict__ v_cache, int positions) {
+  pdl_trigger();
+  const int half = D / 2, pairs = (NH + 2 * NKV) * half;
+  const int p = blockIdx.x * kDgWarps + (threadIdx.x >> 5);
+  if (p >= pairs) {
+    pdl_wait();
+    return;
+  }
+  const int h = p / half, j = p % half, n0 = h * D + j, n1 = n0 + half;
+  float acc[MAXB][2];
+  dg_two_rows(
+      w, n0, n1, [x] { return x; }, B, K, acc);
+  dg_qkv_store(acc, h, j, B, NH, NKV, D, bias, cos_table, sin_table, pos, slot, qkv, k_cache,
+               v_cache, positions);
+}
+
+// RMSNorm of the f32 row x [K] times scale, rounded to bf16 into out (K / 8 16-byte chunks, shared
+// memory), by the whole block: residual_rmsnorm's arithmetic ((x * rstd) * scale), its sum of
+// squares in another order. Every thread of the block must call it.
+__device__ __forceinline__ void dg_norm_row(const float* __restrict__ x,
+                                            const float* __restrict__ scale, float eps, int K,
+                                            uint2* __restrict__ out, float* partial) {
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+  const float4* s4 = reinterpret_cast<const float4*>(scale);
+  const int K4 = K / 4;
+  float ss = 0.0f;
+  for (int c = threadIdx.x; c < K4; c += blockDim.x) {
+    const float4 v = x4[c];
+    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+  }
+  ss = warp_sum(ss);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  float total = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kDgWarps; ++i) total += partial[i];
+  const float rstd = rsqrtf(total / K + eps);
+  auto bits = [](float v) { return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(v))); };
+  for (int c = threadIdx.x; c < K4; c += blockDim.x) {
+    const float4 v = x4[c], sc = __ldg(s4 + c);
+    out[c] = make_uint2(bits(v.x * rstd * sc.x) | bits(v.y * rstd * sc.y) << 16,
+                        bits(v.z * rstd * sc.z) | bits(v.w * rstd * sc.w) << 16);
+  }
+  __syncthreads();
+}
+
+// decode_qkv_rope_kernel at one row, the norm before it folded in: each block norms the residual
+// row into shared memory (5.6 KB for gpt-oss; every block reads the 11 KB row from L2) while its
+// first weight loads are in flight. Warps past the last pair take pair 0's rows (the block's
+// barriers need every warp) and write nothing.
+__global__ void __launch_bounds__(kDgWarps * 32, kDgMinBlocks) decode_qkv_rope_norm_kernel(
+    const float* __restrict__ x, const float* __restrict__ norm_scale, float eps,
+    const __nv_bfloat16* __restrict__ w, const float* __restrict__ bias, int K, int NH, int NKV,
+    int D, const float* __restrict__ cos_table, const float* __restrict__ sin_table,
+    const int* __restrict__ pos, const int* __restrict__ slot, __nv_bfloat16* __restrict__ qkv,
+    __nv_bfloat16* __restrict__ k_cache, __nv_bfloat16* __restrict__ v_cache, int positions) {
+  extern __shared__ uint4 dg_normed_row[];  // [K / 8]: bf16 x8 (16-byte aligned for the loads)
+  __shared__ float dg_partial[kDgWarps];
+  pdl_trigger();
+  const int half = D / 2, pairs = (NH + 2 * NKV) * half;
+  const int p = blockIdx.x * kDgWarps + (threadIdx.x >> 5);
+  const bool idle = p >= pairs;
+  const int pp = idle ? 0 : p;
+  const int h = pp / half, j = pp % half, n0 = h * D + j, n1 = n0 + half;
+  float acc[1][2];
+  dg_two_rows(
+      w, n0, n1,
+      [&] {
+        dg_norm_row(x, norm_scale, eps, K, reinterpret_cast<uint2*>(dg_normed_row), dg_partial);
+        return reinterpret_cast<const __nv_bfloat16*>(dg_normed_row);
+      },
+      1, K, acc);
+  if (idle) return;
+  dg_qkv_store(acc, h, j, 1, NH, NKV, D, bias, cos_table, sin_table, pos, slot, qkv, k_cache,
+               v_cache, positions);
+}
+
 // Warp p: rows 2p, 2p + 1; resid[r, n] += acc + bias[n].
 template <int MAXB>
 __global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
@@ -155,7 +234,8 @@ __global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
   }
   const int n0 = 2 * p, n1 = min(2 * p + 1, N - 1);  // odd N: the last warp's second row repeats
   float acc[MAXB][2];
-  dg_two_rows(w, n0, n1, x, B, K, acc);
+  dg_two_rows(
+      w, n0, n1, [x] { return x; }, B, K, acc);
   const int lane = threadIdx.x & 31;
   if (lane >= B) return;
   float v0 = 0.0f, v1 = 0.0f;
@@ -192,6 +272,27 @@ void decode_qkv_rope(const void* x, const void* w, const float* bias, int B, int
              dim3((pairs + kDgWarps - 1) / kDgWarps), dim3(kDgWarps * 32), 0, stream,
              static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w), bias, B, K,
              NH, NKV, D, cos_table, sin_table, pos, slot, static_cast<__nv_bfloat16*>(qkv),
+             static_cast<__nv_bfloat16*>(kv.k), static_cast<__nv_bfloat16*>(kv.v), kv.positions);
+}
+
+void decode_qkv_rope_norm(const float* x, const float* norm_scale, float eps, const void* w,
+                          const float* bias, int K, int NH, int NKV, int D, const float* cos_table,
+                          const float* sin_table, const int* pos, const int* slot, void* qkv,
+                          KvLayer kv, cudaStream_t stream) {
+  decode_gemv_check("decode_qkv_rope_norm", x, w, 1, K);
+  MIND4_CUDA_ARG(norm_scale && bias && cos_table && sin_table && pos && slot && qkv && kv.k && kv.v,
+                 "decode_qkv_rope_norm", "null pointer");
+  MIND4_CUDA_ARG(reinterpret_cast<uintptr_t>(norm_scale) % 16 == 0 && eps > 0 && K <= kDgNormMaxK,
+                 "decode_qkv_rope_norm", "norm_scale must be 16-byte aligned, eps = ", eps,
+                 " (positive), K = ", K, " (at most ", kDgNormMaxK, ")");
+  MIND4_CUDA_ARG(NH > 0 && NKV > 0 && D > 0 && D % 2 == 0 && kv.positions > 0,
+                 "decode_qkv_rope_norm", "NH = ", NH, ", NKV = ", NKV, ", D = ", D,
+                 " (even), positions = ", kv.positions);
+  const int pairs = (NH + 2 * NKV) * (D / 2);
+  launch_pdl("decode_qkv_rope_norm_bf16", decode_qkv_rope_norm_kernel,
+             dim3((pairs + kDgWarps - 1) / kDgWarps), dim3(kDgWarps * 32), size_t(K) * 2, stream, x,
+             norm_scale, eps, static_cast<const __nv_bfloat16*>(w), bias, K, NH, NKV, D, cos_table,
+             sin_table, pos, slot, static_cast<__nv_bfloat16*>(qkv),
              static_cast<__nv_bfloat16*>(kv.k), static_cast<__nv_bfloat16*>(kv.v), kv.positions);
 }
 

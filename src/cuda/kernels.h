@@ -257,4 +257,32 @@ void router_group(const float* x, const float* w, const float* bias, int B, int 
                   float* logits, unsigned* done, int* experts, float* weights, MoeGroups g,
                   cudaStream_t stream);
 
+// ---- The folded decode chain (one row, bf16, MXFP4 experts on the int8 route): the one-block
+// norm, quantization and combine launches folded into their neighbours.
+// router.cu: router_group with the norm before it: xn = RMSNorm(x f32 [B, H]) * norm_scale is
+// computed by every block; t_out bf16 [B, H] = xn, (q_out int8 [B, H], d_out f32 [B, H / 32]) =
+// quantize_q8_32 of t_out, and logits/experts/weights/groups as router_group computes them from
+// xn in f32. H % 32 == 0 and H <= 4096 (router_norm_group_supported).
+bool router_norm_group_supported(int H);
+void router_norm_group(const float* x, const float* norm_scale, float eps, const float* w,
+                       const float* bias, int B, int H, int E, int K, float* logits, unsigned* done,
+                       int* experts, float* weights, MoeGroups g, void* t_out, int8_t* q_out,
+                       float* d_out, cudaStream_t stream);
+// decode_gemv.cu: decode_qkv_rope at one row whose input is RMSNorm(x f32 [1, K]) * norm_scale,
+// rounded to bf16: every block norms the row itself (no norm launch before it).
+void decode_qkv_rope_norm(const float* x, const float* norm_scale, float eps, const void* w,
+                          const float* bias, int K, int NH, int NKV, int D, const float* cos_table,
+                          const float* sin_table, const int* pos, const int* slot, void* qkv,
+                          KvLayer kv, cudaStream_t stream);
+// moe_mf4.cu: moe_mlp2_mf4_q8, then the experts' weighted sum joins the residual as
+// moe_combine_rmsnorm adds it (x f32 [B, H] += sum_s weights[r, s] * y[assign_at[r, s]], slots in
+// order), without the norm: the last block to finish each tile of H rows adds that tile.
+// tile_done: moe_mlp2_combine_tiles(H) unsigned of device memory, 0 before the first call (the
+// kernel leaves them 0).
+int moe_mlp2_combine_tiles(int H);
+void moe_mlp2_mf4_q8_combine(const int8_t* aq, const float* ad, const uint8_t* blocks,
+                             const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
+                             int H, int I, float* y, const float* weights, int B, int K, float* x,
+                             unsigned* tile_done, cudaStream_t stream);
+
 }  // namespace mind4::cuda

@@ -284,19 +284,25 @@ __device__ __forceinline__ int mf4_dot_q8(const uint4& w, const int4& xa, const 
 // The decode GEMV on int8 activations (bf16 mode): the float version spends its time in the
 // shared-memory pipe (a table lookup per weight, 64 bytes of bf16 activations per 16 bytes of
 // weights); here a weight costs about 1.5 integer instructions and activations 32 bytes.
+//
+// COMBINE (mlp2 of the folded decode chain): afterwards the experts' weighted sum joins the
+// residual. The n_active blocks of a column (one tile of kMf4Warps * kGemvRows output rows) count
+// themselves in tile_done[blockIdx.x]; the last one adds the tile's combined rows to x, in
+// moe_combine_rmsnorm's order, and resets the counter.
+struct Mf4Combine {
+  float* x;              // [B, N] residual stream
+  const float* weights;  // [B, K] router weights
+  int B, K;
+  unsigned* tile_done;  // [gridDim.x]
+};
+
+// The rows r0, r0 + 1 of expert e for its count assignments from a0 (one warp).
 template <bool SWIGLU>
-__global__ void __launch_bounds__(kMf4Warps * 32)
-    moe_mf4w_q8_gemv_kernel(const int8_t* __restrict__ xq, const float* __restrict__ xd,
-                            const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
-                            const float* __restrict__ bias, MoeGroups g, int N, int Kd, float limit,
-                            __nv_bfloat16* __restrict__ act_out, float* __restrict__ y_out) {
-  const int n_active = g.active[0];
-  if (int(blockIdx.y) >= n_active) return;
-  const int e = g.active[1 + blockIdx.y];
-  const int a0 = g.offsets[e], count = g.offsets[e + 1] - a0;
-  const int nb = Kd / 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int r0 = (blockIdx.x * kMf4Warps + warp) * kGemvRows;
-  if (r0 >= N) return;
+__device__ __forceinline__ void mf4_q8_gemv_rows(
+    const int8_t* __restrict__ xq, const float* __restrict__ xd, const uint8_t* __restrict__ blocks,
+    const uint8_t* __restrict__ scales, const float* __restrict__ bias, const MoeGroups& g, int N,
+    int Kd, float limit, __nv_bfloat16* __restrict__ act_out, float* __restrict__ y_out, int e,
+    int a0, int count, int nb, int lane, int r0) {
   const int64_t row0 = int64_t(e) * N + r0;
   const uint8_t* wrow = blocks + row0 * nb * 16;
   const uint8_t* srow = scales + row0 * nb;
@@ -337,6 +343,52 @@ __global__ void __launch_bounds__(kMf4Warps * 32)
       }
     }
   }
+}
+
+__device__ __forceinline__ void mf4_combine_tile(const MoeGroups& g, int N,
+                                                 const float* __restrict__ y, int n_active,
+                                                 const Mf4Combine& cb) {
+  __shared__ bool mf4_last;
+  __threadfence();  // this thread's y rows are visible before the counter says so
+  __syncthreads();
+  if (threadIdx.x == 0)
+    mf4_last = atomicAdd(cb.tile_done + blockIdx.x, 1u) == unsigned(n_active - 1);
+  __syncthreads();
+  if (!mf4_last) return;
+  __threadfence();
+  constexpr int kTile = kMf4Warps * kGemvRows;
+  for (int i = threadIdx.x; i < cb.B * kTile; i += blockDim.x) {
+    const int r = i / kTile, n = blockIdx.x * kTile + i % kTile;
+    if (n >= N) continue;
+    // Slots in order, then the add: moe_combine_rmsnorm's arithmetic (y through L2: other
+    // blocks wrote it).
+    float m = 0.0f;
+    for (int s = 0; s < cb.K; ++s)
+      m += cb.weights[r * cb.K + s] * __ldcg(y + int64_t(g.assign_at[r * cb.K + s]) * N + n);
+    cb.x[int64_t(r) * N + n] += m;
+  }
+  if (threadIdx.x == 0) cb.tile_done[blockIdx.x] = 0u;
+}
+
+// Six blocks per multiprocessor (80 registers): the plain kernel's natural size; COMBINE's tail
+// took it to 94 registers and five blocks without the bound.
+template <bool SWIGLU, bool COMBINE = false>
+__global__ void __launch_bounds__(kMf4Warps * 32, 6)
+    moe_mf4w_q8_gemv_kernel(const int8_t* __restrict__ xq, const float* __restrict__ xd,
+                            const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
+                            const float* __restrict__ bias, MoeGroups g, int N, int Kd, float limit,
+                            __nv_bfloat16* __restrict__ act_out, float* __restrict__ y_out,
+                            Mf4Combine cb) {
+  const int n_active = g.active[0];
+  if (int(blockIdx.y) >= n_active) return;
+  const int e = g.active[1 + blockIdx.y];
+  const int a0 = g.offsets[e], count = g.offsets[e + 1] - a0;
+  const int nb = Kd / 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r0 = (blockIdx.x * kMf4Warps + warp) * kGemvRows;
+  if (r0 < N)
+    mf4_q8_gemv_rows<SWIGLU>(xq, xd, blocks, scales, bias, g, N, Kd, limit, act_out, y_out, e, a0,
+                             count, nb, lane, r0);
+  if constexpr (COMBINE) mf4_combine_tile(g, N, y_out, n_active, cb);
 }
 
 template <typename T, bool SWIGLU>
@@ -418,7 +470,7 @@ void moe_mlp1_swiglu_mf4_q8(ActType t, const int8_t* xq, const float* xd, const 
   moe_mf4w_q8_gemv_kernel<true>
       <<<dim3((2 * I + rows_per_block - 1) / rows_per_block, max_active), kMf4Warps * 32, 0,
          stream>>>(xq, xd, blocks, scales, bias, g, 2 * I, H, limit,
-                   static_cast<__nv_bfloat16*>(act_out), nullptr);
+                   static_cast<__nv_bfloat16*>(act_out), nullptr, Mf4Combine{});
   check_launch("moe_mlp1_swiglu_bf16_q8a_mf4w");
 }
 
@@ -431,8 +483,29 @@ void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
   const int rows_per_block = kMf4Warps * kGemvRows;
   moe_mf4w_q8_gemv_kernel<false>
       <<<dim3((H + rows_per_block - 1) / rows_per_block, max_active), kMf4Warps * 32, 0, stream>>>(
-          aq, ad, blocks, scales, bias, g, H, I, 0.0f, nullptr, y);
+          aq, ad, blocks, scales, bias, g, H, I, 0.0f, nullptr, y, Mf4Combine{});
   check_launch("moe_mlp2_f32_q8a_mf4w");
+}
+
+int moe_mlp2_combine_tiles(int H) {
+  const int rows_per_block = kMf4Warps * kGemvRows;
+  return (H + rows_per_block - 1) / rows_per_block;
+}
+
+void moe_mlp2_mf4_q8_combine(const int8_t* aq, const float* ad, const uint8_t* blocks,
+                             const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
+                             int H, int I, float* y, const float* weights, int B, int K, float* x,
+                             unsigned* tile_done, cudaStream_t stream) {
+  moe_mf4_check("moe_mlp2_mf4_q8_combine", aq, blocks, scales, bias, g, max_active, H, I);
+  MIND4_CUDA_ARG(ad && y && weights && x && tile_done && g.assign_at, "moe_mlp2_mf4_q8_combine",
+                 "null pointer");
+  MIND4_CUDA_ARG(B >= 1 && K >= 1 && max_active >= 1, "moe_mlp2_mf4_q8_combine", "B = ", B,
+                 ", K = ", K, ", max_active = ", max_active, " (each at least 1)");
+  moe_mf4w_q8_gemv_kernel<false, true>
+      <<<dim3(moe_mlp2_combine_tiles(H), max_active), kMf4Warps * 32, 0, stream>>>(
+          aq, ad, blocks, scales, bias, g, H, I, 0.0f, nullptr, y,
+          Mf4Combine{x, weights, B, K, tile_done});
+  check_launch("moe_mlp2_combine_f32_q8a_mf4w");
 }
 
 }  // namespace mind4::cuda

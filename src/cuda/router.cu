@@ -120,6 +120,124 @@ __global__ void __launch_bounds__(kRgThreads)
   if (threadIdx.x == 0) *done = 0u;
 }
 
+// router_group with the norm before it folded in (decode at one row): block (e, r) recomputes the
+// RMSNorm of residual row r itself (H <= kRnMaxH floats, held in registers in the float4 layout of
+// its weight row: the row is only a few KB and read from L2 by E blocks), writes its share of the
+// normed row as bf16 and as quantize_q8_32's int8 blocks (the experts' input), then computes logit
+// (r, e) from the f32 normed values and finishes as router_group does. It replaces
+// residual_rmsnorm + quantize_q8_32 + router_group: two one-block launches fewer per layer.
+constexpr int kRnMaxH = kRgPre * kRgThreads * 4;
+
+// The block's sum of v (every thread gets the same value: the partials are added in one order).
+__device__ __forceinline__ float rn_block_sum(float v, float* partial) {
+  v = warp_sum(v);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float total = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kRgThreads / 32; ++i) total += partial[i];
+  __syncthreads();  // partial is reused by the caller
+  return total;
+}
+
+// Four consecutive bf16 values packed as they lie in memory (element 0 in the low half).
+__device__ __forceinline__ uint2 rn_pack_bf16x4(const __nv_bfloat16 (&b)[4]) {
+  auto bits = [](__nv_bfloat16 v) { return uint32_t(__bfloat16_as_ushort(v)); };
+  return make_uint2(bits(b[0]) | bits(b[1]) << 16, bits(b[2]) | bits(b[3]) << 16);
+}
+
+__global__ void __launch_bounds__(kRgThreads)
+    router_norm_group_kernel(const float* __restrict__ x, const float* __restrict__ norm_scale,
+                             float eps, const float* __restrict__ w, const float* __restrict__ bias,
+                             int B, int H, int E, int K, float* __restrict__ logits,
+                             unsigned* __restrict__ done, int* __restrict__ experts,
+                             float* __restrict__ weights, MoeGroups g,
+                             __nv_bfloat16* __restrict__ t_out, int8_t* __restrict__ q_out,
+                             float* __restrict__ d_out) {
+  __shared__ float partial[kRgThreads / 32];
+  __shared__ int count[32 * kRouterMaxPerLane];
+  __shared__ bool last;
+  pdl_trigger();
+  const int e = blockIdx.x, r = blockIdx.y, H4 = H / 4;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const float4* wr = reinterpret_cast<const float4*>(w + int64_t(e) * H);
+  const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  float4 wv[kRgPre];
+#pragma unroll
+  for (int i = 0; i < kRgPre; ++i) {
+    const int c = threadIdx.x + i * kRgThreads;
+    wv[i] = c < H4 ? __ldg(wr + c) : zero;
+  }
+  pdl_wait();
+  const float4* xr = reinterpret_cast<const float4*>(x + int64_t(r) * H);
+  const float4* sc4 = reinterpret_cast<const float4*>(norm_scale);
+  float4 xv[kRgPre];
+  float ss = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kRgPre; ++i) {
+    const int c = threadIdx.x + i * kRgThreads;
+    xv[i] = c < H4 ? xr[c] : zero;
+    ss += xv[i].x * xv[i].x + xv[i].y * xv[i].y + xv[i].z * xv[i].z + xv[i].w * xv[i].w;
+  }
+  const float rstd = rsqrtf(rn_block_sum(ss, partial) / H + eps);
+  float s = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kRgPre; ++i) {
+    const int c = threadIdx.x + i * kRgThreads;
+    const float4 sc = c < H4 ? __ldg(sc4 + c) : zero;
+    // The normed value as residual_rmsnorm computes it: (x * rstd) * scale.
+    const float n[4] = {xv[i].x * rstd * sc.x, xv[i].y * rstd * sc.y, xv[i].z * rstd * sc.z,
+                        xv[i].w * rstd * sc.w};
+    s += wv[i].x * n[0] + wv[i].y * n[1] + wv[i].z * n[2] + wv[i].w * n[3];
+    // Chunk (i, warp) is 128 consecutive values, four int8 blocks of 8 lanes each; block e writes
+    // the chunks ch with ch % E == e (a warp-uniform test; H % 32 == 0, so an int8 block lies
+    // wholly inside or wholly past the row).
+    const int ch = i * (kRgThreads / 32) + warp;
+    if (ch % E != e) continue;
+    __nv_bfloat16 b[4];
+    float amax = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      b[k] = __float2bfloat16_rn(n[k]);
+      amax = fmaxf(amax, fabsf(__bfloat162float(b[k])));
+    }
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    if (c >= H4) continue;
+    // quantize_q8_32's arithmetic on the bf16 value: d = max / 127, q = round(v / d).
+    const float d = amax / 127.0f;
+    uint32_t q = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int qi = d > 0.0f ? __float2int_rn(__bfloat162float(b[k]) / d) : 0;
+      q |= uint32_t(uint8_t(int8_t(qi))) << (8 * k);
+    }
+    const int64_t at = int64_t(r) * H + 4 * int64_t(c);
+    *reinterpret_cast<uint2*>(t_out + at) = rn_pack_bf16x4(b);
+    *reinterpret_cast<uint32_t*>(q_out + at) = q;
+    if ((lane & 7) == 0) d_out[int64_t(r) * (H / 32) + c / 8] = d;
+  }
+  s = warp_sum(s);
+  if (lane == 0) partial[warp] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float t = 0.0f;
+    for (int i = 0; i < kRgThreads / 32; ++i) t += partial[i];
+    logits[int64_t(r) * E + e] = t;
+    __threadfence();  // the logit is visible before the counter says so
+    last = atomicAdd(done, 1u) == gridDim.x * gridDim.y - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int rr = warp; rr < B; rr += kRgThreads / 32)
+    router_topk_row(logits + int64_t(rr) * E, bias, E, K, experts + int64_t(rr) * K,
+                    weights + int64_t(rr) * K);
+  __syncthreads();  // the experts are written (global memory, this block)
+  moe_group_block(experts, B * K, K, E, count, g);
+  if (threadIdx.x == 0) *done = 0u;
+}
+
 }  // namespace
 
 void router_topk_softmax(const float* logits, const float* bias, int B, int E, int K, int* experts,
@@ -150,6 +268,37 @@ void router_group(const float* x, const float* w, const float* bias, int B, int 
       "router_group", "x and w must be 16-byte aligned");
   launch_pdl("router_group_f32", router_group_kernel, dim3(E, B), dim3(kRgThreads), 0, stream, x, w,
              bias, B, H, E, K, logits, done, experts, weights, g);
+}
+
+}  // namespace mind4::cuda
+
+namespace mind4::cuda {
+
+bool router_norm_group_supported(int H) {
+  return H > 0 && H % 32 == 0 && H <= kRnMaxH;
+}
+
+void router_norm_group(const float* x, const float* norm_scale, float eps, const float* w,
+                       const float* bias, int B, int H, int E, int K, float* logits, unsigned* done,
+                       int* experts, float* weights, MoeGroups g, void* t_out, int8_t* q_out,
+                       float* d_out, cudaStream_t stream) {
+  MIND4_CUDA_ARG(x && norm_scale && w && bias && logits && done && experts && weights &&
+                     g.offsets && g.active && g.group_row && g.group_expert && g.assign_at &&
+                     t_out && q_out && d_out,
+                 "router_norm_group", "null pointer");
+  MIND4_CUDA_ARG(E > 0 && E <= 32 * kRouterMaxPerLane && K > 0 && K <= E && K <= 32 && B >= 1 &&
+                     B <= 65535 && router_norm_group_supported(H) && eps > 0,
+                 "router_norm_group", "E = ", E, " (at most ", 32 * kRouterMaxPerLane, "), K = ", K,
+                 " (at most E and 32), B = ", B, ", H = ", H, " (a multiple of 32, at most ",
+                 kRnMaxH, "), eps = ", eps);
+  auto misaligned = [](const void* p, int n) { return reinterpret_cast<uintptr_t>(p) % n != 0; };
+  MIND4_CUDA_ARG(!misaligned(x, 16) && !misaligned(norm_scale, 16) && !misaligned(w, 16) &&
+                     !misaligned(t_out, 8) && !misaligned(q_out, 4),
+                 "router_norm_group",
+                 "x, norm_scale and w must be 16-byte aligned, t_out 8-byte, q_out 4-byte");
+  launch_pdl("router_norm_group_f32", router_norm_group_kernel, dim3(E, B), dim3(kRgThreads), 0,
+             stream, x, norm_scale, eps, w, bias, B, H, E, K, logits, done, experts, weights, g,
+             static_cast<__nv_bfloat16*>(t_out), q_out, d_out);
 }
 
 }  // namespace mind4::cuda
