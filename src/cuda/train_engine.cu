@@ -62,6 +62,7 @@ struct CudaTrainLayer {
   std::vector<int> host_offsets;   // [E + 1], from the forward
   std::vector<int> host_poffsets;  // [E + 1]: the padded segments (kExpertRowTile rows)
   int expert_capacity = 0;         // rows of every segment when uniform, else 0
+  int expert_rows_max = 0;         // the largest segment
 };
 
 // An operand of the experts' products. Expert e's matrix starts `stride` elements after expert
@@ -140,6 +141,11 @@ class CudaTrainEngine final : public TrainEngine {
   void colsum(ActType t, const void* a, int64_t lda, int R, int N, float* out,
               const float* x = nullptr, const float* rstd = nullptr) {
     cuda::train_colsum(t, a, lda, R, N, x, rstd, colsum_partial_.data<float>(), out, st());
+  }
+  // Every expert's bias gradient (out: [E, N]) from its segment of the grouped rows (gap rows 0).
+  void colsum_experts(const CudaTrainLayer& a, const DeviceBuffer& rows, int N, float* out) {
+    cuda::train_colsum_segments(t_, rows.data(), N, a.poffsets.data<int>(), E_, a.expert_rows_max,
+                                N, colsum_partial_.data<float>(), out, st());
   }
   cudaStream_t st() const { return stream_.get(); }
 
@@ -324,8 +330,7 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   }
   dqkv_ = act(NT * QKV_, "dqkv");
   const int widest = std::max({QKV_, 2 * I_, H_, E_, NH_ * D_});
-  colsum_partial_ =
-      DeviceBuffer(cuda::train_colsum_partial_size(std::max(A_max_, NT_), widest) * 4, "colsum");
+  colsum_partial_ = DeviceBuffer(cuda::train_colsum_scratch_floats(widest, E_) * 4, "colsum");
   sumsq_ = DeviceBuffer(cuda::train_sumsq_blocks * 8, "gradient norm partials");
   host_loss_ = cuda::PinnedBuffer(NT * 4);
   host_probsum_ = cuda::PinnedBuffer(int64_t(L_) * E_ * 4);
@@ -416,6 +421,7 @@ void CudaTrainEngine::forward_layer(int l, float* xout) {
     off[e + 1] = off[e] + (cnt + kExpertRowTile - 1) / kExpertRowTile * kExpertRowTile;
   }
   a.expert_capacity = expert_batch_ && largest <= expert_uniform_max_ ? largest : 0;
+  a.expert_rows_max = largest;
   if (a.expert_capacity > 0)
     for (int e = 0; e <= E_; ++e) off[e] = e * a.expert_capacity;
   const int AP = off[E_];
@@ -538,19 +544,13 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
                               dw_.data<float>(), dy_.data(), st());
   experts_mm(a, H_, I_, kRows, rows(dy_, H_, true), rows(a.act, I_), 1.0f,
              grads(o.mlp2_w, I_, H_ * I_), true, "expert mlp2 weight gradient");
-  for (int e = 0; e < E_; ++e)
-    if (off[e + 1] > off[e])
-      colsum(t_, at(dy_, int64_t(off[e]) * H_), H_, off[e + 1] - off[e], H_,
-             g(o.mlp2_b + int64_t(e) * H_));
+  colsum_experts(a, dy_, H_, g(o.mlp2_b));
   experts_mm(a, kRows, I_, H_, rows(dy_, H_), weights(o.mlp2_w, I_, H_ * I_, false), 0.0f,
              rows(dact_, I_), false, "expert mlp2 input gradient");
   cuda::train_swiglu_bwd(t_, a.h.data(), dact_.data(), AP, I_, c_.swiglu_limit, dh_.data(), st());
   experts_mm(a, 2 * I_, H_, kRows, rows(dh_, 2 * I_, true), rows(a.xe, H_), 1.0f,
              grads(o.mlp1_w, H_, 2 * I_ * H_), true, "expert mlp1 weight gradient");
-  for (int e = 0; e < E_; ++e)
-    if (off[e + 1] > off[e])
-      colsum(t_, at(dh_, int64_t(off[e]) * 2 * I_), 2 * I_, off[e + 1] - off[e], 2 * I_,
-             g(o.mlp1_b + int64_t(e) * 2 * I_));
+  colsum_experts(a, dh_, 2 * I_, g(o.mlp1_b));
   experts_mm(a, kRows, H_, 2 * I_, rows(dh_, 2 * I_), weights(o.mlp1_w, H_, 2 * I_ * H_, false),
              0.0f, rows(dxe_, H_), false, "expert mlp1 input gradient");
   const float aux_scale =
