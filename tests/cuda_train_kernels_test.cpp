@@ -124,6 +124,25 @@ TEST(CudaTrainKernels, ColumnSumsPerSegment) {
   }
 }
 
+// The experts' segments placed on the GPU: counts 3, 0 and 297 rounded to 256-row tiles, packed or
+// (when the largest fits uniform_max) uniform; worked out by hand.
+TEST(CudaTrainKernels, ExpertSegmentsPackedOrUniform) {
+  MIND4_REQUIRE_GPU();
+  const std::vector<int> offsets = {0, 3, 3, 300};
+  struct Case {
+    int uniform_max;
+    std::vector<int> want;
+  };
+  for (const Case& c : {Case{0, {0, 256, 256, 768}}, Case{256, {0, 256, 256, 768}},
+                        Case{512, {0, 512, 1024, 1536}}}) {
+    auto d_off = upload(offsets);
+    auto d_poff = poisoned(offsets.size() * 4);
+    cuda::train_expert_segments(d_off.data<int>(), 3, 256, c.uniform_max, d_poff.data<int>(),
+                                nullptr);
+    EXPECT_EQ(download<int>(d_poff, offsets.size()), c.want) << "uniform_max " << c.uniform_max;
+  }
+}
+
 TEST(CudaTrainKernels, SwigluForwardBackward) {
   MIND4_REQUIRE_GPU();
   std::mt19937_64 rng(3);

@@ -29,6 +29,7 @@
 #include "cuda/ceilings.h"
 #include "cuda/profiler.h"
 #include "cuda/train_kernels.h"
+#include "cuda/train_segments.cuh"
 #include "mind4/status.h"
 #include "train/engine.h"
 #include "train/ops.h"
@@ -169,6 +170,7 @@ class CudaTrainEngine final : public TrainEngine {
 
   cuda::Stream stream_;
   cuda::BlasHandle blas_;
+  cuda::Event offsets_ready_;  // the expert group sizes have reached host_offsets_
   DeviceBuffer p32_, g32_, m32_, v32_, wbf_, decay_, cos_, sin_, tokens_, targets_;
   std::vector<CudaTrainLayer> layers_;
   DeviceBuffer xf_, rstdf_, tf_, logits_, dlogits_, row_loss_, probsum_;
@@ -408,34 +410,31 @@ void CudaTrainEngine::forward_layer(int l, float* xout) {
                   {a.offsets.data<int>(), active_.data<int>(), a.group_row.data<int>(),
                    a.group_expert.data<int>(), a.assign_at.data<int>()},
                   st());
+  // The products' shapes need the group sizes on the host. The GPU places and gathers the rows by
+  // the same rule (train_segments.cuh) meanwhile, over every row the segments can reach, so that
+  // it has work queued while the host waits for the counts and then enqueues the products.
+  const int uniform_max = expert_batch_ ? expert_uniform_max_ : 0;
+  cuda::train_expert_segments(a.offsets.data<int>(), E_, kExpertRowTile, uniform_max,
+                              a.poffsets.data<int>(), st());
   cuda::check(cudaMemcpyAsync(host_offsets_.data(), a.offsets.data(), (E_ + 1) * 4,
                               cudaMemcpyDeviceToHost, st()),
               "download expert offsets");
-  cuda::check(cudaStreamSynchronize(st()), "expert offsets");
-  std::memcpy(a.host_offsets.data(), host_offsets_.data(), (E_ + 1) * 4);
-  std::vector<int>& off = a.host_poffsets;
-  int largest = 0;
-  for (int e = 0; e < E_; ++e) {
-    const int cnt = a.host_offsets[e + 1] - a.host_offsets[e];
-    largest = std::max(largest, (cnt + kExpertRowTile - 1) / kExpertRowTile * kExpertRowTile);
-    off[e + 1] = off[e] + (cnt + kExpertRowTile - 1) / kExpertRowTile * kExpertRowTile;
-  }
-  a.expert_capacity = expert_batch_ && largest <= expert_uniform_max_ ? largest : 0;
-  a.expert_rows_max = largest;
-  if (a.expert_capacity > 0)
-    for (int e = 0; e <= E_; ++e) off[e] = e * a.expert_capacity;
-  const int AP = off[E_];
-  // Pageable source: the copy has read it when cudaMemcpyAsync returns.
-  cuda::check(
-      cudaMemcpyAsync(a.poffsets.data(), off.data(), (E_ + 1) * 4, cudaMemcpyHostToDevice, st()),
-      "upload padded expert offsets");
-  cuda::check(cudaMemsetAsync(a.group_row.data(), 0, size_t(AP) * 4, st()), "zero group rows");
-  cuda::check(cudaMemsetAsync(a.group_expert.data(), 0, size_t(AP) * 4, st()), "zero groups");
+  cuda::check(cudaEventRecord(offsets_ready_.get(), st()), "expert offsets event");
+  cuda::check(cudaMemsetAsync(a.group_row.data(), 0, size_t(A_max_) * 4, st()), "zero group rows");
+  cuda::check(cudaMemsetAsync(a.group_expert.data(), 0, size_t(A_max_) * 4, st()), "zero groups");
   cuda::train_pad_groups(a.topk_e.data<int>(), a.offsets.data<int>(), a.poffsets.data<int>(), A_,
                          K_, a.assign_at.data<int>(), a.group_row.data<int>(),
                          a.group_expert.data<int>(), st());
+  cuda::gather_rows(t_, a.t2.data(), a.group_row.data<int>(), A_max_, H_, a.xe.data(), st());
+  cuda::check(cudaEventSynchronize(offsets_ready_.get()), "expert offsets");
+  std::memcpy(a.host_offsets.data(), host_offsets_.data(), (E_ + 1) * 4);
+  std::vector<int>& off = a.host_poffsets;
+  const cuda::TrainSegments seg =
+      cuda::train_segments(a.host_offsets.data(), E_, kExpertRowTile, uniform_max, off.data());
+  a.expert_capacity = seg.capacity;
+  a.expert_rows_max = seg.largest;
+  const int AP = off[E_];
   prof_.mark(st(), "fwd router+group+sync");
-  cuda::gather_rows(t_, a.t2.data(), a.group_row.data<int>(), AP, H_, a.xe.data(), st());
   experts_mm(a, kRows, 2 * I_, H_, rows(a.xe, H_), weights(o.mlp1_w, H_, 2 * I_ * H_, true), 0.0f,
              rows(hf_, 2 * I_), false, "expert mlp1 forward");
   cuda::train_swiglu_fwd(t_, hf_.data(), p(o.mlp1_b), a.group_expert.data<int>(), AP, I_,

@@ -154,6 +154,9 @@ void train_router_bwd(ActType t, const int* experts, const float* weights, const
 // assignment i of expert e = experts[i], assign_at[i] moves from offsets[e] + j to poffsets[e] + j
 // (in place), and group_row / group_expert [poffsets[E]] get its row and expert there. Rows of
 // the gaps must be set beforehand (to 0: row 0 of expert 0, any valid row will do).
+// The experts' segments (train_segments.cuh) on the GPU: poffsets [E + 1] from offsets [E + 1].
+void train_expert_segments(const int* offsets, int E, int tile, int uniform_max, int* poffsets,
+                           cudaStream_t stream);
 void train_pad_groups(const int* experts, const int* offsets, const int* poffsets, int A, int K,
                       int* assign_at, int* group_row, int* group_expert, cudaStream_t stream);
 
