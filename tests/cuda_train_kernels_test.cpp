@@ -63,7 +63,7 @@ TEST(CudaTrainKernels, RmsNormForwardBackwardAndScaleGradient) {
       EXPECT_LT(rel_error(download<float>(ddx, x.size()), dx2), 1e-5);
       std::vector<float> zeros(H, 0.0f);
       auto dgo = upload(zeros);
-      auto part = poisoned(size_t(cuda::train_colsum_partial_size(NT, H)) * 4);
+      auto part = poisoned(size_t(cuda::train_colsum_scratch_floats(H, 1)) * 4);
       cuda::train_colsum(ActType::kF32, ddy.data(), H, NT, H, dxv.data<float>(), rstd.data<float>(),
                          part.data<float>(), dgo.data<float>(), nullptr);
       EXPECT_LT(rel_error(download<float>(dgo, H), dg), 1e-5);
@@ -74,7 +74,10 @@ TEST(CudaTrainKernels, RmsNormForwardBackwardAndScaleGradient) {
 TEST(CudaTrainKernels, ColumnSumsOfActRowsWithStride) {
   MIND4_REQUIRE_GPU();
   std::mt19937_64 rng(2);
-  for (auto [R, N, ld] : {std::tuple{1, 5, 5}, std::tuple{700, 33, 40}, std::tuple{257, 2, 3}}) {
+  // Shapes: one row; partial column blocks; chunks longer than the minimum (20000 rows of 3
+  // columns: the chunk count is capped); several column blocks with many chunks.
+  for (auto [R, N, ld] : {std::tuple{1, 5, 5}, std::tuple{700, 33, 40}, std::tuple{257, 2, 3},
+                          std::tuple{20000, 3, 3}, std::tuple{5000, 300, 301}}) {
     for (ActType t : {ActType::kF32, ActType::kBF16}) {
       const auto a = cuda_test::rounded(mind4::testing::random_normals(size_t(R) * ld, rng), t);
       std::vector<float> start = mind4::testing::random_normals(N, rng);
@@ -82,11 +85,61 @@ TEST(CudaTrainKernels, ColumnSumsOfActRowsWithStride) {
       for (int r = 0; r < R; ++r)
         for (int j = 0; j < N; ++j) ref[j] += a[size_t(r) * ld + j];
       auto da = upload(cuda_test::to_act(a, t)), out = upload(start);
-      auto part = poisoned(size_t(cuda::train_colsum_partial_size(R, N)) * 4);
+      auto part = poisoned(size_t(cuda::train_colsum_scratch_floats(N, 1)) * 4);
       cuda::train_colsum(t, da.data(), ld, R, N, nullptr, nullptr, part.data<float>(),
                          out.data<float>(), nullptr);
       EXPECT_LT(rel_error(download<float>(out, N), ref), 1e-5) << R << " rows";
     }
+  }
+}
+
+// Per-segment column sums (the experts' bias gradients): uneven and empty segments, a gap before
+// the first, one launch pair for all; each segment's sum lands in its own row of out.
+TEST(CudaTrainKernels, ColumnSumsPerSegment) {
+  MIND4_REQUIRE_GPU();
+  std::mt19937_64 rng(3);
+  const std::vector<std::vector<int>> cases = {
+      {0, 5}, {0, 300, 300, 1000, 1001, 4100}, {3, 3, 700, 700}, {0, 64, 128, 192, 256}};
+  for (const std::vector<int>& seg : cases) {
+    const int E = int(seg.size()) - 1, R = seg.back();
+    int max_rows = 0;
+    for (int e = 0; e < E; ++e) max_rows = std::max(max_rows, seg[e + 1] - seg[e]);
+    for (int N : {7, 129, 2048}) {
+      const int ld = N + 3;
+      for (ActType t : {ActType::kF32, ActType::kBF16}) {
+        const auto a = cuda_test::rounded(mind4::testing::random_normals(size_t(R) * ld, rng), t);
+        std::vector<float> start = mind4::testing::random_normals(size_t(E) * N, rng);
+        std::vector<double> ref(start.begin(), start.end());
+        for (int e = 0; e < E; ++e)
+          for (int r = seg[e]; r < seg[e + 1]; ++r)
+            for (int j = 0; j < N; ++j) ref[size_t(e) * N + j] += a[size_t(r) * ld + j];
+        auto da = upload(cuda_test::to_act(a, t)), out = upload(start), dseg = upload(seg);
+        auto part = poisoned(size_t(cuda::train_colsum_scratch_floats(N, E)) * 4);
+        cuda::train_colsum_segments(t, da.data(), ld, dseg.data<int>(), E, max_rows, N,
+                                    part.data<float>(), out.data<float>(), nullptr);
+        EXPECT_LT(rel_error(download<float>(out, size_t(E) * N), ref), 1e-5)
+            << E << " segments, " << R << " rows, N = " << N;
+      }
+    }
+  }
+}
+
+// The experts' segments placed on the GPU: counts 3, 0 and 297 rounded to 256-row tiles, packed or
+// (when the largest fits uniform_max) uniform; worked out by hand.
+TEST(CudaTrainKernels, ExpertSegmentsPackedOrUniform) {
+  MIND4_REQUIRE_GPU();
+  const std::vector<int> offsets = {0, 3, 3, 300};
+  struct Case {
+    int uniform_max;
+    std::vector<int> want;
+  };
+  for (const Case& c : {Case{0, {0, 256, 256, 768}}, Case{256, {0, 256, 256, 768}},
+                        Case{512, {0, 512, 1024, 1536}}}) {
+    auto d_off = upload(offsets);
+    auto d_poff = poisoned(offsets.size() * 4);
+    cuda::train_expert_segments(d_off.data<int>(), 3, 256, c.uniform_max, d_poff.data<int>(),
+                                nullptr);
+    EXPECT_EQ(download<int>(d_poff, offsets.size()), c.want) << "uniform_max " << c.uniform_max;
   }
 }
 

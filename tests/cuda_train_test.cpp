@@ -122,8 +122,10 @@ std::vector<double> ct_params(const ParamLayout& layout, uint64_t seed) {
 }
 
 // Returns each tensor's relative gradient error.
+// expert_batch: CudaTrainOptions::expert_batch (1: one batched product over uniform segments,
+// which these small shapes always allow; 0: one product per expert).
 std::vector<double> ct_compare_model(const CtShape& s, const char* dtype, double grad_tol,
-                                     double loss_tol) {
+                                     double loss_tol, int expert_batch = 1) {
   const ModelConfig m = ct_model(s);
   const ParamLayout layout = make_param_layout(m);
   ThreadPool pool(2);
@@ -138,7 +140,9 @@ std::vector<double> ct_compare_model(const CtShape& s, const char* dtype, double
   const LossParts lr = ref.run(pd.data(), tokens.data(), targets.data(), gref.data(), grad_scale);
 
   const TrainConfig cfg = ct_train_config(m, s.B, s.S, dtype);
-  auto engine = make_cuda_train_engine(cfg, layout, {s.attn_tile, s.keep_probs});
+  CudaTrainOptions opts;
+  opts.attn_tile = s.attn_tile, opts.keep_probs = s.keep_probs, opts.expert_batch = expert_batch;
+  auto engine = make_cuda_train_engine(cfg, layout, opts);
   std::vector<float> pf(pd.begin(), pd.end()), zeros(layout.total, 0.0f);
   engine->write_state(pf.data(), zeros.data(), zeros.data(), 0);
   engine->zero_grads();
@@ -149,7 +153,8 @@ std::vector<double> ct_compare_model(const CtShape& s, const char* dtype, double
                            " S=" + std::to_string(s.S) + " window=" + std::to_string(s.window) +
                            " E=" + std::to_string(s.E) + " K=" + std::to_string(s.K) +
                            " tile=" + std::to_string(s.attn_tile) +
-                           " keep_probs=" + std::to_string(s.keep_probs);
+                           " keep_probs=" + std::to_string(s.keep_probs) +
+                           " expert_batch=" + std::to_string(expert_batch);
   EXPECT_NEAR(lc.ce, lr.ce, loss_tol * lr.ce) << what;
   EXPECT_NEAR(lc.aux, lr.aux, loss_tol * lr.aux) << what;
   EXPECT_NEAR(engine->eval_loss(tokens.data(), targets.data()), lr.ce, loss_tol * lr.ce) << what;
@@ -171,7 +176,8 @@ const CtShape kCtShapes[] = {{2, 7, 4, 4, 2},           {1, 5, 8, 3, 1},
 
 TEST(CudaTrainModel, Float32LossAndEveryGradientMatchDouble) {
   MIND4_REQUIRE_GPU();
-  for (const CtShape& s : kCtShapes) ct_compare_model(s, "float32", 1e-4, 1e-6);
+  for (const CtShape& s : kCtShapes)
+    for (int expert_batch : {1, 0}) ct_compare_model(s, "float32", 1e-4, 1e-6, expert_batch);
 }
 
 // bf16 rounds GEMM operands to 8 significant bits (relative 2^-9 = 0.2% each). These weights

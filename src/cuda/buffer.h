@@ -94,6 +94,21 @@ class Stream {
   cudaStream_t s_ = nullptr;
 };
 
+// An event for the host to wait on part of a stream (no timing).
+class Event {
+ public:
+  Event() { check(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming), "cudaEventCreate"); }
+  ~Event() {
+    if (e_) cudaEventDestroy(e_);
+  }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  cudaEvent_t get() const { return e_; }
+
+ private:
+  cudaEvent_t e_ = nullptr;
+};
+
 class BlasHandle {
  public:
   BlasHandle() { check(cublasCreate(&h_), "cublasCreate"); }

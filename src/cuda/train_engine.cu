@@ -13,8 +13,11 @@
 // recomputes them from the saved log-sum-exp. In bf16 with head dimension 64 (the default, unless
 // MIND4_CUDA_TRAIN_FLASH=0) attention runs instead as fused tensor-core tiles (train_flash.cu) on
 // the packed qkv rows: no scores in memory, no per-query-head copies of k and v.
-// Experts are grouped by moe_group and multiplied one expert at a time; the group offsets come back
-// to the host once per layer (the products' row counts), and the backward reuses them.
+// Experts are grouped by moe_group; the group sizes come back to the host once per layer (the
+// products' row counts), and the backward reuses them. When no expert has more than 1.25x its even
+// share of rows, every expert gets a segment of the same (rounded) size and each of the six
+// products of a layer is one strided-batched cuBLAS call over all experts; otherwise each expert's
+// segment is its own rounded size and the products run one expert at a time.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -26,6 +29,7 @@
 #include "cuda/ceilings.h"
 #include "cuda/profiler.h"
 #include "cuda/train_kernels.h"
+#include "cuda/train_segments.cuh"
 #include "mind4/status.h"
 #include "train/engine.h"
 #include "train/ops.h"
@@ -42,6 +46,11 @@ using cuda::DeviceBuffer;
 // per-expert products of exact row counts made the experts 57% of the step, host-bound); rounded
 // counts repeat, so the choice comes from its cache.
 constexpr int kExpertRowTile = 256;
+// Uniform expert segments hold up to this multiple of the even share of rows (A / E). Batched
+// products fill the GPU where one expert's do not (a weight gradient of 768 x 1024 is 48 output
+// tiles of 128 x 128 on 132 SMs, 384 for eight experts at once); the padding costs the rows between
+// each expert's count and the largest.
+constexpr double kExpertUniformSlack = 1.25;
 // The attention probabilities of every layer are kept for the backward (one product, one pass over
 // the scores and one write of P fewer per tile) when all of them take at most this; beyond it
 // (long sequences) the backward recomputes them.
@@ -53,6 +62,19 @@ struct CudaTrainLayer {
       offsets, poffsets, group_row, group_expert, assign_at, xe, h, act, y, probs_kept;
   std::vector<int> host_offsets;   // [E + 1], from the forward
   std::vector<int> host_poffsets;  // [E + 1]: the padded segments (kExpertRowTile rows)
+  int expert_capacity = 0;         // rows of every segment when uniform, else 0
+  int expert_rows_max = 0;         // the largest segment
+};
+
+// An operand of the experts' products. Expert e's matrix starts `stride` elements after expert
+// e - 1's for weights and their gradients; grouped rows (stride 0) start at the expert's segment,
+// ld elements a row.
+struct ExpertArg {
+  const void* base;
+  int64_t ld;
+  bool trans;
+  int64_t stride;
+  int64_t elem;  // bytes per element
 };
 
 class CudaTrainEngine final : public TrainEngine {
@@ -104,9 +126,27 @@ class CudaTrainEngine final : public TrainEngine {
     cuda::train_gemm(blas_.get(), t_, M, N, K, {a, lda, 0, ta}, {b, ldb, 0, tb}, beta, c, c_f32,
                      ldc, 0, 1, what);
   }
+  // C_e = op(A_e) op(B_e) for every expert e; a dimension given as kRows is the expert's row count.
+  static constexpr int kRows = -1;
+  void experts_mm(const CudaTrainLayer& a, int M, int N, int K, ExpertArg x, ExpertArg y,
+                  float beta, ExpertArg c, bool c_f32, const char* what);
+  ExpertArg rows(const DeviceBuffer& b, int64_t ld, bool trans = false) const {
+    return {b.data(), ld, trans, 0, cuda::act_size(t_)};
+  }
+  ExpertArg weights(int64_t off, int64_t ld, int64_t per_expert, bool trans) const {
+    return {w(off), ld, trans, per_expert, cuda::act_size(t_)};
+  }
+  ExpertArg grads(int64_t off, int64_t ld, int64_t per_expert) {
+    return {g(off), ld, false, per_expert, 4};
+  }
   void colsum(ActType t, const void* a, int64_t lda, int R, int N, float* out,
               const float* x = nullptr, const float* rstd = nullptr) {
     cuda::train_colsum(t, a, lda, R, N, x, rstd, colsum_partial_.data<float>(), out, st());
+  }
+  // Every expert's bias gradient (out: [E, N]) from its segment of the grouped rows (gap rows 0).
+  void colsum_experts(const CudaTrainLayer& a, const DeviceBuffer& rows, int N, float* out) {
+    cuda::train_colsum_segments(t_, rows.data(), N, a.poffsets.data<int>(), E_, a.expert_rows_max,
+                                N, colsum_partial_.data<float>(), out, st());
   }
   cudaStream_t st() const { return stream_.get(); }
 
@@ -119,6 +159,8 @@ class CudaTrainEngine final : public TrainEngine {
   int tile_;   // attention query tile
   bool keep_probs_;
   bool flash_;              // fused attention (train_flash.cu)
+  int expert_batch_;        // uniform expert segments allowed: 1 yes, 0 no
+  int expert_uniform_max_;  // the largest uniform segment (rows) that fits the grouped buffers
   std::string flash_note_;  // why the fused attention was asked for and does not run
   bool bf16_;
   ActType t_;
@@ -128,6 +170,7 @@ class CudaTrainEngine final : public TrainEngine {
 
   cuda::Stream stream_;
   cuda::BlasHandle blas_;
+  cuda::Event offsets_ready_;  // the expert group sizes have reached host_offsets_
   DeviceBuffer p32_, g32_, m32_, v32_, wbf_, decay_, cos_, sin_, tokens_, targets_;
   std::vector<CudaTrainLayer> layers_;
   DeviceBuffer xf_, rstdf_, tf_, logits_, dlogits_, row_loss_, probsum_;
@@ -151,7 +194,9 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   NKV_ = c_.num_key_value_heads, E_ = c_.num_experts, K_ = c_.experts_per_token;
   I_ = c_.intermediate_size, V_ = c_.vocab_size, L_ = c_.num_hidden_layers;
   QKV_ = (NH_ + 2 * NKV_) * D_, A_ = NT_ * K_;
-  A_max_ = A_ + E_ * (kExpertRowTile - 1);
+  expert_uniform_max_ =
+      int(std::ceil(kExpertUniformSlack * A_ / E_ / kExpertRowTile)) * kExpertRowTile;
+  A_max_ = std::max(A_ + E_ * (kExpertRowTile - 1), E_ * expert_uniform_max_);
   bf16_ = cfg.execution.dtype == ActivationDType::kBFloat16;
   t_ = bf16_ ? ActType::kBF16 : ActType::kF32;
   MIND4_CHECK(cfg.execution.dtype != ActivationDType::kFloat16, Status::kUnsupported, cfg.source,
@@ -167,6 +212,9 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
     flash_note_ = std::string(", fused attention asked for but not built for ") +
                   (bf16_ ? "head_dim " + std::to_string(D_) : std::string("float32")) +
                   " (bfloat16 with head_dim 64 only): cuBLAS attention";
+  const char* batch_env = std::getenv("MIND4_CUDA_TRAIN_EXPERT_BATCH");
+  expert_batch_ =
+      opts.expert_batch >= 0 ? opts.expert_batch : !(batch_env && std::strcmp(batch_env, "0") == 0);
   cudaDeviceProp prop{};
   cuda::check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   device_name_ = prop.name;
@@ -284,8 +332,7 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   }
   dqkv_ = act(NT * QKV_, "dqkv");
   const int widest = std::max({QKV_, 2 * I_, H_, E_, NH_ * D_});
-  colsum_partial_ =
-      DeviceBuffer(cuda::train_colsum_partial_size(std::max(A_max_, NT_), widest) * 4, "colsum");
+  colsum_partial_ = DeviceBuffer(cuda::train_colsum_scratch_floats(widest, E_) * 4, "colsum");
   sumsq_ = DeviceBuffer(cuda::train_sumsq_blocks * 8, "gradient norm partials");
   host_loss_ = cuda::PinnedBuffer(NT * 4);
   host_probsum_ = cuda::PinnedBuffer(int64_t(L_) * E_ * 4);
@@ -363,45 +410,68 @@ void CudaTrainEngine::forward_layer(int l, float* xout) {
                   {a.offsets.data<int>(), active_.data<int>(), a.group_row.data<int>(),
                    a.group_expert.data<int>(), a.assign_at.data<int>()},
                   st());
+  // The products' shapes need the group sizes on the host. The GPU places and gathers the rows by
+  // the same rule (train_segments.cuh) meanwhile, over every row the segments can reach, so that
+  // it has work queued while the host waits for the counts and then enqueues the products.
+  const int uniform_max = expert_batch_ ? expert_uniform_max_ : 0;
+  cuda::train_expert_segments(a.offsets.data<int>(), E_, kExpertRowTile, uniform_max,
+                              a.poffsets.data<int>(), st());
   cuda::check(cudaMemcpyAsync(host_offsets_.data(), a.offsets.data(), (E_ + 1) * 4,
                               cudaMemcpyDeviceToHost, st()),
               "download expert offsets");
-  cuda::check(cudaStreamSynchronize(st()), "expert offsets");
-  std::memcpy(a.host_offsets.data(), host_offsets_.data(), (E_ + 1) * 4);
-  std::vector<int>& off = a.host_poffsets;
-  for (int e = 0; e < E_; ++e) {
-    const int cnt = a.host_offsets[e + 1] - a.host_offsets[e];
-    off[e + 1] = off[e] + (cnt + kExpertRowTile - 1) / kExpertRowTile * kExpertRowTile;
-  }
-  const int AP = off[E_];
-  // Pageable source: the copy has read it when cudaMemcpyAsync returns.
-  cuda::check(
-      cudaMemcpyAsync(a.poffsets.data(), off.data(), (E_ + 1) * 4, cudaMemcpyHostToDevice, st()),
-      "upload padded expert offsets");
-  cuda::check(cudaMemsetAsync(a.group_row.data(), 0, size_t(AP) * 4, st()), "zero group rows");
-  cuda::check(cudaMemsetAsync(a.group_expert.data(), 0, size_t(AP) * 4, st()), "zero groups");
+  cuda::check(cudaEventRecord(offsets_ready_.get(), st()), "expert offsets event");
+  cuda::check(cudaMemsetAsync(a.group_row.data(), 0, size_t(A_max_) * 4, st()), "zero group rows");
+  cuda::check(cudaMemsetAsync(a.group_expert.data(), 0, size_t(A_max_) * 4, st()), "zero groups");
   cuda::train_pad_groups(a.topk_e.data<int>(), a.offsets.data<int>(), a.poffsets.data<int>(), A_,
                          K_, a.assign_at.data<int>(), a.group_row.data<int>(),
                          a.group_expert.data<int>(), st());
+  cuda::gather_rows(t_, a.t2.data(), a.group_row.data<int>(), A_max_, H_, a.xe.data(), st());
+  cuda::check(cudaEventSynchronize(offsets_ready_.get()), "expert offsets");
+  std::memcpy(a.host_offsets.data(), host_offsets_.data(), (E_ + 1) * 4);
+  std::vector<int>& off = a.host_poffsets;
+  const cuda::TrainSegments seg =
+      cuda::train_segments(a.host_offsets.data(), E_, kExpertRowTile, uniform_max, off.data());
+  a.expert_capacity = seg.capacity;
+  a.expert_rows_max = seg.largest;
+  const int AP = off[E_];
   prof_.mark(st(), "fwd router+group+sync");
-  cuda::gather_rows(t_, a.t2.data(), a.group_row.data<int>(), AP, H_, a.xe.data(), st());
-  for (int e = 0; e < E_; ++e) {
-    const int base = off[e], cnt = off[e + 1] - off[e];
-    mm(cnt, 2 * I_, H_, at(a.xe, int64_t(base) * H_), H_, false,
-       w(o.mlp1_w + int64_t(e) * 2 * I_ * H_), H_, true, 0.0f, at(hf_, int64_t(base) * 2 * I_),
-       false, 2 * I_, "expert mlp1 forward");
-  }
+  experts_mm(a, kRows, 2 * I_, H_, rows(a.xe, H_), weights(o.mlp1_w, H_, 2 * I_ * H_, true), 0.0f,
+             rows(hf_, 2 * I_), false, "expert mlp1 forward");
   cuda::train_swiglu_fwd(t_, hf_.data(), p(o.mlp1_b), a.group_expert.data<int>(), AP, I_,
                          c_.swiglu_limit, a.h.data(), a.act.data(), st());
-  for (int e = 0; e < E_; ++e) {
-    const int base = off[e], cnt = off[e + 1] - off[e];
-    mm(cnt, H_, I_, at(a.act, int64_t(base) * I_), I_, false, w(o.mlp2_w + int64_t(e) * H_ * I_),
-       I_, true, 0.0f, at(a.y, int64_t(base) * H_), false, H_, "expert mlp2 forward");
-  }
+  experts_mm(a, kRows, H_, I_, rows(a.act, I_), weights(o.mlp2_w, I_, H_ * I_, true), 0.0f,
+             rows(a.y, H_), false, "expert mlp2 forward");
   cuda::train_moe_combine_fwd(t_, a.xmid.data<float>(), a.y.data(), p(o.mlp2_b),
                               a.topk_e.data<int>(), a.assign_at.data<int>(), a.topk_w.data<float>(),
                               NT_, K_, H_, xout, st());
   prof_.mark(st(), "fwd experts+combine");
+}
+
+void CudaTrainEngine::experts_mm(const CudaTrainLayer& a, int M, int N, int K, ExpertArg x,
+                                 ExpertArg y, float beta, ExpertArg c, bool c_f32,
+                                 const char* what) {
+  const std::vector<int>& off = a.host_poffsets;
+  auto start = [&](const ExpertArg& arg, int e) {
+    const int64_t elems = arg.stride ? e * arg.stride : off[e] * arg.ld;
+    return static_cast<const char*>(arg.base) + elems * arg.elem;
+  };
+  if (a.expert_capacity > 0) {
+    const int cap = a.expert_capacity;
+    auto dim = [&](int d) { return d == kRows ? cap : d; };
+    auto stride = [&](const ExpertArg& arg) { return arg.stride ? arg.stride : cap * arg.ld; };
+    cuda::train_gemm(blas_.get(), t_, dim(M), dim(N), dim(K), {x.base, x.ld, stride(x), x.trans},
+                     {y.base, y.ld, stride(y), y.trans}, beta, const_cast<void*>(c.base), c_f32,
+                     c.ld, stride(c), E_, what);
+    return;
+  }
+  for (int e = 0; e < E_; ++e) {
+    const int cnt = off[e + 1] - off[e];
+    if (!cnt) continue;
+    auto dim = [&](int d) { return d == kRows ? cnt : d; };
+    cuda::train_gemm(blas_.get(), t_, dim(M), dim(N), dim(K), {start(x, e), x.ld, 0, x.trans},
+                     {start(y, e), y.ld, 0, y.trans}, beta, const_cast<char*>(start(c, e)), c_f32,
+                     c.ld, 0, 1, what);
+  }
 }
 
 // The cuBLAS route's backward attention core (after the out projection's input gradient in
@@ -471,27 +541,17 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
   cuda::train_moe_combine_bwd(t_, dx, a.y.data(), p(o.mlp2_b), a.topk_e.data<int>(),
                               a.assign_at.data<int>(), a.topk_w.data<float>(), NT_, K_, H_,
                               dw_.data<float>(), dy_.data(), st());
-  for (int e = 0; e < E_; ++e) {
-    const int base = off[e], cnt = off[e + 1] - off[e];
-    if (!cnt) continue;
-    const void* dy = at(dy_, int64_t(base) * H_);
-    mm(H_, I_, cnt, dy, H_, true, at(a.act, int64_t(base) * I_), I_, false, 1.0f,
-       g(o.mlp2_w + int64_t(e) * H_ * I_), true, I_, "expert mlp2 weight gradient");
-    colsum(t_, dy, H_, cnt, H_, g(o.mlp2_b + int64_t(e) * H_));
-    mm(cnt, I_, H_, dy, H_, false, w(o.mlp2_w + int64_t(e) * H_ * I_), I_, false, 0.0f,
-       at(dact_, int64_t(base) * I_), false, I_, "expert mlp2 input gradient");
-  }
+  experts_mm(a, H_, I_, kRows, rows(dy_, H_, true), rows(a.act, I_), 1.0f,
+             grads(o.mlp2_w, I_, H_ * I_), true, "expert mlp2 weight gradient");
+  colsum_experts(a, dy_, H_, g(o.mlp2_b));
+  experts_mm(a, kRows, I_, H_, rows(dy_, H_), weights(o.mlp2_w, I_, H_ * I_, false), 0.0f,
+             rows(dact_, I_), false, "expert mlp2 input gradient");
   cuda::train_swiglu_bwd(t_, a.h.data(), dact_.data(), AP, I_, c_.swiglu_limit, dh_.data(), st());
-  for (int e = 0; e < E_; ++e) {
-    const int base = off[e], cnt = off[e + 1] - off[e];
-    if (!cnt) continue;
-    const void* dh = at(dh_, int64_t(base) * 2 * I_);
-    mm(2 * I_, H_, cnt, dh, 2 * I_, true, at(a.xe, int64_t(base) * H_), H_, false, 1.0f,
-       g(o.mlp1_w + int64_t(e) * 2 * I_ * H_), true, H_, "expert mlp1 weight gradient");
-    colsum(t_, dh, 2 * I_, cnt, 2 * I_, g(o.mlp1_b + int64_t(e) * 2 * I_));
-    mm(cnt, H_, 2 * I_, dh, 2 * I_, false, w(o.mlp1_w + int64_t(e) * 2 * I_ * H_), H_, false, 0.0f,
-       at(dxe_, int64_t(base) * H_), false, H_, "expert mlp1 input gradient");
-  }
+  experts_mm(a, 2 * I_, H_, kRows, rows(dh_, 2 * I_, true), rows(a.xe, H_), 1.0f,
+             grads(o.mlp1_w, H_, 2 * I_ * H_), true, "expert mlp1 weight gradient");
+  colsum_experts(a, dh_, 2 * I_, g(o.mlp1_b));
+  experts_mm(a, kRows, H_, 2 * I_, rows(dh_, 2 * I_), weights(o.mlp1_w, H_, 2 * I_ * H_, false),
+             0.0f, rows(dxe_, H_), false, "expert mlp1 input gradient");
   const float aux_scale =
       aux_coef_ != 0.0f ? float(double(grad_scale) * aux_coef_ * E_ / (double(NT_) * L_)) : 0.0f;
   cuda::train_router_bwd(t_, a.topk_e.data<int>(), a.topk_w.data<float>(), dw_.data<float>(),
@@ -692,7 +752,8 @@ std::string CudaTrainEngine::describe() const {
          (flash_        ? ", fused tensor-core attention"
           : keep_probs_ ? ""
                         : ", attention probabilities recomputed in the backward") +
-         flash_note_;
+         flash_note_ +
+         (expert_batch_ ? ", experts batched when balanced" : ", experts one at a time");
 }
 
 }  // namespace

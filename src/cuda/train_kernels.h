@@ -30,11 +30,16 @@ void train_rmsnorm_fwd(ActType t, float* x, const float* add, const float* g, in
 void train_rmsnorm_bwd(const float* x, const float* g, const float* rstd, const float* dy, int NT,
                        int H, bool accumulate, float* dx, cudaStream_t stream);
 // out[j] += sum over rows r < R of a[r*lda + j] (times x[r*N + j] * rstd[r] when x is given: the
-// norm scale's gradient), j < N, in a fixed order (partial sums over 32-row chunks, then the
-// chunks in order). partial: scratch of train_colsum_partial_size(R, N) floats.
+// norm scale's gradient), j < N, in a fixed order (partial sums over chunks of rows, then the
+// chunks in order): the same bits every run. partial: train_colsum_scratch_floats(N, 1) floats.
 void train_colsum(ActType t, const void* a, int64_t lda, int R, int N, const float* x,
                   const float* rstd, float* partial, float* out, cudaStream_t stream);
-int64_t train_colsum_partial_size(int R, int N);
+// The same per segment of rows, in one launch pair: out[e*N + j] += sum over seg[e] <= r <
+// seg[e + 1] of a[r*lda + j], e < segments. seg: segments + 1 offsets on the device; max_rows: the
+// largest segment (it sets the chunks). partial: train_colsum_scratch_floats(N, segments) floats.
+void train_colsum_segments(ActType t, const void* a, int64_t lda, const int* seg, int segments,
+                           int max_rows, int N, float* partial, float* out, cudaStream_t stream);
+int64_t train_colsum_scratch_floats(int N, int segments);
 
 // ---- train_attention.cu
 // qkv f32 [NT, QKV] (the GEMM output) + bias -> RoPE on q and k (tables [S, D/2]) -> q act
@@ -149,6 +154,9 @@ void train_router_bwd(ActType t, const int* experts, const float* weights, const
 // assignment i of expert e = experts[i], assign_at[i] moves from offsets[e] + j to poffsets[e] + j
 // (in place), and group_row / group_expert [poffsets[E]] get its row and expert there. Rows of
 // the gaps must be set beforehand (to 0: row 0 of expert 0, any valid row will do).
+// The experts' segments (train_segments.cuh) on the GPU: poffsets [E + 1] from offsets [E + 1].
+void train_expert_segments(const int* offsets, int E, int tile, int uniform_max, int* poffsets,
+                           cudaStream_t stream);
 void train_pad_groups(const int* experts, const int* offsets, const int* poffsets, int A, int K,
                       int* assign_at, int* group_row, int* group_expert, cudaStream_t stream);
 

@@ -1,5 +1,7 @@
 // Training RMSNorm forward/backward (a warp per row: rows are a few thousand values at most) and
 // the fixed-order column sums behind every bias and norm-scale gradient.
+#include <algorithm>
+
 #include "cuda/train_kernels.h"
 #include "cuda/train_util.cuh"
 
@@ -7,9 +9,25 @@ namespace mind4::cuda {
 namespace {
 
 constexpr int kTrainNormWarps = 8;
-// 32-row chunks: enough blocks to fill the GPU for the expert segments (a few thousand rows, a
-// few hundred columns), where 256-row chunks left most SMs idle.
-constexpr int kTrainColsumRows = 32;
+// Column sums: each partial block sums a chunk of rows for 128 columns. The chunk length is chosen
+// per call so that a call has about this many partial blocks whatever its shape (fixed 32-row
+// chunks gave 16384-row sums 512 partial rows per column for one thread of the finishing pass to
+// add; fixed 256-row chunks left most SMs idle on the expert segments), within these bounds.
+constexpr int kColsumTargetBlocks = 1024;
+constexpr int kColsumMinRows = 32;
+constexpr int kColsumMaxChunks = 256;  // per segment: the finishing pass adds this many at most
+constexpr int kColsumColumns = 128;
+
+struct ColsumPlan {
+  int chunks, rows;  // per segment
+};
+
+ColsumPlan colsum_plan(int max_rows, int N, int segments) {
+  const int col_blocks = (N + kColsumColumns - 1) / kColsumColumns;
+  const int want = std::clamp(kColsumTargetBlocks / (col_blocks * segments), 1, kColsumMaxChunks);
+  const int rows = std::max(kColsumMinRows, (max_rows + want - 1) / want);
+  return {std::max(1, (max_rows + rows - 1) / rows), rows};
+}
 
 template <typename T>
 __global__ void __launch_bounds__(kTrainNormWarps * 32)
@@ -52,30 +70,63 @@ __global__ void __launch_bounds__(kTrainNormWarps * 32)
   }
 }
 
+// Block (column block, chunk, segment): the chunk's rows of the segment (seg[e] <= r < seg[e + 1],
+// or r < R without segments), one column a thread. Empty chunks write zeros.
 template <typename T>
-__global__ void train_colsum_partial_kernel(const T* __restrict__ a, int64_t lda, int R, int N,
+__global__ void train_colsum_partial_kernel(const T* __restrict__ a, int64_t lda, int R,
+                                            const int* __restrict__ seg, int rows, int N,
                                             const float* __restrict__ x,
                                             const float* __restrict__ rstd,
                                             float* __restrict__ partial) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= N) return;
-  const int r0 = blockIdx.y * kTrainColsumRows, r1 = min(R, r0 + kTrainColsumRows);
+  const int e = blockIdx.z;
+  const int begin = seg ? seg[e] : 0, end = seg ? seg[e + 1] : R;
+  const int r0 = begin + blockIdx.y * rows, r1 = min(end, r0 + rows);
   float s = 0.0f;
+#pragma unroll 4
   for (int r = r0; r < r1; ++r) {
     float v = to_f32(a[int64_t(r) * lda + j]);
     if (x) v *= x[int64_t(r) * N + j] * rstd[r];
     s += v;
   }
-  partial[int64_t(blockIdx.y) * N + j] = s;
+  partial[(int64_t(e) * gridDim.y + blockIdx.y) * N + j] = s;
 }
 
-__global__ void train_colsum_finish_kernel(const float* __restrict__ partial, int chunks, int N,
-                                           float* __restrict__ out) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= N) return;
+// Block (32 columns, segment), 8 warps: warp w adds chunks w, w + 8, ... of its lane's column,
+// then warp 0 adds the 8 warps' sums in order (fixed order: the same bits every run).
+__global__ void __launch_bounds__(256)
+    train_colsum_finish_kernel(const float* __restrict__ partial, int chunks, int N,
+                               int64_t out_stride, float* __restrict__ out) {
+  __shared__ float sums[8][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int j = blockIdx.x * 32 + lane, e = blockIdx.y;
   float s = 0.0f;
-  for (int c = 0; c < chunks; ++c) s += partial[int64_t(c) * N + j];
-  out[j] += s;
+  if (j < N)
+    for (int c = warp; c < chunks; c += 8) s += partial[(int64_t(e) * chunks + c) * N + j];
+  sums[warp][lane] = s;
+  __syncthreads();
+  if (warp == 0 && j < N) {
+    float t = 0.0f;
+    for (int w = 0; w < 8; ++w) t += sums[w][lane];
+    out[e * out_stride + j] += t;
+  }
+}
+
+void colsum_launch(ActType t, const void* a, int64_t lda, int R, const int* seg, int segments,
+                   int max_rows, int N, const float* x, const float* rstd, float* partial,
+                   float* out, int64_t out_stride, cudaStream_t stream) {
+  const ColsumPlan plan = colsum_plan(max_rows, N, segments);
+  const dim3 grid((N + kColsumColumns - 1) / kColsumColumns, plan.chunks, segments);
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    train_colsum_partial_kernel<T><<<grid, kColsumColumns, 0, stream>>>(
+        static_cast<const T*>(a), lda, R, seg, plan.rows, N, x, rstd, partial);
+  });
+  check_launch(t == ActType::kF32 ? "train_colsum_partial_f32" : "train_colsum_partial_bf16");
+  train_colsum_finish_kernel<<<dim3((N + 31) / 32, segments), 256, 0, stream>>>(
+      partial, plan.chunks, N, out_stride, out);
+  check_launch("train_colsum_finish");
 }
 
 }  // namespace
@@ -105,8 +156,9 @@ void train_rmsnorm_bwd(const float* x, const float* g, const float* rstd, const 
   check_launch("train_rmsnorm_bwd");
 }
 
-int64_t train_colsum_partial_size(int R, int N) {
-  return int64_t(std::max(1, (R + kTrainColsumRows - 1) / kTrainColsumRows)) * N;
+int64_t train_colsum_scratch_floats(int N, int segments) {
+  // colsum_plan keeps chunks * segments <= max(segments, target / column blocks + segments).
+  return int64_t(kColsumTargetBlocks + segments) * N;
 }
 
 void train_colsum(ActType t, const void* a, int64_t lda, int R, int N, const float* x,
@@ -115,16 +167,17 @@ void train_colsum(ActType t, const void* a, int64_t lda, int R, int N, const flo
   MIND4_CUDA_ARG(R >= 0 && N > 0 && lda >= N, "train_colsum", "R = ", R, ", N = ", N,
                  ", lda = ", lda);
   if (R == 0) return;
-  const int chunks = (R + kTrainColsumRows - 1) / kTrainColsumRows;
-  const dim3 grid((N + 127) / 128, chunks);
-  dispatch_act(t, [&](auto tag) {
-    using T = decltype(tag);
-    train_colsum_partial_kernel<T>
-        <<<grid, 128, 0, stream>>>(static_cast<const T*>(a), lda, R, N, x, rstd, partial);
-  });
-  check_launch(t == ActType::kF32 ? "train_colsum_partial_f32" : "train_colsum_partial_bf16");
-  train_colsum_finish_kernel<<<(N + 127) / 128, 128, 0, stream>>>(partial, chunks, N, out);
-  check_launch("train_colsum_finish");
+  colsum_launch(t, a, lda, R, nullptr, 1, R, N, x, rstd, partial, out, 0, stream);
+}
+
+void train_colsum_segments(ActType t, const void* a, int64_t lda, const int* seg, int segments,
+                           int max_rows, int N, float* partial, float* out, cudaStream_t stream) {
+  MIND4_CUDA_ARG(a && seg && partial && out, "train_colsum_segments", "null pointer");
+  MIND4_CUDA_ARG(segments > 0 && max_rows >= 0 && N > 0 && lda >= N, "train_colsum_segments",
+                 "segments = ", segments, ", max_rows = ", max_rows, ", N = ", N, ", lda = ", lda);
+  if (max_rows == 0) return;
+  colsum_launch(t, a, lda, 0, seg, segments, max_rows, N, nullptr, nullptr, partial, out, N,
+                stream);
 }
 
 }  // namespace mind4::cuda

@@ -65,6 +65,10 @@ struct CudaTrainOptions {
   // step at issue 5's shape on an H100).
   // Elsewhere (float32, other head dimensions) the cuBLAS route runs and describe() says why.
   int flash = -1;
+  // Each layer's expert products as one strided-batched call over uniform segments when no
+  // expert has more than 1.25x its even share: 1 allowed, 0 one expert at a time, -1 as
+  // MIND4_CUDA_TRAIN_EXPERT_BATCH says ("0" = off; allowed by default).
+  int expert_batch = -1;
 };
 std::unique_ptr<TrainEngine> make_cuda_train_engine(const TrainConfig& config,
                                                     const ParamLayout& layout,
