@@ -2,6 +2,9 @@
 // its sum of squares in one pass over x, the normed row written in the activation dtype. The
 // residual stream stays f32 whatever the activation dtype, so that bf16 rounding does not
 // accumulate over layers.
+#include <algorithm>
+#include <cstdint>
+
 #include "cuda/device_util.cuh"
 #include "cuda/pdl.cuh"
 
@@ -79,11 +82,41 @@ __global__ void __launch_bounds__(kNormThreads)
   cuda_norm_row(xr, scale, H, eps, ss, out + r * H, out32 ? out32 + r * H : nullptr);
 }
 
-template <typename T>
-__global__ void gather_rows_kernel(const T* __restrict__ src, const int* __restrict__ rows, int H,
-                                   T* __restrict__ dst) {
-  const int64_t i = blockIdx.x;
-  for (int j = threadIdx.x; j < H; j += blockDim.x) dst[i * H + j] = src[int64_t(rows[i]) * H + j];
+// A copy, no conversion: rows of `words` Words (16-byte words where the rows allow it, else
+// elements), a row per threadIdx.y, so that short rows still fill the block and every thread
+// moves 16 bytes per load.
+template <typename Word>
+__global__ void gather_rows_kernel(const Word* __restrict__ src, const int* __restrict__ rows,
+                                   int L, int words, Word* __restrict__ dst) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; i < L;
+       i += int64_t(gridDim.x) * blockDim.y) {
+    const Word* from = src + int64_t(rows[i]) * words;
+    for (int j = threadIdx.x; j < words; j += blockDim.x) dst[i * words + j] = from[j];
+  }
+}
+
+// 256 threads: x the smallest power of two from 32 to 256 that covers a row, y over rows.
+void launch_gather_rows(const void* src, const int* rows, int L, int64_t row_bytes, void* dst,
+                        cudaStream_t stream) {
+  auto launch = [&](auto word) {
+    using Word = decltype(word);
+    const int words = int(row_bytes / int64_t(sizeof(Word)));
+    int tx = 32;
+    while (tx < words && tx < 256) tx *= 2;
+    const dim3 block(tx, 256 / tx);
+    const int64_t grid = std::min<int64_t>((L + block.y - 1) / block.y, int64_t(1) << 24);
+    gather_rows_kernel<Word><<<int(grid), block, 0, stream>>>(static_cast<const Word*>(src), rows,
+                                                              L, words, static_cast<Word*>(dst));
+  };
+  const bool aligned =
+      reinterpret_cast<uintptr_t>(src) % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0;
+  if (aligned && row_bytes % 16 == 0)
+    launch(uint4{});
+  else if (row_bytes % 4 == 0 && reinterpret_cast<uintptr_t>(src) % 4 == 0 &&
+           reinterpret_cast<uintptr_t>(dst) % 4 == 0)
+    launch(uint32_t{});
+  else
+    launch(uint16_t{});
 }
 
 }  // namespace
@@ -126,11 +159,7 @@ void gather_rows(ActType t, const void* src, const int* rows, int L, int H, void
   MIND4_CUDA_ARG(src && rows && dst, "gather_rows", "null pointer");
   MIND4_CUDA_ARG(L >= 0 && H > 0, "gather_rows", "L = ", L, ", H = ", H);
   if (L == 0) return;
-  dispatch_act(t, [&](auto tag) {
-    using T = decltype(tag);
-    gather_rows_kernel<T>
-        <<<L, 256, 0, stream>>>(static_cast<const T*>(src), rows, H, static_cast<T*>(dst));
-  });
+  launch_gather_rows(src, rows, L, int64_t(H) * act_size(t), dst, stream);
   check_launch(t == ActType::kF32 ? "gather_rows_f32" : "gather_rows_bf16");
 }
 

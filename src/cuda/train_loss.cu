@@ -2,11 +2,72 @@
 // logits) and the embedding's backward scatter-add.
 #include "cuda/train_kernels.h"
 #include "cuda/train_util.cuh"
+#include "cuda/train_vec.cuh"
 
 namespace mind4::cuda {
 namespace {
 
 constexpr int kTrainCeThreads = 512;
+// The wide kernel keeps each thread's share of its row in registers, at most this many 16-byte
+// words (32 registers), so that the row is read from memory once instead of three times.
+constexpr int kTrainCeMaxWords = 8;
+
+// A block per row, the row held in registers: thread t holds the 16-byte words t + k kThreads,
+// k < kWords. The max, the sum of exponentials and the gradient come from the registers; the
+// math is that of train_cross_entropy_kernel below (which serves rows that do not fit). Two
+// blocks per multiprocessor at 512 x 8 words: one reduces while the other loads.
+template <typename T, int kThreads, int kWords>
+__global__ void __launch_bounds__(kThreads, kThreads* kWords <= 4096 ? 2 : 1)
+    train_cross_entropy_wide_kernel(const T* __restrict__ logits, const int* __restrict__ targets,
+                                    int V, float scale, float* __restrict__ row_loss,
+                                    T* __restrict__ dlogits) {
+  constexpr int kPer = 16 / int(sizeof(T));
+  const int64_t r = blockIdx.x;
+  const int words = V / kPer;
+  const uint4* lr = reinterpret_cast<const uint4*>(logits + r * V);
+  uint4 w[kWords];
+#pragma unroll
+  for (int k = 0; k < kWords; ++k) {
+    const int at = threadIdx.x + k * kThreads;
+    w[k] = at < words ? lr[at] : make_uint4(0, 0, 0, 0);
+  }
+  float m = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < kWords; ++k) {
+    if (threadIdx.x + k * kThreads >= words) continue;
+    float x[kPer];
+    train_unpack16<T>(w[k], x);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) m = fmaxf(m, x[i]);
+  }
+  m = train_block_max(m);
+  float sum = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kWords; ++k) {
+    if (threadIdx.x + k * kThreads >= words) continue;
+    float x[kPer];
+    train_unpack16<T>(w[k], x);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) sum += __expf(x[i] - m);
+  }
+  sum = train_block_sum(sum);
+  const float lse = m + logf(sum);
+  const int target = targets[r];
+  if (threadIdx.x == 0) row_loss[r] = lse - to_f32(logits[r * V + target]);
+  if (!dlogits) return;
+  uint4* dr = reinterpret_cast<uint4*>(dlogits + r * V);
+#pragma unroll
+  for (int k = 0; k < kWords; ++k) {
+    const int at = threadIdx.x + k * kThreads;
+    if (at >= words) continue;
+    float x[kPer];
+    train_unpack16<T>(w[k], x);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i)
+      x[i] = __expf(x[i] - lse) * scale - (at * kPer + i == target ? scale : 0.0f);
+    dr[at] = train_pack16<T>(x);
+  }
+}
 
 template <typename T>
 __global__ void __launch_bounds__(kTrainCeThreads)
@@ -44,10 +105,31 @@ void train_cross_entropy(ActType t, const void* logits, const int* targets, int 
   MIND4_CUDA_ARG(logits && targets && row_loss, "train_cross_entropy", "null pointer");
   MIND4_CUDA_ARG(NT >= 0 && V > 0, "train_cross_entropy", "NT = ", NT, ", V = ", V);
   if (NT == 0) return;
+  const bool aligned = train_aligned16(logits) && (!dlogits || train_aligned16(dlogits));
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
-    train_cross_entropy_kernel<T><<<NT, kTrainCeThreads, 0, stream>>>(
-        static_cast<const T*>(logits), targets, V, scale, row_loss, static_cast<T*>(dlogits));
+    const auto* lg = static_cast<const T*>(logits);
+    T* dl = static_cast<T*>(dlogits);
+    // Rows of whole 16-byte words that fit the registers go to the wide kernel, with the fewest
+    // words per thread that cover the row.
+    constexpr int kPer = 16 / int(sizeof(T));
+    const int words = V / kPer;
+    auto wide = [&](auto kernel, int threads) {
+      kernel<<<NT, threads, 0, stream>>>(lg, targets, V, scale, row_loss, dl);
+    };
+    if (!aligned || V % kPer != 0 || words > 1024 * kTrainCeMaxWords)
+      train_cross_entropy_kernel<T>
+          <<<NT, kTrainCeThreads, 0, stream>>>(lg, targets, V, scale, row_loss, dl);
+    else if (words <= 512)
+      wide(train_cross_entropy_wide_kernel<T, 512, 1>, 512);
+    else if (words <= 512 * 2)
+      wide(train_cross_entropy_wide_kernel<T, 512, 2>, 512);
+    else if (words <= 512 * 4)
+      wide(train_cross_entropy_wide_kernel<T, 512, 4>, 512);
+    else if (words <= 512 * kTrainCeMaxWords)
+      wide(train_cross_entropy_wide_kernel<T, 512, kTrainCeMaxWords>, 512);
+    else
+      wide(train_cross_entropy_wide_kernel<T, 1024, kTrainCeMaxWords>, 1024);
   });
   check_launch(t == ActType::kF32 ? "train_cross_entropy_f32" : "train_cross_entropy_bf16");
 }

@@ -3,12 +3,19 @@
 // its backward, and the weighted combine into the residual stream and its backward.
 #include "cuda/train_kernels.h"
 #include "cuda/train_util.cuh"
+#include "cuda/train_vec.cuh"
 
 namespace mind4::cuda {
 namespace {
 
 constexpr int kTrainRouterMaxExperts = 256;
 constexpr float kTrainSwigluAlpha = 1.702f;
+// (gate, linear) pairs per thread and step of the wide SwiGLU kernels: 8 elements of h, 16 bytes
+// in bf16.
+constexpr int kTrainSwigluPairs = 4;
+// Elements per thread and step of the wide row kernels (router backward, combine): 16 bytes of
+// bf16, 32 of f32.
+constexpr int kTrainMoeWidth = 8;
 
 // A thread per row: E is small (gpt-oss: 32 or 128).
 __global__ void train_router_fwd_kernel(const float* __restrict__ logits,
@@ -42,61 +49,97 @@ __global__ void train_router_fwd_kernel(const float* __restrict__ logits,
   for (int e = 0; e < E; ++e) probs[r * E + e] /= total;
 }
 
-template <typename T>
-__global__ void train_swiglu_fwd_kernel(const T* __restrict__ h, const float* __restrict__ bias,
-                                        const int* __restrict__ group_expert, int A, int I,
-                                        float limit, T* __restrict__ h_saved, T* __restrict__ act) {
-  const int64_t n = int64_t(A) * I;
-  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t a = idx / I;
-    const int i = int(idx % I);
+// A row of h (one assignment) per threadIdx.y, kPairs (gate, linear) pairs per thread and step:
+// 4 pairs read and write 8 elements of h in one or two 16-byte words. The launch bound takes bf16
+// from 44 registers to 40: 6 blocks of 256 threads per SM instead of 5, more loads in flight (f32
+// keeps 5: at 40 it spills).
+template <typename T, int kPairs>
+__global__ void __launch_bounds__(256, sizeof(T) == 2 ? 6 : 5)
+    train_swiglu_fwd_kernel(const T* __restrict__ h, const float* __restrict__ bias,
+                            const int* __restrict__ group_expert, int A, int I, float limit,
+                            T* __restrict__ h_saved, T* __restrict__ act) {
+  constexpr bool kWide = kPairs > 1;
+  const int steps = I / kPairs;
+  for (int64_t a = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; a < A;
+       a += int64_t(gridDim.x) * blockDim.y) {
     const float* br = bias + int64_t(group_expert[a]) * 2 * I;
-    const float hg = to_f32(h[a * 2 * I + 2 * i]) + br[2 * i];
-    const float hl = to_f32(h[a * 2 * I + 2 * i + 1]) + br[2 * i + 1];
-    h_saved[a * 2 * I + 2 * i] = from_f32<T>(hg);
-    h_saved[a * 2 * I + 2 * i + 1] = from_f32<T>(hl);
-    const float g = fminf(hg, limit), l = fminf(fmaxf(hl, -limit), limit);
-    act[idx] = from_f32<T>(g / (1.0f + expf(-kTrainSwigluAlpha * g)) * (l + 1.0f));
+    for (int c = threadIdx.x; c < steps; c += blockDim.x) {
+      const int i = c * kPairs;
+      float hv[2 * kPairs], bv[2 * kPairs], out[kPairs];
+      train_load<2 * kPairs, kWide>(h + a * 2 * I + 2 * i, hv);
+      train_load<2 * kPairs, kWide>(br + 2 * i, bv);
+#pragma unroll
+      for (int p = 0; p < kPairs; ++p) {
+        const float hg = hv[2 * p] + bv[2 * p], hl = hv[2 * p + 1] + bv[2 * p + 1];
+        hv[2 * p] = hg, hv[2 * p + 1] = hl;
+        const float g = fminf(hg, limit), l = fminf(fmaxf(hl, -limit), limit);
+        out[p] = g / (1.0f + expf(-kTrainSwigluAlpha * g)) * (l + 1.0f);
+      }
+      train_store<2 * kPairs, kWide>(h_saved + a * 2 * I + 2 * i, hv);
+      train_store<kPairs, kWide>(act + a * I + i, out);
+    }
   }
 }
 
-template <typename T>
+template <typename T, int kPairs>
 __global__ void train_swiglu_bwd_kernel(const T* __restrict__ h, const T* __restrict__ dact, int A,
                                         int I, float limit, T* __restrict__ dh) {
-  const int64_t n = int64_t(A) * I;
-  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t a = idx / I;
-    const int i = int(idx % I);
-    const float hg = to_f32(h[a * 2 * I + 2 * i]), hl = to_f32(h[a * 2 * I + 2 * i + 1]);
-    const float g = fminf(hg, limit), l = fminf(fmaxf(hl, -limit), limit);
-    const float sig = 1.0f / (1.0f + expf(-kTrainSwigluAlpha * g));
-    const float d = to_f32(dact[idx]);
-    dh[a * 2 * I + 2 * i] = from_f32<T>(
-        hg <= limit ? d * (l + 1.0f) * sig * (1.0f + kTrainSwigluAlpha * g * (1.0f - sig)) : 0.0f);
-    dh[a * 2 * I + 2 * i + 1] = from_f32<T>(fabsf(hl) <= limit ? d * g * sig : 0.0f);
+  constexpr bool kWide = kPairs > 1;
+  const int steps = I / kPairs;
+  for (int64_t a = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; a < A;
+       a += int64_t(gridDim.x) * blockDim.y) {
+    for (int c = threadIdx.x; c < steps; c += blockDim.x) {
+      const int i = c * kPairs;
+      float hv[2 * kPairs], dv[kPairs];
+      train_load<2 * kPairs, kWide>(h + a * 2 * I + 2 * i, hv);
+      train_load<kPairs, kWide>(dact + a * I + i, dv);
+#pragma unroll
+      for (int p = 0; p < kPairs; ++p) {
+        const float hg = hv[2 * p], hl = hv[2 * p + 1];
+        const float g = fminf(hg, limit), l = fminf(fmaxf(hl, -limit), limit);
+        const float sig = 1.0f / (1.0f + expf(-kTrainSwigluAlpha * g));
+        const float d = dv[p];
+        hv[2 * p] = hg <= limit
+                        ? d * (l + 1.0f) * sig * (1.0f + kTrainSwigluAlpha * g * (1.0f - sig))
+                        : 0.0f;
+        hv[2 * p + 1] = fabsf(hl) <= limit ? d * g * sig : 0.0f;
+      }
+      train_store<2 * kPairs, kWide>(dh + a * 2 * I + 2 * i, hv);
+    }
   }
 }
 
-template <typename T>
+// A row per threadIdx.y, W elements of it per thread and step (W > 1: wide loads and stores).
+template <typename T, int W>
 __global__ void train_moe_combine_fwd_kernel(
     const float* __restrict__ xmid, const T* __restrict__ y, const float* __restrict__ bias,
     const int* __restrict__ experts, const int* __restrict__ assign_at,
     const float* __restrict__ weights, int NT, int K, int H, float* __restrict__ xout) {
-  const int64_t r = blockIdx.x;
-  for (int j = threadIdx.x; j < H; j += blockDim.x) {
-    float v = xmid[r * H + j];
-    for (int s = 0; s < K; ++s) {
-      const int64_t at = assign_at[r * K + s];
-      v += weights[r * K + s] * (to_f32(y[at * H + j]) + bias[int64_t(experts[r * K + s]) * H + j]);
+  constexpr bool kWide = W > 1;
+  const int steps = H / W;
+  for (int64_t r = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; r < NT;
+       r += int64_t(gridDim.x) * blockDim.y) {
+    for (int c = threadIdx.x; c < steps; c += blockDim.x) {
+      const int j = c * W;
+      float v[W];
+      train_load<W, kWide>(xmid + r * H + j, v);
+#pragma unroll 2
+      for (int s = 0; s < K; ++s) {
+        const int64_t at = assign_at[r * K + s];
+        const float wt = weights[r * K + s];
+        float yv[W], bv[W];
+        train_load<W, kWide>(y + at * H + j, yv);
+        train_load<W, kWide>(bias + int64_t(experts[r * K + s]) * H + j, bv);
+#pragma unroll
+        for (int k = 0; k < W; ++k) v[k] += wt * (yv[k] + bv[k]);
+      }
+      train_store<W, kWide>(xout + r * H + j, v);
     }
-    xout[r * H + j] = v;
   }
 }
 
-// A warp per (row, slot).
-template <typename T>
+// A warp per (row, slot), W elements per lane and step.
+template <typename T, int W>
 __global__ void train_moe_combine_bwd_kernel(const float* __restrict__ dx, const T* __restrict__ y,
                                              const float* __restrict__ bias,
                                              const int* __restrict__ experts,
@@ -104,6 +147,7 @@ __global__ void train_moe_combine_bwd_kernel(const float* __restrict__ dx, const
                                              const float* __restrict__ weights, int NT, int K,
                                              int H, float* __restrict__ dweights,
                                              T* __restrict__ dy) {
+  constexpr bool kWide = W > 1;
   const int64_t w = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (w >= int64_t(NT) * K) return;
@@ -111,17 +155,25 @@ __global__ void train_moe_combine_bwd_kernel(const float* __restrict__ dx, const
   const float* br = bias + int64_t(experts[w]) * H;
   const float wt = weights[w];
   float dot = 0.0f;
-  for (int j = lane; j < H; j += 32) {
-    const float g = dx[r * H + j];
-    dot += g * (to_f32(y[at * H + j]) + br[j]);
-    dy[at * H + j] = from_f32<T>(wt * g);
+  for (int j = lane * W; j < H; j += 32 * W) {
+    float g[W], yv[W], bv[W];
+    train_load<W, kWide>(dx + r * H + j, g);
+    train_load<W, kWide>(y + at * H + j, yv);
+    train_load<W, kWide>(br + j, bv);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      dot += g[k] * (yv[k] + bv[k]);
+      g[k] = wt * g[k];
+    }
+    train_store<W, kWide>(dy + at * H + j, g);
   }
   dot = warp_sum(dot);
   if (lane == 0) dweights[w] = dot;
 }
 
-// A block per row: its first E threads the router logits' gradient, all of them dt.
-template <typename T>
+// A row per threadIdx.y: the router logits' gradient over threadIdx.x < E, dt over the row in
+// steps of W elements.
+template <typename T, int W>
 __global__ void train_router_bwd_kernel(const int* __restrict__ experts,
                                         const float* __restrict__ weights,
                                         const float* __restrict__ dweights,
@@ -130,30 +182,43 @@ __global__ void train_router_bwd_kernel(const int* __restrict__ experts,
                                         const T* __restrict__ dxe,
                                         const int* __restrict__ assign_at, int NT, int E, int K,
                                         int H, T* __restrict__ dlogits, float* __restrict__ dt) {
-  const int64_t r = blockIdx.x;
-  const int* er = experts + r * K;
-  const float* wr = weights + r * K;
-  const float* dwr = dweights + r * K;
-  const float* pr = probs + r * E;
-  for (int e = threadIdx.x; e < E; e += blockDim.x) {
-    float dot = 0.0f;
-    for (int s = 0; s < K; ++s) dot += wr[s] * dwr[s];
-    float g = 0.0f;
-    for (int s = 0; s < K; ++s)
-      if (er[s] == e) g += wr[s] * (dwr[s] - dot);
-    if (aux_scale > 0.0f) {
-      // aux_g[e] = aux_scale * count_e / NT; softmax backward: p_e (aux_g_e - p . aux_g).
-      float pdot = 0.0f;
-      for (int f = 0; f < E; ++f)
-        pdot += pr[f] * aux_scale * float(offsets[f + 1] - offsets[f]) / NT;
-      g += pr[e] * (aux_scale * float(offsets[e + 1] - offsets[e]) / NT - pdot);
+  constexpr bool kWide = W > 1;
+  const int steps = H / W;
+  for (int64_t r = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; r < NT;
+       r += int64_t(gridDim.x) * blockDim.y) {
+    const int* er = experts + r * K;
+    const float* wr = weights + r * K;
+    const float* dwr = dweights + r * K;
+    const float* pr = probs + r * E;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+      float dot = 0.0f;
+      for (int s = 0; s < K; ++s) dot += wr[s] * dwr[s];
+      float g = 0.0f;
+      for (int s = 0; s < K; ++s)
+        if (er[s] == e) g += wr[s] * (dwr[s] - dot);
+      if (aux_scale > 0.0f) {
+        // aux_g[e] = aux_scale * count_e / NT; softmax backward: p_e (aux_g_e - p . aux_g).
+        float pdot = 0.0f;
+        for (int f = 0; f < E; ++f)
+          pdot += pr[f] * aux_scale * float(offsets[f + 1] - offsets[f]) / NT;
+        g += pr[e] * (aux_scale * float(offsets[e + 1] - offsets[e]) / NT - pdot);
+      }
+      dlogits[r * E + e] = from_f32<T>(g);
     }
-    dlogits[r * E + e] = from_f32<T>(g);
-  }
-  for (int j = threadIdx.x; j < H; j += blockDim.x) {
-    float v = 0.0f;
-    for (int s = 0; s < K; ++s) v += to_f32(dxe[int64_t(assign_at[r * K + s]) * H + j]);
-    dt[r * H + j] = v;
+    for (int c = threadIdx.x; c < steps; c += blockDim.x) {
+      const int j = c * W;
+      float v[W];
+#pragma unroll
+      for (int k = 0; k < W; ++k) v[k] = 0.0f;
+#pragma unroll 2
+      for (int s = 0; s < K; ++s) {
+        float x[W];
+        train_load<W, kWide>(dxe + int64_t(assign_at[r * K + s]) * H + j, x);
+#pragma unroll
+        for (int k = 0; k < W; ++k) v[k] += x[k];
+      }
+      train_store<W, kWide>(dt + r * H + j, v);
+    }
   }
 }
 
@@ -195,11 +260,20 @@ void train_swiglu_fwd(ActType t, const void* h, const float* bias, const int* gr
                  "null pointer");
   MIND4_CUDA_ARG(A >= 0 && I > 0 && limit > 0, "train_swiglu_fwd", "A = ", A, ", I = ", I);
   if (A == 0) return;
+  const bool wide = I % kTrainSwigluPairs == 0 && train_aligned16(h) && train_aligned16(bias) &&
+                    train_aligned16(h_saved) && train_aligned16(act_out);
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
-    train_swiglu_fwd_kernel<T><<<train_blocks(int64_t(A) * I), 256, 0, stream>>>(
-        static_cast<const T*>(h), bias, group_expert, A, I, limit, static_cast<T*>(h_saved),
-        static_cast<T*>(act_out));
+    auto launch = [&](auto kernel, int pairs) {
+      const dim3 block = train_row_block(I / pairs);
+      kernel<<<train_row_grid(A, block), block, 0, stream>>>(
+          static_cast<const T*>(h), bias, group_expert, A, I, limit, static_cast<T*>(h_saved),
+          static_cast<T*>(act_out));
+    };
+    if (wide)
+      launch(train_swiglu_fwd_kernel<T, kTrainSwigluPairs>, kTrainSwigluPairs);
+    else
+      launch(train_swiglu_fwd_kernel<T, 1>, 1);
   });
   check_launch(train_moe_name(t, "train_swiglu_fwd_f32", "train_swiglu_fwd_bf16"));
 }
@@ -209,11 +283,20 @@ void train_swiglu_bwd(ActType t, const void* h_saved, const void* dact, int A, i
   MIND4_CUDA_ARG(h_saved && dact && dh, "train_swiglu_bwd", "null pointer");
   MIND4_CUDA_ARG(A >= 0 && I > 0 && limit > 0, "train_swiglu_bwd", "A = ", A, ", I = ", I);
   if (A == 0) return;
+  const bool wide = I % kTrainSwigluPairs == 0 && train_aligned16(h_saved) &&
+                    train_aligned16(dact) && train_aligned16(dh);
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
-    train_swiglu_bwd_kernel<T><<<train_blocks(int64_t(A) * I), 256, 0, stream>>>(
-        static_cast<const T*>(h_saved), static_cast<const T*>(dact), A, I, limit,
-        static_cast<T*>(dh));
+    auto launch = [&](auto kernel, int pairs) {
+      const dim3 block = train_row_block(I / pairs);
+      kernel<<<train_row_grid(A, block), block, 0, stream>>>(static_cast<const T*>(h_saved),
+                                                             static_cast<const T*>(dact), A, I,
+                                                             limit, static_cast<T*>(dh));
+    };
+    if (wide)
+      launch(train_swiglu_bwd_kernel<T, kTrainSwigluPairs>, kTrainSwigluPairs);
+    else
+      launch(train_swiglu_bwd_kernel<T, 1>, 1);
   });
   check_launch(train_moe_name(t, "train_swiglu_bwd_f32", "train_swiglu_bwd_bf16"));
 }
@@ -226,10 +309,19 @@ void train_moe_combine_fwd(ActType t, const float* xmid, const void* y, const fl
   MIND4_CUDA_ARG(NT >= 0 && K > 0 && H > 0, "train_moe_combine_fwd", "NT = ", NT, ", K = ", K,
                  ", H = ", H);
   if (NT == 0) return;
+  const bool wide = H % kTrainMoeWidth == 0 && train_aligned16(xmid) && train_aligned16(y) &&
+                    train_aligned16(bias) && train_aligned16(xout);
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
-    train_moe_combine_fwd_kernel<T><<<NT, 256, 0, stream>>>(
-        xmid, static_cast<const T*>(y), bias, experts, assign_at, weights, NT, K, H, xout);
+    auto launch = [&](auto kernel, int width) {
+      const dim3 block = train_row_block(H / width);
+      kernel<<<train_row_grid(NT, block), block, 0, stream>>>(
+          xmid, static_cast<const T*>(y), bias, experts, assign_at, weights, NT, K, H, xout);
+    };
+    if (wide)
+      launch(train_moe_combine_fwd_kernel<T, kTrainMoeWidth>, kTrainMoeWidth);
+    else
+      launch(train_moe_combine_fwd_kernel<T, 1>, 1);
   });
   check_launch(train_moe_name(t, "train_moe_combine_fwd_f32", "train_moe_combine_fwd_bf16"));
 }
@@ -243,11 +335,19 @@ void train_moe_combine_bwd(ActType t, const float* dx, const void* y, const floa
                  ", H = ", H);
   if (NT == 0) return;
   const int64_t warps = int64_t(NT) * K;
+  const bool wide = H % kTrainMoeWidth == 0 && train_aligned16(dx) && train_aligned16(y) &&
+                    train_aligned16(bias) && train_aligned16(dy);
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
-    train_moe_combine_bwd_kernel<T><<<int((warps + 7) / 8), 256, 0, stream>>>(
-        dx, static_cast<const T*>(y), bias, experts, assign_at, weights, NT, K, H, dweights,
-        static_cast<T*>(dy));
+    auto launch = [&](auto kernel) {
+      kernel<<<int((warps + 7) / 8), 256, 0, stream>>>(dx, static_cast<const T*>(y), bias, experts,
+                                                       assign_at, weights, NT, K, H, dweights,
+                                                       static_cast<T*>(dy));
+    };
+    if (wide)
+      launch(train_moe_combine_bwd_kernel<T, kTrainMoeWidth>);
+    else
+      launch(train_moe_combine_bwd_kernel<T, 1>);
   });
   check_launch(train_moe_name(t, "train_moe_combine_bwd_f32", "train_moe_combine_bwd_bf16"));
 }
@@ -273,11 +373,19 @@ void train_router_bwd(ActType t, const int* experts, const float* weights, const
   MIND4_CUDA_ARG(NT >= 0 && E > 0 && K > 0 && K <= E && H > 0 && aux_scale >= 0, "train_router_bwd",
                  "NT = ", NT, ", E = ", E, ", K = ", K, ", H = ", H);
   if (NT == 0) return;
+  const bool wide = H % kTrainMoeWidth == 0 && train_aligned16(dxe) && train_aligned16(dt);
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
-    train_router_bwd_kernel<T><<<NT, 256, 0, stream>>>(
-        experts, weights, dweights, probs, offsets, aux_scale, static_cast<const T*>(dxe),
-        assign_at, NT, E, K, H, static_cast<T*>(dlogits), dt);
+    auto launch = [&](auto kernel, int width) {
+      const dim3 block = train_row_block(H / width);
+      kernel<<<train_row_grid(NT, block), block, 0, stream>>>(
+          experts, weights, dweights, probs, offsets, aux_scale, static_cast<const T*>(dxe),
+          assign_at, NT, E, K, H, static_cast<T*>(dlogits), dt);
+    };
+    if (wide)
+      launch(train_router_bwd_kernel<T, kTrainMoeWidth>, kTrainMoeWidth);
+    else
+      launch(train_router_bwd_kernel<T, 1>, 1);
   });
   check_launch(train_moe_name(t, "train_router_bwd_f32", "train_router_bwd_bf16"));
 }

@@ -1,0 +1,171 @@
+// The training's elementwise kernels at issue 5's shape (`mind4 bench-train` defaults, bf16): 16 x
+// 1024 rows, hidden 768, intermediate 1024, 8 experts top-2 spread evenly over padded segments of
+// 4096 + 192 rows (34304 rows in all, the profile's count), vocabulary 32768. One launch of one
+// layer per timing, CUDA events; bytes_per_second counts what must cross memory once (inputs
+// read, outputs written; the small tables of biases, weights and indices left out).
+#ifdef MIND4_HAVE_CUDA
+
+#include <benchmark/benchmark.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "cuda/buffer.h"
+#include "cuda/kernels.h"
+#include "cuda/train_kernels.h"
+#include "cuda_bench_util.h"
+
+namespace {
+
+using mind4::cuda::ActType;
+using mind4::cuda::DeviceBuffer;
+namespace cb = mind4::cuda_bench;
+using cb::Dist;
+
+constexpr int kTebNT = 16 * 1024, kTebH = 768, kTebI = 1024, kTebE = 8, kTebK = 2;
+constexpr int kTebV = 32768, kTebSegment = 4096 + 192, kTebAP = kTebE * kTebSegment;
+constexpr float kTebLimit = 7.0f;
+
+// Row r's slots go to experts r % 8 and (r + 1) % 8: 4096 assignments per expert, each at the
+// next row of its expert's padded segment (the 192 rows after them are the gap).
+struct TebRouting {
+  DeviceBuffer experts, assign_at, offsets, group_row, group_expert, weights, dweights, probs;
+  TebRouting() {
+    std::vector<int> ex(kTebNT * kTebK), at(kTebNT * kTebK), off(kTebE + 1, 0), row(kTebAP, 0),
+        gexp(kTebAP, 0), cursor(kTebE, 0);
+    for (int r = 0; r < kTebNT; ++r)
+      for (int s = 0; s < kTebK; ++s) {
+        const int e = (r + s) % kTebE, i = r * kTebK + s;
+        ex[i] = e;
+        at[i] = e * kTebSegment + cursor[e]++;
+        row[at[i]] = r;
+        gexp[at[i]] = e;
+      }
+    for (int e = 0; e < kTebE; ++e) off[e + 1] = off[e] + cursor[e];
+    experts = cb::upload(ex), assign_at = cb::upload(at), offsets = cb::upload(off);
+    group_row = cb::upload(row), group_expert = cb::upload(gexp);
+    weights = cb::random_f32(size_t(kTebNT) * kTebK, 1.0f, 21, Dist::kUniform);
+    dweights = cb::random_f32(size_t(kTebNT) * kTebK, 1.0f, 22, Dist::kUniform);
+    probs = cb::random_f32(size_t(kTebNT) * kTebE, 0.25f, 23, Dist::kUniform);
+  }
+};
+
+void teb_bytes(benchmark::State& state, double bytes) {
+  state.counters["bytes_per_second"] =
+      benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_CudaTrainSwigluFwd(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  TebRouting rt;
+  const size_t n = size_t(kTebAP) * kTebI;
+  DeviceBuffer h = cb::random_bf16(2 * n, 2.0f, 31, Dist::kNormal);
+  DeviceBuffer bias = cb::random_f32(size_t(kTebE) * 2 * kTebI, 0.5f, 32, Dist::kNormal);
+  DeviceBuffer h_saved(2 * n * 2), act(n * 2);
+  cb::time_launches(state, 10, [&] {
+    mind4::cuda::train_swiglu_fwd(ActType::kBF16, h.data(), bias.data<float>(),
+                                  rt.group_expert.data<int>(), kTebAP, kTebI, kTebLimit,
+                                  h_saved.data(), act.data(), nullptr);
+  });
+  teb_bytes(state, double(n) * 2 * (2 + 2 + 1));
+}
+BENCHMARK(BM_CudaTrainSwigluFwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+void BM_CudaTrainSwigluBwd(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  const size_t n = size_t(kTebAP) * kTebI;
+  DeviceBuffer h = cb::random_bf16(2 * n, 2.0f, 33, Dist::kNormal);
+  DeviceBuffer dact = cb::random_bf16(n, 1.0f, 34, Dist::kNormal);
+  DeviceBuffer dh(2 * n * 2);
+  cb::time_launches(state, 10, [&] {
+    mind4::cuda::train_swiglu_bwd(ActType::kBF16, h.data(), dact.data(), kTebAP, kTebI, kTebLimit,
+                                  dh.data(), nullptr);
+  });
+  teb_bytes(state, double(n) * 2 * (2 + 1 + 2));
+}
+BENCHMARK(BM_CudaTrainSwigluBwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+void BM_CudaTrainCrossEntropy(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  const size_t n = size_t(kTebNT) * kTebV;
+  // Random bits (small values; the kernel's time does not depend on them): 537M floats drawn on
+  // the host would take seconds.
+  DeviceBuffer logits = cb::random_bf16_bits(n, 41);
+  std::vector<int> tg(kTebNT);
+  for (int r = 0; r < kTebNT; ++r) tg[r] = int(cb::mix_at(42, size_t(r)) % kTebV);
+  DeviceBuffer targets = cb::upload(tg), loss(size_t(kTebNT) * 4), dlogits(n * 2);
+  cb::time_launches(state, 3, [&] {
+    mind4::cuda::train_cross_entropy(ActType::kBF16, logits.data(), targets.data<int>(), kTebNT,
+                                     kTebV, 1.0f / kTebNT, loss.data<float>(), dlogits.data(),
+                                     nullptr);
+  });
+  teb_bytes(state, double(n) * 2 * 2);
+}
+BENCHMARK(BM_CudaTrainCrossEntropy)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+void BM_CudaTrainRouterBwd(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  TebRouting rt;
+  DeviceBuffer dxe = cb::random_bf16(size_t(kTebAP) * kTebH, 1.0f, 51, Dist::kNormal);
+  DeviceBuffer dlogits(size_t(kTebNT) * kTebE * 2), dt(size_t(kTebNT) * kTebH * 4);
+  cb::time_launches(state, 10, [&] {
+    mind4::cuda::train_router_bwd(
+        ActType::kBF16, rt.experts.data<int>(), rt.weights.data<float>(), rt.dweights.data<float>(),
+        rt.probs.data<float>(), rt.offsets.data<int>(), 0.01f, dxe.data(), rt.assign_at.data<int>(),
+        kTebNT, kTebE, kTebK, kTebH, dlogits.data(), dt.data<float>(), nullptr);
+  });
+  teb_bytes(state, double(kTebNT) * kTebH * (kTebK * 2 + 4));
+}
+BENCHMARK(BM_CudaTrainRouterBwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+void BM_CudaTrainMoeCombineFwd(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  TebRouting rt;
+  DeviceBuffer xmid = cb::random_f32(size_t(kTebNT) * kTebH, 1.0f, 61, Dist::kNormal);
+  DeviceBuffer y = cb::random_bf16(size_t(kTebAP) * kTebH, 1.0f, 62, Dist::kNormal);
+  DeviceBuffer bias = cb::random_f32(size_t(kTebE) * kTebH, 0.5f, 63, Dist::kNormal);
+  DeviceBuffer xout(size_t(kTebNT) * kTebH * 4);
+  cb::time_launches(state, 10, [&] {
+    mind4::cuda::train_moe_combine_fwd(ActType::kBF16, xmid.data<float>(), y.data(),
+                                       bias.data<float>(), rt.experts.data<int>(),
+                                       rt.assign_at.data<int>(), rt.weights.data<float>(), kTebNT,
+                                       kTebK, kTebH, xout.data<float>(), nullptr);
+  });
+  teb_bytes(state, double(kTebNT) * kTebH * (4 + kTebK * 2 + 4));
+}
+BENCHMARK(BM_CudaTrainMoeCombineFwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+void BM_CudaTrainMoeCombineBwd(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  TebRouting rt;
+  DeviceBuffer dx = cb::random_f32(size_t(kTebNT) * kTebH, 1.0f, 71, Dist::kNormal);
+  DeviceBuffer y = cb::random_bf16(size_t(kTebAP) * kTebH, 1.0f, 72, Dist::kNormal);
+  DeviceBuffer bias = cb::random_f32(size_t(kTebE) * kTebH, 0.5f, 73, Dist::kNormal);
+  DeviceBuffer dweights(size_t(kTebNT) * kTebK * 4), dy(size_t(kTebAP) * kTebH * 2);
+  cb::time_launches(state, 10, [&] {
+    mind4::cuda::train_moe_combine_bwd(ActType::kBF16, dx.data<float>(), y.data(),
+                                       bias.data<float>(), rt.experts.data<int>(),
+                                       rt.assign_at.data<int>(), rt.weights.data<float>(), kTebNT,
+                                       kTebK, kTebH, dweights.data<float>(), dy.data(), nullptr);
+  });
+  teb_bytes(state, double(kTebNT) * kTebH * (4 + kTebK * 2 + kTebK * 2));
+}
+BENCHMARK(BM_CudaTrainMoeCombineBwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+void BM_CudaTrainGatherExpertRows(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  TebRouting rt;
+  DeviceBuffer x = cb::random_bf16(size_t(kTebNT) * kTebH, 1.0f, 81, Dist::kNormal);
+  DeviceBuffer xe(size_t(kTebAP) * kTebH * 2);
+  cb::time_launches(state, 10, [&] {
+    mind4::cuda::gather_rows(ActType::kBF16, x.data(), rt.group_row.data<int>(), kTebAP, kTebH,
+                             xe.data(), nullptr);
+  });
+  teb_bytes(state, double(kTebAP) * kTebH * 2 * 2);
+}
+BENCHMARK(BM_CudaTrainGatherExpertRows)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+#endif  // MIND4_HAVE_CUDA
