@@ -173,8 +173,11 @@ __global__ void __launch_bounds__(kWgThreads, 2)
   float acc[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
-  const int wg = warp >> 2;             // warpgroup: tile rows 64 wg .. 64 wg + 63
-  const bool wg_live = rows > wg * 64;  // the last tile of an expert may leave one idle
+  // Warpgroup: tile rows 64 wg .. 64 wg + 63. Both warpgroups multiply every step, also the one
+  // past an expert's last row (its rows repeat the last row and are never stored): a branch
+  // around the wgmma sequence, even a warpgroup-uniform one, made ptxas serialize every wgmma
+  // (C7518, "compiler-inserted WG.DP in divergent path").
+  const int wg = warp >> 2;
   const uint32_t as_s = smem_addr(as) + wg * 8 * 1024, ws_s = smem_addr(ws);
 
   // Three stages: at step s the tensor cores read stage s % 3, the activation rows of step s + 2
@@ -191,14 +194,12 @@ __global__ void __launch_bounds__(kWgThreads, 2)
     cp_async_wait<1>();  // all but the newest group: this step's activation rows
     fence_proxy_async_shared();
     __syncthreads();  // this step's tiles are in place; every thread is done with step - 1
-    if (wg_live) {
-      wgmma_fence();
+    wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kWgK / 16; ++kk)
-        wgmma_m64n128k16_bf16(acc, wg_desc(as_s + buf * kWgTileBytes + kk * 256),
-                              wg_desc(ws_s + buf * kWgTileBytes + kk * 256));
-      wgmma_commit();
-    }
+    for (int kk = 0; kk < kWgK / 16; ++kk)
+      wgmma_m64n128k16_bf16(acc, wg_desc(as_s + buf * kWgTileBytes + kk * 256),
+                            wg_desc(ws_s + buf * kWgTileBytes + kk * 256));
+    wgmma_commit();
     // While the tensor cores work. Stage (step + 2) % 3 was last read by step - 1's products
     // and stage (step + 1) % 3 by step - 2's, both waited for before this step's barrier.
     copy_a(step + 2, (step + 2) % kWgStages);
@@ -206,7 +207,7 @@ __global__ void __launch_bounds__(kWgThreads, 2)
       expand_w((step + 1) % kWgStages);
       load_w(step + 2);
     }
-    if (wg_live) wgmma_wait_all();
+    wgmma_wait_all();
 #pragma unroll
     for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(acc[i])::"memory");
   }
