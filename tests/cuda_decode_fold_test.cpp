@@ -152,28 +152,8 @@ TEST_F(CudaDecodeFoldTest, RouterNormGroupNormsQuantizesAndRoutes) {
         ASSERT_NEAR(weights[size_t(r) * K + s], ww[s], 1e-5) << "row " << r << " slot " << s;
       }
     }
-    const int A = B * K;
-    const auto all = download<int>(gr.buf, size_t(2 * (E + 1) + 3 * A));
-    const int* offsets = all.data();
-    const int* active = offsets + E + 1;
-    const int* group_row = active + E + 1;
-    const int* group_expert = group_row + A;
-    const int* assign_at = group_expert + A;
-    ASSERT_EQ(offsets[E], A);
-    int n_active = 0;
-    for (int e = 0; e < E; ++e) {
-      int cnt = 0;
-      for (int i = 0; i < A; ++i) cnt += experts[i] == e;
-      ASSERT_EQ(offsets[e + 1] - offsets[e], cnt) << "expert " << e;
-      if (cnt) ASSERT_EQ(active[1 + n_active++], e);
-    }
-    ASSERT_EQ(active[0], n_active);
-    for (int i = 0; i < A; ++i) {
-      const int at = assign_at[i];
-      ASSERT_TRUE(at >= offsets[experts[i]] && at < offsets[experts[i] + 1]) << i;
-      ASSERT_EQ(group_row[at], i / K);
-      ASSERT_EQ(group_expert[at], experts[i]);
-    }
+    ASSERT_NO_FATAL_FAILURE(
+        expect_moe_grouping(download<int>(gr.buf, size_t(2 * (E + 1) + 3 * B * K)), experts, K, E));
   }
   EXPECT_GT(rows_checked, 8);
 }

@@ -126,6 +126,37 @@ inline double tol(cuda::ActType t) {
   return t == cuda::ActType::kF32 ? 1e-5 : 1e-2;
 }
 
+// moe_group's output for `experts` (K per row, E experts), downloaded whole from its buffer
+// ([offsets E + 1][active E + 1][group_row A][group_expert A][assign_at A]): each expert's segment
+// holds exactly its assignments, the active list names the experts with any, in order, and every
+// assignment's slot holds its row and expert.
+inline void expect_moe_grouping(const std::vector<int>& all, const std::vector<int>& experts, int K,
+                                int E) {
+  const int A = int(experts.size());
+  ASSERT_EQ(all.size(), size_t(2 * (E + 1) + 3 * A));
+  const int* offsets = all.data();
+  const int* active = offsets + E + 1;
+  const int* group_row = active + E + 1;
+  const int* group_expert = group_row + A;
+  const int* assign_at = group_expert + A;
+  ASSERT_EQ(offsets[0], 0);
+  ASSERT_EQ(offsets[E], A);
+  int n_active = 0;
+  for (int e = 0; e < E; ++e) {
+    int cnt = 0;
+    for (int i = 0; i < A; ++i) cnt += experts[i] == e;
+    ASSERT_EQ(offsets[e + 1] - offsets[e], cnt) << "expert " << e;
+    if (cnt) ASSERT_EQ(active[1 + n_active++], e);
+  }
+  ASSERT_EQ(active[0], n_active);
+  for (int i = 0; i < A; ++i) {
+    const int at = assign_at[i];
+    ASSERT_TRUE(at >= offsets[experts[i]] && at < offsets[experts[i] + 1]) << i;
+    ASSERT_EQ(group_row[at], i / K);
+    ASSERT_EQ(group_expert[at], experts[i]);
+  }
+}
+
 }  // namespace mind4::cuda_test
 
 #endif  // MIND4_HAVE_CUDA
