@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "cuda/device_util.cuh"
+#include "cuda/flash_tile.cuh"
 #include "cuda/mma.cuh"
 
 namespace mind4::cuda {
@@ -20,7 +21,6 @@ namespace {
 constexpr int kFlashRows = 64;  // flattened (position, head) rows per block, 16 per warp
 constexpr int kFlashKeys = 64;  // keys per tile
 constexpr int kFlashThreads = 128;
-constexpr float kFlashLog2e = 1.4426950408889634f;
 
 // Shared memory of one block: K and V tiles, two stages each, rows padded by 16 bytes so that the
 // eight row addresses of an ldmatrix fall in distinct banks.
@@ -31,12 +31,6 @@ constexpr int flash_stride() {
 template <int DP>
 constexpr size_t flash_smem_bytes() {
   return size_t(4) * kFlashKeys * flash_stride<DP>() * sizeof(__nv_bfloat16);
-}
-
-__device__ __forceinline__ float flash_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));  // ex2(-inf) = +0
-  return y;
 }
 
 // DP: the head dimension rounded up to 32, 64 or 128 (dimensions >= D are zero in Q and K).
@@ -109,7 +103,6 @@ __global__ void __launch_bounds__(kFlashThreads)
   float acc[DP / 8][4];
 #pragma unroll
   for (int dt = 0; dt < DP / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
-  const int mi = lane >> 3, ri = lane & 7;  // ldmatrix: this lane's matrix and row address
 
   if (n_tiles > 0) load_tile(0);
   for (int j = 0; j < n_tiles; ++j) {
@@ -123,77 +116,9 @@ __global__ void __launch_bounds__(kFlashThreads)
     const int kt0 = k_begin + j * KT;
     const bf16* kt = ks + (j & 1) * KT * S;
     const bf16* vt = vs + (j & 1) * KT * S;
-    if (warp_live && kt0 <= wk_hi && kt0 + KT > wk_lo) {
-      float s[KT / 8][4];
-#pragma unroll
-      for (int nt = 0; nt < KT / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-      for (int kk = 0; kk < DP / 16; ++kk)
-#pragma unroll
-        for (int nt = 0; nt < KT / 8; nt += 2) {
-          uint32_t b[4];
-          ldmatrix_x4(b, kt + (8 * (nt + (mi >> 1)) + ri) * S + 16 * kk + 8 * (mi & 1));
-          mma_bf16_16816(s[nt], qf[kk], b[0], b[1]);
-          mma_bf16_16816(s[nt + 1], qf[kk], b[2], b[3]);
-        }
-      const bool full = kt0 >= full_lo && kt0 + KT - 1 <= full_hi;
-      float mx0 = m0, mx1 = m1;
-#pragma unroll
-      for (int nt = 0; nt < KT / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float v = s[nt][e] * scale_log2;
-          if (!full) {
-            const int key = kt0 + 8 * nt + c2 + (e & 1);
-            const bool vis = e < 2 ? key >= first0 && key <= pr0 : key >= first1 && key <= pr1;
-            if (!vis) v = -INFINITY;
-          }
-          s[nt][e] = v;
-          if (e < 2)
-            mx0 = fmaxf(mx0, v);
-          else
-            mx1 = fmaxf(mx1, v);
-        }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      // A row with no visible key yet keeps max -inf; subtract 0 then (every exp is 0).
-      const float base0 = mx0 == -INFINITY ? 0.0f : mx0, base1 = mx1 == -INFINITY ? 0.0f : mx1;
-      const float corr0 = flash_exp2(m0 - base0), corr1 = flash_exp2(m1 - base1);
-      m0 = mx0;
-      m1 = mx1;
-      l0 *= corr0;  // per-lane partial sums; the 4 lanes of a row add up at the end
-      l1 *= corr1;
-#pragma unroll
-      for (int dt = 0; dt < DP / 8; ++dt) {
-        acc[dt][0] *= corr0;
-        acc[dt][1] *= corr0;
-        acc[dt][2] *= corr1;
-        acc[dt][3] *= corr1;
-      }
-#pragma unroll
-      for (int kk = 0; kk < KT / 16; ++kk) {
-        // The score accumulators of keys 16kk .. 16kk + 15 are already in A-fragment order.
-        const float p00 = flash_exp2(s[2 * kk][0] - base0), p01 = flash_exp2(s[2 * kk][1] - base0);
-        const float p10 = flash_exp2(s[2 * kk][2] - base1), p11 = flash_exp2(s[2 * kk][3] - base1);
-        const float p02 = flash_exp2(s[2 * kk + 1][0] - base0),
-                    p03 = flash_exp2(s[2 * kk + 1][1] - base0);
-        const float p12 = flash_exp2(s[2 * kk + 1][2] - base1),
-                    p13 = flash_exp2(s[2 * kk + 1][3] - base1);
-        l0 += (p00 + p01) + (p02 + p03);
-        l1 += (p10 + p11) + (p12 + p13);
-        const uint32_t pa[4] = {pack_bf16x2(p00, p01), pack_bf16x2(p10, p11), pack_bf16x2(p02, p03),
-                                pack_bf16x2(p12, p13)};
-#pragma unroll
-        for (int dt = 0; dt < DP / 8; dt += 2) {
-          uint32_t b[4];
-          ldmatrix_x4_trans(b, vt + (16 * kk + 8 * (mi & 1) + ri) * S + 8 * (dt + (mi >> 1)));
-          mma_bf16_16816(acc[dt], pa, b[0], b[1]);
-          mma_bf16_16816(acc[dt + 1], pa, b[2], b[3]);
-        }
-      }
-    }
+    if (warp_live && kt0 <= wk_hi && kt0 + KT > wk_lo)
+      flash_tile_forward<DP, KT>(kt, vt, S, qf, kt0, full_lo, full_hi, first0, pr0, first1, pr1,
+                                 scale_log2, m0, m1, l0, l1, acc);
     __syncthreads();  // the next iteration's copy refills this stage
   }
 

@@ -28,6 +28,7 @@
 // spilled.
 #include <cmath>
 
+#include "cuda/flash_tile.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/train_kernels.h"
 #include "cuda/train_util.cuh"
@@ -46,7 +47,6 @@ constexpr int kTfFwdRows = 16 * kTfFwdWarps;  // flattened rows per forward bloc
 constexpr int kTfBwdWarps = kTfKeys / 16;     // a warp per 16 keys of the backward's key tile
 constexpr int kTfQueries = 64;                // queries per backward query tile
 constexpr int kTfPrepRows = 32;               // rows per block of the backward's preprocessing
-constexpr float kTfLog2e = 1.4426950408889634f;
 constexpr float kTfLn2 = 0.6931471805599453f;
 constexpr int kTfTile = kTfKeys * kTfStride;  // bf16 elements of one 64-row shared tile
 
@@ -54,12 +54,6 @@ constexpr size_t kTfFwdSmem = size_t(4) * kTfTile * sizeof(tf_bf16);  // K, V: t
 // K, V, dS^T, Q and dO (two stages each), lse and delta (two stages each).
 constexpr size_t kTfBwdSmem =
     size_t(7) * kTfTile * sizeof(tf_bf16) + size_t(4) * kTfQueries * sizeof(float);
-
-__device__ __forceinline__ float tf_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));  // ex2(-inf) = +0
-  return y;
-}
 
 __device__ __forceinline__ int tf_first_key(int s, int window) {
   return window > 0 ? max(0, s - window + 1) : 0;
@@ -183,7 +177,6 @@ __global__ void __launch_bounds__(kTfFwdWarps * 32, 3)
   float acc[D / 8][4];
 #pragma unroll
   for (int dt = 0; dt < D / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
-  const int mi = lane >> 3, ri = lane & 7;  // ldmatrix: this lane's matrix and row address
 
   if (n_tiles > 0) load_tile(0);
   for (int j = 0; j < n_tiles; ++j) {
@@ -197,77 +190,9 @@ __global__ void __launch_bounds__(kTfFwdWarps * 32, 3)
     const int kt0 = k_begin + j * KT;
     const tf_bf16* kt = ks + (j & 1) * kTfTile;
     const tf_bf16* vt = vs + (j & 1) * kTfTile;
-    if (warp_live && kt0 <= wk_hi && kt0 + KT > wk_lo) {
-      float s[KT / 8][4];
-#pragma unroll
-      for (int nt = 0; nt < KT / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-#pragma unroll
-        for (int nt = 0; nt < KT / 8; nt += 2) {
-          uint32_t bq[4];
-          ldmatrix_x4(bq, kt + (8 * (nt + (mi >> 1)) + ri) * ST + 16 * kk + 8 * (mi & 1));
-          mma_bf16_16816(s[nt], qf[kk], bq[0], bq[1]);
-          mma_bf16_16816(s[nt + 1], qf[kk], bq[2], bq[3]);
-        }
-      const bool full = kt0 >= full_lo && kt0 + KT - 1 <= full_hi;
-      float mx0 = m0, mx1 = m1;
-#pragma unroll
-      for (int nt = 0; nt < KT / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float v = s[nt][e] * scale_log2;
-          if (!full) {
-            const int key = kt0 + 8 * nt + c2 + (e & 1);
-            const bool vis = e < 2 ? key >= first0 && key <= pr0 : key >= first1 && key <= pr1;
-            if (!vis) v = -INFINITY;
-          }
-          s[nt][e] = v;
-          if (e < 2)
-            mx0 = fmaxf(mx0, v);
-          else
-            mx1 = fmaxf(mx1, v);
-        }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      // A row with no visible key yet keeps max -inf; subtract 0 then (every exp is 0).
-      const float base0 = mx0 == -INFINITY ? 0.0f : mx0, base1 = mx1 == -INFINITY ? 0.0f : mx1;
-      const float corr0 = tf_exp2(m0 - base0), corr1 = tf_exp2(m1 - base1);
-      m0 = mx0;
-      m1 = mx1;
-      l0 *= corr0;  // per-lane partial sums; the 4 lanes of a row add up at the end
-      l1 *= corr1;
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        acc[dt][0] *= corr0;
-        acc[dt][1] *= corr0;
-        acc[dt][2] *= corr1;
-        acc[dt][3] *= corr1;
-      }
-#pragma unroll
-      for (int kk = 0; kk < KT / 16; ++kk) {
-        // The score accumulators of keys 16kk .. 16kk + 15 are already in A-fragment order.
-        const float p00 = tf_exp2(s[2 * kk][0] - base0), p01 = tf_exp2(s[2 * kk][1] - base0);
-        const float p10 = tf_exp2(s[2 * kk][2] - base1), p11 = tf_exp2(s[2 * kk][3] - base1);
-        const float p02 = tf_exp2(s[2 * kk + 1][0] - base0),
-                    p03 = tf_exp2(s[2 * kk + 1][1] - base0);
-        const float p12 = tf_exp2(s[2 * kk + 1][2] - base1),
-                    p13 = tf_exp2(s[2 * kk + 1][3] - base1);
-        l0 += (p00 + p01) + (p02 + p03);
-        l1 += (p10 + p11) + (p12 + p13);
-        const uint32_t pa[4] = {pack_bf16x2(p00, p01), pack_bf16x2(p10, p11), pack_bf16x2(p02, p03),
-                                pack_bf16x2(p12, p13)};
-#pragma unroll
-        for (int dt = 0; dt < D / 8; dt += 2) {
-          uint32_t bv[4];
-          ldmatrix_x4_trans(bv, vt + (16 * kk + 8 * (mi & 1) + ri) * ST + 8 * (dt + (mi >> 1)));
-          mma_bf16_16816(acc[dt], pa, bv[0], bv[1]);
-          mma_bf16_16816(acc[dt + 1], pa, bv[2], bv[3]);
-        }
-      }
-    }
+    if (warp_live && kt0 <= wk_hi && kt0 + KT > wk_lo)
+      flash_tile_forward<D, KT>(kt, vt, ST, qf, kt0, full_lo, full_hi, first0, pr0, first1, pr1,
+                                scale_log2, m0, m1, l0, l1, acc);
     __syncthreads();  // the next iteration's copy refills this stage
   }
 
@@ -279,8 +204,8 @@ __global__ void __launch_bounds__(kTfFwdWarps * 32, 3)
     if (f >= total) return;
     const int s = f / G, h = kvh * G + f % G;
     const int64_t row = int64_t(b) * S + s;
-    const float sink = sinks[h] * kTfLog2e, M = fmaxf(m, sink);
-    const float fm = tf_exp2(m - M), denom = l * fm + tf_exp2(sink - M), mult = fm / denom;
+    const float sink = sinks[h] * kFlashLog2e, M = fmaxf(m, sink);
+    const float fm = flash_exp2(m - M), denom = l * fm + flash_exp2(sink - M), mult = fm / denom;
     tf_bf16* o = out + row * NH * D + int64_t(h) * D;
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt)
@@ -393,7 +318,7 @@ __global__ void __launch_bounds__(kTfBwdWarps * 32, 2)
       const float* src = i < QT ? lse : delta;
       const float v = q < S ? src[(row0 + q) * NH + h] : 0.0f;
       if (i < QT)
-        lse_s[buf * QT + row] = v * kTfLog2e;
+        lse_s[buf * QT + row] = v * kFlashLog2e;
       else
         dl_s[buf * QT + row] = v;
     }
@@ -460,7 +385,7 @@ __global__ void __launch_bounds__(kTfBwdWarps * 32, 2)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int ql = 8 * nt + c2 + (e & 1), q = qt0 + ql, key = e < 2 ? kr0 : kr1;
-        float p = tf_exp2(s[nt][e] * scale_log2 - ls[ql]);
+        float p = flash_exp2(s[nt][e] * scale_log2 - ls[ql]);
         if (!full && !(q < S && key <= q && (window == 0 || q - key < window))) p = 0.0f;
         s[nt][e] = p;
         dp[nt][e] = p * (dp[nt][e] - dls[ql]) * scale;
@@ -606,7 +531,7 @@ void train_flash_attention_fwd(ActType t, const void* qkv, const float* sinks, i
   const dim3 grid(unsigned((int64_t(S) * G + kTfFwdRows - 1) / kTfFwdRows), unsigned(NKV),
                   unsigned(B));
   train_flash_fwd_kernel<<<grid, kTfFwdWarps * 32, kTfFwdSmem, stream>>>(
-      static_cast<const tf_bf16*>(qkv), sinks, S, NH, NKV, window, scale * kTfLog2e,
+      static_cast<const tf_bf16*>(qkv), sinks, S, NH, NKV, window, scale * kFlashLog2e,
       static_cast<tf_bf16*>(out), lse);
   check_launch("train_flash_fwd_bf16");
 }
@@ -645,8 +570,8 @@ void train_flash_attention_bwd(ActType t, const void* qkv, const void* out, cons
         "cudaFuncSetAttribute(train_flash_bwd)");
   const dim3 grid(unsigned((S + kTfKeys - 1) / kTfKeys), unsigned(NKV), unsigned(B));
   train_flash_bwd_kernel<<<grid, kTfBwdWarps * 32, kTfBwdSmem, stream>>>(
-      static_cast<const tf_bf16*>(qkv), dO, lse, delta, S, NH, NKV, window, scale * kTfLog2e, scale,
-      dqkv);
+      static_cast<const tf_bf16*>(qkv), dO, lse, delta, S, NH, NKV, window, scale * kFlashLog2e,
+      scale, dqkv);
   check_launch("train_flash_bwd_bf16");
 }
 
