@@ -67,14 +67,44 @@ __global__ void router_topk_softmax_kernel(const float* __restrict__ logits,
 constexpr int kRgThreads = 128;
 constexpr int kRgPre = 8;  // float4 weight loads per thread issued before the wait
 
+// The end of both router_group kernels: block (e, r)'s per-thread dot products s become logit
+// (r, e); the block that finishes last (a counter in global memory, reset by that block for the
+// next launch) takes the top-k of every row and groups the assignments by expert.
+__device__ __forceinline__ void router_group_finish(float s, int r, int e,
+                                                    const float* __restrict__ bias, int B, int E,
+                                                    int K, float* __restrict__ logits,
+                                                    unsigned* __restrict__ done,
+                                                    int* __restrict__ experts,
+                                                    float* __restrict__ weights, MoeGroups g) {
+  __shared__ float partial[kRgThreads / 32];
+  __shared__ int count[32 * kRouterMaxPerLane];
+  __shared__ bool last;
+  s = warp_sum(s);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float t = 0.0f;
+    for (int i = 0; i < kRgThreads / 32; ++i) t += partial[i];
+    logits[int64_t(r) * E + e] = t;
+    __threadfence();  // the logit is visible before the counter says so
+    last = atomicAdd(done, 1u) == gridDim.x * gridDim.y - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int rr = threadIdx.x >> 5; rr < B; rr += kRgThreads / 32)
+    router_topk_row(logits + int64_t(rr) * E, bias, E, K, experts + int64_t(rr) * K,
+                    weights + int64_t(rr) * K);
+  __syncthreads();  // the experts are written (global memory, this block)
+  moe_group_block(experts, B * K, K, E, count, g);
+  if (threadIdx.x == 0) *done = 0u;
+}
+
 __global__ void __launch_bounds__(kRgThreads)
     router_group_kernel(const float* __restrict__ x, const float* __restrict__ w,
                         const float* __restrict__ bias, int B, int H, int E, int K,
                         float* __restrict__ logits, unsigned* __restrict__ done,
                         int* __restrict__ experts, float* __restrict__ weights, MoeGroups g) {
-  __shared__ float partial[kRgThreads / 32];
-  __shared__ int count[32 * kRouterMaxPerLane];
-  __shared__ bool last;
   pdl_trigger();
   const int e = blockIdx.x, r = blockIdx.y, H4 = H / 4;
   const float4* wr = reinterpret_cast<const float4*>(w + int64_t(e) * H);
@@ -99,25 +129,7 @@ __global__ void __launch_bounds__(kRgThreads)
     const float4 b = __ldg(wr + c), a = xr[c];
     s += b.x * a.x + b.y * a.y + b.z * a.z + b.w * a.w;
   }
-  s = warp_sum(s);
-  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float t = 0.0f;
-    for (int i = 0; i < kRgThreads / 32; ++i) t += partial[i];
-    logits[int64_t(r) * E + e] = t;
-    __threadfence();  // the logit is visible before the counter says so
-    last = atomicAdd(done, 1u) == gridDim.x * gridDim.y - 1;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int rr = threadIdx.x >> 5; rr < B; rr += kRgThreads / 32)
-    router_topk_row(logits + int64_t(rr) * E, bias, E, K, experts + int64_t(rr) * K,
-                    weights + int64_t(rr) * K);
-  __syncthreads();  // the experts are written (global memory, this block)
-  moe_group_block(experts, B * K, K, E, count, g);
-  if (threadIdx.x == 0) *done = 0u;
+  router_group_finish(s, r, e, bias, B, E, K, logits, done, experts, weights, g);
 }
 
 // router_group with the norm before it folded in (decode at one row): block (e, r) recomputes the
@@ -155,8 +167,6 @@ __global__ void __launch_bounds__(kRgThreads)
                              __nv_bfloat16* __restrict__ t_out, int8_t* __restrict__ q_out,
                              float* __restrict__ d_out) {
   __shared__ float partial[kRgThreads / 32];
-  __shared__ int count[32 * kRouterMaxPerLane];
-  __shared__ bool last;
   pdl_trigger();
   const int e = blockIdx.x, r = blockIdx.y, H4 = H / 4;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -217,25 +227,7 @@ __global__ void __launch_bounds__(kRgThreads)
     *reinterpret_cast<uint32_t*>(q_out + at) = q;
     if ((lane & 7) == 0) d_out[int64_t(r) * (H / 32) + c / 8] = d;
   }
-  s = warp_sum(s);
-  if (lane == 0) partial[warp] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float t = 0.0f;
-    for (int i = 0; i < kRgThreads / 32; ++i) t += partial[i];
-    logits[int64_t(r) * E + e] = t;
-    __threadfence();  // the logit is visible before the counter says so
-    last = atomicAdd(done, 1u) == gridDim.x * gridDim.y - 1;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int rr = warp; rr < B; rr += kRgThreads / 32)
-    router_topk_row(logits + int64_t(rr) * E, bias, E, K, experts + int64_t(rr) * K,
-                    weights + int64_t(rr) * K);
-  __syncthreads();  // the experts are written (global memory, this block)
-  moe_group_block(experts, B * K, K, E, count, g);
-  if (threadIdx.x == 0) *done = 0u;
+  router_group_finish(s, r, e, bias, B, E, K, logits, done, experts, weights, g);
 }
 
 }  // namespace
