@@ -55,37 +55,6 @@ double fold_dot(const std::vector<float>& w, int64_t n, const float* x, int K) {
   return s;
 }
 
-struct FoldGroups {
-  cuda::DeviceBuffer buf;
-  cuda::MoeGroups g{};
-  std::vector<int> experts;  // [B * K]
-};
-
-// Poisoned group buffers for the router to fill.
-FoldGroups fold_poisoned_groups(int B, int K, int E) {
-  const int A = B * K;
-  FoldGroups out;
-  out.buf = poisoned(size_t(2 * (E + 1) + 3 * A) * 4);
-  int* p = out.buf.data<int>();
-  out.g = {p, p + E + 1, p + 2 * (E + 1), p + 2 * (E + 1) + A, p + 2 * (E + 1) + 2 * A};
-  return out;
-}
-
-// B rows routed to K distinct random experts each, grouped on the device by moe_group.
-FoldGroups fold_random_groups(std::mt19937& rng, int B, int K, int E) {
-  FoldGroups out = fold_poisoned_groups(B, K, E);
-  for (int r = 0; r < B; ++r) {
-    std::vector<int> all(E);
-    for (int e = 0; e < E; ++e) all[e] = e;
-    std::shuffle(all.begin(), all.end(), rng);
-    out.experts.insert(out.experts.end(), all.begin(), all.begin() + K);
-  }
-  auto d_e = upload(out.experts);
-  cuda::moe_group(d_e.data<int>(), B * K, K, E, out.g, nullptr);
-  cuda::check(cudaDeviceSynchronize(), "moe_group");
-  return out;
-}
-
 TEST_F(CudaDecodeFoldTest, RouterNormGroupNormsQuantizesAndRoutes) {
   SCOPED_TRACE(seed);
   cuda::DeviceBuffer done(4);
@@ -107,7 +76,7 @@ TEST_F(CudaDecodeFoldTest, RouterNormGroupNormsQuantizesAndRoutes) {
     auto d_logits = poisoned(size_t(B) * E * 4), d_e = poisoned(size_t(B) * K * 4),
          d_wt = poisoned(size_t(B) * K * 4), d_t = poisoned(size_t(B) * H * 2),
          d_q = poisoned(size_t(B) * H), d_d = poisoned(size_t(B) * H / 32 * 4);
-    FoldGroups gr = fold_poisoned_groups(B, K, E);
+    TestGroups gr = poisoned_groups(B, K, E);
     cuda::router_norm_group(d_x.data<float>(), d_scale.data<float>(), kFoldEps, d_w.data<float>(),
                             d_bias.data<float>(), B, H, E, K, d_logits.data<float>(),
                             done.data<unsigned>(), d_e.data<int>(), d_wt.data<float>(), gr.g,
@@ -224,7 +193,7 @@ TEST_F(CudaDecodeFoldTest, Mlp2CombineAddsTheWeightedExpertsToTheResidual) {
                                {2, 3, 7, 160, 4160},
                                {1, 1, 3, 32, 32}}) {
     const int A = B * K, max_active = std::min(E, A), nb = I / 32;
-    FoldGroups gr = fold_random_groups(rng, B, K, E);
+    TestGroups gr = random_groups(rng, B, K, E);
     const auto aq = bytes(size_t(A) * I, 0, 255);  // int8 bits: -128 .. 127
     std::vector<float> ad(size_t(A) * nb);
     for (float& v : ad) v = 0.002f + 0.01f * float(rng() % 1000) / 1000.0f;

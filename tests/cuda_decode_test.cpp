@@ -142,19 +142,6 @@ TEST_F(CudaDecodeTest, LaunchersRejectBadArguments) {
   }
 }
 
-struct DecodeGroups {
-  cuda::DeviceBuffer buf;
-  cuda::MoeGroups g{};
-};
-DecodeGroups decode_groups(int B, int K, int E) {
-  const int A = B * K;
-  DecodeGroups out;
-  out.buf = poisoned(size_t(2 * (E + 1) + 3 * A) * 4);
-  int* p = out.buf.data<int>();
-  out.g = {p, p + E + 1, p + 2 * (E + 1), p + 2 * (E + 1) + A, p + 2 * (E + 1) + 2 * A};
-  return out;
-}
-
 TEST_F(CudaDecodeTest, RouterGroupMatchesCpuTopkAndGroups) {
   SCOPED_TRACE(seed);
   cuda::DeviceBuffer done(4);
@@ -173,7 +160,7 @@ TEST_F(CudaDecodeTest, RouterGroupMatchesCpuTopkAndGroups) {
     auto d_x = upload(x), d_w = upload(w), d_bias = upload(bias);
     auto d_logits = poisoned(size_t(B) * E * 4), d_e = poisoned(size_t(B) * K * 4),
          d_wt = poisoned(size_t(B) * K * 4);
-    DecodeGroups gr = decode_groups(B, K, E);
+    TestGroups gr = poisoned_groups(B, K, E);
     cuda::router_group(d_x.data<float>(), d_w.data<float>(), d_bias.data<float>(), B, H, E, K,
                        d_logits.data<float>(), done.data<unsigned>(), d_e.data<int>(),
                        d_wt.data<float>(), gr.g, nullptr);
@@ -235,7 +222,7 @@ TEST_F(CudaDecodeTest, PdlChainInAGraphMatchesPlainLaunches) {
       act(size_t(A) * I * 2), y(size_t(A) * H * 4), xq(size_t(B) * H), xd(size_t(B) * H / 32 * 4),
       aq(size_t(A) * I), ad(size_t(A) * I / 32 * 4);
   cuda::check(cudaMemset(done.data(), 0, 4), "test memset");
-  DecodeGroups gr = decode_groups(B, K, E);
+  TestGroups gr = poisoned_groups(B, K, E);
   cudaStream_t s = nullptr;
   cuda::check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "test stream");
   auto chain = [&] {

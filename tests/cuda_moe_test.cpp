@@ -23,31 +23,6 @@ namespace {
 using cuda::ActType;
 using namespace cuda_test;
 
-struct Groups {
-  cuda::DeviceBuffer buf;
-  cuda::MoeGroups g{};
-  std::vector<int> experts;  // [A] expert of assignment (r, s)
-};
-
-// Routes B rows to K distinct random experts each and groups them on the device.
-Groups make_groups(std::mt19937& rng, int B, int K, int E) {
-  Groups out;
-  for (int r = 0; r < B; ++r) {
-    std::vector<int> all(E);
-    for (int e = 0; e < E; ++e) all[e] = e;
-    std::shuffle(all.begin(), all.end(), rng);
-    out.experts.insert(out.experts.end(), all.begin(), all.begin() + K);
-  }
-  const int A = B * K;
-  out.buf = poisoned(size_t(2 * (E + 1) + 3 * A) * 4);
-  int* p = out.buf.data<int>();
-  out.g = {p, p + E + 1, p + 2 * (E + 1), p + 2 * (E + 1) + A, p + 2 * (E + 1) + 2 * A};
-  auto d_e = upload(out.experts);
-  cuda::moe_group(d_e.data<int>(), A, K, E, out.g, nullptr);
-  cuda::check(cudaDeviceSynchronize(), "moe_group");
-  return out;
-}
-
 struct CudaMoeTest : ::testing::TestWithParam<ActType>, RandomInputs {
   void SetUp() override { MIND4_REQUIRE_GPU(); }
 };
@@ -56,7 +31,7 @@ TEST_P(CudaMoeTest, GroupingIsAPermutationByExpert) {
   SCOPED_TRACE(seed);
   for (auto [B, K, E] :
        {std::tuple{1, 4, 32}, {64, 4, 32}, {2048, 4, 32}, {7, 3, 5}, {9, 4, 128}}) {
-    Groups gr = make_groups(rng, B, K, E);
+    TestGroups gr = random_groups(rng, B, K, E);
     const int A = B * K;
     const auto all = download<int>(gr.buf, size_t(2 * (E + 1) + 3 * A));
     const int* offsets = all.data();
@@ -113,7 +88,7 @@ TEST_P(CudaMoeTest, Mxfp4ExpertsMatchCpuDecode) {
                                {64, 4, 32, 128, 64},
                                {3, 1, 1, 32, 32}}) {
     const int A = B * K;
-    Groups gr = make_groups(rng, B, K, E);
+    TestGroups gr = random_groups(rng, B, K, E);
     const auto x = rounded(normal(size_t(B) * H), t);
     const auto b1 = bytes(size_t(E) * 2 * I * H / 2, 0, 255),
                s1 = bytes(size_t(E) * 2 * I * H / 32, 120, 125);
@@ -214,7 +189,7 @@ TEST_P(CudaMoeTest, Mxfp4Int8DecodeRouteMatchesCpu) {
                                {3, 1, 8, 32, 4160},
                                {2, 3, 7, 160, 32}}) {
     const int A = B * K;
-    Groups gr = make_groups(rng, B, K, E);
+    TestGroups gr = random_groups(rng, B, K, E);
     const auto x = rounded(normal(size_t(B) * H), t);
     const auto b1 = bytes(size_t(E) * 2 * I * H / 2, 0, 255);
     const auto s1 = bytes(size_t(E) * 2 * I * H / 32, 120, 125);
@@ -274,7 +249,7 @@ TEST_P(CudaMoeTest, DenseExpertsMatchDoubleProduct) {
   const ActType t = GetParam();
   for (auto [B, K, E, H, I] : {std::tuple{1, 2, 4, 48, 40}, {9, 3, 5, 48, 40}, {4, 4, 8, 64, 96}}) {
     const int A = B * K;
-    Groups gr = make_groups(rng, B, K, E);
+    TestGroups gr = random_groups(rng, B, K, E);
     const auto x = rounded(normal(size_t(B) * H), t);
     const auto w1 = rounded(normal(size_t(E) * 2 * I * H, 0.2f), t);
     const auto w2 = rounded(normal(size_t(E) * H * I, 0.2f), t);

@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -124,6 +125,36 @@ inline double rel_error(const std::vector<float>& out, const std::vector<double>
 // Tolerance of a result computed from inputs in dtype t with f32 accumulation.
 inline double tol(cuda::ActType t) {
   return t == cuda::ActType::kF32 ? 1e-5 : 1e-2;
+}
+
+// The buffers of moe_group's output for B rows of K assignments over E experts, poisoned (for a
+// kernel to fill), and `experts`: the assignments they were made from, where there are any.
+struct TestGroups {
+  cuda::DeviceBuffer buf;
+  cuda::MoeGroups g{};
+  std::vector<int> experts;  // [B * K] expert of assignment (r, s)
+};
+inline TestGroups poisoned_groups(int B, int K, int E) {
+  const int A = B * K;
+  TestGroups out;
+  out.buf = poisoned(size_t(2 * (E + 1) + 3 * A) * 4);
+  int* p = out.buf.data<int>();
+  out.g = {p, p + E + 1, p + 2 * (E + 1), p + 2 * (E + 1) + A, p + 2 * (E + 1) + 2 * A};
+  return out;
+}
+// B rows routed to K distinct random experts each, grouped on the device by moe_group.
+inline TestGroups random_groups(std::mt19937& rng, int B, int K, int E) {
+  TestGroups out = poisoned_groups(B, K, E);
+  for (int r = 0; r < B; ++r) {
+    std::vector<int> all(E);
+    for (int e = 0; e < E; ++e) all[e] = e;
+    std::shuffle(all.begin(), all.end(), rng);
+    out.experts.insert(out.experts.end(), all.begin(), all.begin() + K);
+  }
+  auto d_e = upload(out.experts);
+  cuda::moe_group(d_e.data<int>(), B * K, K, E, out.g, nullptr);
+  cuda::check(cudaDeviceSynchronize(), "moe_group");
+  return out;
 }
 
 // moe_group's output for `experts` (K per row, E experts), downloaded whole from its buffer
