@@ -101,20 +101,12 @@ TEST(CudaTrainElementwise, SwigluWideAndElementPaths) {
       cuda::train_swiglu_fwd(t, dh.p(), db.p<float>(), dge.p<int>(), A, I, limit, hs.p(), act.p(),
                              nullptr);
       const auto hsv = fetch_act(hs, h.size(), t);
-      std::vector<double> hb(h.size()), ref(size_t(A) * I), dref(h.size());
-      for (int a = 0; a < A; ++a)
-        for (int j = 0; j < 2 * I; ++j)
-          hb[size_t(a) * 2 * I + j] =
-              double(h[size_t(a) * 2 * I + j]) + bias[size_t(ge[a]) * 2 * I + j];
-      EXPECT_LT(rel_error(hsv, hb), cuda_test::tol(t));
-      for (int a = 0; a < A; ++a)
-        swiglu_fwd(hb.data() + size_t(a) * 2 * I, I, double(limit), ref.data() + size_t(a) * I);
-      EXPECT_LT(rel_error(fetch_act(act, ref.size(), t), ref), 2 * cuda_test::tol(t));
+      const auto ref = mind4::testing::swiglu_rows_ref(h, bias, ge, I, limit);
+      EXPECT_LT(rel_error(hsv, ref.hb), cuda_test::tol(t));
+      EXPECT_LT(rel_error(fetch_act(act, ref.act.size(), t), ref.act), 2 * cuda_test::tol(t));
       // Backward from the saved (device-rounded) pre-activations.
-      const auto hsd = as_doubles(hsv), dd_d = as_doubles(dact);
-      for (int a = 0; a < A; ++a)
-        swiglu_bwd(hsd.data() + size_t(a) * 2 * I, I, double(limit), dd_d.data() + size_t(a) * I,
-                   dref.data() + size_t(a) * 2 * I);
+      const auto dref =
+          mind4::testing::swiglu_rows_bwd_ref(as_doubles(hsv), as_doubles(dact), I, limit);
       auto dho = placed_poisoned(h.size() * as, shift * as);
       cuda::train_swiglu_bwd(t, hs.p(), dd.p(), A, I, limit, dho.p(), nullptr);
       EXPECT_LT(rel_error(fetch_act(dho, h.size(), t), dref), 2 * cuda_test::tol(t));

@@ -163,20 +163,13 @@ TEST(CudaTrainKernels, SwigluForwardBackward) {
     cuda::train_swiglu_fwd(t, dh.data(), db.data<float>(), dge.data<int>(), A, I, limit, hs.data(),
                            act.data(), nullptr);
     const auto hsv = cuda_test::download_act(hs, h.size(), t);
-    std::vector<double> hb(h.size()), ref(size_t(A) * I), dref(h.size());
-    for (int a = 0; a < A; ++a)
-      for (int j = 0; j < 2 * I; ++j)
-        hb[size_t(a) * 2 * I + j] =
-            double(h[size_t(a) * 2 * I + j]) + bias[size_t(ge[a]) * 2 * I + j];
-    EXPECT_LT(rel_error(hsv, hb), cuda_test::tol(t));
-    for (int a = 0; a < A; ++a)
-      swiglu_fwd(hb.data() + size_t(a) * 2 * I, I, double(limit), ref.data() + size_t(a) * I);
-    EXPECT_LT(rel_error(cuda_test::download_act(act, ref.size(), t), ref), 2 * cuda_test::tol(t));
+    const auto ref = mind4::testing::swiglu_rows_ref(h, bias, ge, I, limit);
+    EXPECT_LT(rel_error(hsv, ref.hb), cuda_test::tol(t));
+    EXPECT_LT(rel_error(cuda_test::download_act(act, ref.act.size(), t), ref.act),
+              2 * cuda_test::tol(t));
     // Backward from the saved (device-rounded) pre-activations.
-    const auto hsd = mind4::testing::as_doubles(hsv), dd_d = mind4::testing::as_doubles(dact);
-    for (int a = 0; a < A; ++a)
-      swiglu_bwd(hsd.data() + size_t(a) * 2 * I, I, double(limit), dd_d.data() + size_t(a) * I,
-                 dref.data() + size_t(a) * 2 * I);
+    const auto dref = mind4::testing::swiglu_rows_bwd_ref(
+        mind4::testing::as_doubles(hsv), mind4::testing::as_doubles(dact), I, limit);
     auto dho = poisoned(h.size() * cuda::act_size(t));
     cuda::train_swiglu_bwd(t, hs.data(), dd.data(), A, I, limit, dho.data(), nullptr);
     EXPECT_LT(rel_error(cuda_test::download_act(dho, h.size(), t), dref), 2 * cuda_test::tol(t));

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "io_test_util.h"
+#include "train/ops.h"
 
 namespace mind4::testing {
 
@@ -30,6 +31,32 @@ inline std::vector<float> random_normals(size_t n, std::mt19937_64& rng, double 
 
 inline std::vector<double> as_doubles(const std::vector<float>& v) {
   return std::vector<double>(v.begin(), v.end());
+}
+
+// The expert rows' SwiGLU in double, as the CUDA kernels are checked against it: hb = h + the bias
+// of each row's expert ge[a] ([A, 2I]), act = swiglu(hb) ([A, I]).
+struct SwigluRowsRef {
+  std::vector<double> hb, act;
+};
+inline SwigluRowsRef swiglu_rows_ref(const std::vector<float>& h, const std::vector<float>& bias,
+                                     const std::vector<int>& ge, int I, float limit) {
+  const size_t A = ge.size(), W = size_t(2) * I;
+  SwigluRowsRef r{std::vector<double>(A * W), std::vector<double>(A * I)};
+  for (size_t a = 0; a < A; ++a) {
+    for (size_t j = 0; j < W; ++j) r.hb[a * W + j] = double(h[a * W + j]) + bias[ge[a] * W + j];
+    train::swiglu_fwd(r.hb.data() + a * W, I, double(limit), r.act.data() + a * I);
+  }
+  return r;
+}
+// dh ([A, 2I]) from the saved pre-activations h ([A, 2I]) and dact ([A, I]).
+inline std::vector<double> swiglu_rows_bwd_ref(const std::vector<double>& h,
+                                               const std::vector<double>& dact, int I,
+                                               float limit) {
+  const size_t A = dact.size() / size_t(I), W = size_t(2) * I;
+  std::vector<double> dh(A * W);
+  for (size_t a = 0; a < A; ++a)
+    train::swiglu_bwd(h.data() + a * W, I, double(limit), dact.data() + a * I, dh.data() + a * W);
+  return dh;
 }
 
 // Runs a shell command with its output discarded; returns its exit status.
