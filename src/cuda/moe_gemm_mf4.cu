@@ -14,6 +14,7 @@
 
 #include "cuda/device_util.cuh"
 #include "cuda/mma.cuh"
+#include "cuda/moe_gemm_launch.cuh"
 
 namespace mind4::cuda {
 namespace {
@@ -217,15 +218,9 @@ void launch_moe_gemm_mf4(const void* a, const int* a_rows, const uint8_t* blocks
                          const uint8_t* scales, const float* bias, const int* offsets,
                          const int* plan, int max_tiles, int N, int K, float limit, void* out,
                          cudaStream_t stream) {
-  // Per launch (about a microsecond; a prefill step has two per layer): the limit belongs to
-  // the kernel on the current device, and a function-local flag would race between threads.
-  check(cudaFuncSetAttribute(moe_gemm_mf4_kernel<kSwiglu>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(kGemmSmemBytes)),
-        "cudaFuncSetAttribute(moe_gemm_mf4)");
-  const dim3 grid(unsigned(max_tiles), unsigned((N + kGemmCols - 1) / kGemmCols));
-  moe_gemm_mf4_kernel<kSwiglu><<<grid, kGemmThreads, kGemmSmemBytes, stream>>>(
-      static_cast<const __nv_bfloat16*>(a), a_rows, blocks, scales, bias, offsets, plan, N, K,
-      limit, out);
+  launch_moe_gemm(moe_gemm_mf4_kernel<kSwiglu>, "cudaFuncSetAttribute(moe_gemm_mf4)",
+                  kGemmSmemBytes, kGemmThreads, kGemmCols, a, a_rows, blocks, scales, bias, offsets,
+                  plan, max_tiles, N, K, limit, out, stream);
 }
 
 }  // namespace
@@ -247,11 +242,7 @@ void moe_mlp1_swiglu_mf4_gemm(ActType t, const void* x, const uint8_t* blocks,
                               void* act_out, cudaStream_t stream) {
   MIND4_CUDA_ARG(x && blocks && scales && bias && g.offsets && g.group_row && plan && act_out,
                  "moe_mlp1_swiglu_mf4_gemm", "null pointer");
-  MIND4_CUDA_ARG(t == ActType::kBF16, "moe_mlp1_swiglu_mf4_gemm", "dtype ", act_name(t),
-                 " (bf16 only; f32 mode keeps the expanded route)");
-  MIND4_CUDA_ARG(A >= 0 && E > 0 && H > 0 && H % 32 == 0 && I > 0 && I % 32 == 0,
-                 "moe_mlp1_swiglu_mf4_gemm", "A = ", A, ", E = ", E, ", H = ", H, ", I = ", I,
-                 " (H and I multiples of 32)");
+  check_moe_gemm_args("moe_mlp1_swiglu_mf4_gemm", t, A, E, H, I);
   if (A == 0) return;
   launch_moe_gemm_mf4<true>(x, g.group_row, blocks, scales, bias, g.offsets, plan,
                             moe_tile_plan_capacity(A, E), 2 * I, H, limit, act_out, stream);
@@ -263,11 +254,7 @@ void moe_mlp2_mf4_gemm(ActType t, const void* act, const uint8_t* blocks, const 
                        float* y, cudaStream_t stream) {
   MIND4_CUDA_ARG(act && blocks && scales && bias && g.offsets && plan && y, "moe_mlp2_mf4_gemm",
                  "null pointer");
-  MIND4_CUDA_ARG(t == ActType::kBF16, "moe_mlp2_mf4_gemm", "dtype ", act_name(t),
-                 " (bf16 only; f32 mode keeps the expanded route)");
-  MIND4_CUDA_ARG(A >= 0 && E > 0 && H > 0 && H % 32 == 0 && I > 0 && I % 32 == 0,
-                 "moe_mlp2_mf4_gemm", "A = ", A, ", E = ", E, ", H = ", H, ", I = ", I,
-                 " (H and I multiples of 32)");
+  check_moe_gemm_args("moe_mlp2_mf4_gemm", t, A, E, H, I);
   if (A == 0) return;
   launch_moe_gemm_mf4<false>(act, nullptr, blocks, scales, bias, g.offsets, plan,
                              moe_tile_plan_capacity(A, E), H, I, 0.0f, y, stream);

@@ -14,6 +14,7 @@
 
 #include "cuda/device_util.cuh"
 #include "cuda/mma.cuh"
+#include "cuda/moe_gemm_launch.cuh"
 
 namespace mind4::cuda {
 namespace {
@@ -259,24 +260,15 @@ void launch_moe_gemm_mf4_wgmma(const void* a, const int* a_rows, const uint8_t* 
                                const uint8_t* scales, const float* bias, const int* offsets,
                                const int* plan, int max_tiles, int N, int K, float limit, void* out,
                                cudaStream_t stream) {
-  // Per launch (about a microsecond; a prefill step has two per layer): the limit belongs to
-  // the kernel on the current device, and a function-local flag would race between threads.
-  check(cudaFuncSetAttribute(moe_gemm_mf4_wgmma_kernel<kSwiglu>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes)),
-        "cudaFuncSetAttribute(moe_gemm_mf4_wgmma)");
-  const dim3 grid(unsigned(max_tiles), unsigned((N + kWgCols - 1) / kWgCols));
-  moe_gemm_mf4_wgmma_kernel<kSwiglu><<<grid, kWgThreads, kWgSmemBytes, stream>>>(
-      static_cast<const __nv_bfloat16*>(a), a_rows, blocks, scales, bias, offsets, plan, N, K,
-      limit, out);
+  launch_moe_gemm(moe_gemm_mf4_wgmma_kernel<kSwiglu>, "cudaFuncSetAttribute(moe_gemm_mf4_wgmma)",
+                  kWgSmemBytes, kWgThreads, kWgCols, a, a_rows, blocks, scales, bias, offsets, plan,
+                  max_tiles, N, K, limit, out, stream);
 }
 
 void check_moe_wgmma_args(const char* launcher, ActType t, int A, int E, int H, int I) {
   MIND4_CUDA_ARG(moe_gemm_wgmma_supported(), launcher,
                  "this GPU is not a Hopper (compute capability 9.x) card");
-  MIND4_CUDA_ARG(t == ActType::kBF16, launcher, "dtype ", act_name(t),
-                 " (bf16 only; f32 mode keeps the expanded route)");
-  MIND4_CUDA_ARG(A >= 0 && E > 0 && H > 0 && H % 32 == 0 && I > 0 && I % 32 == 0, launcher,
-                 "A = ", A, ", E = ", E, ", H = ", H, ", I = ", I, " (H and I multiples of 32)");
+  check_moe_gemm_args(launcher, t, A, E, H, I);
 }
 
 }  // namespace
