@@ -133,6 +133,17 @@ inline cuda::MoeGroups moe_groups_of(const std::vector<int>& experts, int K, int
   return groups;
 }
 
+// The rate counters of a timed kernel: what one launch moves (bytes) or computes (FLOPs), divided
+// by its manual time.
+inline void set_bytes_per_second(benchmark::State& state, double bytes) {
+  state.counters["bytes_per_second"] =
+      benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+}
+inline void set_flops_per_second(benchmark::State& state, double flops) {
+  state.counters["flops_per_second"] =
+      benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // Times launch(c) with CUDA events around `reps` launches per iteration (manual time: the host's
 // clock would see only the enqueue; several launches so that event resolution does not matter).
 // c cycles over `copies`, for benchmarks that rotate their weights over copies larger than the L2

@@ -65,8 +65,7 @@ void BM_CudaDecodeQkv(benchmark::State& state) {
                                  slot.data<int>(), B, kDbNH, kDbNKV, kDbD, kv, nullptr);
     }
   });
-  state.counters["bytes_per_second"] =
-      benchmark::Counter(double(N) * kDbH * 2, benchmark::Counter::kIsIterationInvariantRate);
+  cb::set_bytes_per_second(state, double(N) * kDbH * 2);
 }
 BENCHMARK(BM_CudaDecodeQkv)
     ->Args({1, 0})
@@ -95,8 +94,7 @@ void BM_CudaDecodeOutProj(benchmark::State& state) {
       mind4::cuda::linear(blas.get(), ActType::kBF16, x.data(), B, K, w[c].data(), kDbH,
                           proj.data(), false);
   });
-  state.counters["bytes_per_second"] =
-      benchmark::Counter(double(kDbH) * K * 2, benchmark::Counter::kIsIterationInvariantRate);
+  cb::set_bytes_per_second(state, double(kDbH) * K * 2);
 }
 BENCHMARK(BM_CudaDecodeOutProj)
     ->Args({1, 0})

@@ -56,8 +56,7 @@ void BM_CudaMxfp4DecodeGemv(benchmark::State& state) {
                                  kCbI, y.data<float>(), nullptr);
   });
   const double per_expert = (2.0 * kCbI * kCbH + double(kCbH) * kCbI) * (0.5 + 1.0 / 32);
-  state.counters["bytes_per_second"] =
-      benchmark::Counter(per_expert * max_active, benchmark::Counter::kIsIterationInvariantRate);
+  cb::set_bytes_per_second(state, per_expert * max_active);
   state.counters["experts"] = max_active;
 }
 BENCHMARK(BM_CudaMxfp4DecodeGemv)->Arg(1)->Arg(16)->UseManualTime()->Unit(benchmark::kMicrosecond);
@@ -87,8 +86,7 @@ void BM_CudaExpertRoutePrefill(benchmark::State& state) {
     mind4::cuda::moe_bias_swiglu(ActType::kBF16, h.data<float>(), bias1.data<float>(),
                                  group_expert.data<int>(), A, kCbI, 7.0f, act.data(), nullptr);
   });
-  state.counters["flops_per_second"] =
-      benchmark::Counter(2.0 * A * 2 * kCbI * kCbH, benchmark::Counter::kIsIterationInvariantRate);
+  cb::set_flops_per_second(state, 2.0 * A * 2 * kCbI * kCbH);
 }
 BENCHMARK(BM_CudaExpertRoutePrefill)->Arg(2048)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
@@ -119,8 +117,7 @@ void attention_decode_bench(benchmark::State& state, bool grouped) {
               d_slot.data<int>(), sinks.data<float>(), B, 0, 0.125f, splits, partial.data<float>(),
               out.data(), nullptr);
   });
-  state.counters["bytes_per_second"] =
-      benchmark::Counter(2.0 * double(cache) * 2, benchmark::Counter::kIsIterationInvariantRate);
+  cb::set_bytes_per_second(state, 2.0 * double(cache) * 2);
   state.counters["splits"] = splits;
 }
 
@@ -163,8 +160,7 @@ void BM_CudaRmsNorm(benchmark::State& state) {
                                   scale.data<float>(), B, kCbH, 1e-5f, out.data(), nullptr,
                                   nullptr);
   });
-  state.counters["bytes_per_second"] = benchmark::Counter(
-      double(B) * kCbH * (4 + 4 + 2 + 2), benchmark::Counter::kIsIterationInvariantRate);
+  cb::set_bytes_per_second(state, double(B) * kCbH * (4 + 4 + 2 + 2));
 }
 BENCHMARK(BM_CudaRmsNorm)
     ->Arg(1)
@@ -191,8 +187,7 @@ void BM_CudaSampling(benchmark::State& state) {
     mind4::cuda::sample_tokens(logits.data<float>(), kCbV, d_jobs.data<mind4::cuda::SampleJob>(), n,
                                nullptr, p, nullptr, out.data<mind4::cuda::SampleOut>(), nullptr);
   });
-  state.counters["bytes_per_second"] =
-      benchmark::Counter(double(n) * kCbV * 4, benchmark::Counter::kIsIterationInvariantRate);
+  cb::set_bytes_per_second(state, double(n) * kCbV * 4);
 }
 BENCHMARK(BM_CudaSampling)
     ->Args({1, 0})

@@ -44,8 +44,7 @@ void BM_CudaFlashPrefill(benchmark::State& state) {
   });
   double pairs = 0;
   for (int p = 0; p < B; ++p) pairs += window > 0 ? std::min(p + 1, window) : p + 1;
-  state.counters["flops_per_second"] =
-      benchmark::Counter(4.0 * kPbD * kPbNH * pairs, benchmark::Counter::kIsIterationInvariantRate);
+  cb::set_flops_per_second(state, 4.0 * kPbD * kPbNH * pairs);
 }
 BENCHMARK(BM_CudaFlashPrefill)->Arg(0)->Arg(128)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
@@ -96,8 +95,7 @@ void BM_CudaMoeGemmPrefill(benchmark::State& state) {
           groups, plan.data<int>(), A, kPbE, kPbH, kPbI, y.data<float>(), nullptr);
   });
   const double n = which == 1 ? 2.0 * kPbI : double(kPbH), k = which == 1 ? kPbH : kPbI;
-  state.counters["flops_per_second"] =
-      benchmark::Counter(2.0 * A * n * k, benchmark::Counter::kIsIterationInvariantRate);
+  cb::set_flops_per_second(state, 2.0 * A * n * k);
 }
 BENCHMARK(BM_CudaMoeGemmPrefill)
     ->Args({1, 0, 0})

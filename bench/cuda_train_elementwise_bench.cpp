@@ -51,11 +51,6 @@ struct TebRouting {
   }
 };
 
-void teb_bytes(benchmark::State& state, double bytes) {
-  state.counters["bytes_per_second"] =
-      benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
-}
-
 void BM_CudaTrainSwigluFwd(benchmark::State& state) {
   if (!cb::gpu_present(state)) return;
   TebRouting rt;
@@ -68,7 +63,7 @@ void BM_CudaTrainSwigluFwd(benchmark::State& state) {
                                   rt.group_expert.data<int>(), kTebAP, kTebI, kTebLimit,
                                   h_saved.data(), act.data(), nullptr);
   });
-  teb_bytes(state, double(n) * 2 * (2 + 2 + 1));
+  cb::set_bytes_per_second(state, double(n) * 2 * (2 + 2 + 1));
 }
 BENCHMARK(BM_CudaTrainSwigluFwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
@@ -82,7 +77,7 @@ void BM_CudaTrainSwigluBwd(benchmark::State& state) {
     mind4::cuda::train_swiglu_bwd(ActType::kBF16, h.data(), dact.data(), kTebAP, kTebI, kTebLimit,
                                   dh.data(), nullptr);
   });
-  teb_bytes(state, double(n) * 2 * (2 + 1 + 2));
+  cb::set_bytes_per_second(state, double(n) * 2 * (2 + 1 + 2));
 }
 BENCHMARK(BM_CudaTrainSwigluBwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
@@ -100,7 +95,7 @@ void BM_CudaTrainCrossEntropy(benchmark::State& state) {
                                      kTebV, 1.0f / kTebNT, loss.data<float>(), dlogits.data(),
                                      nullptr);
   });
-  teb_bytes(state, double(n) * 2 * 2);
+  cb::set_bytes_per_second(state, double(n) * 2 * 2);
 }
 BENCHMARK(BM_CudaTrainCrossEntropy)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
@@ -115,7 +110,7 @@ void BM_CudaTrainRouterBwd(benchmark::State& state) {
         rt.probs.data<float>(), rt.offsets.data<int>(), 0.01f, dxe.data(), rt.assign_at.data<int>(),
         kTebNT, kTebE, kTebK, kTebH, dlogits.data(), dt.data<float>(), nullptr);
   });
-  teb_bytes(state, double(kTebNT) * kTebH * (kTebK * 2 + 4));
+  cb::set_bytes_per_second(state, double(kTebNT) * kTebH * (kTebK * 2 + 4));
 }
 BENCHMARK(BM_CudaTrainRouterBwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
@@ -132,7 +127,7 @@ void BM_CudaTrainMoeCombineFwd(benchmark::State& state) {
                                        rt.assign_at.data<int>(), rt.weights.data<float>(), kTebNT,
                                        kTebK, kTebH, xout.data<float>(), nullptr);
   });
-  teb_bytes(state, double(kTebNT) * kTebH * (4 + kTebK * 2 + 4));
+  cb::set_bytes_per_second(state, double(kTebNT) * kTebH * (4 + kTebK * 2 + 4));
 }
 BENCHMARK(BM_CudaTrainMoeCombineFwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
@@ -149,7 +144,7 @@ void BM_CudaTrainMoeCombineBwd(benchmark::State& state) {
                                        rt.assign_at.data<int>(), rt.weights.data<float>(), kTebNT,
                                        kTebK, kTebH, dweights.data<float>(), dy.data(), nullptr);
   });
-  teb_bytes(state, double(kTebNT) * kTebH * (4 + kTebK * 2 + kTebK * 2));
+  cb::set_bytes_per_second(state, double(kTebNT) * kTebH * (4 + kTebK * 2 + kTebK * 2));
 }
 BENCHMARK(BM_CudaTrainMoeCombineBwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
@@ -162,7 +157,7 @@ void BM_CudaTrainGatherExpertRows(benchmark::State& state) {
     mind4::cuda::gather_rows(ActType::kBF16, x.data(), rt.group_row.data<int>(), kTebAP, kTebH,
                              xe.data(), nullptr);
   });
-  teb_bytes(state, double(kTebAP) * kTebH * 2 * 2);
+  cb::set_bytes_per_second(state, double(kTebAP) * kTebH * 2 * 2);
 }
 BENCHMARK(BM_CudaTrainGatherExpertRows)->UseManualTime()->Unit(benchmark::kMicrosecond);
 

@@ -66,8 +66,7 @@ void BM_CudaTrainFlashForward(benchmark::State& state) {
   const int window = int(state.range(0));
   TfbData d(window);
   cb::time_launches(state, 10, [&] { d.forward(window); });
-  state.counters["flops_per_second"] = benchmark::Counter(
-      4.0 * kTfbD * tfb_visible_pairs(window), benchmark::Counter::kIsIterationInvariantRate);
+  cb::set_flops_per_second(state, 4.0 * kTfbD * tfb_visible_pairs(window));
 }
 BENCHMARK(BM_CudaTrainFlashForward)
     ->Arg(0)
@@ -80,8 +79,7 @@ void BM_CudaTrainFlashBackward(benchmark::State& state) {
   const int window = int(state.range(0));
   TfbData d(window);
   cb::time_launches(state, 10, [&] { d.backward(window); });
-  state.counters["flops_per_second"] = benchmark::Counter(
-      10.0 * kTfbD * tfb_visible_pairs(window), benchmark::Counter::kIsIterationInvariantRate);
+  cb::set_flops_per_second(state, 10.0 * kTfbD * tfb_visible_pairs(window));
 }
 BENCHMARK(BM_CudaTrainFlashBackward)
     ->Arg(0)
