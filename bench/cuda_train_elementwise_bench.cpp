@@ -1,8 +1,9 @@
-// The training's elementwise kernels at issue 5's shape (`mind4 bench-train` defaults, bf16): 16 x
-// 1024 rows, hidden 768, intermediate 1024, 8 experts top-2 spread evenly over padded segments of
-// 4096 + 192 rows (34304 rows in all, the profile's count), vocabulary 32768. One launch of one
-// layer per timing, CUDA events; bytes_per_second counts what must cross memory once (inputs
-// read, outputs written; the small tables of biases, weights and indices left out).
+// The training's elementwise kernels (and the RMSNorms) at issue 5's shape (`mind4 bench-train`
+// defaults, bf16): 16 x 1024 rows, hidden 768, intermediate 1024, 8 experts top-2 spread evenly
+// over padded segments of 4096 + 192 rows (34304 rows in all, the profile's count), vocabulary
+// 32768. One launch of one layer per timing, CUDA events; bytes_per_second counts what must cross
+// memory once (inputs read, outputs written; the small tables of biases, weights and indices left
+// out).
 #ifdef MIND4_HAVE_CUDA
 
 #include <benchmark/benchmark.h>
@@ -160,6 +161,40 @@ void BM_CudaTrainGatherExpertRows(benchmark::State& state) {
   cb::set_bytes_per_second(state, double(kTebAP) * kTebH * 2 * 2);
 }
 BENCHMARK(BM_CudaTrainGatherExpertRows)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// RMSNorm forward with the out bias added into the residual (the MoE norm): x read and written
+// (f32), the normed rows written (bf16).
+void BM_CudaTrainRmsNormFwd(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  DeviceBuffer x = cb::random_f32(size_t(kTebNT) * kTebH, 1.0f, 91, Dist::kNormal);
+  DeviceBuffer add = cb::random_f32(kTebH, 0.01f, 92, Dist::kNormal);
+  DeviceBuffer g = cb::random_f32(kTebH, 1.0f, 93, Dist::kNormal);
+  DeviceBuffer y(size_t(kTebNT) * kTebH * 2), rstd(size_t(kTebNT) * 4);
+  cb::time_launches(state, 10, [&] {
+    mind4::cuda::train_rmsnorm_fwd(ActType::kBF16, x.data<float>(), add.data<float>(),
+                                   g.data<float>(), kTebNT, kTebH, 1e-5f, y.data(),
+                                   rstd.data<float>(), nullptr);
+  });
+  teb_bytes(state, double(kTebNT) * kTebH * (4 + 4 + 2));
+}
+BENCHMARK(BM_CudaTrainRmsNormFwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// RMSNorm backward accumulating into dx (as the step does): x and dy read, dx read and written.
+void BM_CudaTrainRmsNormBwd(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  DeviceBuffer x = cb::random_f32(size_t(kTebNT) * kTebH, 1.0f, 94, Dist::kNormal);
+  DeviceBuffer dy = cb::random_f32(size_t(kTebNT) * kTebH, 1.0f, 95, Dist::kNormal);
+  DeviceBuffer dx = cb::random_f32(size_t(kTebNT) * kTebH, 1.0f, 96, Dist::kNormal);
+  DeviceBuffer g = cb::random_f32(kTebH, 1.0f, 97, Dist::kNormal);
+  DeviceBuffer rstd = cb::random_f32(kTebNT, 1.0f, 98, Dist::kUniform);
+  cb::time_launches(state, 10, [&] {
+    mind4::cuda::train_rmsnorm_bwd(x.data<float>(), g.data<float>(), rstd.data<float>(),
+                                   dy.data<float>(), kTebNT, kTebH, true, dx.data<float>(),
+                                   nullptr);
+  });
+  teb_bytes(state, double(kTebNT) * kTebH * 4 * 4);
+}
+BENCHMARK(BM_CudaTrainRmsNormBwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

@@ -1,9 +1,11 @@
-// Training RMSNorm forward/backward (a warp per row: rows are a few thousand values at most) and
-// the fixed-order column sums behind every bias and norm-scale gradient.
+// Training RMSNorm forward/backward (a warp per row: rows are a few thousand values at most;
+// 16-byte accesses where the rows allow) and the fixed-order column sums behind every bias and
+// norm-scale gradient.
 #include <algorithm>
 
 #include "cuda/train_kernels.h"
 #include "cuda/train_util.cuh"
+#include "cuda/train_vec.cuh"
 
 namespace mind4::cuda {
 namespace {
@@ -29,44 +31,101 @@ ColsumPlan colsum_plan(int max_rows, int N, int segments) {
   return {std::max(1, (max_rows + rows - 1) / rows), rows};
 }
 
-template <typename T>
+// Four consecutive floats of a row the kernel also writes (plain accesses: __ldg is for data
+// that is read-only for the kernel's lifetime).
+template <bool kWide>
+__device__ __forceinline__ void norm_load_rw(const float* p, float* v) {
+  if constexpr (kWide) {
+    const float4 w = *reinterpret_cast<const float4*>(p);
+    v[0] = w.x, v[1] = w.y, v[2] = w.z, v[3] = w.w;
+  } else {
+    v[0] = *p;
+  }
+}
+template <bool kWide>
+__device__ __forceinline__ void norm_store_rw(float* p, const float* v) {
+  if constexpr (kWide)
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  else
+    *p = v[0];
+}
+
+// A warp per row. kWide: each lane moves 4 consecutive floats per access (16 bytes; H a multiple
+// of 4, every row on the 16-byte grid), else one. The second pass reads the row again, from L1.
+template <typename T, bool kWide>
 __global__ void __launch_bounds__(kTrainNormWarps * 32)
     train_rmsnorm_fwd_kernel(float* __restrict__ x, const float* __restrict__ add,
                              const float* __restrict__ g, int NT, int H, float eps,
                              T* __restrict__ y, float* __restrict__ rstd) {
+  constexpr int V = kWide ? 4 : 1;
   const int64_t r = int64_t(blockIdx.x) * kTrainNormWarps + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (r >= NT) return;
   float* xr = x + r * H;
   float ss = 0.0f;
-  for (int j = lane; j < H; j += 32) {
-    float v = xr[j];
-    if (add) xr[j] = v = v + add[j];
-    ss += v * v;
+  for (int j = lane * V; j < H; j += 32 * V) {
+    float v[V];
+    norm_load_rw<kWide>(xr + j, v);
+    if (add) {
+      float a[V];
+      train_load<V, kWide>(add + j, a);
+#pragma unroll
+      for (int k = 0; k < V; ++k) v[k] += a[k];
+      norm_store_rw<kWide>(xr + j, v);
+    }
+#pragma unroll
+    for (int k = 0; k < V; ++k) ss += v[k] * v[k];
   }
   ss = warp_sum(ss);
   const float rs = 1.0f / sqrtf(ss / H + eps);
   if (lane == 0) rstd[r] = rs;
-  for (int j = lane; j < H; j += 32) y[r * H + j] = from_f32<T>(xr[j] * rs * g[j]);
+  for (int j = lane * V; j < H; j += 32 * V) {
+    float v[V], gg[V];
+    norm_load_rw<kWide>(xr + j, v);
+    train_load<V, kWide>(g + j, gg);
+#pragma unroll
+    for (int k = 0; k < V; ++k) v[k] = v[k] * rs * gg[k];
+    train_store<V, kWide>(y + r * H + j, v);
+  }
 }
 
+template <bool kWide>
 __global__ void __launch_bounds__(kTrainNormWarps * 32)
     train_rmsnorm_bwd_kernel(const float* __restrict__ x, const float* __restrict__ g,
                              const float* __restrict__ rstd, const float* __restrict__ dy, int NT,
                              int H, bool accumulate, float* __restrict__ dx) {
+  constexpr int V = kWide ? 4 : 1;
   const int64_t r = int64_t(blockIdx.x) * kTrainNormWarps + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (r >= NT) return;
   const float* xr = x + r * H;
   const float* dr = dy + r * H;
   float dot = 0.0f;
-  for (int j = lane; j < H; j += 32) dot += dr[j] * g[j] * xr[j];
+  for (int j = lane * V; j < H; j += 32 * V) {
+    float d[V], gg[V], xx[V];
+    train_load<V, kWide>(dr + j, d);
+    train_load<V, kWide>(g + j, gg);
+    train_load<V, kWide>(xr + j, xx);
+#pragma unroll
+    for (int k = 0; k < V; ++k) dot += d[k] * gg[k] * xx[k];
+  }
   dot = warp_sum(dot);
   const float rs = rstd[r];
   const float c = dot * rs * rs * rs / H;
-  for (int j = lane; j < H; j += 32) {
-    const float v = rs * dr[j] * g[j] - xr[j] * c;
-    dx[r * H + j] = accumulate ? dx[r * H + j] + v : v;
+  for (int j = lane * V; j < H; j += 32 * V) {
+    float d[V], gg[V], xx[V], v[V];
+    train_load<V, kWide>(dr + j, d);
+    train_load<V, kWide>(g + j, gg);
+    train_load<V, kWide>(xr + j, xx);
+#pragma unroll
+    for (int k = 0; k < V; ++k) v[k] = rs * d[k] * gg[k] - xx[k] * c;
+    if (accumulate) {
+      float old[V];
+      norm_load_rw<kWide>(dx + r * H + j, old);
+#pragma unroll
+      for (int k = 0; k < V; ++k) v[k] += old[k];
+    }
+    norm_store_rw<kWide>(dx + r * H + j, v);
   }
 }
 
@@ -137,10 +196,13 @@ void train_rmsnorm_fwd(ActType t, float* x, const float* add, const float* g, in
   MIND4_CUDA_ARG(NT >= 0 && H > 0 && eps > 0, "train_rmsnorm_fwd", "NT = ", NT, ", H = ", H);
   if (NT == 0) return;
   const int blocks = (NT + kTrainNormWarps - 1) / kTrainNormWarps;
+  const bool wide = H % 4 == 0 && train_aligned16(x) && (!add || train_aligned16(add)) &&
+                    train_aligned16(g) && train_aligned16(y);
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
-    train_rmsnorm_fwd_kernel<T><<<blocks, kTrainNormWarps * 32, 0, stream>>>(
-        x, add, g, NT, H, eps, static_cast<T*>(y), rstd);
+    auto* kernel = wide ? train_rmsnorm_fwd_kernel<T, true> : train_rmsnorm_fwd_kernel<T, false>;
+    kernel<<<blocks, kTrainNormWarps * 32, 0, stream>>>(x, add, g, NT, H, eps, static_cast<T*>(y),
+                                                        rstd);
   });
   check_launch(t == ActType::kF32 ? "train_rmsnorm_fwd_f32" : "train_rmsnorm_fwd_bf16");
 }
@@ -151,8 +213,10 @@ void train_rmsnorm_bwd(const float* x, const float* g, const float* rstd, const 
   MIND4_CUDA_ARG(NT >= 0 && H > 0, "train_rmsnorm_bwd", "NT = ", NT, ", H = ", H);
   if (NT == 0) return;
   const int blocks = (NT + kTrainNormWarps - 1) / kTrainNormWarps;
-  train_rmsnorm_bwd_kernel<<<blocks, kTrainNormWarps * 32, 0, stream>>>(x, g, rstd, dy, NT, H,
-                                                                        accumulate, dx);
+  const bool wide = H % 4 == 0 && train_aligned16(x) && train_aligned16(g) && train_aligned16(dy) &&
+                    train_aligned16(dx);
+  auto* kernel = wide ? train_rmsnorm_bwd_kernel<true> : train_rmsnorm_bwd_kernel<false>;
+  kernel<<<blocks, kTrainNormWarps * 32, 0, stream>>>(x, g, rstd, dy, NT, H, accumulate, dx);
   check_launch("train_rmsnorm_bwd");
 }
 
