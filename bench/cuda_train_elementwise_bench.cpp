@@ -175,7 +175,7 @@ void BM_CudaTrainRmsNormFwd(benchmark::State& state) {
                                    g.data<float>(), kTebNT, kTebH, 1e-5f, y.data(),
                                    rstd.data<float>(), nullptr);
   });
-  teb_bytes(state, double(kTebNT) * kTebH * (4 + 4 + 2));
+  cb::set_bytes_per_second(state, double(kTebNT) * kTebH * (4 + 4 + 2));
 }
 BENCHMARK(BM_CudaTrainRmsNormFwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
@@ -192,7 +192,7 @@ void BM_CudaTrainRmsNormBwd(benchmark::State& state) {
                                    dy.data<float>(), kTebNT, kTebH, true, dx.data<float>(),
                                    nullptr);
   });
-  teb_bytes(state, double(kTebNT) * kTebH * 4 * 4);
+  cb::set_bytes_per_second(state, double(kTebNT) * kTebH * 4 * 4);
 }
 BENCHMARK(BM_CudaTrainRmsNormBwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
