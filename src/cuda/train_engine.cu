@@ -28,7 +28,6 @@
 #include "cuda/buffer.h"
 #include "cuda/ceilings.h"
 #include "cuda/profiler.h"
-#include "cuda/stream_fan.h"
 #include "cuda/train_kernels.h"
 #include "cuda/train_segments.cuh"
 #include "mind4/status.h"
@@ -52,10 +51,6 @@ constexpr int kExpertRowTile = 256;
 // tiles of 128 x 128 on 132 SMs, 384 for eight experts at once); the padding costs the rows between
 // each expert's count and the largest.
 constexpr double kExpertUniformSlack = 1.25;
-// Otherwise each expert's product runs on one of this many side streams (cuda/stream_fan.h): an
-// unbalanced router gives most experts a few hundred to a few thousand rows, whose products fill
-// only part of the card one after another.
-constexpr int kExpertLanes = 8;
 // The attention probabilities of every layer are kept for the backward (one product, one pass over
 // the scores and one write of P fewer per tile) when all of them take at most this; beyond it
 // (long sequences) the backward recomputes them.
@@ -163,11 +158,10 @@ class CudaTrainEngine final : public TrainEngine {
   int A_max_;  // grouped rows with padding: A + E (kExpertRowTile - 1)
   int tile_;   // attention query tile
   bool keep_probs_;
-  bool flash_;                  // fused attention (train_flash.cu)
-  int expert_batch_;            // uniform expert segments allowed: 1 yes, 0 no
-  int expert_uniform_max_;      // the largest uniform segment (rows) that fits the grouped buffers
-  cuda::StreamFan expert_fan_;  // side streams for one product per expert (none: main stream)
-  std::string flash_note_;      // why the fused attention was asked for and does not run
+  bool flash_;              // fused attention (train_flash.cu)
+  int expert_batch_;        // uniform expert segments allowed: 1 yes, 0 no
+  int expert_uniform_max_;  // the largest uniform segment (rows) that fits the grouped buffers
+  std::string flash_note_;  // why the fused attention was asked for and does not run
   bool bf16_;
   ActType t_;
   int64_t step_ = 0;
@@ -221,11 +215,6 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   const char* batch_env = std::getenv("MIND4_CUDA_TRAIN_EXPERT_BATCH");
   expert_batch_ =
       opts.expert_batch >= 0 ? opts.expert_batch : !(batch_env && std::strcmp(batch_env, "0") == 0);
-  const char* streams_env = std::getenv("MIND4_CUDA_TRAIN_EXPERT_STREAMS");
-  const bool expert_streams = opts.expert_streams >= 0
-                                  ? opts.expert_streams != 0
-                                  : !(streams_env && std::strcmp(streams_env, "0") == 0);
-  if (expert_streams && E_ > 1) expert_fan_ = cuda::StreamFan(std::min(E_, kExpertLanes));
   cudaDeviceProp prop{};
   cuda::check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   device_name_ = prop.name;
@@ -475,19 +464,14 @@ void CudaTrainEngine::experts_mm(const CudaTrainLayer& a, int M, int N, int K, E
                      c.ld, stride(c), E_, what);
     return;
   }
-  // Each expert writes its own rows (or its own weight gradient), so the products may overlap.
-  const bool fan = expert_fan_.size() > 0;
-  if (fan) expert_fan_.fork(st());
-  int lane = 0;
   for (int e = 0; e < E_; ++e) {
     const int cnt = off[e + 1] - off[e];
     if (!cnt) continue;
     auto dim = [&](int d) { return d == kRows ? cnt : d; };
-    cuda::train_gemm(fan ? expert_fan_.blas(lane++) : blas_.get(), t_, dim(M), dim(N), dim(K),
-                     {start(x, e), x.ld, 0, x.trans}, {start(y, e), y.ld, 0, y.trans}, beta,
-                     const_cast<char*>(start(c, e)), c_f32, c.ld, 0, 1, what);
+    cuda::train_gemm(blas_.get(), t_, dim(M), dim(N), dim(K), {start(x, e), x.ld, 0, x.trans},
+                     {start(y, e), y.ld, 0, y.trans}, beta, const_cast<char*>(start(c, e)), c_f32,
+                     c.ld, 0, 1, what);
   }
-  if (fan) expert_fan_.join(st());
 }
 
 // The cuBLAS route's backward attention core (after the out projection's input gradient in
@@ -768,9 +752,8 @@ std::string CudaTrainEngine::describe() const {
          (flash_        ? ", fused tensor-core attention"
           : keep_probs_ ? ""
                         : ", attention probabilities recomputed in the backward") +
-         flash_note_ + (expert_batch_ ? ", experts batched when balanced, else " : ", experts ") +
-         (expert_fan_.size() > 0 ? "on " + std::to_string(expert_fan_.size()) + " streams"
-                                 : std::string("one at a time"));
+         flash_note_ +
+         (expert_batch_ ? ", experts batched when balanced" : ", experts one at a time");
 }
 
 }  // namespace

@@ -69,10 +69,6 @@ struct CudaTrainOptions {
   // expert has more than 1.25x its even share: 1 allowed, 0 one expert at a time, -1 as
   // MIND4_CUDA_TRAIN_EXPERT_BATCH says ("0" = off; allowed by default).
   int expert_batch = -1;
-  // Otherwise (unbalanced routing) each expert's product on one of up to 8 side streams, so that
-  // small products share the card: 1 on, 0 all on the main stream, -1 as
-  // MIND4_CUDA_TRAIN_EXPERT_STREAMS says ("0" = off; on by default).
-  int expert_streams = -1;
 };
 std::unique_ptr<TrainEngine> make_cuda_train_engine(const TrainConfig& config,
                                                     const ParamLayout& layout,
