@@ -148,6 +148,13 @@ class CudaTrainEngine final : public TrainEngine {
     cuda::train_colsum_segments(t_, rows.data(), N, a.poffsets.data<int>(), E_, a.expert_rows_max,
                                 N, colsum_partial_.data<float>(), out, st());
   }
+  // dx (+)= the RMSNorm backward of dt_ at rows x, with the norm scale's gradient (and, when
+  // asked, the bias gradient of dx's column sums and dx rounded to act) in the same pass.
+  void norm_bwd(const float* x, const float* scale, const float* rstd, bool accumulate, float* dx,
+                float* scale_grad, float* dx_sum = nullptr, void* dx_act = nullptr) {
+    cuda::train_rmsnorm_bwd_sums(t_, x, scale, rstd, dt_.data<float>(), NT_, H_, accumulate, dx,
+                                 scale_grad, dx_sum, dx_act, colsum_partial_.data<float>(), st());
+  }
   cudaStream_t st() const { return stream_.get(); }
 
   ParamLayout layout_;
@@ -564,21 +571,16 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
   colsum(t_, dglog_.data(), E_, NT_, E_, g(o.gate_b));
   mm(NT_, H_, E_, dglog_.data(), E_, false, w(o.gate_w), H_, false, 1.0f, dt_.data(), true, H_,
      "router input gradient");
-  cuda::train_rmsnorm_bwd(a.xmid.data<float>(), p(o.mlp_norm), a.rstd2.data<float>(),
-                          dt_.data<float>(), NT_, H_, true, dx, st());
-  colsum(ActType::kF32, dt_.data(), H_, NT_, H_, g(o.mlp_norm), a.xmid.data<float>(),
-         a.rstd2.data<float>());
+  // The residual's gradient dx is also the attention out bias's (its column sums) and, rounded
+  // to act in bf16 mode, the out projection's gradient operand: all from the norm's pass.
+  norm_bwd(a.xmid.data<float>(), p(o.mlp_norm), a.rstd2.data<float>(), true, dx, g(o.mlp_norm),
+           g(o.out_b), bf16_ ? dxa_.data() : nullptr);
   prof_.mark(st(), "bwd router+norm");
 
   // ---- attention: xmid = xin + attn Wo^T + bo
-  const void* dxa = dx;
-  if (bf16_) {
-    cuda::convert_to_act(t_, dx, false, int64_t(NT_) * H_, dxa_.data(), st());
-    dxa = dxa_.data();
-  }
+  const void* dxa = bf16_ ? dxa_.data() : dx;
   mm(H_, NH_ * D_, NT_, dxa, H_, true, a.attn.data(), NH_ * D_, false, 1.0f, g(o.out_w), true,
      NH_ * D_, "attention out weight gradient");
-  colsum(ActType::kF32, dx, H_, NT_, H_, g(o.out_b));
   const int window = layer_window(c_, l);
   if (flash_) {
     // The input gradient straight into act (rounded once, as autocast's product output).
@@ -602,10 +604,7 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
   colsum(t_, dqkv_.data(), QKV_, NT_, QKV_, g(o.qkv_b));
   mm(NT_, H_, QKV_, dqkv_.data(), QKV_, false, w(o.qkv_w), H_, false, 0.0f, dt_.data(), true, H_,
      "qkv input gradient");
-  cuda::train_rmsnorm_bwd(a.xin.data<float>(), p(o.attn_norm), a.rstd1.data<float>(),
-                          dt_.data<float>(), NT_, H_, true, dx, st());
-  colsum(ActType::kF32, dt_.data(), H_, NT_, H_, g(o.attn_norm), a.xin.data<float>(),
-         a.rstd1.data<float>());
+  norm_bwd(a.xin.data<float>(), p(o.attn_norm), a.rstd1.data<float>(), true, dx, g(o.attn_norm));
   prof_.mark(st(), "bwd qkv+norm");
 }
 
@@ -641,10 +640,8 @@ LossParts CudaTrainEngine::run(const int* tokens, const int* targets, bool grads
        true, H_, "unembedding weight gradient");
     mm(NT_, H_, V_, dlogits_.data(), V_, false, w(layout_.unembedding), H_, false, 0.0f, dt_.data(),
        true, H_, "unembedding input gradient");
-    cuda::train_rmsnorm_bwd(xf_.data<float>(), p(layout_.norm), rstdf_.data<float>(),
-                            dt_.data<float>(), NT_, H_, false, dx_.data<float>(), st());
-    colsum(ActType::kF32, dt_.data(), H_, NT_, H_, g(layout_.norm), xf_.data<float>(),
-           rstdf_.data<float>());
+    norm_bwd(xf_.data<float>(), p(layout_.norm), rstdf_.data<float>(), false, dx_.data<float>(),
+             g(layout_.norm));
     prof_.mark(st(), "bwd logits+norm");
     for (int l = L_ - 1; l >= 0; --l) backward_layer(l, grad_scale);
     cuda::train_embedding_bwd(dx_.data<float>(), tokens_.data<int>(), NT_, H_, g(layout_.embedding),

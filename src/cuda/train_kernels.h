@@ -29,6 +29,16 @@ void train_rmsnorm_fwd(ActType t, float* x, const float* add, const float* g, in
 // dx [NT, H] (= or += per accumulate) from dy [NT, H]: rstd*dy*g - x*rstd^3/H*sum(dy*g*x).
 void train_rmsnorm_bwd(const float* x, const float* g, const float* rstd, const float* dy, int NT,
                        int H, bool accumulate, float* dx, cudaStream_t stream);
+// The backward above together with the column sums over the same rows: scale_grad [H] += sum_r
+// dy * x * rstd (the norm scale's gradient), dx_sum [H] += sum_r of the new dx when given (the
+// bias gradient of the product whose output joined the residual there), and dx_act act [NT, H] =
+// the new dx rounded when given. One pass over the rows where H is a multiple of 128 up to 1024
+// and the rows are 16-byte aligned, else the separate kernels; fixed order either way. partial:
+// train_colsum_scratch_floats(H, 1) floats.
+void train_rmsnorm_bwd_sums(ActType t, const float* x, const float* g, const float* rstd,
+                            const float* dy, int NT, int H, bool accumulate, float* dx,
+                            float* scale_grad, float* dx_sum, void* dx_act, float* partial,
+                            cudaStream_t stream);
 // out[j] += sum over rows r < R of a[r*lda + j] (times x[r*N + j] * rstd[r] when x is given: the
 // norm scale's gradient), j < N, in a fixed order (partial sums over chunks of rows, then the
 // chunks in order): the same bits every run. partial: train_colsum_scratch_floats(N, 1) floats.

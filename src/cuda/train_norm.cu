@@ -3,6 +3,7 @@
 // norm-scale gradient.
 #include <algorithm>
 
+#include "cuda/kernels.h"
 #include "cuda/train_kernels.h"
 #include "cuda/train_util.cuh"
 #include "cuda/train_vec.cuh"
@@ -129,6 +130,91 @@ __global__ void __launch_bounds__(kTrainNormWarps * 32)
   }
 }
 
+// The backward above with the column sums that read the same rows, in one pass (the trainer's
+// shapes: H a multiple of 128 up to kNormSumsMaxH, 16-byte rows). A block takes `rows` rows, a
+// warp every 8th of them; each lane keeps the sums of its columns (4 consecutive per 128) in
+// registers across its rows, and the block adds its 8 warps in order into one partial row per sum:
+// partial [blocks, H] of dy * x * rstd (the norm scale's gradient) and, when dx_sum is wanted,
+// partial [blocks, H] after it of the new dx (the bias gradient of the product that fed the
+// residual). dx_act, when given, gets the new dx rounded to T (the next product's operand).
+constexpr int kNormSumsMaxH = 1024;
+constexpr int kNormSumsSteps = kNormSumsMaxH / 128;
+constexpr int kNormSumsBlocks = kColsumTargetBlocks / 2;
+template <typename T>
+__global__ void __launch_bounds__(kTrainNormWarps * 32, 2)
+    train_rmsnorm_bwd_sums_kernel(const float* __restrict__ x, const float* __restrict__ g,
+                                  const float* __restrict__ rstd, const float* __restrict__ dy,
+                                  int NT, int H, int rows, bool accumulate, float* __restrict__ dx,
+                                  T* __restrict__ dx_act, bool want_dx_sum,
+                                  float* __restrict__ partial) {
+  __shared__ float warp_sums[kTrainNormWarps][kNormSumsMaxH];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, steps = H / 128;
+  const int r0 = blockIdx.x * rows, r1 = min(NT, r0 + rows);
+  float scale_sum[kNormSumsSteps][4] = {}, dx_sum[kNormSumsSteps][4] = {};
+  for (int r = r0 + warp; r < r1; r += kTrainNormWarps) {
+    const float* xr = x + int64_t(r) * H;
+    const float* dr = dy + int64_t(r) * H;
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kNormSumsSteps; ++i) {
+      if (i >= steps) break;
+      const int j = i * 128 + lane * 4;
+      float d[4], gg[4], xx[4];
+      train_load<4, true>(dr + j, d);
+      train_load<4, true>(g + j, gg);
+      train_load<4, true>(xr + j, xx);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) dot += d[k] * gg[k] * xx[k];
+    }
+    dot = warp_sum(dot);
+    const float rs = rstd[r];
+    const float c = dot * rs * rs * rs / H;
+#pragma unroll
+    for (int i = 0; i < kNormSumsSteps; ++i) {
+      if (i >= steps) break;
+      const int j = i * 128 + lane * 4;
+      float d[4], gg[4], xx[4], v[4];
+      train_load<4, true>(dr + j, d);
+      train_load<4, true>(g + j, gg);
+      train_load<4, true>(xr + j, xx);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        v[k] = rs * d[k] * gg[k] - xx[k] * c;
+        scale_sum[i][k] += d[k] * (xx[k] * rs);
+      }
+      float* out = dx + int64_t(r) * H + j;
+      if (accumulate) {
+        float old[4];
+        norm_load_rw<true>(out, old);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) v[k] += old[k];
+      }
+      norm_store_rw<true>(out, v);
+      if (dx_act) train_store<4, true>(dx_act + int64_t(r) * H + j, v);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) dx_sum[i][k] += v[k];
+    }
+  }
+  // The block's partial rows: its warps added in order (the same bits every run).
+  auto write_partial = [&](const float(&sums)[kNormSumsSteps][4], float* out) {
+#pragma unroll
+    for (int i = 0; i < kNormSumsSteps; ++i) {
+      if (i >= steps) break;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) warp_sums[warp][i * 128 + lane * 4 + k] = sums[i][k];
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < H; j += kTrainNormWarps * 32) {
+      float t = 0.0f;
+      for (int w = 0; w < kTrainNormWarps; ++w) t += warp_sums[w][j];
+      out[int64_t(blockIdx.x) * H + j] = t;
+    }
+    __syncthreads();
+  };
+  write_partial(scale_sum, partial);
+  if (want_dx_sum) write_partial(dx_sum, partial + int64_t(gridDim.x) * H);
+}
+
 // Block (column block, chunk, segment): the chunk's rows of the segment (seg[e] <= r < seg[e + 1],
 // or r < R without segments), one column a thread. Empty chunks write zeros.
 template <typename T>
@@ -218,6 +304,44 @@ void train_rmsnorm_bwd(const float* x, const float* g, const float* rstd, const 
   auto* kernel = wide ? train_rmsnorm_bwd_kernel<true> : train_rmsnorm_bwd_kernel<false>;
   kernel<<<blocks, kTrainNormWarps * 32, 0, stream>>>(x, g, rstd, dy, NT, H, accumulate, dx);
   check_launch("train_rmsnorm_bwd");
+}
+
+void train_rmsnorm_bwd_sums(ActType t, const float* x, const float* g, const float* rstd,
+                            const float* dy, int NT, int H, bool accumulate, float* dx,
+                            float* scale_grad, float* dx_sum, void* dx_act, float* partial,
+                            cudaStream_t stream) {
+  MIND4_CUDA_ARG(x && g && rstd && dy && dx && scale_grad && partial, "train_rmsnorm_bwd_sums",
+                 "null pointer");
+  MIND4_CUDA_ARG(NT >= 0 && H > 0, "train_rmsnorm_bwd_sums", "NT = ", NT, ", H = ", H);
+  if (NT == 0) return;
+  const bool fused = H % 128 == 0 && H <= kNormSumsMaxH && train_aligned16(x) &&
+                     train_aligned16(g) && train_aligned16(dy) && train_aligned16(dx) &&
+                     (!dx_act || train_aligned16(dx_act));
+  if (!fused) {  // the same results from the separate passes
+    train_rmsnorm_bwd(x, g, rstd, dy, NT, H, accumulate, dx, stream);
+    train_colsum(ActType::kF32, dy, H, NT, H, x, rstd, partial, scale_grad, stream);
+    if (dx_act) convert_to_act(t, dx, false, int64_t(NT) * H, dx_act, stream);
+    if (dx_sum)
+      train_colsum(ActType::kF32, dx, H, NT, H, nullptr, nullptr, partial, dx_sum, stream);
+    return;
+  }
+  // About kNormSumsBlocks blocks (two partial rows each fit the colsum scratch), at least a row
+  // per warp.
+  const int rows = std::max(kTrainNormWarps, (NT + kNormSumsBlocks - 1) / kNormSumsBlocks);
+  const int blocks = (NT + rows - 1) / rows;
+  dispatch_act(t, [&](auto tag) {
+    using T = decltype(tag);
+    train_rmsnorm_bwd_sums_kernel<T><<<blocks, kTrainNormWarps * 32, 0, stream>>>(
+        x, g, rstd, dy, NT, H, rows, accumulate, dx, static_cast<T*>(dx_act), dx_sum != nullptr,
+        partial);
+  });
+  check_launch(t == ActType::kF32 ? "train_rmsnorm_bwd_sums_f32" : "train_rmsnorm_bwd_sums_bf16");
+  const dim3 finish_grid((H + 31) / 32, 1);
+  train_colsum_finish_kernel<<<finish_grid, 256, 0, stream>>>(partial, blocks, H, 0, scale_grad);
+  if (dx_sum)
+    train_colsum_finish_kernel<<<finish_grid, 256, 0, stream>>>(partial + int64_t(blocks) * H,
+                                                                blocks, H, 0, dx_sum);
+  check_launch("train_colsum_finish (rmsnorm_bwd_sums)");
 }
 
 int64_t train_colsum_scratch_floats(int N, int segments) {
