@@ -2,6 +2,8 @@
 // 16-byte accesses where the rows allow) and the fixed-order column sums behind every bias and
 // norm-scale gradient.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda/kernels.h"
 #include "cuda/train_kernels.h"
@@ -314,7 +316,12 @@ void train_rmsnorm_bwd_sums(ActType t, const float* x, const float* g, const flo
                  "null pointer");
   MIND4_CUDA_ARG(NT >= 0 && H > 0, "train_rmsnorm_bwd_sums", "NT = ", NT, ", H = ", H);
   if (NT == 0) return;
-  const bool fused = H % 128 == 0 && H <= kNormSumsMaxH && train_aligned16(x) &&
+  // MIND4_CUDA_TRAIN_NORM_SUMS=0 takes the separate kernels everywhere (for comparisons).
+  static const bool separate = [] {
+    const char* v = std::getenv("MIND4_CUDA_TRAIN_NORM_SUMS");
+    return v && std::strcmp(v, "0") == 0;
+  }();
+  const bool fused = !separate && H % 128 == 0 && H <= kNormSumsMaxH && train_aligned16(x) &&
                      train_aligned16(g) && train_aligned16(dy) && train_aligned16(dx) &&
                      (!dx_act || train_aligned16(dx_act));
   if (!fused) {  // the same results from the separate passes
