@@ -67,6 +67,10 @@ void bench_train_run(const BenchTrainOptions& o) {
       "median of %zu steps: %.4f s, %.0f tok/s, %.3g GFLOP/token, peak %.1f TFLOP/s, MFU %.1f%%\n",
       r.step_seconds.size(), r.median_seconds, r.tokens_per_s, r.flops_per_token / 1e9,
       r.peak_flops / 1e12, 100 * r.mfu);
+  std::printf(
+      "MFU %.1f%% by the plain 6N count (%.3g GFLOP/token: the embedding table counted as a "
+      "product, attention without the window)\n",
+      100 * r.mfu_6n, r.flops_per_token_6n / 1e9);
 }
 
 void setup_bench_train(CLI::App& app) {

@@ -55,6 +55,10 @@ TrainBenchResult bench_training(const TrainConfig& cfg, int warmup, int steps) {
   r.flops_per_token = train_flops_per_token(cfg, layout.active_matmul_params());
   r.peak_flops = engine->peak_flops();
   r.mfu = r.tokens_per_s * r.flops_per_token / r.peak_flops;
+  const ModelConfig& m = cfg.model;
+  r.flops_per_token_6n = train_flops_per_token(
+      cfg, layout.active_matmul_params() + int64_t(m.vocab_size) * m.hidden_size, false);
+  r.mfu_6n = r.tokens_per_s * r.flops_per_token_6n / r.peak_flops;
   return r;
 }
 

@@ -18,6 +18,10 @@ struct TrainBenchResult {
   double flops_per_token = 0.0;  // train_flops_per_token
   double peak_flops = 0.0;       // the engine's measured peak
   double mfu = 0.0;
+  // The plain 6N convention, for comparison with figures counted that way: 6 x every active
+  // parameter (the input embedding table too, though its lookup does no product) plus attention
+  // over every causal key (the sliding window ignored).
+  double flops_per_token_6n = 0.0, mfu_6n = 0.0;
   double first_loss = 0.0, last_loss = 0.0;
 };
 

@@ -68,12 +68,12 @@ std::string trainer_fmt(double v) {
 
 }  // namespace
 
-double train_flops_per_token(const TrainConfig& c, int64_t active_params) {
+double train_flops_per_token(const TrainConfig& c, int64_t active_params, bool windowed_keys) {
   const ModelConfig& m = c.model;
   // Keys seen per query, averaged over positions 0..S-1, per layer kind.
   double keys = 0.0;
   for (int l = 0; l < m.num_hidden_layers; ++l) {
-    const bool windowed = layer_window(m, l) > 0;
+    const bool windowed = windowed_keys && layer_window(m, l) > 0;
     double sum = 0.0;
     for (int s = 0; s < c.seq_len; ++s) sum += windowed ? std::min(s + 1, m.sliding_window) : s + 1;
     keys += sum / c.seq_len;

@@ -31,7 +31,10 @@ TrainResult run_training(const TrainConfig& config, const TrainRunOptions& optio
 // as an SVG document.
 std::string loss_curve_svg(const std::string& metrics_jsonl);
 
-// FLOPs of one trained token (forward + backward: 6 per active matmul parameter plus attention).
-double train_flops_per_token(const TrainConfig& config, int64_t active_params);
+// FLOPs of one trained token (forward + backward: 6 per active matmul parameter plus attention
+// over the keys each query sees). windowed = false counts every causal key, also in the sliding
+// window layers (with the embedding table in active_params: the plain 6N convention).
+double train_flops_per_token(const TrainConfig& config, int64_t active_params,
+                             bool windowed = true);
 
 }  // namespace mind4::train
