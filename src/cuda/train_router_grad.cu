@@ -24,7 +24,9 @@ constexpr int kRgThreads = kRgWarps * 32;
 constexpr int kRgWarpColumns = kRgColLanes * kRgColumns;
 constexpr int kRgBlockColumns = kRgWarps * kRgWarpColumns;  // 256
 constexpr int kRgStageRows = 128;  // logit-gradient rows staged in shared memory at a time
-constexpr int kRgBatch = 4;        // rows a thread loads before it adds them (loads in flight)
+// Rows a thread loads before it adds them: 128 bytes in flight a thread (8 bf16 rows, 4 f32).
+template <typename T>
+constexpr int kRgBatch = 128 / (kRgColumns * int(sizeof(T)));
 static_assert(kRgColLanes * kRgRowLanes == 32, "a warp is column lanes x row lanes");
 static_assert(kRgThreads % kRgExperts == 0, "each thread stages the same expert of every row");
 static_assert(kRgStageRows * kRgExperts >= kRgThreads, "the bias reduction reuses the stage");
@@ -87,12 +89,12 @@ __global__ void __launch_bounds__(kRgThreads, 3)
       bias += v;
     }
     __syncthreads();
-    for (int r = rl; r < n; r += kRgRowLanes * kRgBatch) {
+    for (int r = rl; r < n; r += kRgRowLanes * kRgBatch<T>) {
       // Rows at or past n add nothing: their t is taken as 0 (not read), and their staged
       // gradients are 0 (rows past the stage clamp to its last row, times that 0).
-      float v[kRgBatch][kRgColumns];
+      float v[kRgBatch<T>][kRgColumns];
 #pragma unroll
-      for (int b = 0; b < kRgBatch; ++b) {
+      for (int b = 0; b < kRgBatch<T>; ++b) {
         const int rr = r + b * kRgRowLanes;
         const T* row = x + int64_t(s0 + rr) * H;
         if constexpr (kWide) {
@@ -109,7 +111,7 @@ __global__ void __launch_bounds__(kRgThreads, 3)
         }
       }
 #pragma unroll
-      for (int b = 0; b < kRgBatch; ++b) {
+      for (int b = 0; b < kRgBatch<T>; ++b) {
         const int rr = min(r + b * kRgRowLanes, kRgStageRows - 1);
         const float4 lo = stage[rr][0], hi = stage[rr][1];
         const float d[kRgExperts] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
