@@ -104,12 +104,14 @@ void BM_CudaTrainRouterBwd(benchmark::State& state) {
   if (!cb::gpu_present(state)) return;
   TebRouting rt;
   DeviceBuffer dxe = cb::random_bf16(size_t(kTebAP) * kTebH, 1.0f, 51, Dist::kNormal);
+  // With the router product's input gradient folded in, as the trainer runs it.
+  DeviceBuffer gate_w = cb::random_bf16(size_t(kTebE) * kTebH, 0.05f, 52, Dist::kNormal);
   DeviceBuffer dlogits(size_t(kTebNT) * kTebE * 2), dt(size_t(kTebNT) * kTebH * 4);
   cb::time_launches(state, 10, [&] {
     mind4::cuda::train_router_bwd(
         ActType::kBF16, rt.experts.data<int>(), rt.weights.data<float>(), rt.dweights.data<float>(),
         rt.probs.data<float>(), rt.offsets.data<int>(), 0.01f, dxe.data(), rt.assign_at.data<int>(),
-        kTebNT, kTebE, kTebK, kTebH, dlogits.data(), dt.data<float>(), nullptr);
+        kTebNT, kTebE, kTebK, kTebH, gate_w.data(), dlogits.data(), dt.data<float>(), nullptr);
   });
   cb::set_bytes_per_second(state, double(kTebNT) * kTebH * (kTebK * 2 + 4));
 }

@@ -238,9 +238,26 @@ TEST(CudaTrainElementwise, RouterBackwardCombineAndGatherOnPaddedSegments) {
       auto dl = placed_poisoned(dlog.size() * as, 0), ddt = placed_poisoned(dt.size() * 4, fs);
       cuda::train_router_bwd(t, d_ex.p<int>(), d_w.p<float>(), d_dw.p<float>(), d_p.p<float>(),
                              d_off.p<int>(), aux_scale, d_dxe.p(), d_at.p<int>(), NT, E, K, H,
-                             dl.p(), ddt.p<float>(), nullptr);
-      EXPECT_LT(rel_error(fetch_act(dl, dlog.size(), t), dlog), cuda_test::tol(t));
+                             nullptr, dl.p(), ddt.p<float>(), nullptr);
+      const auto dlog_got = fetch_act(dl, dlog.size(), t);
+      EXPECT_LT(rel_error(dlog_got, dlog), cuda_test::tol(t));
       EXPECT_LT(rel_error(fetch_f32(ddt, dt.size()), dt), 1e-5);
+      // With the router product's input gradient folded in: dt + dlogits gate_w, from the logit
+      // gradients as the kernel stored them (rounded to act).
+      const auto gate_w = cuda_test::rounded(random_normals(size_t(E) * H, rng), t);
+      std::vector<double> dt_fold(dt);
+      for (int r = 0; r < NT; ++r)
+        for (int e = 0; e < E; ++e)
+          for (int j = 0; j < H; ++j)
+            dt_fold[size_t(r) * H + j] +=
+                double(dlog_got[size_t(r) * E + e]) * gate_w[size_t(e) * H + j];
+      auto d_gw = placed_act(gate_w, t, shift), dl2 = placed_poisoned(dlog.size() * as, 0),
+           ddt2 = placed_poisoned(dt.size() * 4, fs);
+      cuda::train_router_bwd(t, d_ex.p<int>(), d_w.p<float>(), d_dw.p<float>(), d_p.p<float>(),
+                             d_off.p<int>(), aux_scale, d_dxe.p(), d_at.p<int>(), NT, E, K, H,
+                             d_gw.p(), dl2.p(), ddt2.p<float>(), nullptr);
+      EXPECT_EQ(fetch_act(dl2, dlog.size(), t), dlog_got);
+      EXPECT_LT(rel_error(fetch_f32(ddt2, dt.size()), dt_fold), 1e-5) << "folded router gradient";
 
       auto dxo = placed_poisoned(xout.size() * 4, fs);
       cuda::train_moe_combine_fwd(t, d_xmid.p<float>(), d_y.p(), d_bias.p<float>(), d_ex.p<int>(),

@@ -442,7 +442,8 @@ TEST(CudaTrainKernels, RouterBackwardCombineAndEmbeddingGradient) {
     auto dl = poisoned(dlog.size() * cuda::act_size(t)), ddt = poisoned(dt.size() * 4);
     cuda::train_router_bwd(t, d_ex.data<int>(), d_w.data<float>(), d_dw.data<float>(),
                            d_p.data<float>(), d_off.data<int>(), aux_scale, d_dxe.data(),
-                           d_at.data<int>(), NT, E, K, H, dl.data(), ddt.data<float>(), nullptr);
+                           d_at.data<int>(), NT, E, K, H, nullptr, dl.data(), ddt.data<float>(),
+                           nullptr);
     EXPECT_LT(rel_error(cuda_test::download_act(dl, dlog.size(), t), dlog), cuda_test::tol(t));
     EXPECT_LT(rel_error(download<float>(ddt, dt.size()), dt), 1e-5);
     auto dxo = poisoned(xout.size() * 4);

@@ -564,10 +564,12 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
              0.0f, rows(dxe_, H_), false, "expert mlp1 input gradient");
   const float aux_scale =
       aux_coef_ != 0.0f ? float(double(grad_scale) * aux_coef_ * E_ / (double(NT_) * L_)) : 0.0f;
-  cuda::train_router_bwd(t_, a.topk_e.data<int>(), a.topk_w.data<float>(), dw_.data<float>(),
-                         a.probs.data<float>(), a.offsets.data<int>(), aux_scale, dxe_.data(),
-                         a.assign_at.data<int>(), NT_, E_, K_, H_, dglog_.data(), dt_.data<float>(),
-                         st());
+  // dt also gets the router product's input gradient (dlogits gate_w) from the same kernel.
+  const bool router_fold = E_ <= cuda::train_router_fold_max_experts;
+  cuda::train_router_bwd(
+      t_, a.topk_e.data<int>(), a.topk_w.data<float>(), dw_.data<float>(), a.probs.data<float>(),
+      a.offsets.data<int>(), aux_scale, dxe_.data(), a.assign_at.data<int>(), NT_, E_, K_, H_,
+      router_fold ? w(o.gate_w) : nullptr, dglog_.data(), dt_.data<float>(), st());
   prof_.mark(st(), "bwd experts");
   // The router's weight gradient is a product of only E rows: one pass over t2 for it and the
   // bias (train_router_grad.cu) beats cuBLAS's split-K kernel; beyond its expert count, cuBLAS.
@@ -579,8 +581,9 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
        "router weight gradient");
     colsum(t_, dglog_.data(), E_, NT_, E_, g(o.gate_b));
   }
-  mm(NT_, H_, E_, dglog_.data(), E_, false, w(o.gate_w), H_, false, 1.0f, dt_.data(), true, H_,
-     "router input gradient");
+  if (!router_fold)
+    mm(NT_, H_, E_, dglog_.data(), E_, false, w(o.gate_w), H_, false, 1.0f, dt_.data(), true, H_,
+       "router input gradient");
   // The residual's gradient dx is also the attention out bias's (its column sums) and, rounded
   // to act in bf16 mode, the out projection's gradient operand: all from the norm's pass.
   norm_bwd(a.xmid.data<float>(), p(o.mlp_norm), a.rstd2.data<float>(), true, dx, g(o.mlp_norm),

@@ -158,11 +158,14 @@ void train_moe_combine_bwd(ActType t, const float* dx, const void* y, const floa
                            int K, int H, float* dweights, void* dy, cudaStream_t stream);
 // dlogits act [NT, E] = the top-k softmax's backward from dweights, plus (aux_scale > 0) the
 // load-balancing term through probs with the gradient aux_scale * count_e / NT per expert
-// (count_e = offsets[e+1] - offsets[e]); dt [NT, H] = sum over slots of dxe act [A, H].
+// (count_e = offsets[e+1] - offsets[e]); dt [NT, H] = sum over slots of dxe act [A, H], plus,
+// when gate_w act [E, H] is given (E <= train_router_fold_max_experts), dlogits gate_w (the
+// router product's input gradient).
+constexpr int train_router_fold_max_experts = 32;
 void train_router_bwd(ActType t, const int* experts, const float* weights, const float* dweights,
                       const float* probs, const int* offsets, float aux_scale, const void* dxe,
-                      const int* assign_at, int NT, int E, int K, int H, void* dlogits, float* dt,
-                      cudaStream_t stream);
+                      const int* assign_at, int NT, int E, int K, int H, const void* gate_w,
+                      void* dlogits, float* dt, cudaStream_t stream);
 
 // ---- train_router_grad.cu
 // The router's weight and bias gradients in one pass over t: out_w [E, H] += dlogits^T t, that

@@ -16,6 +16,8 @@ constexpr int kTrainSwigluPairs = 4;
 // Elements per thread and step of the wide row kernels (router backward, combine): 16 bytes of
 // bf16, 32 of f32.
 constexpr int kTrainMoeWidth = 8;
+// The router backward adds the router product's input gradient for up to this many experts.
+constexpr int kRouterFoldMaxExperts = train_router_fold_max_experts;
 
 // A thread per row: E is small (gpt-oss: 32 or 128).
 __global__ void train_router_fwd_kernel(const float* __restrict__ logits,
@@ -171,54 +173,78 @@ __global__ void train_moe_combine_bwd_kernel(const float* __restrict__ dx, const
   if (lane == 0) dweights[w] = dot;
 }
 
+// Row r's router logit gradient for expert e: the top-k softmax's backward from the combine
+// weights' gradient, plus (aux_scale > 0) the load-balancing term through the probabilities.
+__device__ __forceinline__ float train_router_logit_grad(const int* er, const float* wr,
+                                                         const float* dwr, const float* pr,
+                                                         const int* offsets, float aux_scale,
+                                                         int NT, int E, int K, int e) {
+  float dot = 0.0f;
+  for (int s = 0; s < K; ++s) dot += wr[s] * dwr[s];
+  float g = 0.0f;
+  for (int s = 0; s < K; ++s)
+    if (er[s] == e) g += wr[s] * (dwr[s] - dot);
+  if (aux_scale > 0.0f) {
+    // aux_g[e] = aux_scale * count_e / NT; softmax backward: p_e (aux_g_e - p . aux_g).
+    float pdot = 0.0f;
+    for (int f = 0; f < E; ++f) pdot += pr[f] * aux_scale * float(offsets[f + 1] - offsets[f]) / NT;
+    g += pr[e] * (aux_scale * float(offsets[e + 1] - offsets[e]) / NT - pdot);
+  }
+  return g;
+}
+
 // A row per threadIdx.y: the router logits' gradient over threadIdx.x < E, dt over the row in
-// steps of W elements.
+// steps of W elements. With gate_w [E, H] (E <= kRouterFoldMaxExperts), dt also gets the router
+// product's input gradient, sum_e dlogits[r, e] gate_w[e, :], from the logit gradients as stored
+// (rounded to T, as the product read them), through shared memory: dt is written once instead of
+// being written, read and written again by a product of inner dimension E. The rows advance in
+// step across the block, so that the barriers are reached by every thread.
 template <typename T, int W>
-__global__ void train_router_bwd_kernel(const int* __restrict__ experts,
-                                        const float* __restrict__ weights,
-                                        const float* __restrict__ dweights,
-                                        const float* __restrict__ probs,
-                                        const int* __restrict__ offsets, float aux_scale,
-                                        const T* __restrict__ dxe,
-                                        const int* __restrict__ assign_at, int NT, int E, int K,
-                                        int H, T* __restrict__ dlogits, float* __restrict__ dt) {
+__global__ void train_router_bwd_kernel(
+    const int* __restrict__ experts, const float* __restrict__ weights,
+    const float* __restrict__ dweights, const float* __restrict__ probs,
+    const int* __restrict__ offsets, float aux_scale, const T* __restrict__ dxe,
+    const int* __restrict__ assign_at, int NT, int E, int K, int H, const T* __restrict__ gate_w,
+    T* __restrict__ dlogits, float* __restrict__ dt) {
   constexpr bool kWide = W > 1;
+  __shared__ float row_dlogits[256 / 32][kRouterFoldMaxExperts];  // blockDim.y <= 8
   const int steps = H / W;
-  for (int64_t r = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; r < NT;
-       r += int64_t(gridDim.x) * blockDim.y) {
-    const int* er = experts + r * K;
-    const float* wr = weights + r * K;
-    const float* dwr = dweights + r * K;
-    const float* pr = probs + r * E;
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
-      float dot = 0.0f;
-      for (int s = 0; s < K; ++s) dot += wr[s] * dwr[s];
-      float g = 0.0f;
-      for (int s = 0; s < K; ++s)
-        if (er[s] == e) g += wr[s] * (dwr[s] - dot);
-      if (aux_scale > 0.0f) {
-        // aux_g[e] = aux_scale * count_e / NT; softmax backward: p_e (aux_g_e - p . aux_g).
-        float pdot = 0.0f;
-        for (int f = 0; f < E; ++f)
-          pdot += pr[f] * aux_scale * float(offsets[f + 1] - offsets[f]) / NT;
-        g += pr[e] * (aux_scale * float(offsets[e + 1] - offsets[e]) / NT - pdot);
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < NT;
+       base += int64_t(gridDim.x) * blockDim.y) {
+    const int64_t r = base + threadIdx.y;
+    const bool row = r < NT;
+    if (row)
+      for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        const float g = train_router_logit_grad(experts + r * K, weights + r * K, dweights + r * K,
+                                                probs + r * E, offsets, aux_scale, NT, E, K, e);
+        dlogits[r * E + e] = from_f32<T>(g);
+        if (gate_w) row_dlogits[threadIdx.y][e] = to_f32(from_f32<T>(g));
       }
-      dlogits[r * E + e] = from_f32<T>(g);
-    }
-    for (int c = threadIdx.x; c < steps; c += blockDim.x) {
-      const int j = c * W;
-      float v[W];
+    if (gate_w) __syncthreads();
+    if (row)
+      for (int c = threadIdx.x; c < steps; c += blockDim.x) {
+        const int j = c * W;
+        float v[W];
 #pragma unroll
-      for (int k = 0; k < W; ++k) v[k] = 0.0f;
+        for (int k = 0; k < W; ++k) v[k] = 0.0f;
 #pragma unroll 2
-      for (int s = 0; s < K; ++s) {
-        float x[W];
-        train_load<W, kWide>(dxe + int64_t(assign_at[r * K + s]) * H + j, x);
+        for (int s = 0; s < K; ++s) {
+          float x[W];
+          train_load<W, kWide>(dxe + int64_t(assign_at[r * K + s]) * H + j, x);
 #pragma unroll
-        for (int k = 0; k < W; ++k) v[k] += x[k];
+          for (int k = 0; k < W; ++k) v[k] += x[k];
+        }
+        if (gate_w)
+          for (int e = 0; e < E; ++e) {
+            const float g = row_dlogits[threadIdx.y][e];
+            float w[W];
+            train_load<W, kWide>(gate_w + int64_t(e) * H + j, w);
+#pragma unroll
+            for (int k = 0; k < W; ++k) v[k] += g * w[k];
+          }
+        train_store<W, kWide>(dt + r * H + j, v);
       }
-      train_store<W, kWide>(dt + r * H + j, v);
-    }
+    if (gate_w) __syncthreads();  // row_dlogits is written again for the next rows
   }
 }
 
@@ -365,22 +391,25 @@ void train_pad_groups(const int* experts, const int* offsets, const int* poffset
 
 void train_router_bwd(ActType t, const int* experts, const float* weights, const float* dweights,
                       const float* probs, const int* offsets, float aux_scale, const void* dxe,
-                      const int* assign_at, int NT, int E, int K, int H, void* dlogits, float* dt,
-                      cudaStream_t stream) {
+                      const int* assign_at, int NT, int E, int K, int H, const void* gate_w,
+                      void* dlogits, float* dt, cudaStream_t stream) {
   MIND4_CUDA_ARG(
       experts && weights && dweights && probs && offsets && dxe && assign_at && dlogits && dt,
       "train_router_bwd", "null pointer");
   MIND4_CUDA_ARG(NT >= 0 && E > 0 && K > 0 && K <= E && H > 0 && aux_scale >= 0, "train_router_bwd",
                  "NT = ", NT, ", E = ", E, ", K = ", K, ", H = ", H);
+  MIND4_CUDA_ARG(!gate_w || E <= kRouterFoldMaxExperts, "train_router_bwd", "E = ", E,
+                 " with gate_w (at most ", kRouterFoldMaxExperts, " experts)");
   if (NT == 0) return;
-  const bool wide = H % kTrainMoeWidth == 0 && train_aligned16(dxe) && train_aligned16(dt);
+  const bool wide = H % kTrainMoeWidth == 0 && train_aligned16(dxe) && train_aligned16(dt) &&
+                    (!gate_w || train_aligned16(gate_w));
   dispatch_act(t, [&](auto tag) {
     using T = decltype(tag);
     auto launch = [&](auto kernel, int width) {
       const dim3 block = train_row_block(H / width);
       kernel<<<train_row_grid(NT, block), block, 0, stream>>>(
           experts, weights, dweights, probs, offsets, aux_scale, static_cast<const T*>(dxe),
-          assign_at, NT, E, K, H, static_cast<T*>(dlogits), dt);
+          assign_at, NT, E, K, H, static_cast<const T*>(gate_w), static_cast<T*>(dlogits), dt);
     };
     if (wide)
       launch(train_router_bwd_kernel<T, kTrainMoeWidth>, kTrainMoeWidth);
