@@ -3,7 +3,7 @@
 // over padded segments of 4096 + 192 rows (34304 rows in all, the profile's count), vocabulary
 // 32768. One launch of one layer per timing, CUDA events; bytes_per_second counts what must cross
 // memory once (inputs read, outputs written; the small tables of biases, weights and indices left
-// out). Also the router's weight and bias gradients, against the cuBLAS route they replaced.
+// out).
 #ifdef MIND4_HAVE_CUDA
 
 #include <benchmark/benchmark.h>
@@ -197,44 +197,6 @@ void BM_CudaTrainRmsNormBwd(benchmark::State& state) {
   cb::set_bytes_per_second(state, double(kTebNT) * kTebH * 4 * 4);
 }
 BENCHMARK(BM_CudaTrainRmsNormBwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
-
-// The router's weight and bias gradients (gate_w [E, H] += dlogits^T t2, gate_b [E] += column
-// sums of dlogits) from the normed rows t2 and the logit gradients, both bf16: what must cross
-// memory is those two once. The kernel of train_router_grad.cu, and beside it the route it
-// replaced (cuBLAS's product of M = E rows, then the column sums).
-void BM_CudaTrainRouterGrad(benchmark::State& state) {
-  if (!cb::gpu_present(state)) return;
-  DeviceBuffer t2 = cb::random_bf16(size_t(kTebNT) * kTebH, 1.0f, 101, Dist::kNormal);
-  DeviceBuffer dlog = cb::random_bf16(size_t(kTebNT) * kTebE, 0.01f, 102, Dist::kNormal);
-  DeviceBuffer gw(size_t(kTebE) * kTebH * 4), gb(size_t(kTebE) * 4);
-  DeviceBuffer partial(size_t(mind4::cuda::train_router_grad_scratch_floats(kTebNT, kTebE, kTebH)) *
-                       4);
-  cb::time_launches(state, 10, [&] {
-    mind4::cuda::train_router_grad(ActType::kBF16, dlog.data(), t2.data(), kTebNT, kTebE, kTebH,
-                                   partial.data<float>(), gw.data<float>(), gb.data<float>(),
-                                   nullptr);
-  });
-  cb::set_bytes_per_second(state, double(kTebNT) * (kTebH + kTebE) * 2);
-}
-BENCHMARK(BM_CudaTrainRouterGrad)->UseManualTime()->Unit(benchmark::kMicrosecond);
-
-void BM_CudaTrainRouterGradCublas(benchmark::State& state) {
-  if (!cb::gpu_present(state)) return;
-  DeviceBuffer t2 = cb::random_bf16(size_t(kTebNT) * kTebH, 1.0f, 101, Dist::kNormal);
-  DeviceBuffer dlog = cb::random_bf16(size_t(kTebNT) * kTebE, 0.01f, 102, Dist::kNormal);
-  DeviceBuffer gw(size_t(kTebE) * kTebH * 4), gb(size_t(kTebE) * 4);
-  DeviceBuffer partial(size_t(mind4::cuda::train_colsum_scratch_floats(kTebE, 1)) * 4);
-  mind4::cuda::BlasHandle blas;
-  cb::time_launches(state, 10, [&] {
-    mind4::cuda::train_gemm(blas.get(), ActType::kBF16, kTebE, kTebH, kTebNT,
-                            {dlog.data(), kTebE, 0, true}, {t2.data(), kTebH, 0, false}, 1.0f,
-                            gw.data(), true, kTebH, 0, 1, "router weight gradient");
-    mind4::cuda::train_colsum(ActType::kBF16, dlog.data(), kTebE, kTebNT, kTebE, nullptr, nullptr,
-                              partial.data<float>(), gb.data<float>(), nullptr);
-  });
-  cb::set_bytes_per_second(state, double(kTebNT) * (kTebH + kTebE) * 2);
-}
-BENCHMARK(BM_CudaTrainRouterGradCublas)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

@@ -339,10 +339,7 @@ CudaTrainEngine::CudaTrainEngine(const TrainConfig& cfg, const ParamLayout& layo
   }
   dqkv_ = act(NT * QKV_, "dqkv");
   const int widest = std::max({QKV_, 2 * I_, H_, E_, NH_ * D_});
-  // The column sums' partial sums, and the router gradient's (train_router_grad).
-  const int64_t partial_floats = std::max(cuda::train_colsum_scratch_floats(widest, E_),
-                                          cuda::train_router_grad_scratch_floats(NT_, E_, H_));
-  colsum_partial_ = DeviceBuffer(partial_floats * 4, "colsum");
+  colsum_partial_ = DeviceBuffer(cuda::train_colsum_scratch_floats(widest, E_) * 4, "colsum");
   sumsq_ = DeviceBuffer(cuda::train_sumsq_blocks * 8, "gradient norm partials");
   host_loss_ = cuda::PinnedBuffer(NT * 4);
   host_probsum_ = cuda::PinnedBuffer(int64_t(L_) * E_ * 4);
@@ -571,16 +568,9 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
       a.offsets.data<int>(), aux_scale, dxe_.data(), a.assign_at.data<int>(), NT_, E_, K_, H_,
       router_fold ? w(o.gate_w) : nullptr, dglog_.data(), dt_.data<float>(), st());
   prof_.mark(st(), "bwd experts");
-  // The router's weight gradient is a product of only E rows: one pass over t2 for it and the
-  // bias (train_router_grad.cu) beats cuBLAS's split-K kernel; beyond its expert count, cuBLAS.
-  if (E_ <= cuda::train_router_grad_max_experts) {
-    cuda::train_router_grad(t_, dglog_.data(), a.t2.data(), NT_, E_, H_,
-                            colsum_partial_.data<float>(), g(o.gate_w), g(o.gate_b), st());
-  } else {
-    mm(E_, H_, NT_, dglog_.data(), E_, true, a.t2.data(), H_, false, 1.0f, g(o.gate_w), true, H_,
-       "router weight gradient");
-    colsum(t_, dglog_.data(), E_, NT_, E_, g(o.gate_b));
-  }
+  mm(E_, H_, NT_, dglog_.data(), E_, true, a.t2.data(), H_, false, 1.0f, g(o.gate_w), true, H_,
+     "router weight gradient");
+  colsum(t_, dglog_.data(), E_, NT_, E_, g(o.gate_b));
   if (!router_fold)
     mm(NT_, H_, E_, dglog_.data(), E_, false, w(o.gate_w), H_, false, 1.0f, dt_.data(), true, H_,
        "router input gradient");

@@ -50,11 +50,6 @@ void train_colsum(ActType t, const void* a, int64_t lda, int R, int N, const flo
 void train_colsum_segments(ActType t, const void* a, int64_t lda, const int* seg, int segments,
                            int max_rows, int N, float* partial, float* out, cudaStream_t stream);
 int64_t train_colsum_scratch_floats(int N, int segments);
-// The finishing pass of the column sums above, for kernels that write the same partial sums:
-// out[e*out_stride + j] += the sum over c < chunks of partial[(e*chunks + c)*N + j], j < N,
-// e < segments, the chunks added in a fixed order (the same bits every run).
-void train_colsum_finish(const float* partial, int chunks, int N, int segments, int64_t out_stride,
-                         float* out, cudaStream_t stream);
 
 // ---- train_attention.cu
 // qkv f32 [NT, QKV] (the GEMM output) + bias -> RoPE on q and k (tables [S, D/2]) -> q act
@@ -166,18 +161,6 @@ void train_router_bwd(ActType t, const int* experts, const float* weights, const
                       const float* probs, const int* offsets, float aux_scale, const void* dxe,
                       const int* assign_at, int NT, int E, int K, int H, const void* gate_w,
                       void* dlogits, float* dt, cudaStream_t stream);
-
-// ---- train_router_grad.cu
-// The router's weight and bias gradients in one pass over t: out_w [E, H] += dlogits^T t, that
-// is out_w[e*H + j] += sum over r of dlogits[r*E + e] * t[r*H + j], and out_b [E] += the column
-// sums of dlogits; dlogits act [NT, E], t act [NT, H] (the MoE norm's output). f32 accumulation,
-// partial sums per chunk of rows finished in a fixed order (train_colsum_finish): the same bits
-// every run. 1 <= E <= train_router_grad_max_experts (the engine keeps cuBLAS beyond it).
-// partial: train_router_grad_scratch_floats(NT, E, H) floats.
-constexpr int train_router_grad_max_experts = 32;
-int64_t train_router_grad_scratch_floats(int NT, int E, int H);
-void train_router_grad(ActType t, const void* dlogits, const void* t_rows, int NT, int E, int H,
-                       float* partial, float* out_w, float* out_b, cudaStream_t stream);
 
 // Spreads moe_group's grouping out to padded expert segments (each starting at poffsets[e], a
 // multiple of the products' row tile, so that cuBLAS sees few distinct shapes): for each

@@ -271,21 +271,12 @@ void colsum_launch(ActType t, const void* a, int64_t lda, int R, const int* seg,
         static_cast<const T*>(a), lda, R, seg, plan.rows, N, x, rstd, partial);
   });
   check_launch(t == ActType::kF32 ? "train_colsum_partial_f32" : "train_colsum_partial_bf16");
-  train_colsum_finish(partial, plan.chunks, N, segments, out_stride, out, stream);
+  train_colsum_finish_kernel<<<dim3((N + 31) / 32, segments), 256, 0, stream>>>(
+      partial, plan.chunks, N, out_stride, out);
+  check_launch("train_colsum_finish");
 }
 
 }  // namespace
-
-void train_colsum_finish(const float* partial, int chunks, int N, int segments, int64_t out_stride,
-                         float* out, cudaStream_t stream) {
-  MIND4_CUDA_ARG(partial && out, "train_colsum_finish", "null pointer");
-  MIND4_CUDA_ARG(chunks > 0 && N > 0 && segments > 0 && (segments == 1 || out_stride >= N),
-                 "train_colsum_finish", "chunks = ", chunks, ", N = ", N, ", segments = ", segments,
-                 ", out_stride = ", out_stride);
-  train_colsum_finish_kernel<<<dim3((N + 31) / 32, segments), 256, 0, stream>>>(partial, chunks, N,
-                                                                                out_stride, out);
-  check_launch("train_colsum_finish");
-}
 
 void train_rmsnorm_fwd(ActType t, float* x, const float* add, const float* g, int NT, int H,
                        float eps, void* y, float* rstd, cudaStream_t stream) {
