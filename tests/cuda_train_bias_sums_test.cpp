@@ -1,7 +1,7 @@
 // The expert bias gradients summed inside the SwiGLU and combine backwards
 // (train_swiglu_bwd_bias, train_moe_combine_bwd_bias), down both paths: the fused one (segments
-// starting on multiples of the chunk, 16-byte rows and pointers; chunks of 64 rows, and of 128
-// where 64-row chunks would not fit the scratch) and the fallback (the plain kernel, then
+// starting on multiples of the chunk, 16-byte rows and pointers; chunks of 32 or 64 rows, and of
+// 128 where those would not fit the scratch) and the fallback (the plain kernel, then
 // train_colsum_segments: segments off the chunk grid, odd widths, pointers off the 16-byte grid).
 // Segments of several sizes, empty experts among them and a last segment that ends inside a chunk.
 // Against double-precision references (train/ops.h's SwiGLU backward; the combine's gradients
@@ -114,8 +114,10 @@ TEST(CudaTrainBiasSums, SwigluBackwardSumsItsBiasGradient) {
       {516, {320}, 0, true},
       // 70000 rows of I 4: 64-row chunks would overflow the scratch, 128-row ones do not.
       {4, {25600, 0, 44288, 100}, 0, true},
-      // Fallbacks: segments off the 64-row grid; odd I; pointers off the 16-byte grid.
+      // Fallbacks: segments off the 64-row grid (by far, and by 32 rows); odd I; pointers off the
+      // 16-byte grid.
       {1024, {100, 28, 300}, 0, false},
+      {16, {32, 64}, 0, false},
       {13, {64, 64, 7}, 0, false},
       {16, {64, 0, 70}, 1, false},
   };
@@ -184,13 +186,14 @@ TEST(CudaTrainBiasSums, CombineBackwardSumsItsBiasGradient) {
   const std::vector<CombineBiasCase> cases = {
       // As the trainer lays them out (256-row grid) at the benchmark's H; experts 5..7 empty.
       {300, 4, 768, 8, 5, 256, true, 0, true},
-      // 64-row grid, the last segment ending inside its chunk; H 40: 5 lanes of 32 busy.
+      // 64- and 32-row grids, the last segment ending inside its chunk; H 40: 5 lanes of 32 busy.
       {97, 2, 40, 6, 6, 64, false, 0, true},
+      {97, 2, 40, 6, 6, 32, false, 0, true},
       // A single row.
       {1, 1, 8, 3, 3, 256, false, 0, true},
-      // 80000+ rows of H 8: 128-row chunks (64-row ones would overflow the scratch).
+      // 80000+ rows of H 8: 128-row chunks (32- and 64-row ones would overflow the scratch).
       {40000, 2, 8, 4, 4, 256, true, 0, true},
-      // Fallbacks: segments off the 64-row grid; odd H; pointers off the 16-byte grid.
+      // Fallbacks: segments off the 32-row grid; odd H; pointers off the 16-byte grid.
       {97, 2, 40, 6, 4, 8, true, 0, false},
       {50, 2, 37, 4, 4, 64, true, 0, false},
       {50, 2, 40, 4, 3, 64, true, 1, false},
@@ -215,8 +218,8 @@ TEST(CudaTrainBiasSums, CombineBackwardSumsItsBiasGradient) {
     int last = E - 1;
     while (last > 0 && count[last] == 0) --last;
     if (!c.pad_last) rows[last] = count[last];  // the experts after it are empty
-    // The fallback cases off the 64-row grid: make sure the second segment starts off it.
-    if (!c.fused && c.grid < 64 && rows[0] % 64 == 0) rows[0] += c.grid;
+    // The fallback case off the 32-row grid: make sure the second segment starts off it.
+    if (!c.fused && c.grid < 32 && rows[0] % 32 == 0) rows[0] += c.grid;
     const std::vector<int> seg = bias_sums_offsets(rows);
     const int A = seg[E];
     // Assignment j of expert e at row seg[e] + j, in assignment order (as moe_group and

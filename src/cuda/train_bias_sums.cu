@@ -4,7 +4,7 @@
 // chunks in a fixed order. Without this, train_colsum_segments read dh (140 MB at issue 5's shape)
 // and dy (53 MB) again right after they were written.
 //
-// A chunk is a run of chunk_rows grouped rows (64, 128 or 256) starting on a multiple of it. Every
+// A chunk is a run of chunk_rows grouped rows (32 to 256) starting on a multiple of it. Every
 // expert's segment starts on a multiple of the chunk (the trainer's segments start on multiples of
 // 256 rows), so every chunk lies in one segment and its partial sums belong to one expert.
 #include <numeric>
@@ -27,7 +27,9 @@ constexpr int kBiasCombineWidth = 8;
 constexpr int kBiasCombineMaxWarps = 8;
 // The warps' column sums: under the 48 KB a block may take without opting in.
 constexpr int kBiasCombineSharedBytes = 40 * 1024;
-constexpr int kBiasChunkRowsMin = 64, kBiasChunkRowsMax = 256;
+// Chunks: at least 64 rows for the SwiGLU (8 per thread), 32 for the combine (4 per warp: a
+// chunk is a block there, and short blocks keep the last partial wave short), at most 256.
+constexpr int kBiasSwigluChunkRows = 64, kBiasCombineChunkRows = 32, kBiasChunkRowsMax = 256;
 
 // The value a store of v as T leaves in memory, as float (the bf16 rounding; f32 unchanged): the
 // sums add what train_colsum_segments would read back.
@@ -91,7 +93,7 @@ __global__ void __launch_bounds__(32 * kBiasRowsAtOnce)
 // stored dy into its own row of shared sums (a lane owns its columns, so no other lane touches
 // them), then the warps' sums of each column are added in order into partial [chunk, H].
 template <typename T>
-__global__ void __launch_bounds__(32 * kBiasCombineMaxWarps) train_moe_combine_bwd_bias_kernel(
+__global__ void __launch_bounds__(32 * kBiasCombineMaxWarps, 5) train_moe_combine_bwd_bias_kernel(
     const float* __restrict__ dx, const T* __restrict__ y, const float* __restrict__ bias,
     const int* __restrict__ experts, const float* __restrict__ weights,
     const int* __restrict__ offsets, const int* __restrict__ group_row, const int* __restrict__ seg,
@@ -101,8 +103,7 @@ __global__ void __launch_bounds__(32 * kBiasCombineMaxWarps) train_moe_combine_b
   extern __shared__ float warp_sums[];  // [warps, H]
   __shared__ int seg_expert;
   const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t r0 = int64_t(blockIdx.x) * chunk_rows;
-  const int64_t r1 = min(int64_t(A), r0 + chunk_rows);
+  const int r0 = blockIdx.x * chunk_rows, r1 = min(A, r0 + chunk_rows);
   if (threadIdx.x == 0) {
     // The chunk's expert: the last segment starting at or before r0 (empty segments before it
     // start where it does).
@@ -122,12 +123,12 @@ __global__ void __launch_bounds__(32 * kBiasCombineMaxWarps) train_moe_combine_b
     for (int k = 0; k < W; ++k) col_sums[j + k] = 0.0f;
   __syncthreads();
   const int e = seg_expert;
-  const int64_t assigned_end = seg[e] + int64_t(offsets[e + 1] - offsets[e]);
+  const int assigned_end = seg[e] + offsets[e + 1] - offsets[e];
   const float* br = bias + int64_t(e) * H;
   // The warp's rows in batches of 32: lane l looks up row base + l * warps (its token row, slot
   // and weight; slot -1: a gap row), so that the index loads of 32 rows wait once, not in turn.
-  for (int64_t base = r0 + warp; base < r1; base += int64_t(32) * warps) {
-    const int64_t mine_at = base + int64_t(lane) * warps;
+  for (int base = r0 + warp; base < r1; base += 32 * warps) {
+    const int mine_at = base + lane * warps;
     int mine_r = 0, mine_w = -1;
     float mine_wt = 0.0f;
     if (mine_at < min(r1, assigned_end)) {
@@ -137,13 +138,15 @@ __global__ void __launch_bounds__(32 * kBiasCombineMaxWarps) train_moe_combine_b
       mine_w = mine_r * K + s;
       mine_wt = weights[mine_w];
     }
-    const int n = int(min(int64_t(32), (r1 - base + warps - 1) / warps));
+    const int n = min(32, (r1 - base + warps - 1) / warps);
     for (int v = 0; v < n; ++v) {
-      const int64_t at = base + int64_t(v) * warps;
-      const int64_t r = __shfl_sync(0xffffffffu, mine_r, v);
+      const int at = base + v * warps;
+      const int r = __shfl_sync(0xffffffffu, mine_r, v);
       const int w = __shfl_sync(0xffffffffu, mine_w, v);
       const float wt = __shfl_sync(0xffffffffu, mine_wt, v);
-      T* dyr = dy + at * H;
+      T* dyr = dy + int64_t(at) * H;
+      const T* yr = y + int64_t(at) * H;
+      const float* dxr = dx + int64_t(r) * H;
       if (w < 0) {
         float z[W];
 #pragma unroll
@@ -154,8 +157,8 @@ __global__ void __launch_bounds__(32 * kBiasCombineMaxWarps) train_moe_combine_b
       float dot = 0.0f;
       for (int j = lane * W; j < H; j += 32 * W) {
         float g[W], yv[W], bv[W];
-        train_load<W, true>(dx + r * H + j, g);
-        train_load<W, true>(y + at * H + j, yv);
+        train_load<W, true>(dxr + j, g);
+        train_load<W, true>(yr + j, yv);
         train_load<W, true>(br + j, bv);
 #pragma unroll
         for (int k = 0; k < W; ++k) {
@@ -207,9 +210,10 @@ struct BiasSegments {
   int chunk_rows;  // the fused path's chunk, 0 where it cannot run
 };
 
-// The smallest chunk (more blocks) from 64 to 256 rows that every non-empty segment starts on a
-// multiple of and whose partial sums fit train_colsum_scratch_floats(N, segments), or 0.
-BiasSegments bias_segments(const int* host_seg, int segments, int N, const char* launcher) {
+// The smallest chunk (more blocks) from min_rows to 256 rows that every non-empty segment starts
+// on a multiple of and whose partial sums fit train_colsum_scratch_floats(N, segments), or 0.
+BiasSegments bias_segments(const int* host_seg, int segments, int N, int min_rows,
+                           const char* launcher) {
   MIND4_CUDA_ARG(host_seg[0] == 0, launcher, "segments start at row ", host_seg[0]);
   BiasSegments b{host_seg[segments], 0, 0};
   int starts = 0;  // the gcd of the non-empty segments' starts
@@ -220,7 +224,7 @@ BiasSegments bias_segments(const int* host_seg, int segments, int N, const char*
     if (rows > 0) starts = std::gcd(starts, host_seg[e]);
   }
   const int64_t capacity = train_colsum_scratch_floats(N, segments);
-  for (int rows = kBiasChunkRowsMin; rows <= kBiasChunkRowsMax; rows *= 2)
+  for (int rows = min_rows; rows <= kBiasChunkRowsMax; rows *= 2)
     if (starts % rows == 0 && (int64_t(b.rows) + rows - 1) / rows * N <= capacity) {
       b.chunk_rows = rows;
       break;
@@ -241,7 +245,8 @@ bool train_swiglu_bwd_bias_fused(const void* h_saved, const void* dact, int I, c
                                  int segments, const void* dh) {
   return I % kBiasSwigluPairs == 0 && train_aligned16(h_saved) && train_aligned16(dact) &&
          train_aligned16(dh) &&
-         bias_segments(host_seg, segments, 2 * I, "train_swiglu_bwd_bias").chunk_rows > 0;
+         bias_segments(host_seg, segments, 2 * I, kBiasSwigluChunkRows, "train_swiglu_bwd_bias")
+                 .chunk_rows > 0;
 }
 
 void train_swiglu_bwd_bias(ActType t, const void* h_saved, const void* dact, int I, float limit,
@@ -251,7 +256,8 @@ void train_swiglu_bwd_bias(ActType t, const void* h_saved, const void* dact, int
                  "train_swiglu_bwd_bias", "null pointer");
   MIND4_CUDA_ARG(I > 0 && limit > 0 && segments > 0, "train_swiglu_bwd_bias", "I = ", I,
                  ", segments = ", segments);
-  const BiasSegments b = bias_segments(host_seg, segments, 2 * I, "train_swiglu_bwd_bias");
+  const BiasSegments b =
+      bias_segments(host_seg, segments, 2 * I, kBiasSwigluChunkRows, "train_swiglu_bwd_bias");
   if (b.rows == 0) return;
   if (!train_swiglu_bwd_bias_fused(h_saved, dact, I, host_seg, segments, dh)) {
     train_swiglu_bwd(t, h_saved, dact, b.rows, I, limit, dh, stream);
@@ -275,7 +281,8 @@ bool train_moe_combine_bwd_bias_fused(const float* dx, const void* y, const floa
   return H % kBiasCombineWidth == 0 && int64_t(H) * 4 <= kBiasCombineSharedBytes &&
          train_aligned16(dx) && train_aligned16(y) && train_aligned16(bias) &&
          train_aligned16(dy) &&
-         bias_segments(host_seg, segments, H, "train_moe_combine_bwd_bias").chunk_rows > 0;
+         bias_segments(host_seg, segments, H, kBiasCombineChunkRows, "train_moe_combine_bwd_bias")
+                 .chunk_rows > 0;
 }
 
 void train_moe_combine_bwd_bias(ActType t, const float* dx, const void* y, const float* bias,
@@ -288,7 +295,8 @@ void train_moe_combine_bwd_bias(ActType t, const float* dx, const void* y, const
                  "train_moe_combine_bwd_bias", "null pointer");
   MIND4_CUDA_ARG(NT >= 0 && K > 0 && H > 0 && segments > 0, "train_moe_combine_bwd_bias",
                  "NT = ", NT, ", K = ", K, ", H = ", H, ", segments = ", segments);
-  const BiasSegments b = bias_segments(host_seg, segments, H, "train_moe_combine_bwd_bias");
+  const BiasSegments b =
+      bias_segments(host_seg, segments, H, kBiasCombineChunkRows, "train_moe_combine_bwd_bias");
   MIND4_CUDA_ARG(b.rows >= int64_t(NT) * K, "train_moe_combine_bwd_bias", b.rows,
                  " grouped rows for ", NT, " x ", K, " assignments");
   if (b.rows == 0) return;

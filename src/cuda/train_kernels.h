@@ -164,12 +164,12 @@ void train_pad_groups(const int* experts, const int* offsets, const int* poffset
 // seg: segments + 1 offsets of the experts' segments of grouped rows on the device (A =
 // host_seg[segments] rows), host_seg the same on the host (it picks the path and sizes the
 // launches: nothing waits for the device). partial: train_colsum_scratch_floats(N, segments)
-// floats, N the row width (2I, H). The fused path sums each chunk of 64-256 rows as it stores them
-// and needs every non-empty segment to start on a multiple of the chunk (the trainer's start on
-// multiples of 256), 16-byte rows and pointers; elsewhere the plain kernel runs, then
-// train_colsum_segments. Either way the sums add the stored values (bf16-rounded in bf16) in a
-// fixed order: the same bits every run (the two paths' orders differ). The *_fused predicates say
-// which path a call with these arguments takes.
+// floats, N the row width (2I, H). The fused path sums each chunk of rows (64 to 256 for the
+// SwiGLU, 32 to 256 for the combine) as it stores them and needs every non-empty segment to start
+// on a multiple of the chunk (the trainer's start on multiples of 256), 16-byte rows and pointers;
+// elsewhere the plain kernel runs, then train_colsum_segments. Either way the sums add the stored
+// values (bf16-rounded in bf16) in a fixed order: the same bits every run (the two paths' orders
+// differ). The *_fused predicates say which path a call with these arguments takes.
 //
 // train_swiglu_bwd over the A grouped rows, and dbias [segments, 2I] += per segment the column
 // sums of dh.
