@@ -110,7 +110,7 @@ TEST(CudaTrainBiasSums, SwigluBackwardSumsItsBiasGradient) {
       {1024, {256, 0, 512, 0, 100}, 0, true},
       // 3 column groups of a block's 32; one-row last segment; an empty first one.
       {12, {0, 64, 128, 1}, 0, true},
-      // 257 column groups: a ninth column block with one; a single segment.
+      // 129 column groups: a fifth column block with one; a single segment.
       {516, {320}, 0, true},
       // 70000 rows of I 4: 64-row chunks would overflow the scratch, 128-row ones do not.
       {4, {25600, 0, 44288, 100}, 0, true},
