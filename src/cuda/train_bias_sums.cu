@@ -7,6 +7,7 @@
 // A chunk is a run of chunk_rows grouped rows (32 to 256) starting on a multiple of it. Every
 // expert's segment starts on a multiple of the chunk (the trainer's segments start on multiples of
 // 256 rows), so every chunk lies in one segment and its partial sums belong to one expert.
+#include <algorithm>
 #include <numeric>
 
 #include "cuda/train_kernels.h"
