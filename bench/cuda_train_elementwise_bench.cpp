@@ -82,6 +82,59 @@ void BM_CudaTrainSwigluBwd(benchmark::State& state) {
 }
 BENCHMARK(BM_CudaTrainSwigluBwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
+// The padded segments of TebRouting: expert e's rows from e * kTebSegment (a multiple of the
+// fused bias sums' 64-row chunks).
+std::vector<int> teb_segments() {
+  std::vector<int> seg(kTebE + 1);
+  for (int e = 0; e <= kTebE; ++e) seg[e] = e * kTebSegment;
+  return seg;
+}
+
+// The SwiGLU backward with the mlp1 bias gradient summed as dh is stored (train_swiglu_bwd_bias's
+// fused path): the same bytes as BM_CudaTrainSwigluBwd (the partial sums, 2.2 MB, left out).
+void BM_CudaTrainSwigluBwdBias(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  const size_t n = size_t(kTebAP) * kTebI;
+  const std::vector<int> seg = teb_segments();
+  DeviceBuffer h = cb::random_bf16(2 * n, 2.0f, 33, Dist::kNormal);
+  DeviceBuffer dact = cb::random_bf16(n, 1.0f, 34, Dist::kNormal);
+  DeviceBuffer d_seg = cb::upload(seg), dh(2 * n * 2), dbias(size_t(kTebE) * 2 * kTebI * 4);
+  DeviceBuffer partial(mind4::cuda::train_colsum_scratch_floats(2 * kTebI, kTebE) * 4);
+  if (!mind4::cuda::train_swiglu_bwd_bias_fused(h.data(), dact.data(), kTebI, seg.data(), kTebE,
+                                                dh.data())) {
+    state.SkipWithError("the fused path does not take these arguments");
+    return;
+  }
+  cb::time_launches(state, 10, [&] {
+    mind4::cuda::train_swiglu_bwd_bias(ActType::kBF16, h.data(), dact.data(), kTebI, kTebLimit,
+                                       d_seg.data<int>(), seg.data(), kTebE, dh.data(),
+                                       partial.data<float>(), dbias.data<float>(), nullptr);
+  });
+  cb::set_bytes_per_second(state, double(n) * 2 * (2 + 1 + 2));
+}
+BENCHMARK(BM_CudaTrainSwigluBwdBias)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// What the fused path replaces: the plain SwiGLU backward, then train_colsum_segments reading dh
+// again (bytes: the backward's plus dh read once more).
+void BM_CudaTrainSwigluBwdThenColsum(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  const size_t n = size_t(kTebAP) * kTebI;
+  const std::vector<int> seg = teb_segments();
+  DeviceBuffer h = cb::random_bf16(2 * n, 2.0f, 33, Dist::kNormal);
+  DeviceBuffer dact = cb::random_bf16(n, 1.0f, 34, Dist::kNormal);
+  DeviceBuffer d_seg = cb::upload(seg), dh(2 * n * 2), dbias(size_t(kTebE) * 2 * kTebI * 4);
+  DeviceBuffer partial(mind4::cuda::train_colsum_scratch_floats(2 * kTebI, kTebE) * 4);
+  cb::time_launches(state, 10, [&] {
+    mind4::cuda::train_swiglu_bwd(ActType::kBF16, h.data(), dact.data(), kTebAP, kTebI, kTebLimit,
+                                  dh.data(), nullptr);
+    mind4::cuda::train_colsum_segments(ActType::kBF16, dh.data(), 2 * kTebI, d_seg.data<int>(),
+                                       kTebE, kTebSegment, 2 * kTebI, partial.data<float>(),
+                                       dbias.data<float>(), nullptr);
+  });
+  cb::set_bytes_per_second(state, double(n) * 2 * (2 + 1 + 2 + 2));
+}
+BENCHMARK(BM_CudaTrainSwigluBwdThenColsum)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
 void BM_CudaTrainCrossEntropy(benchmark::State& state) {
   if (!cb::gpu_present(state)) return;
   const size_t n = size_t(kTebNT) * kTebV;
@@ -150,6 +203,64 @@ void BM_CudaTrainMoeCombineBwd(benchmark::State& state) {
   cb::set_bytes_per_second(state, double(kTebNT) * kTebH * (4 + kTebK * 2 + kTebK * 2));
 }
 BENCHMARK(BM_CudaTrainMoeCombineBwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// The combine backward over grouped rows with the mlp2 bias gradient summed as dy is stored
+// (train_moe_combine_bwd_bias's fused path): dx read (f32), y read over the assigned rows, dy
+// written whole (its gap rows too, which the plain path zeroes beforehand).
+void BM_CudaTrainMoeCombineBwdBias(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  TebRouting rt;
+  const std::vector<int> seg = teb_segments();
+  DeviceBuffer dx = cb::random_f32(size_t(kTebNT) * kTebH, 1.0f, 71, Dist::kNormal);
+  DeviceBuffer y = cb::random_bf16(size_t(kTebAP) * kTebH, 1.0f, 72, Dist::kNormal);
+  DeviceBuffer bias = cb::random_f32(size_t(kTebE) * kTebH, 0.5f, 73, Dist::kNormal);
+  DeviceBuffer dweights(size_t(kTebNT) * kTebK * 4), dy(size_t(kTebAP) * kTebH * 2);
+  DeviceBuffer d_seg = cb::upload(seg), dbias(size_t(kTebE) * kTebH * 4);
+  DeviceBuffer partial(mind4::cuda::train_colsum_scratch_floats(kTebH, kTebE) * 4);
+  if (!mind4::cuda::train_moe_combine_bwd_bias_fused(dx.data<float>(), y.data(), bias.data<float>(),
+                                                     kTebH, seg.data(), kTebE, dy.data())) {
+    state.SkipWithError("the fused path does not take these arguments");
+    return;
+  }
+  cb::time_launches(state, 10, [&] {
+    mind4::cuda::train_moe_combine_bwd_bias(
+        ActType::kBF16, dx.data<float>(), y.data(), bias.data<float>(), rt.experts.data<int>(),
+        rt.assign_at.data<int>(), rt.weights.data<float>(), rt.offsets.data<int>(),
+        rt.group_row.data<int>(), kTebNT, kTebK, kTebH, d_seg.data<int>(), seg.data(), kTebE,
+        dweights.data<float>(), dy.data(), partial.data<float>(), dbias.data<float>(), nullptr);
+  });
+  cb::set_bytes_per_second(state,
+                           double(kTebNT) * kTebH * (4 + kTebK * 2) + double(kTebAP) * kTebH * 2);
+}
+BENCHMARK(BM_CudaTrainMoeCombineBwdBias)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// What the fused path replaces: zero dy, the combine backward over token rows, then
+// train_colsum_segments reading dy again (bytes: dx and y read, dy written by the memset, its
+// assigned rows written by the kernel, dy read by the column sums).
+void BM_CudaTrainMoeCombineBwdThenColsum(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  TebRouting rt;
+  const std::vector<int> seg = teb_segments();
+  DeviceBuffer dx = cb::random_f32(size_t(kTebNT) * kTebH, 1.0f, 71, Dist::kNormal);
+  DeviceBuffer y = cb::random_bf16(size_t(kTebAP) * kTebH, 1.0f, 72, Dist::kNormal);
+  DeviceBuffer bias = cb::random_f32(size_t(kTebE) * kTebH, 0.5f, 73, Dist::kNormal);
+  DeviceBuffer dweights(size_t(kTebNT) * kTebK * 4), dy(size_t(kTebAP) * kTebH * 2);
+  DeviceBuffer d_seg = cb::upload(seg), dbias(size_t(kTebE) * kTebH * 4);
+  DeviceBuffer partial(mind4::cuda::train_colsum_scratch_floats(kTebH, kTebE) * 4);
+  cb::time_launches(state, 10, [&] {
+    mind4::cuda::check(cudaMemsetAsync(dy.data(), 0, dy.bytes(), nullptr), "bench zero dy");
+    mind4::cuda::train_moe_combine_bwd(ActType::kBF16, dx.data<float>(), y.data(),
+                                       bias.data<float>(), rt.experts.data<int>(),
+                                       rt.assign_at.data<int>(), rt.weights.data<float>(), kTebNT,
+                                       kTebK, kTebH, dweights.data<float>(), dy.data(), nullptr);
+    mind4::cuda::train_colsum_segments(ActType::kBF16, dy.data(), kTebH, d_seg.data<int>(), kTebE,
+                                       kTebSegment, kTebH, partial.data<float>(),
+                                       dbias.data<float>(), nullptr);
+  });
+  cb::set_bytes_per_second(
+      state, double(kTebNT) * kTebH * (4 + kTebK * 2 + kTebK * 2) + double(kTebAP) * kTebH * 2 * 2);
+}
+BENCHMARK(BM_CudaTrainMoeCombineBwdThenColsum)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 void BM_CudaTrainGatherExpertRows(benchmark::State& state) {
   if (!cb::gpu_present(state)) return;

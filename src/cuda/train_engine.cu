@@ -63,7 +63,6 @@ struct CudaTrainLayer {
   std::vector<int> host_offsets;   // [E + 1], from the forward
   std::vector<int> host_poffsets;  // [E + 1]: the padded segments (kExpertRowTile rows)
   int expert_capacity = 0;         // rows of every segment when uniform, else 0
-  int expert_rows_max = 0;         // the largest segment
 };
 
 // An operand of the experts' products. Expert e's matrix starts `stride` elements after expert
@@ -142,11 +141,6 @@ class CudaTrainEngine final : public TrainEngine {
   void colsum(ActType t, const void* a, int64_t lda, int R, int N, float* out,
               const float* x = nullptr, const float* rstd = nullptr) {
     cuda::train_colsum(t, a, lda, R, N, x, rstd, colsum_partial_.data<float>(), out, st());
-  }
-  // Every expert's bias gradient (out: [E, N]) from its segment of the grouped rows (gap rows 0).
-  void colsum_experts(const CudaTrainLayer& a, const DeviceBuffer& rows, int N, float* out) {
-    cuda::train_colsum_segments(t_, rows.data(), N, a.poffsets.data<int>(), E_, a.expert_rows_max,
-                                N, colsum_partial_.data<float>(), out, st());
   }
   // dx (+)= the RMSNorm backward of dt_ at rows x, with the norm scale's gradient (and, when
   // asked, the bias gradient of dx's column sums and dx rounded to act) in the same pass.
@@ -439,7 +433,6 @@ void CudaTrainEngine::forward_layer(int l, float* xout) {
   const cuda::TrainSegments seg =
       cuda::train_segments(a.host_offsets.data(), E_, kExpertRowTile, uniform_max, off.data());
   a.expert_capacity = seg.capacity;
-  a.expert_rows_max = seg.largest;
   const int AP = off[E_];
   prof_.mark(st(), "fwd router+group+sync");
   experts_mm(a, kRows, 2 * I_, H_, rows(a.xe, H_), weights(o.mlp1_w, H_, 2 * I_ * H_, true), 0.0f,
@@ -539,24 +532,24 @@ void CudaTrainEngine::backward_layer(int l, float grad_scale) {
   CudaTrainLayer& a = layers_[l];
   const float scale = float(1.0 / std::sqrt(double(D_)));
   const std::vector<int>& off = a.host_poffsets;  // padded segments (kExpertRowTile)
-  const int AP = off[E_];
   float* dx = dx_.data<float>();
-  // ---- mixture of experts: out = xmid + sum_s w_s (y_s + b2). The gap rows of dy stay zero,
-  // so nothing flows from them into the weight and bias gradients.
-  cuda::check(cudaMemsetAsync(dy_.data(), 0, size_t(AP) * H_ * cuda::act_size(t_), st()),
-              "zero expert output gradients");
-  cuda::train_moe_combine_bwd(t_, dx, a.y.data(), p(o.mlp2_b), a.topk_e.data<int>(),
-                              a.assign_at.data<int>(), a.topk_w.data<float>(), NT_, K_, H_,
-                              dw_.data<float>(), dy_.data(), st());
+  // ---- mixture of experts: out = xmid + sum_s w_s (y_s + b2). The combine backward writes the
+  // gap rows of dy as zeros, so nothing flows from them into the weight gradients, and adds dy's
+  // column sums into the mlp2 bias gradient as it stores the rows.
+  cuda::train_moe_combine_bwd_bias(t_, dx, a.y.data(), p(o.mlp2_b), a.topk_e.data<int>(),
+                                   a.assign_at.data<int>(), a.topk_w.data<float>(),
+                                   a.offsets.data<int>(), a.group_row.data<int>(), NT_, K_, H_,
+                                   a.poffsets.data<int>(), off.data(), E_, dw_.data<float>(),
+                                   dy_.data(), colsum_partial_.data<float>(), g(o.mlp2_b), st());
   experts_mm(a, H_, I_, kRows, rows(dy_, H_, true), rows(a.act, I_), 1.0f,
              grads(o.mlp2_w, I_, H_ * I_), true, "expert mlp2 weight gradient");
-  colsum_experts(a, dy_, H_, g(o.mlp2_b));
   experts_mm(a, kRows, I_, H_, rows(dy_, H_), weights(o.mlp2_w, I_, H_ * I_, false), 0.0f,
              rows(dact_, I_), false, "expert mlp2 input gradient");
-  cuda::train_swiglu_bwd(t_, a.h.data(), dact_.data(), AP, I_, c_.swiglu_limit, dh_.data(), st());
+  cuda::train_swiglu_bwd_bias(t_, a.h.data(), dact_.data(), I_, c_.swiglu_limit,
+                              a.poffsets.data<int>(), off.data(), E_, dh_.data(),
+                              colsum_partial_.data<float>(), g(o.mlp1_b), st());
   experts_mm(a, 2 * I_, H_, kRows, rows(dh_, 2 * I_, true), rows(a.xe, H_), 1.0f,
              grads(o.mlp1_w, H_, 2 * I_ * H_), true, "expert mlp1 weight gradient");
-  colsum_experts(a, dh_, 2 * I_, g(o.mlp1_b));
   experts_mm(a, kRows, H_, 2 * I_, rows(dh_, 2 * I_), weights(o.mlp1_w, H_, 2 * I_ * H_, false),
              0.0f, rows(dxe_, H_), false, "expert mlp1 input gradient");
   const float aux_scale =

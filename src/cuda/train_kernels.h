@@ -173,6 +173,37 @@ void train_expert_segments(const int* offsets, int E, int tile, int uniform_max,
 void train_pad_groups(const int* experts, const int* offsets, const int* poffsets, int A, int K,
                       int* assign_at, int* group_row, int* group_expert, cudaStream_t stream);
 
+// ---- train_bias_sums.cu: the expert bias gradients summed by the kernels that write the rows.
+// seg: segments + 1 offsets of the experts' segments of grouped rows on the device (A =
+// host_seg[segments] rows), host_seg the same on the host (it picks the path and sizes the
+// launches: nothing waits for the device). partial: train_colsum_scratch_floats(N, segments)
+// floats, N the row width (2I, H). The fused path sums each chunk of rows (64 to 256 for the
+// SwiGLU, 32 to 256 for the combine) as it stores them and needs every non-empty segment to start
+// on a multiple of the chunk (the trainer's start on multiples of 256), 16-byte rows and pointers;
+// elsewhere the plain kernel runs, then train_colsum_segments. Either way the sums add the stored
+// values (bf16-rounded in bf16) in a fixed order: the same bits every run (the two paths' orders
+// differ). The *_fused predicates say which path a call with these arguments takes.
+//
+// train_swiglu_bwd over the A grouped rows, and dbias [segments, 2I] += per segment the column
+// sums of dh.
+void train_swiglu_bwd_bias(ActType t, const void* h_saved, const void* dact, int I, float limit,
+                           const int* seg, const int* host_seg, int segments, void* dh,
+                           float* partial, float* dbias, cudaStream_t stream);
+bool train_swiglu_bwd_bias_fused(const void* h_saved, const void* dact, int I, const int* host_seg,
+                                 int segments, const void* dh);
+// train_moe_combine_bwd with dy act [A, H] written whole (the rows of a segment past its
+// offsets[e + 1] - offsets[e] assignments are 0: nothing to zero beforehand), and dbias
+// [segments, H] += per segment the column sums of dy. offsets [segments + 1] and group_row [A] as
+// moe_group and train_pad_groups left them; a row's experts must be distinct (the fused path finds
+// an assignment's slot by its expert).
+void train_moe_combine_bwd_bias(ActType t, const float* dx, const void* y, const float* bias,
+                                const int* experts, const int* assign_at, const float* weights,
+                                const int* offsets, const int* group_row, int NT, int K, int H,
+                                const int* seg, const int* host_seg, int segments, float* dweights,
+                                void* dy, float* partial, float* dbias, cudaStream_t stream);
+bool train_moe_combine_bwd_bias_fused(const float* dx, const void* y, const float* bias, int H,
+                                      const int* host_seg, int segments, const void* dy);
+
 // ---- train_loss.cu
 // Per row of logits act [NT, V] (bf16 in bf16 mode, as autocast; the softmax is f32): row_loss =
 // logsumexp(logits) - logits[target]; when dlogits (act [NT, V]) is given it receives

@@ -2,6 +2,7 @@
 // softmax, the full softmax of the load-balancing loss) and its backward, the clamped SwiGLU and
 // its backward, and the weighted combine into the residual stream and its backward.
 #include "cuda/train_kernels.h"
+#include "cuda/train_swiglu.cuh"
 #include "cuda/train_util.cuh"
 #include "cuda/train_vec.cuh"
 
@@ -9,7 +10,6 @@ namespace mind4::cuda {
 namespace {
 
 constexpr int kTrainRouterMaxExperts = 256;
-constexpr float kTrainSwigluAlpha = 1.702f;
 // (gate, linear) pairs per thread and step of the wide SwiGLU kernels: 8 elements of h, 16 bytes
 // in bf16.
 constexpr int kTrainSwigluPairs = 4;
@@ -97,14 +97,7 @@ __global__ void train_swiglu_bwd_kernel(const T* __restrict__ h, const T* __rest
       train_load<kPairs, kWide>(dact + a * I + i, dv);
 #pragma unroll
       for (int p = 0; p < kPairs; ++p) {
-        const float hg = hv[2 * p], hl = hv[2 * p + 1];
-        const float g = fminf(hg, limit), l = fminf(fmaxf(hl, -limit), limit);
-        const float sig = 1.0f / (1.0f + expf(-kTrainSwigluAlpha * g));
-        const float d = dv[p];
-        hv[2 * p] = hg <= limit
-                        ? d * (l + 1.0f) * sig * (1.0f + kTrainSwigluAlpha * g * (1.0f - sig))
-                        : 0.0f;
-        hv[2 * p + 1] = fabsf(hl) <= limit ? d * g * sig : 0.0f;
+        train_swiglu_pair_bwd(hv[2 * p], hv[2 * p + 1], dv[p], limit, hv[2 * p], hv[2 * p + 1]);
       }
       train_store<2 * kPairs, kWide>(dh + a * 2 * I + 2 * i, hv);
     }
