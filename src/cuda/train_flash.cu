@@ -219,33 +219,47 @@ __global__ void __launch_bounds__(kTfFwdWarps * 32, 3)
 
 // ---- backward
 
-// A warp per (row, head) of a block's kTfPrepRows rows: delta [NT, NH] = dO . O, and the block's
-// sum per head of exp(sink - lse) delta in sink_partial [blocks, NH] (rows in order).
+// Eight lanes per (row, head) of a block's kTfPrepRows rows, a warp four of them at once (each
+// lane one 16-byte word of dO and of O: a lane moving 4 bytes left the pass at a third of the
+// bandwidth): delta [NT, NH] = dO . O, and the block's sum per head of exp(sink - lse) delta in
+// sink_partial [blocks, NH] (rows in order).
+constexpr int kTfPrepLanes = kTfD / 8;           // lanes per (row, head): 8 bf16 each
+constexpr int kTfPrepPairs = 32 / kTfPrepLanes;  // (row, head) pairs per warp at once
 __global__ void __launch_bounds__(256)
     train_flash_bwd_prep_kernel(const tf_bf16* __restrict__ dout, const tf_bf16* __restrict__ out,
                                 const float* __restrict__ lse, const float* __restrict__ sinks,
-                                int NT, int NH, int D, float* __restrict__ delta,
+                                int NT, int NH, float* __restrict__ delta,
                                 float* __restrict__ sink_partial) {
   extern __shared__ float tf_prep_terms[];  // [kTfPrepRows][NH]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  const int sub = lane / kTfPrepLanes, part = lane % kTfPrepLanes;
   const int64_t r0 = int64_t(blockIdx.x) * kTfPrepRows;
-  for (int p = warp; p < kTfPrepRows * NH; p += warps) {
-    const int rl = p / NH, h = p % NH;
+  const int pairs = kTfPrepRows * NH;
+  for (int p0 = warp * kTfPrepPairs; p0 < pairs; p0 += warps * kTfPrepPairs) {
+    const int p = p0 + sub, rl = p / NH, h = p % NH;
     const int64_t r = r0 + rl;
-    float term = 0.0f;
-    if (r < NT) {
-      const tf_bf16* g = dout + r * NH * D + int64_t(h) * D;
-      const tf_bf16* o = out + r * NH * D + int64_t(h) * D;
-      float dot = 0.0f;
-      for (int d = 2 * lane; d < D; d += 64) {
-        const float2 x = load2(g + d), y = load2(o + d);
+    const bool valid = p < pairs && r < NT;
+    float dot = 0.0f;
+    if (valid) {
+      const int64_t at = (r * NH + h) * kTfD + part * 8;
+      const uint4 g = __ldg(reinterpret_cast<const uint4*>(dout + at));
+      const uint4 o = __ldg(reinterpret_cast<const uint4*>(out + at));
+      const uint32_t gw[4] = {g.x, g.y, g.z, g.w}, ow[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&gw[i]));
+        const float2 y = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&ow[i]));
         dot += x.x * y.x + x.y * y.y;
       }
-      dot = warp_sum(dot);
-      if (lane == 0) delta[r * NH + h] = dot;
-      term = expf(sinks[h] - lse[r * NH + h]) * dot;
     }
-    if (lane == 0) tf_prep_terms[rl * NH + h] = term;
+#pragma unroll
+    for (int m = kTfPrepLanes / 2; m > 0; m /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, m);
+    if (valid && part == 0) {
+      delta[r * NH + h] = dot;
+      tf_prep_terms[rl * NH + h] = expf(sinks[h] - lse[r * NH + h]) * dot;
+    } else if (p < pairs && part == 0) {
+      tf_prep_terms[rl * NH + h] = 0.0f;  // rows past NT
+    }
   }
   __syncthreads();
   for (int h = threadIdx.x; h < NH; h += blockDim.x) {
@@ -550,6 +564,9 @@ void train_flash_attention_bwd(ActType t, const void* qkv, const void* out, cons
   train_flash_check("train_flash_attention_bwd", t, B, S, NH, NKV, D, window);
   MIND4_CUDA_ARG(NH <= 256, "train_flash_attention_bwd", "NH = ", NH,
                  " (the sink reduction keeps 32 rows x NH terms in shared memory: at most 256)");
+  MIND4_CUDA_ARG(
+      reinterpret_cast<uintptr_t>(out) % 16 == 0 && reinterpret_cast<uintptr_t>(dout) % 16 == 0,
+      "train_flash_attention_bwd", "out and dout must be 16-byte aligned");
   if (B == 0) return;
   const int64_t NT = int64_t(B) * S;
   const int prep_blocks = int((NT + kTfPrepRows - 1) / kTfPrepRows);
@@ -558,13 +575,15 @@ void train_flash_attention_bwd(ActType t, const void* qkv, const void* out, cons
   const auto* dO = static_cast<const tf_bf16*>(dout);
   train_flash_bwd_prep_kernel<<<prep_blocks, 256, size_t(kTfPrepRows) * NH * sizeof(float),
                                 stream>>>(dO, static_cast<const tf_bf16*>(out), lse, sinks, int(NT),
-                                          NH, D, delta, sink_partial);
+                                          NH, delta, sink_partial);
   check_launch("train_flash_bwd_prep_bf16");
   train_flash_sink_grad_kernel<<<NH, 256, 0, stream>>>(sink_partial, prep_blocks, NH, dsinks);
   check_launch("train_flash_sink_grad");
-  // dQ is added to by every key tile that its queries see.
-  check(cudaMemsetAsync(dqkv, 0, size_t(NT) * (NH + 2 * NKV) * D * sizeof(float), stream),
-        "train_flash_attention_bwd: zero dqkv");
+  // dQ is added to by every key tile that its queries see (the k and v columns are written):
+  // only the q columns of each row are zeroed.
+  check(cudaMemset2DAsync(dqkv, size_t(NH + 2 * NKV) * D * sizeof(float), 0,
+                          size_t(NH) * D * sizeof(float), size_t(NT), stream),
+        "train_flash_attention_bwd: zero dq");
   check(cudaFuncSetAttribute(train_flash_bwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              int(kTfBwdSmem)),
         "cudaFuncSetAttribute(train_flash_bwd)");
