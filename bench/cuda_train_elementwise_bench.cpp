@@ -204,19 +204,29 @@ void BM_CudaTrainMoeCombineBwd(benchmark::State& state) {
 }
 BENCHMARK(BM_CudaTrainMoeCombineBwd)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
+// The combine backward's buffers, as the trainer holds them (both bias-sum benchmarks).
+struct TebCombineBwd {
+  TebRouting rt;
+  std::vector<int> seg = teb_segments();
+  DeviceBuffer dx = cb::random_f32(size_t(kTebNT) * kTebH, 1.0f, 71, Dist::kNormal);
+  DeviceBuffer y = cb::random_bf16(size_t(kTebAP) * kTebH, 1.0f, 72, Dist::kNormal);
+  DeviceBuffer bias = cb::random_f32(size_t(kTebE) * kTebH, 0.5f, 73, Dist::kNormal);
+  DeviceBuffer dweights{size_t(kTebNT) * kTebK * 4}, dy{size_t(kTebAP) * kTebH * 2};
+  DeviceBuffer d_seg = cb::upload(seg), dbias{size_t(kTebE) * kTebH * 4};
+  DeviceBuffer partial{size_t(mind4::cuda::train_colsum_scratch_floats(kTebH, kTebE)) * 4};
+};
+
 // The combine backward over grouped rows with the mlp2 bias gradient summed as dy is stored
 // (train_moe_combine_bwd_bias's fused path): dx read (f32), y read over the assigned rows, dy
 // written whole (its gap rows too, which the plain path zeroes beforehand).
 void BM_CudaTrainMoeCombineBwdBias(benchmark::State& state) {
   if (!cb::gpu_present(state)) return;
-  TebRouting rt;
-  const std::vector<int> seg = teb_segments();
-  DeviceBuffer dx = cb::random_f32(size_t(kTebNT) * kTebH, 1.0f, 71, Dist::kNormal);
-  DeviceBuffer y = cb::random_bf16(size_t(kTebAP) * kTebH, 1.0f, 72, Dist::kNormal);
-  DeviceBuffer bias = cb::random_f32(size_t(kTebE) * kTebH, 0.5f, 73, Dist::kNormal);
-  DeviceBuffer dweights(size_t(kTebNT) * kTebK * 4), dy(size_t(kTebAP) * kTebH * 2);
-  DeviceBuffer d_seg = cb::upload(seg), dbias(size_t(kTebE) * kTebH * 4);
-  DeviceBuffer partial(mind4::cuda::train_colsum_scratch_floats(kTebH, kTebE) * 4);
+  TebCombineBwd b;
+  // References, not a structured binding: clang before 16 cannot capture those in a lambda.
+  const TebRouting& rt = b.rt;
+  const std::vector<int>& seg = b.seg;
+  DeviceBuffer &dx = b.dx, &y = b.y, &bias = b.bias, &dweights = b.dweights, &dy = b.dy,
+               &d_seg = b.d_seg, &dbias = b.dbias, &partial = b.partial;
   if (!mind4::cuda::train_moe_combine_bwd_bias_fused(dx.data<float>(), y.data(), bias.data<float>(),
                                                      kTebH, seg.data(), kTebE, dy.data())) {
     state.SkipWithError("the fused path does not take these arguments");
@@ -239,14 +249,12 @@ BENCHMARK(BM_CudaTrainMoeCombineBwdBias)->UseManualTime()->Unit(benchmark::kMicr
 // assigned rows written by the kernel, dy read by the column sums).
 void BM_CudaTrainMoeCombineBwdThenColsum(benchmark::State& state) {
   if (!cb::gpu_present(state)) return;
-  TebRouting rt;
-  const std::vector<int> seg = teb_segments();
-  DeviceBuffer dx = cb::random_f32(size_t(kTebNT) * kTebH, 1.0f, 71, Dist::kNormal);
-  DeviceBuffer y = cb::random_bf16(size_t(kTebAP) * kTebH, 1.0f, 72, Dist::kNormal);
-  DeviceBuffer bias = cb::random_f32(size_t(kTebE) * kTebH, 0.5f, 73, Dist::kNormal);
-  DeviceBuffer dweights(size_t(kTebNT) * kTebK * 4), dy(size_t(kTebAP) * kTebH * 2);
-  DeviceBuffer d_seg = cb::upload(seg), dbias(size_t(kTebE) * kTebH * 4);
-  DeviceBuffer partial(mind4::cuda::train_colsum_scratch_floats(kTebH, kTebE) * 4);
+  TebCombineBwd b;
+  // References, not a structured binding: clang before 16 cannot capture those in a lambda.
+  const TebRouting& rt = b.rt;
+  const std::vector<int>& seg = b.seg;
+  DeviceBuffer &dx = b.dx, &y = b.y, &bias = b.bias, &dweights = b.dweights, &dy = b.dy,
+               &d_seg = b.d_seg, &dbias = b.dbias, &partial = b.partial;
   cb::time_launches(state, 10, [&] {
     mind4::cuda::check(cudaMemsetAsync(dy.data(), 0, dy.bytes(), nullptr), "bench zero dy");
     mind4::cuda::train_moe_combine_bwd(ActType::kBF16, dx.data<float>(), y.data(),

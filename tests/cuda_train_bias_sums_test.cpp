@@ -19,52 +19,19 @@
 
 #ifdef MIND4_HAVE_CUDA
 #include "cuda/train_kernels.h"
+#include "cuda_placed.h"
 #include "cuda_test_util.h"
 
 namespace mind4::train {
 namespace {
 
 using cuda::ActType;
+using cuda_test::placed;
+using cuda_test::Placed;
+using cuda_test::placed_poisoned;
 using cuda_test::rel_error;
 using mind4::testing::as_doubles;
 using mind4::testing::random_normals;
-
-// A device array `shift` bytes into its buffer (an element's size puts it off the 16-byte grid).
-struct BiasSumsArray {
-  cuda::DeviceBuffer buf;
-  size_t shift = 0, bytes = 0;
-  template <typename T = void>
-  T* p() const {
-    return reinterpret_cast<T*>(buf.data<char>() + shift);
-  }
-  std::vector<uint8_t> fetch() const {
-    cuda::check(cudaDeviceSynchronize(), "test kernel");
-    std::vector<uint8_t> v(bytes);
-    cuda::check(cudaMemcpy(v.data(), p(), bytes, cudaMemcpyDeviceToHost), "test download");
-    return v;
-  }
-  std::vector<float> f32() const {
-    const auto b = fetch();
-    std::vector<float> v(bytes / 4);
-    std::memcpy(v.data(), b.data(), bytes);
-    return v;
-  }
-  std::vector<float> act(ActType t) const { return cuda_test::from_act(fetch(), t); }
-};
-BiasSumsArray bias_sums_upload(const void* bytes, size_t n, size_t shift) {
-  BiasSumsArray d{cuda::DeviceBuffer(n + shift + 1), shift, n};
-  cuda::check(cudaMemcpy(d.p(), bytes, n, cudaMemcpyHostToDevice), "test upload");
-  return d;
-}
-template <typename T>
-BiasSumsArray bias_sums_upload(const std::vector<T>& v, size_t shift = 0) {
-  return bias_sums_upload(v.data(), v.size() * sizeof(T), shift);
-}
-BiasSumsArray bias_sums_poisoned(size_t n, size_t shift = 0) {
-  BiasSumsArray d{cuda::DeviceBuffer(n + shift + 1), shift, n};
-  cuda::check(cudaMemset(d.buf.data(), 0xff, n + shift + 1), "test poison");
-  return d;
-}
 
 // Segment offsets [E + 1] from the rows of each segment.
 std::vector<int> bias_sums_offsets(const std::vector<int>& rows) {
@@ -136,14 +103,12 @@ TEST(CudaTrainBiasSums, SwigluBackwardSumsItsBiasGradient) {
       const auto dh_ref =
           mind4::testing::swiglu_rows_bwd_ref(as_doubles(h), as_doubles(dact), I, limit);
       const auto db_ref = bias_sums_ref(dh_ref, seg, N, init);
-      auto d_h = bias_sums_upload(cuda_test::to_act(h, t), c.shift * as),
-           d_dact = bias_sums_upload(cuda_test::to_act(dact, t), c.shift * as),
-           d_seg = bias_sums_upload(seg);
-      auto partial = bias_sums_poisoned(cuda::train_colsum_scratch_floats(N, E) * 4);
+      auto d_h = placed(cuda_test::to_act(h, t), c.shift * as),
+           d_dact = placed(cuda_test::to_act(dact, t), c.shift * as), d_seg = placed(seg);
+      auto partial = placed_poisoned(cuda::train_colsum_scratch_floats(N, E) * 4);
       std::vector<uint8_t> dh_bits, db_bits;
       for (int run = 0; run < 2; ++run) {
-        auto d_dh = bias_sums_poisoned(size_t(A) * N * as, c.shift * as),
-             d_db = bias_sums_upload(init);
+        auto d_dh = placed_poisoned(size_t(A) * N * as, c.shift * as), d_db = placed(init);
         ASSERT_EQ(
             cuda::train_swiglu_bwd_bias_fused(d_h.p(), d_dact.p(), I, seg.data(), E, d_dh.p()),
             c.fused);
@@ -249,17 +214,15 @@ TEST(CudaTrainBiasSums, CombineBackwardSumsItsBiasGradient) {
         dw_ref[i] = d;
       }
       const auto db_ref = bias_sums_ref(dy_ref, seg, H, init);
-      auto d_dx = bias_sums_upload(dx, fs),
-           d_y = bias_sums_upload(cuda_test::to_act(y, t), c.shift * as),
-           d_bias = bias_sums_upload(bias, fs), d_ex = bias_sums_upload(experts),
-           d_at = bias_sums_upload(assign_at), d_w = bias_sums_upload(weights),
-           d_off = bias_sums_upload(offsets), d_gr = bias_sums_upload(group_row),
-           d_seg = bias_sums_upload(seg);
-      auto partial = bias_sums_poisoned(cuda::train_colsum_scratch_floats(H, E) * 4);
+      auto d_dx = placed(dx, fs), d_y = placed(cuda_test::to_act(y, t), c.shift * as),
+           d_bias = placed(bias, fs), d_ex = placed(experts), d_at = placed(assign_at),
+           d_w = placed(weights), d_off = placed(offsets), d_gr = placed(group_row),
+           d_seg = placed(seg);
+      auto partial = placed_poisoned(cuda::train_colsum_scratch_floats(H, E) * 4);
       std::vector<uint8_t> dy_bits, dw_bits, db_bits;
       for (int run = 0; run < 2; ++run) {
-        auto d_dy = bias_sums_poisoned(size_t(A) * H * as, c.shift * as),
-             d_dw = bias_sums_poisoned(size_t(NT) * K * 4), d_db = bias_sums_upload(init);
+        auto d_dy = placed_poisoned(size_t(A) * H * as, c.shift * as),
+             d_dw = placed_poisoned(size_t(NT) * K * 4), d_db = placed(init);
         ASSERT_EQ(cuda::train_moe_combine_bwd_bias_fused(
                       d_dx.p<float>(), d_y.p(), d_bias.p<float>(), H, seg.data(), E, d_dy.p()),
                   c.fused);

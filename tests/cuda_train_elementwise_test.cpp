@@ -18,60 +18,19 @@
 
 #ifdef MIND4_HAVE_CUDA
 #include "cuda/train_kernels.h"
+#include "cuda_placed.h"
 #include "cuda_test_util.h"
 
 namespace mind4::train {
 namespace {
 
 using cuda::ActType;
+using cuda_test::placed;
+using cuda_test::placed_act;
+using cuda_test::placed_poisoned;
 using cuda_test::rel_error;
 using mind4::testing::as_doubles;
 using mind4::testing::random_normals;
-
-// A device array placed `shift` bytes into its buffer: 0 keeps cudaMalloc's 256-byte alignment,
-// an element's size puts it off the 16-byte grid (the kernels then take their element path).
-struct Placed {
-  cuda::DeviceBuffer buf;
-  size_t shift = 0;
-  template <typename T = void>
-  T* p() const {
-    return reinterpret_cast<T*>(buf.data<char>() + shift);
-  }
-};
-
-Placed placed_bytes(const void* bytes, size_t n, size_t shift) {
-  Placed d{cuda::DeviceBuffer(n + shift + 1), shift};
-  cuda::check(cudaMemcpy(d.p(), bytes, n, cudaMemcpyHostToDevice), "test upload");
-  return d;
-}
-template <typename T>
-Placed placed(const std::vector<T>& v, size_t shift) {
-  return placed_bytes(v.data(), v.size() * sizeof(T), shift);
-}
-// Activations in dtype t (shift in elements).
-Placed placed_act(const std::vector<float>& v, ActType t, size_t shift) {
-  return placed(cuda_test::to_act(v, t), shift * cuda::act_size(t));
-}
-Placed placed_poisoned(size_t n, size_t shift) {
-  Placed d{cuda::DeviceBuffer(n + shift + 1), shift};
-  cuda::check(cudaMemset(d.buf.data(), 0xff, n + shift + 1), "test poison");
-  return d;
-}
-std::vector<uint8_t> fetch_bytes(const Placed& d, size_t n) {
-  cuda::check(cudaDeviceSynchronize(), "test kernel");
-  std::vector<uint8_t> v(n);
-  cuda::check(cudaMemcpy(v.data(), d.p(), n, cudaMemcpyDeviceToHost), "test download");
-  return v;
-}
-std::vector<float> fetch_f32(const Placed& d, size_t n) {
-  const auto b = fetch_bytes(d, n * 4);
-  std::vector<float> v(n);
-  std::memcpy(v.data(), b.data(), n * 4);
-  return v;
-}
-std::vector<float> fetch_act(const Placed& d, size_t n, ActType t) {
-  return cuda_test::from_act(fetch_bytes(d, n * cuda::act_size(t)), t);
-}
 
 TEST(CudaTrainElementwise, SwigluWideAndElementPaths) {
   MIND4_REQUIRE_GPU();
@@ -100,16 +59,16 @@ TEST(CudaTrainElementwise, SwigluWideAndElementPaths) {
            act = placed_poisoned(dact.size() * as, shift * as);
       cuda::train_swiglu_fwd(t, dh.p(), db.p<float>(), dge.p<int>(), A, I, limit, hs.p(), act.p(),
                              nullptr);
-      const auto hsv = fetch_act(hs, h.size(), t);
+      const auto hsv = hs.act(t, h.size());
       const auto ref = mind4::testing::swiglu_rows_ref(h, bias, ge, I, limit);
       EXPECT_LT(rel_error(hsv, ref.hb), cuda_test::tol(t));
-      EXPECT_LT(rel_error(fetch_act(act, ref.act.size(), t), ref.act), 2 * cuda_test::tol(t));
+      EXPECT_LT(rel_error(act.act(t, ref.act.size()), ref.act), 2 * cuda_test::tol(t));
       // Backward from the saved (device-rounded) pre-activations.
       const auto dref =
           mind4::testing::swiglu_rows_bwd_ref(as_doubles(hsv), as_doubles(dact), I, limit);
       auto dho = placed_poisoned(h.size() * as, shift * as);
       cuda::train_swiglu_bwd(t, hs.p(), dd.p(), A, I, limit, dho.p(), nullptr);
-      EXPECT_LT(rel_error(fetch_act(dho, h.size(), t), dref), 2 * cuda_test::tol(t));
+      EXPECT_LT(rel_error(dho.act(t, h.size()), dref), 2 * cuda_test::tol(t));
     }
   }
 }
@@ -144,13 +103,13 @@ TEST(CudaTrainElementwise, CrossEntropyRowsInRegistersAndTheFallback) {
       auto rl = placed_poisoned(NT * 4, 0), grad = placed_poisoned(lg.size() * as, shift * as);
       cuda::train_cross_entropy(t, dl.p(), dt.p<int>(), NT, V, scale, rl.p<float>(), grad.p(),
                                 nullptr);
-      EXPECT_LT(rel_error(fetch_f32(rl, NT), loss), 1e-5);
-      EXPECT_LT(rel_error(fetch_act(grad, lg.size(), t), ref), cuda_test::tol(t));
+      EXPECT_LT(rel_error(rl.f32(NT), loss), 1e-5);
+      EXPECT_LT(rel_error(grad.act(t, lg.size()), ref), cuda_test::tol(t));
       // Loss only: the same losses.
       auto rl2 = placed_poisoned(NT * 4, 0);
       cuda::train_cross_entropy(t, dl.p(), dt.p<int>(), NT, V, scale, rl2.p<float>(), nullptr,
                                 nullptr);
-      EXPECT_LT(rel_error(fetch_f32(rl2, NT), loss), 1e-5);
+      EXPECT_LT(rel_error(rl2.f32(NT), loss), 1e-5);
     }
   }
 }
@@ -239,9 +198,9 @@ TEST(CudaTrainElementwise, RouterBackwardCombineAndGatherOnPaddedSegments) {
       cuda::train_router_bwd(t, d_ex.p<int>(), d_w.p<float>(), d_dw.p<float>(), d_p.p<float>(),
                              d_off.p<int>(), aux_scale, d_dxe.p(), d_at.p<int>(), NT, E, K, H,
                              nullptr, dl.p(), ddt.p<float>(), nullptr);
-      const auto dlog_got = fetch_act(dl, dlog.size(), t);
+      const auto dlog_got = dl.act(t, dlog.size());
       EXPECT_LT(rel_error(dlog_got, dlog), cuda_test::tol(t));
-      EXPECT_LT(rel_error(fetch_f32(ddt, dt.size()), dt), 1e-5);
+      EXPECT_LT(rel_error(ddt.f32(dt.size()), dt), 1e-5);
       // With the router product's input gradient folded in: dt + dlogits gate_w, from the logit
       // gradients as the kernel stored them (rounded to act).
       const auto gate_w = cuda_test::rounded(random_normals(size_t(E) * H, rng), t);
@@ -256,13 +215,13 @@ TEST(CudaTrainElementwise, RouterBackwardCombineAndGatherOnPaddedSegments) {
       cuda::train_router_bwd(t, d_ex.p<int>(), d_w.p<float>(), d_dw.p<float>(), d_p.p<float>(),
                              d_off.p<int>(), aux_scale, d_dxe.p(), d_at.p<int>(), NT, E, K, H,
                              d_gw.p(), dl2.p(), ddt2.p<float>(), nullptr);
-      EXPECT_EQ(fetch_act(dl2, dlog.size(), t), dlog_got);
-      EXPECT_LT(rel_error(fetch_f32(ddt2, dt.size()), dt_fold), 1e-5) << "folded router gradient";
+      EXPECT_EQ(dl2.act(t, dlog.size()), dlog_got);
+      EXPECT_LT(rel_error(ddt2.f32(dt.size()), dt_fold), 1e-5) << "folded router gradient";
 
       auto dxo = placed_poisoned(xout.size() * 4, fs);
       cuda::train_moe_combine_fwd(t, d_xmid.p<float>(), d_y.p(), d_bias.p<float>(), d_ex.p<int>(),
                                   d_at.p<int>(), d_w.p<float>(), NT, K, H, dxo.p<float>(), nullptr);
-      EXPECT_LT(rel_error(fetch_f32(dxo, xout.size()), xout), 1e-5);
+      EXPECT_LT(rel_error(dxo.f32(xout.size()), xout), 1e-5);
 
       // dy: the gap rows stay as the trainer zeroed them.
       auto ddw = placed_poisoned(dw.size() * 4, 0),
@@ -270,13 +229,13 @@ TEST(CudaTrainElementwise, RouterBackwardCombineAndGatherOnPaddedSegments) {
       cuda::train_moe_combine_bwd(t, d_dx.p<float>(), d_y.p(), d_bias.p<float>(), d_ex.p<int>(),
                                   d_at.p<int>(), d_w.p<float>(), NT, K, H, ddw.p<float>(), ddy.p(),
                                   nullptr);
-      EXPECT_LT(rel_error(fetch_f32(ddw, dw.size()), dw), 1e-5);
-      EXPECT_LT(rel_error(fetch_act(ddy, dy.size(), t), dy), cuda_test::tol(t));
+      EXPECT_LT(rel_error(ddw.f32(dw.size()), dw), 1e-5);
+      EXPECT_LT(rel_error(ddy.act(t, dy.size()), dy), cuda_test::tol(t));
 
       // The expert inputs: row group_row[i] of the normed rows, an exact copy (gap rows: row 0).
       auto dxe_out = placed_poisoned(size_t(A) * H * as, ashift);
       cuda::gather_rows(t, d_xn.p(), d_gr.p<int>(), A, H, dxe_out.p(), nullptr);
-      const auto got = fetch_bytes(dxe_out, size_t(A) * H * as);
+      const auto got = dxe_out.fetch(size_t(A) * H * as);
       const auto src = cuda_test::to_act(xn, t);
       for (int i = 0; i < A; ++i)
         EXPECT_EQ(0, std::memcmp(got.data() + size_t(i) * H * as,
@@ -308,7 +267,7 @@ TEST(CudaTrainElementwise, GatherRowsEveryWordSize) {
       auto d_src = placed(src, shift * as), d_rows = placed(rows, 0),
            dst = placed_poisoned(size_t(L) * H * as, shift * as);
       cuda::gather_rows(t, d_src.p(), d_rows.p<int>(), L, H, dst.p(), nullptr);
-      const auto got = fetch_bytes(dst, size_t(L) * H * as);
+      const auto got = dst.fetch(size_t(L) * H * as);
       for (int i = 0; i < L; ++i)
         EXPECT_EQ(0, std::memcmp(got.data() + size_t(i) * H * as,
                                  src.data() + size_t(rows[i]) * H * as, H * as))
