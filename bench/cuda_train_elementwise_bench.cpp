@@ -90,25 +90,31 @@ std::vector<int> teb_segments() {
   return seg;
 }
 
+// The SwiGLU backward's buffers with its bias sums (both bias-sum benchmarks of it).
+struct TebSwigluBwd {
+  static constexpr size_t n = size_t(kTebAP) * kTebI;
+  std::vector<int> seg = teb_segments();
+  DeviceBuffer h = cb::random_bf16(2 * n, 2.0f, 33, Dist::kNormal);
+  DeviceBuffer dact = cb::random_bf16(n, 1.0f, 34, Dist::kNormal);
+  DeviceBuffer d_seg = cb::upload(seg), dh{2 * n * 2}, dbias{size_t(kTebE) * 2 * kTebI * 4};
+  DeviceBuffer partial{size_t(mind4::cuda::train_colsum_scratch_floats(2 * kTebI, kTebE)) * 4};
+};
+
 // The SwiGLU backward with the mlp1 bias gradient summed as dh is stored (train_swiglu_bwd_bias's
 // fused path): the same bytes as BM_CudaTrainSwigluBwd (the partial sums, 2.2 MB, left out).
 void BM_CudaTrainSwigluBwdBias(benchmark::State& state) {
   if (!cb::gpu_present(state)) return;
-  const size_t n = size_t(kTebAP) * kTebI;
-  const std::vector<int> seg = teb_segments();
-  DeviceBuffer h = cb::random_bf16(2 * n, 2.0f, 33, Dist::kNormal);
-  DeviceBuffer dact = cb::random_bf16(n, 1.0f, 34, Dist::kNormal);
-  DeviceBuffer d_seg = cb::upload(seg), dh(2 * n * 2), dbias(size_t(kTebE) * 2 * kTebI * 4);
-  DeviceBuffer partial(mind4::cuda::train_colsum_scratch_floats(2 * kTebI, kTebE) * 4);
-  if (!mind4::cuda::train_swiglu_bwd_bias_fused(h.data(), dact.data(), kTebI, seg.data(), kTebE,
-                                                dh.data())) {
+  TebSwigluBwd b;
+  constexpr size_t n = TebSwigluBwd::n;
+  if (!mind4::cuda::train_swiglu_bwd_bias_fused(b.h.data(), b.dact.data(), kTebI, b.seg.data(),
+                                                kTebE, b.dh.data())) {
     state.SkipWithError("the fused path does not take these arguments");
     return;
   }
   cb::time_launches(state, 10, [&] {
-    mind4::cuda::train_swiglu_bwd_bias(ActType::kBF16, h.data(), dact.data(), kTebI, kTebLimit,
-                                       d_seg.data<int>(), seg.data(), kTebE, dh.data(),
-                                       partial.data<float>(), dbias.data<float>(), nullptr);
+    mind4::cuda::train_swiglu_bwd_bias(ActType::kBF16, b.h.data(), b.dact.data(), kTebI, kTebLimit,
+                                       b.d_seg.data<int>(), b.seg.data(), kTebE, b.dh.data(),
+                                       b.partial.data<float>(), b.dbias.data<float>(), nullptr);
   });
   cb::set_bytes_per_second(state, double(n) * 2 * (2 + 1 + 2));
 }
@@ -118,18 +124,14 @@ BENCHMARK(BM_CudaTrainSwigluBwdBias)->UseManualTime()->Unit(benchmark::kMicrosec
 // again (bytes: the backward's plus dh read once more).
 void BM_CudaTrainSwigluBwdThenColsum(benchmark::State& state) {
   if (!cb::gpu_present(state)) return;
-  const size_t n = size_t(kTebAP) * kTebI;
-  const std::vector<int> seg = teb_segments();
-  DeviceBuffer h = cb::random_bf16(2 * n, 2.0f, 33, Dist::kNormal);
-  DeviceBuffer dact = cb::random_bf16(n, 1.0f, 34, Dist::kNormal);
-  DeviceBuffer d_seg = cb::upload(seg), dh(2 * n * 2), dbias(size_t(kTebE) * 2 * kTebI * 4);
-  DeviceBuffer partial(mind4::cuda::train_colsum_scratch_floats(2 * kTebI, kTebE) * 4);
+  TebSwigluBwd b;
+  constexpr size_t n = TebSwigluBwd::n;
   cb::time_launches(state, 10, [&] {
-    mind4::cuda::train_swiglu_bwd(ActType::kBF16, h.data(), dact.data(), kTebAP, kTebI, kTebLimit,
-                                  dh.data(), nullptr);
-    mind4::cuda::train_colsum_segments(ActType::kBF16, dh.data(), 2 * kTebI, d_seg.data<int>(),
-                                       kTebE, kTebSegment, 2 * kTebI, partial.data<float>(),
-                                       dbias.data<float>(), nullptr);
+    mind4::cuda::train_swiglu_bwd(ActType::kBF16, b.h.data(), b.dact.data(), kTebAP, kTebI,
+                                  kTebLimit, b.dh.data(), nullptr);
+    mind4::cuda::train_colsum_segments(ActType::kBF16, b.dh.data(), 2 * kTebI, b.d_seg.data<int>(),
+                                       kTebE, kTebSegment, 2 * kTebI, b.partial.data<float>(),
+                                       b.dbias.data<float>(), nullptr);
   });
   cb::set_bytes_per_second(state, double(n) * 2 * (2 + 1 + 2 + 2));
 }
@@ -222,22 +224,19 @@ struct TebCombineBwd {
 void BM_CudaTrainMoeCombineBwdBias(benchmark::State& state) {
   if (!cb::gpu_present(state)) return;
   TebCombineBwd b;
-  // References, not a structured binding: clang before 16 cannot capture those in a lambda.
-  const TebRouting& rt = b.rt;
-  const std::vector<int>& seg = b.seg;
-  DeviceBuffer &dx = b.dx, &y = b.y, &bias = b.bias, &dweights = b.dweights, &dy = b.dy,
-               &d_seg = b.d_seg, &dbias = b.dbias, &partial = b.partial;
-  if (!mind4::cuda::train_moe_combine_bwd_bias_fused(dx.data<float>(), y.data(), bias.data<float>(),
-                                                     kTebH, seg.data(), kTebE, dy.data())) {
+  if (!mind4::cuda::train_moe_combine_bwd_bias_fused(b.dx.data<float>(), b.y.data(),
+                                                     b.bias.data<float>(), kTebH, b.seg.data(),
+                                                     kTebE, b.dy.data())) {
     state.SkipWithError("the fused path does not take these arguments");
     return;
   }
   cb::time_launches(state, 10, [&] {
     mind4::cuda::train_moe_combine_bwd_bias(
-        ActType::kBF16, dx.data<float>(), y.data(), bias.data<float>(), rt.experts.data<int>(),
-        rt.assign_at.data<int>(), rt.weights.data<float>(), rt.offsets.data<int>(),
-        rt.group_row.data<int>(), kTebNT, kTebK, kTebH, d_seg.data<int>(), seg.data(), kTebE,
-        dweights.data<float>(), dy.data(), partial.data<float>(), dbias.data<float>(), nullptr);
+        ActType::kBF16, b.dx.data<float>(), b.y.data(), b.bias.data<float>(),
+        b.rt.experts.data<int>(), b.rt.assign_at.data<int>(), b.rt.weights.data<float>(),
+        b.rt.offsets.data<int>(), b.rt.group_row.data<int>(), kTebNT, kTebK, kTebH,
+        b.d_seg.data<int>(), b.seg.data(), kTebE, b.dweights.data<float>(), b.dy.data(),
+        b.partial.data<float>(), b.dbias.data<float>(), nullptr);
   });
   cb::set_bytes_per_second(state,
                            double(kTebNT) * kTebH * (4 + kTebK * 2) + double(kTebAP) * kTebH * 2);
@@ -250,20 +249,15 @@ BENCHMARK(BM_CudaTrainMoeCombineBwdBias)->UseManualTime()->Unit(benchmark::kMicr
 void BM_CudaTrainMoeCombineBwdThenColsum(benchmark::State& state) {
   if (!cb::gpu_present(state)) return;
   TebCombineBwd b;
-  // References, not a structured binding: clang before 16 cannot capture those in a lambda.
-  const TebRouting& rt = b.rt;
-  const std::vector<int>& seg = b.seg;
-  DeviceBuffer &dx = b.dx, &y = b.y, &bias = b.bias, &dweights = b.dweights, &dy = b.dy,
-               &d_seg = b.d_seg, &dbias = b.dbias, &partial = b.partial;
   cb::time_launches(state, 10, [&] {
-    mind4::cuda::check(cudaMemsetAsync(dy.data(), 0, dy.bytes(), nullptr), "bench zero dy");
-    mind4::cuda::train_moe_combine_bwd(ActType::kBF16, dx.data<float>(), y.data(),
-                                       bias.data<float>(), rt.experts.data<int>(),
-                                       rt.assign_at.data<int>(), rt.weights.data<float>(), kTebNT,
-                                       kTebK, kTebH, dweights.data<float>(), dy.data(), nullptr);
-    mind4::cuda::train_colsum_segments(ActType::kBF16, dy.data(), kTebH, d_seg.data<int>(), kTebE,
-                                       kTebSegment, kTebH, partial.data<float>(),
-                                       dbias.data<float>(), nullptr);
+    mind4::cuda::check(cudaMemsetAsync(b.dy.data(), 0, b.dy.bytes(), nullptr), "bench zero dy");
+    mind4::cuda::train_moe_combine_bwd(
+        ActType::kBF16, b.dx.data<float>(), b.y.data(), b.bias.data<float>(),
+        b.rt.experts.data<int>(), b.rt.assign_at.data<int>(), b.rt.weights.data<float>(), kTebNT,
+        kTebK, kTebH, b.dweights.data<float>(), b.dy.data(), nullptr);
+    mind4::cuda::train_colsum_segments(ActType::kBF16, b.dy.data(), kTebH, b.d_seg.data<int>(),
+                                       kTebE, kTebSegment, kTebH, b.partial.data<float>(),
+                                       b.dbias.data<float>(), nullptr);
   });
   cb::set_bytes_per_second(
       state, double(kTebNT) * kTebH * (4 + kTebK * 2 + kTebK * 2) + double(kTebAP) * kTebH * 2 * 2);
