@@ -6,8 +6,10 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <string>
 
 #include "cuda/device_util.cuh"
+#include "cuda/kernels.h"
 
 namespace mind4::cuda {
 
@@ -34,6 +36,42 @@ inline void launch_moe_gemm(MoeGemmKernel kernel, const char* name, size_t smem,
   const dim3 grid(unsigned(max_tiles), unsigned((N + cols - 1) / cols));
   kernel<<<grid, threads, smem, stream>>>(static_cast<const __nv_bfloat16*>(a), a_rows, blocks,
                                           scales, bias, offsets, plan, N, K, limit, out);
+}
+
+// One grouped-GEMM kernel family: its instance for mlp1 (+ clamped SwiGLU, act out) and for mlp2
+// (f32 out), their launch shape, and the names its errors carry.
+struct MoeGemmFamily {
+  MoeGemmKernel swiglu, plain;
+  const char* attribute;    // "cudaFuncSetAttribute(<kernel>)"
+  const char *mlp1, *mlp2;  // the public launchers' names
+  size_t smem;
+  int threads, cols;
+};
+
+// The public launchers of a family: argument checks, then the product over the tile plan.
+inline void moe_mlp1_grouped(const MoeGemmFamily& f, ActType t, const void* x,
+                             const uint8_t* blocks, const uint8_t* scales, const float* bias,
+                             MoeGroups g, const int* plan, int A, int E, int H, int I, float limit,
+                             void* act_out, cudaStream_t stream) {
+  MIND4_CUDA_ARG(x && blocks && scales && bias && g.offsets && g.group_row && plan && act_out,
+                 f.mlp1, "null pointer");
+  check_moe_gemm_args(f.mlp1, t, A, E, H, I);
+  if (A == 0) return;
+  launch_moe_gemm(f.swiglu, f.attribute, f.smem, f.threads, f.cols, x, g.group_row, blocks, scales,
+                  bias, g.offsets, plan, moe_tile_plan_capacity(A, E), 2 * I, H, limit, act_out,
+                  stream);
+  check_launch((std::string(f.mlp1) + "_bf16").c_str());
+}
+inline void moe_mlp2_grouped(const MoeGemmFamily& f, ActType t, const void* act,
+                             const uint8_t* blocks, const uint8_t* scales, const float* bias,
+                             MoeGroups g, const int* plan, int A, int E, int H, int I, float* y,
+                             cudaStream_t stream) {
+  MIND4_CUDA_ARG(act && blocks && scales && bias && g.offsets && plan && y, f.mlp2, "null pointer");
+  check_moe_gemm_args(f.mlp2, t, A, E, H, I);
+  if (A == 0) return;
+  launch_moe_gemm(f.plain, f.attribute, f.smem, f.threads, f.cols, act, nullptr, blocks, scales,
+                  bias, g.offsets, plan, moe_tile_plan_capacity(A, E), H, I, 0.0f, y, stream);
+  check_launch((std::string(f.mlp2) + "_f32").c_str());
 }
 
 }  // namespace mind4::cuda

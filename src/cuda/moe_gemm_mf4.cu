@@ -213,15 +213,14 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
     }
 }
 
-template <bool kSwiglu>
-void launch_moe_gemm_mf4(const void* a, const int* a_rows, const uint8_t* blocks,
-                         const uint8_t* scales, const float* bias, const int* offsets,
-                         const int* plan, int max_tiles, int N, int K, float limit, void* out,
-                         cudaStream_t stream) {
-  launch_moe_gemm(moe_gemm_mf4_kernel<kSwiglu>, "cudaFuncSetAttribute(moe_gemm_mf4)",
-                  kGemmSmemBytes, kGemmThreads, kGemmCols, a, a_rows, blocks, scales, bias, offsets,
-                  plan, max_tiles, N, K, limit, out, stream);
-}
+const MoeGemmFamily kMmaFamily{moe_gemm_mf4_kernel<true>,
+                               moe_gemm_mf4_kernel<false>,
+                               "cudaFuncSetAttribute(moe_gemm_mf4)",
+                               "moe_mlp1_swiglu_mf4_gemm",
+                               "moe_mlp2_mf4_gemm",
+                               kGemmSmemBytes,
+                               kGemmThreads,
+                               kGemmCols};
 
 }  // namespace
 
@@ -240,25 +239,14 @@ void moe_mlp1_swiglu_mf4_gemm(ActType t, const void* x, const uint8_t* blocks,
                               const uint8_t* scales, const float* bias, MoeGroups g,
                               const int* plan, int A, int E, int H, int I, float limit,
                               void* act_out, cudaStream_t stream) {
-  MIND4_CUDA_ARG(x && blocks && scales && bias && g.offsets && g.group_row && plan && act_out,
-                 "moe_mlp1_swiglu_mf4_gemm", "null pointer");
-  check_moe_gemm_args("moe_mlp1_swiglu_mf4_gemm", t, A, E, H, I);
-  if (A == 0) return;
-  launch_moe_gemm_mf4<true>(x, g.group_row, blocks, scales, bias, g.offsets, plan,
-                            moe_tile_plan_capacity(A, E), 2 * I, H, limit, act_out, stream);
-  check_launch("moe_mlp1_swiglu_mf4_gemm_bf16");
+  moe_mlp1_grouped(kMmaFamily, t, x, blocks, scales, bias, g, plan, A, E, H, I, limit, act_out,
+                   stream);
 }
 
 void moe_mlp2_mf4_gemm(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
                        const float* bias, MoeGroups g, const int* plan, int A, int E, int H, int I,
                        float* y, cudaStream_t stream) {
-  MIND4_CUDA_ARG(act && blocks && scales && bias && g.offsets && plan && y, "moe_mlp2_mf4_gemm",
-                 "null pointer");
-  check_moe_gemm_args("moe_mlp2_mf4_gemm", t, A, E, H, I);
-  if (A == 0) return;
-  launch_moe_gemm_mf4<false>(act, nullptr, blocks, scales, bias, g.offsets, plan,
-                             moe_tile_plan_capacity(A, E), H, I, 0.0f, y, stream);
-  check_launch("moe_mlp2_mf4_gemm_f32");
+  moe_mlp2_grouped(kMmaFamily, t, act, blocks, scales, bias, g, plan, A, E, H, I, y, stream);
 }
 
 }  // namespace mind4::cuda

@@ -255,20 +255,18 @@ __global__ void __launch_bounds__(kWgThreads, 2)
 #endif
 }
 
-template <bool kSwiglu>
-void launch_moe_gemm_mf4_wgmma(const void* a, const int* a_rows, const uint8_t* blocks,
-                               const uint8_t* scales, const float* bias, const int* offsets,
-                               const int* plan, int max_tiles, int N, int K, float limit, void* out,
-                               cudaStream_t stream) {
-  launch_moe_gemm(moe_gemm_mf4_wgmma_kernel<kSwiglu>, "cudaFuncSetAttribute(moe_gemm_mf4_wgmma)",
-                  kWgSmemBytes, kWgThreads, kWgCols, a, a_rows, blocks, scales, bias, offsets, plan,
-                  max_tiles, N, K, limit, out, stream);
-}
+const MoeGemmFamily kWgmmaFamily{moe_gemm_mf4_wgmma_kernel<true>,
+                                 moe_gemm_mf4_wgmma_kernel<false>,
+                                 "cudaFuncSetAttribute(moe_gemm_mf4_wgmma)",
+                                 "moe_mlp1_swiglu_mf4_wgmma",
+                                 "moe_mlp2_mf4_wgmma",
+                                 kWgSmemBytes,
+                                 kWgThreads,
+                                 kWgCols};
 
-void check_moe_wgmma_args(const char* launcher, ActType t, int A, int E, int H, int I) {
+void check_hopper(const char* launcher) {
   MIND4_CUDA_ARG(moe_gemm_wgmma_supported(), launcher,
                  "this GPU is not a Hopper (compute capability 9.x) card");
-  check_moe_gemm_args(launcher, t, A, E, H, I);
 }
 
 }  // namespace
@@ -287,25 +285,16 @@ void moe_mlp1_swiglu_mf4_wgmma(ActType t, const void* x, const uint8_t* blocks,
                                const uint8_t* scales, const float* bias, MoeGroups g,
                                const int* plan, int A, int E, int H, int I, float limit,
                                void* act_out, cudaStream_t stream) {
-  MIND4_CUDA_ARG(x && blocks && scales && bias && g.offsets && g.group_row && plan && act_out,
-                 "moe_mlp1_swiglu_mf4_wgmma", "null pointer");
-  check_moe_wgmma_args("moe_mlp1_swiglu_mf4_wgmma", t, A, E, H, I);
-  if (A == 0) return;
-  launch_moe_gemm_mf4_wgmma<true>(x, g.group_row, blocks, scales, bias, g.offsets, plan,
-                                  moe_tile_plan_capacity(A, E), 2 * I, H, limit, act_out, stream);
-  check_launch("moe_mlp1_swiglu_mf4_wgmma_bf16");
+  check_hopper(kWgmmaFamily.mlp1);
+  moe_mlp1_grouped(kWgmmaFamily, t, x, blocks, scales, bias, g, plan, A, E, H, I, limit, act_out,
+                   stream);
 }
 
 void moe_mlp2_mf4_wgmma(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
                         const float* bias, MoeGroups g, const int* plan, int A, int E, int H, int I,
                         float* y, cudaStream_t stream) {
-  MIND4_CUDA_ARG(act && blocks && scales && bias && g.offsets && plan && y, "moe_mlp2_mf4_wgmma",
-                 "null pointer");
-  check_moe_wgmma_args("moe_mlp2_mf4_wgmma", t, A, E, H, I);
-  if (A == 0) return;
-  launch_moe_gemm_mf4_wgmma<false>(act, nullptr, blocks, scales, bias, g.offsets, plan,
-                                   moe_tile_plan_capacity(A, E), H, I, 0.0f, y, stream);
-  check_launch("moe_mlp2_mf4_wgmma_f32");
+  check_hopper(kWgmmaFamily.mlp2);
+  moe_mlp2_grouped(kWgmmaFamily, t, act, blocks, scales, bias, g, plan, A, E, H, I, y, stream);
 }
 
 }  // namespace mind4::cuda
