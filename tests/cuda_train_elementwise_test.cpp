@@ -159,34 +159,10 @@ TEST(CudaTrainElementwise, RouterBackwardCombineAndGatherOnPaddedSegments) {
       const auto dxe = cuda_test::rounded(random_normals(size_t(A) * H, rng), t);
       const auto y = cuda_test::rounded(random_normals(size_t(A) * H, rng), t);
       const auto xn = cuda_test::rounded(random_normals(size_t(NT) * H, rng), t);
-      std::vector<double> dlog(size_t(NT) * E, 0.0), dt(size_t(NT) * H, 0.0), xout(size_t(NT) * H),
-          dw(size_t(NT) * K), dy(size_t(A) * H, 0.0), aux_g(E);
-      for (int e = 0; e < E; ++e) aux_g[e] = aux_scale * double(offsets[e + 1] - offsets[e]) / NT;
-      for (int r = 0; r < NT; ++r) {
-        std::vector<double> w(weights.begin() + r * K, weights.begin() + (r + 1) * K),
-            dwv(dweights.begin() + r * K, dweights.begin() + (r + 1) * K),
-            p(probs.begin() + r * E, probs.begin() + (r + 1) * E);
-        router_bwd(experts.data() + r * K, w.data(), dwv.data(), K, dlog.data() + r * E);
-        softmax_bwd(p.data(), aux_g.data(), E, dlog.data() + r * E);
-        for (int j = 0; j < H; ++j) {
-          double v = xmid[size_t(r) * H + j];
-          for (int s = 0; s < K; ++s) {
-            const int at = assign_at[r * K + s], e = experts[r * K + s];
-            dt[size_t(r) * H + j] += dxe[size_t(at) * H + j];
-            v += weights[r * K + s] * (double(y[size_t(at) * H + j]) + bias[size_t(e) * H + j]);
-          }
-          xout[size_t(r) * H + j] = v;
-        }
-        for (int s = 0; s < K; ++s) {
-          const int at = assign_at[r * K + s], e = experts[r * K + s];
-          double d = 0;
-          for (int j = 0; j < H; ++j) {
-            d += dx[size_t(r) * H + j] * (double(y[size_t(at) * H + j]) + bias[size_t(e) * H + j]);
-            dy[size_t(at) * H + j] = weights[r * K + s] * dx[size_t(r) * H + j];
-          }
-          dw[r * K + s] = d;
-        }
-      }
+      const auto ref = mind4::testing::router_combine_ref(experts, assign_at, weights, dweights,
+                                                          probs, offsets, aux_scale, dxe, y, dx,
+                                                          xmid, bias, NT, E, K, H, size_t(A));
+      const auto &dlog = ref.dlog, &dt = ref.dt, &xout = ref.xout, &dw = ref.dw, &dy = ref.dy;
       const size_t fs = 4 * shift, ashift = as * shift;  // byte shifts of f32 and act arrays
       auto d_ex = placed(experts, 0), d_at = placed(assign_at, 0), d_w = placed(weights, 0),
            d_dw = placed(dweights, 0), d_p = placed(probs, 0), d_off = placed(offsets, 0),

@@ -405,36 +405,10 @@ TEST(CudaTrainKernels, RouterBackwardCombineAndEmbeddingGradient) {
   for (ActType t : {ActType::kF32, ActType::kBF16}) {
     const auto dxe = cuda_test::rounded(mind4::testing::random_normals(size_t(A) * H, rng), t);
     const auto y = cuda_test::rounded(mind4::testing::random_normals(size_t(A) * H, rng), t);
-    // References.
-    std::vector<double> dlog(size_t(NT) * E, 0.0), dt(size_t(NT) * H, 0.0), xout(size_t(NT) * H),
-        dw(size_t(NT) * K), dy(size_t(A) * H, 0.0);
-    std::vector<double> aux_g(E);
-    for (int e = 0; e < E; ++e) aux_g[e] = aux_scale * double(offsets[e + 1] - offsets[e]) / NT;
-    for (int r = 0; r < NT; ++r) {
-      std::vector<double> w(weights.begin() + r * K, weights.begin() + (r + 1) * K),
-          dwv(dweights.begin() + r * K, dweights.begin() + (r + 1) * K),
-          p(probs.begin() + r * E, probs.begin() + (r + 1) * E);
-      router_bwd(experts.data() + r * K, w.data(), dwv.data(), K, dlog.data() + r * E);
-      softmax_bwd(p.data(), aux_g.data(), E, dlog.data() + r * E);
-      for (int j = 0; j < H; ++j) {
-        double v = xmid[r * H + j];
-        for (int s = 0; s < K; ++s) {
-          const int at = assign_at[r * K + s], e = experts[r * K + s];
-          dt[r * H + j] += dxe[size_t(at) * H + j];
-          v += weights[r * K + s] * (y[size_t(at) * H + j] + bias[e * H + j]);
-        }
-        xout[r * H + j] = v;
-      }
-      for (int s = 0; s < K; ++s) {
-        const int at = assign_at[r * K + s], e = experts[r * K + s];
-        double d = 0;
-        for (int j = 0; j < H; ++j) {
-          d += dx[r * H + j] * (y[size_t(at) * H + j] + bias[e * H + j]);
-          dy[size_t(at) * H + j] = weights[r * K + s] * dx[r * H + j];
-        }
-        dw[r * K + s] = d;
-      }
-    }
+    const auto ref = mind4::testing::router_combine_ref(experts, assign_at, weights, dweights,
+                                                        probs, offsets, aux_scale, dxe, y, dx, xmid,
+                                                        bias, NT, E, K, H, size_t(A));
+    const auto &dlog = ref.dlog, &dt = ref.dt, &xout = ref.xout, &dw = ref.dw, &dy = ref.dy;
     auto d_ex = upload(experts), d_at = upload(assign_at), d_w = upload(weights),
          d_dw = upload(dweights), d_p = upload(probs), d_off = upload(offsets),
          d_dxe = upload(cuda_test::to_act(dxe, t)), d_y = upload(cuda_test::to_act(y, t)),

@@ -64,6 +64,55 @@ inline int quiet_shell(const std::string& cmd) {
   return std::system((cmd + " >/dev/null 2>&1").c_str());
 }
 
+// The router backward and the MoE combine forward and backward in double, as the CUDA kernels
+// are checked against them. Token row r has K slots (experts[r K + s], weights, dweights, the
+// grouped row assign_at[r K + s]); probs [NT, E]; offsets [E + 1] the experts' row counts (for the
+// load-balancing term, aux_scale per unit of count / NT); dxe, y [A, H] grouped rows; dx, xmid
+// [NT, H]; bias [E, H]. Out: dlog [NT, E], dt [NT, H] (the sum of each row's dxe rows), xout
+// [NT, H] (xmid plus the weighted y + bias of the slots), dw [NT, K], dy [A, H].
+struct RouterCombineRef {
+  std::vector<double> dlog, dt, xout, dw, dy;
+};
+inline RouterCombineRef router_combine_ref(
+    const std::vector<int>& experts, const std::vector<int>& assign_at,
+    const std::vector<float>& weights, const std::vector<float>& dweights,
+    const std::vector<float>& probs, const std::vector<int>& offsets, double aux_scale,
+    const std::vector<float>& dxe, const std::vector<float>& y, const std::vector<float>& dx,
+    const std::vector<float>& xmid, const std::vector<float>& bias, int NT, int E, int K, int H,
+    size_t A) {
+  RouterCombineRef o{std::vector<double>(size_t(NT) * E, 0.0),
+                     std::vector<double>(size_t(NT) * H, 0.0), std::vector<double>(size_t(NT) * H),
+                     std::vector<double>(size_t(NT) * K), std::vector<double>(A * H, 0.0)};
+  std::vector<double> aux_g(E);
+  for (int e = 0; e < E; ++e) aux_g[e] = aux_scale * double(offsets[e + 1] - offsets[e]) / NT;
+  for (int r = 0; r < NT; ++r) {
+    std::vector<double> w(weights.begin() + r * K, weights.begin() + (r + 1) * K),
+        dwv(dweights.begin() + r * K, dweights.begin() + (r + 1) * K),
+        p(probs.begin() + r * E, probs.begin() + (r + 1) * E);
+    train::router_bwd(experts.data() + r * K, w.data(), dwv.data(), K, o.dlog.data() + r * E);
+    train::softmax_bwd(p.data(), aux_g.data(), E, o.dlog.data() + r * E);
+    for (int j = 0; j < H; ++j) {
+      double v = xmid[size_t(r) * H + j];
+      for (int s = 0; s < K; ++s) {
+        const int at = assign_at[r * K + s], e = experts[r * K + s];
+        o.dt[size_t(r) * H + j] += dxe[size_t(at) * H + j];
+        v += weights[r * K + s] * (double(y[size_t(at) * H + j]) + bias[size_t(e) * H + j]);
+      }
+      o.xout[size_t(r) * H + j] = v;
+    }
+    for (int s = 0; s < K; ++s) {
+      const int at = assign_at[r * K + s], e = experts[r * K + s];
+      double d = 0;
+      for (int j = 0; j < H; ++j) {
+        d += dx[size_t(r) * H + j] * (double(y[size_t(at) * H + j]) + bias[size_t(e) * H + j]);
+        o.dy[size_t(at) * H + j] = weights[r * K + s] * dx[size_t(r) * H + j];
+      }
+      o.dw[r * K + s] = d;
+    }
+  }
+  return o;
+}
+
 // A tiny corpus of Bible words in `dir`, with its 300-id vocabulary and token shards made by the
 // mind4 command itself (train-tokenizer, prepare-data). status is the exit status of the first
 // command that failed, 0 when both ran.
