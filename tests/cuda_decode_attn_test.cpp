@@ -75,19 +75,13 @@ struct CudaDecodeAttnTest : ::testing::TestWithParam<ActType>, RandomInputs {
                                c.window, scale, splits, d_partial.data<float>(), d_out.data(),
                                nullptr);
     const auto out = download_act(d_out, size_t(B) * NH * D, t);
-    std::vector<float> scores(c.P), o(D);
+    const auto want_all =
+        attention_ref(qkv, kc, vc, sinks, NH, NKV, D, c.P, c.pos, c.slot, c.window, scale);
     double worst = 0;
     int worst_row = -1;
     for (int r = 0; r < B; ++r) {
-      std::vector<double> want;
-      const int first = c.window ? std::max(0, c.pos[r] - c.window + 1) : 0;
-      for (int h = 0; h < NH; ++h) {
-        const size_t base = (size_t(c.slot[r]) * c.P + first) * W + size_t(h / (NH / NKV)) * D;
-        cpu::attention_head(qkv.data() + size_t(r) * QKV + h * D, kc.data() + base,
-                            vc.data() + base, W, c.pos[r] - first + 1, D, sinks[h], scale,
-                            scores.data(), o.data());
-        want.insert(want.end(), o.begin(), o.end());
-      }
+      const std::vector<double> want(want_all.begin() + size_t(r) * NH * D,
+                                     want_all.begin() + size_t(r + 1) * NH * D);
       const std::vector<float> got(out.begin() + size_t(r) * NH * D,
                                    out.begin() + size_t(r + 1) * NH * D);
       const double e = rel_error(got, want);

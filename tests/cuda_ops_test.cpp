@@ -202,17 +202,7 @@ TEST_P(CudaOpsTest, AttentionMatchesCpuWithSinksWindowsAndSplits) {
                     d_slot.data<int>(), d_sinks.data<float>(), B, ac.window, scale, splits,
                     d_partial.data<float>(), d_out.data(), nullptr);
     const auto out = download_act(d_out, size_t(B) * NH * D, t);
-    std::vector<double> want;
-    std::vector<float> scores(P), o(D);
-    for (int r = 0; r < B; ++r)
-      for (int h = 0; h < NH; ++h) {
-        const int first = ac.window ? std::max(0, pos[r] - ac.window + 1) : 0;
-        const size_t base = (size_t(slot[r]) * P + first) * W + size_t(h / (NH / NKV)) * D;
-        cpu::attention_head(qkv.data() + size_t(r) * QKV + h * D, kc.data() + base,
-                            vc.data() + base, W, pos[r] - first + 1, D, sinks[h], scale,
-                            scores.data(), o.data());
-        want.insert(want.end(), o.begin(), o.end());
-      }
+    const auto want = attention_ref(qkv, kc, vc, sinks, NH, NKV, D, P, pos, slot, ac.window, scale);
     EXPECT_LT(rel_error(out, want), t == ActType::kF32 ? 1e-5 : 1e-2)
         << "NH=" << NH << " NKV=" << NKV << " D=" << D << " B=" << B << " window=" << ac.window
         << " splits=" << splits;
@@ -247,17 +237,8 @@ TEST_P(CudaOpsTest, AttentionPrefillMatchesCpu) {
                             slot, ac.pos0, d_sinks.data<float>(), B, ac.window, scale,
                             d_scores.data<float>(), d_out.data(), nullptr);
     const auto out = download_act(d_out, size_t(B) * NH * D, t);
-    std::vector<double> want;
-    std::vector<float> scores(P), o(D);
-    for (int r = 0; r < B; ++r)
-      for (int h = 0; h < NH; ++h) {
-        const int p = ac.pos0 + r, first = ac.window ? std::max(0, p - ac.window + 1) : 0;
-        const size_t base = (size_t(slot) * P + first) * W + size_t(h / (NH / NKV)) * D;
-        cpu::attention_head(qkv.data() + size_t(r) * QKV + h * D, kc.data() + base,
-                            vc.data() + base, W, p - first + 1, D, sinks[h], scale, scores.data(),
-                            o.data());
-        want.insert(want.end(), o.begin(), o.end());
-      }
+    const auto want = prefill_attention_ref(qkv, kc, vc, sinks, NH, NKV, D, B, P, slot, ac.pos0,
+                                            ac.window, scale);
     EXPECT_LT(rel_error(out, want), t == ActType::kF32 ? 1e-5 : 1e-2)
         << "NH=" << NH << " D=" << D << " B=" << B << " pos0=" << ac.pos0
         << " window=" << ac.window;

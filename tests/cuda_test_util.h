@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "cpu/ops.h"
 #include "cuda/buffer.h"
 #include "cuda/kernels.h"
 
@@ -186,6 +187,40 @@ inline void expect_moe_grouping(const std::vector<int>& all, const std::vector<i
     ASSERT_EQ(group_row[at], i / K);
     ASSERT_EQ(group_expert[at], experts[i]);
   }
+}
+
+// Attention by the CPU line (cpu::attention_head), as the CUDA kernels are checked against it:
+// query row r (qkv [B, (NH + 2 NKV) D]) at position pos[r] of cache slot slot[r] (kc, vc
+// [slots, P, NKV D]), each query head over the keys it sees (window 0: every earlier position).
+// Returns [B, NH, D].
+inline std::vector<double> attention_ref(const std::vector<float>& qkv,
+                                         const std::vector<float>& kc, const std::vector<float>& vc,
+                                         const std::vector<float>& sinks, int NH, int NKV, int D,
+                                         int P, const std::vector<int>& pos,
+                                         const std::vector<int>& slot, int window, float scale) {
+  const int QKV = (NH + 2 * NKV) * D, W = NKV * D;
+  std::vector<double> want;
+  std::vector<float> scores(P), o(D);
+  for (size_t r = 0; r < pos.size(); ++r)
+    for (int h = 0; h < NH; ++h) {
+      const int first = window ? std::max(0, pos[r] - window + 1) : 0;
+      const size_t base = (size_t(slot[r]) * P + first) * W + size_t(h / (NH / NKV)) * D;
+      cpu::attention_head(qkv.data() + r * QKV + h * D, kc.data() + base, vc.data() + base, W,
+                          pos[r] - first + 1, D, sinks[h], scale, scores.data(), o.data());
+      want.insert(want.end(), o.begin(), o.end());
+    }
+  return want;
+}
+// A prefill step's rows: positions pos0 .. pos0 + B - 1 of one slot.
+inline std::vector<double> prefill_attention_ref(const std::vector<float>& qkv,
+                                                 const std::vector<float>& kc,
+                                                 const std::vector<float>& vc,
+                                                 const std::vector<float>& sinks, int NH, int NKV,
+                                                 int D, int B, int P, int slot, int pos0,
+                                                 int window, float scale) {
+  std::vector<int> pos(B), slots(B, slot);
+  for (int r = 0; r < B; ++r) pos[r] = pos0 + r;
+  return attention_ref(qkv, kc, vc, sinks, NH, NKV, D, P, pos, slots, window, scale);
 }
 
 }  // namespace mind4::cuda_test
