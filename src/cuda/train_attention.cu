@@ -73,14 +73,7 @@ __global__ void train_rope_bwd_kernel(const float* __restrict__ dq, const float*
         d1 += src[i], d2 += src[i + h2];
       }
     }
-    float y1 = d1, y2 = d2;
-    if (hh < NH + NKV) {
-      const float c = cos_t[s * h2 + i], sn = sin_t[s * h2 + i];
-      y1 = d1 * c + d2 * sn;
-      y2 = d2 * c - d1 * sn;
-    }
-    dst[hh * D + i] = from_f32<T>(y1);
-    dst[hh * D + i + h2] = from_f32<T>(y2);
+    train_rope_bwd_pair(d1, d2, hh, NH + NKV, cos_t, sin_t, s, i, D, dst);
   }
 }
 
