@@ -10,6 +10,7 @@
 
 #include "cuda/device_util.cuh"
 #include "cuda/kernels.h"
+#include "cuda/mma.cuh"
 
 namespace mind4::cuda {
 
@@ -18,6 +19,43 @@ inline void check_moe_gemm_args(const char* launcher, ActType t, int A, int E, i
                  " (bf16 only; f32 mode keeps the expanded route)");
   MIND4_CUDA_ARG(A >= 0 && E > 0 && H > 0 && H % 32 == 0 && I > 0 && I % 32 == 0, launcher,
                  "A = ", A, ", E = ", E, ", H = ", H, ", I = ", I, " (H and I multiples of 32)");
+}
+
+// The kernels' epilogue for one lane's accumulators a[0..3]: rows r_lo and r_lo + 8 of the
+// tile (valid below `rows`), columns n and n + 1 of expert e's N. kSwiglu: out is act bf16
+// [*, N/2], the clamped SwiGLU of the (gate, linear) pair plus bias, lanes l and l ^ 1 (which hold
+// neighbouring outputs) pairing up so that the even lane stores row r_lo's two values and the odd
+// lane row r_hi's; else out is f32 [*, N] plus bias. Every lane of the warp must call it.
+template <bool kSwiglu>
+__device__ __forceinline__ void moe_gemm_store(const float* a, const float* __restrict__ bias,
+                                               int e, int n, int N, int r_lo, int rows, int row0,
+                                               int lane, float limit, void* __restrict__ out) {
+  const int r_hi = r_lo + 8;
+  const float b0 = bias[int64_t(e) * N + n], b1 = bias[int64_t(e) * N + n + 1];
+  if constexpr (kSwiglu) {
+    auto swiglu = [&](float g, float l) {
+      g = fminf(g + b0, limit);
+      l = fminf(fmaxf(l + b1, -limit), limit);
+      return g / (1.0f + __expf(-1.702f * g)) * (l + 1.0f);
+    };
+    const float v_lo = swiglu(a[0], a[1]);
+    const float v_hi = swiglu(a[2], a[3]);
+    const bool even = (lane & 1) == 0;
+    const float other = __shfl_xor_sync(0xffffffffu, even ? v_hi : v_lo, 1);
+    const int r = even ? r_lo : r_hi, p = n / 2 - (even ? 0 : 1);
+    if (r < rows) {
+      __nv_bfloat16* o = static_cast<__nv_bfloat16*>(out) + int64_t(row0 + r) * (N / 2) + p;
+      *reinterpret_cast<uint32_t*>(o) = even ? pack_bf16x2(v_lo, other) : pack_bf16x2(other, v_hi);
+    }
+  } else {
+    float* o = static_cast<float*>(out);
+    if (r_lo < rows)
+      *reinterpret_cast<float2*>(o + int64_t(row0 + r_lo) * N + n) =
+          make_float2(a[0] + b0, a[1] + b1);
+    if (r_hi < rows)
+      *reinterpret_cast<float2*>(o + int64_t(row0 + r_hi) * N + n) =
+          make_float2(a[2] + b0, a[3] + b1);
+  }
 }
 
 using MoeGemmKernel = void (*)(const __nv_bfloat16*, const int*, const uint8_t*, const uint8_t*,

@@ -180,36 +180,9 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
       const int n = n0 + wn * 32 + nt * 8 + c2;
-      const int r_lo = wm * 64 + mt * 16 + (lane >> 2), r_hi = r_lo + 8;
+      const int r_lo = wm * 64 + mt * 16 + (lane >> 2);
       if (n >= N) continue;
-      const float b0 = bias[int64_t(e) * N + n], b1 = bias[int64_t(e) * N + n + 1];
-      if constexpr (kSwiglu) {
-        auto swiglu = [&](float g, float l) {
-          g = fminf(g + b0, limit);
-          l = fminf(fmaxf(l + b1, -limit), limit);
-          return g / (1.0f + __expf(-1.702f * g)) * (l + 1.0f);
-        };
-        const float v_lo = swiglu(acc[mt][nt][0], acc[mt][nt][1]);
-        const float v_hi = swiglu(acc[mt][nt][2], acc[mt][nt][3]);
-        // Lanes l and l ^ 1 hold neighbouring outputs: the even lane stores row r_lo's pair,
-        // the odd lane row r_hi's.
-        const bool even = (lane & 1) == 0;
-        const float other = __shfl_xor_sync(0xffffffffu, even ? v_hi : v_lo, 1);
-        const int r = even ? r_lo : r_hi, p = n / 2 - (even ? 0 : 1);
-        if (r < rows) {
-          bf16* o = static_cast<bf16*>(out) + int64_t(row0 + r) * (N / 2) + p;
-          *reinterpret_cast<uint32_t*>(o) =
-              even ? pack_bf16x2(v_lo, other) : pack_bf16x2(other, v_hi);
-        }
-      } else {
-        float* o = static_cast<float*>(out);
-        if (r_lo < rows)
-          *reinterpret_cast<float2*>(o + int64_t(row0 + r_lo) * N + n) =
-              make_float2(acc[mt][nt][0] + b0, acc[mt][nt][1] + b1);
-        if (r_hi < rows)
-          *reinterpret_cast<float2*>(o + int64_t(row0 + r_hi) * N + n) =
-              make_float2(acc[mt][nt][2] + b0, acc[mt][nt][3] + b1);
-      }
+      moe_gemm_store<kSwiglu>(acc[mt][nt], bias, e, n, N, r_lo, rows, row0, lane, limit, out);
     }
 }
 

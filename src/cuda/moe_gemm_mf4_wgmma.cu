@@ -216,39 +216,13 @@ __global__ void __launch_bounds__(kWgThreads, 2)
   // Epilogue: lane holds rows l/4 (+8) of its warp's 16 and the column pair n, n + 1 of each of
   // the 16 8-column groups (acc[4j .. 4j + 3]).
   const int c2 = 2 * (lane & 3);
-  const int r_lo = wg * 64 + (warp & 3) * 16 + (lane >> 2), r_hi = r_lo + 8;
+  const int r_lo = wg * 64 + (warp & 3) * 16 + (lane >> 2);
 #pragma unroll
   for (int j = 0; j < 16; ++j) {
     const int n = n0 + 8 * j + c2;
     if (n >= N) continue;
-    const float b0 = bias[int64_t(e) * N + n], b1 = bias[int64_t(e) * N + n + 1];
-    if constexpr (kSwiglu) {
-      auto swiglu = [&](float g, float l) {
-        g = fminf(g + b0, limit);
-        l = fminf(fmaxf(l + b1, -limit), limit);
-        return g / (1.0f + __expf(-1.702f * g)) * (l + 1.0f);
-      };
-      const float v_lo = swiglu(acc[4 * j], acc[4 * j + 1]);
-      const float v_hi = swiglu(acc[4 * j + 2], acc[4 * j + 3]);
-      // Lanes l and l ^ 1 hold neighbouring outputs: the even lane stores row r_lo's pair, the
-      // odd lane row r_hi's. (N % 64 == 0 here, so no lane left the loop above.)
-      const bool even = (lane & 1) == 0;
-      const float other = __shfl_xor_sync(0xffffffffu, even ? v_hi : v_lo, 1);
-      const int r = even ? r_lo : r_hi, p = n / 2 - (even ? 0 : 1);
-      if (r < rows) {
-        bf16* o = static_cast<bf16*>(out) + int64_t(row0 + r) * (N / 2) + p;
-        *reinterpret_cast<uint32_t*>(o) =
-            even ? pack_bf16x2(v_lo, other) : pack_bf16x2(other, v_hi);
-      }
-    } else {
-      float* o = static_cast<float*>(out);
-      if (r_lo < rows)
-        *reinterpret_cast<float2*>(o + int64_t(row0 + r_lo) * N + n) =
-            make_float2(acc[4 * j] + b0, acc[4 * j + 1] + b1);
-      if (r_hi < rows)
-        *reinterpret_cast<float2*>(o + int64_t(row0 + r_hi) * N + n) =
-            make_float2(acc[4 * j + 2] + b0, acc[4 * j + 3] + b1);
-    }
+    // (N % 64 == 0 here, so no lane left the loop above before the pairing shuffle.)
+    moe_gemm_store<kSwiglu>(acc + 4 * j, bias, e, n, N, r_lo, rows, row0, lane, limit, out);
   }
 #else
   __trap();  // built without sm_90a: the launcher refuses such devices
