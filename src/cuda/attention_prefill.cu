@@ -104,28 +104,17 @@ __global__ void __launch_bounds__(kFlashThreads)
 #pragma unroll
   for (int dt = 0; dt < DP / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
 
-  if (n_tiles > 0) load_tile(0);
-  for (int j = 0; j < n_tiles; ++j) {
-    if (j + 1 < n_tiles) {
-      load_tile(j + 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    const int kt0 = k_begin + j * KT;
-    const bf16* kt = ks + (j & 1) * KT * S;
-    const bf16* vt = vs + (j & 1) * KT * S;
-    if (warp_live && kt0 <= wk_hi && kt0 + KT > wk_lo)
-      flash_tile_forward<DP, KT>(kt, vt, S, qf, kt0, full_lo, full_hi, first0, pr0, first1, pr1,
-                                 scale_log2, m0, m1, l0, l1, acc);
-    __syncthreads();  // the next iteration's copy refills this stage
-  }
-
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  flash_walk_tiles(
+      n_tiles, load_tile,
+      [&](int j) {
+        const int kt0 = k_begin + j * KT;
+        const bf16* kt = ks + (j & 1) * KT * S;
+        const bf16* vt = vs + (j & 1) * KT * S;
+        if (warp_live && kt0 <= wk_hi && kt0 + KT > wk_lo)
+          flash_tile_forward<DP, KT>(kt, vt, S, qf, kt0, full_lo, full_hi, first0, pr0, first1, pr1,
+                                     scale_log2, m0, m1, l0, l1, acc);
+      },
+      l0, l1);
   auto store_row = [&](int f, float m, float l, int e0) {
     if (f >= total) return;
     const int i = f / G, h = kvh * G + f % G;

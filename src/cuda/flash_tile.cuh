@@ -107,4 +107,28 @@ __device__ __forceinline__ void flash_tile_forward(const __nv_bfloat16* kt, cons
   }
 }
 
+// The key tiles of a block, double-buffered in shared memory: load_tile(j) issues tile j's copies
+// (one commit group), use_tile(j) works on it once it has landed, and tile j + 1 is in flight
+// meanwhile. Then each row's sum l (kept by the four lanes of a quad) is completed across them.
+template <typename Load, typename Use>
+__device__ __forceinline__ void flash_walk_tiles(int n_tiles, Load load_tile, Use use_tile,
+                                                 float& l0, float& l1) {
+  if (n_tiles > 0) load_tile(0);
+  for (int j = 0; j < n_tiles; ++j) {
+    if (j + 1 < n_tiles) {
+      load_tile(j + 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    use_tile(j);
+    __syncthreads();  // the next iteration's copy refills this stage
+  }
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+}
+
 }  // namespace mind4::cuda
