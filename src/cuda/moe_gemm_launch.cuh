@@ -21,6 +21,29 @@ inline void check_moe_gemm_args(const char* launcher, ActType t, int A, int E, i
                  "A = ", A, ", E = ", E, ", H = ", H, ", I = ", I, " (H and I multiples of 32)");
 }
 
+// One packed MXFP4 block (16 bytes wq, 32 e2m1 values) expanded to bf16 in both kernels' weight
+// tiles: lut turns each byte into two values, and one bf16x2 multiply applies the e8m0 scale wsc,
+// 2^(s - 127) as bf16 (s = 0: the subnormal 2^-127, as the CPU's decode; the product with an
+// e2m1 value is exact). store(q, word) receives the q-th 16 bytes (8 values) of the result.
+template <typename Store>
+__device__ __forceinline__ void moe_expand_mf4_block(uint4 wq, uint32_t wsc, const uint32_t* lut,
+                                                     Store store) {
+  const uint32_t sb = wsc ? wsc << 7 : 0x40u, s2u = sb | (sb << 16);
+  const __nv_bfloat162 s2 = *reinterpret_cast<const __nv_bfloat162*>(&s2u);
+  const uint32_t words[4] = {wq.x, wq.y, wq.z, wq.w};
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    uint32_t v[4];
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      uint32_t pair = lut[(words[q] >> (8 * b)) & 0xffu];
+      __nv_bfloat162 x = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&pair), s2);
+      v[b] = *reinterpret_cast<const uint32_t*>(&x);
+    }
+    store(q, make_uint4(v[0], v[1], v[2], v[3]));
+  }
+}
+
 // The kernels' epilogue for one lane's accumulators a[0..3]: rows r_lo and r_lo + 8 of the
 // tile (valid below `rows`), columns n and n + 1 of expert e's N. kSwiglu: out is act bf16
 // [*, N/2], the clamped SwiGLU of the (gate, linear) pair plus bias, lanes l and l ^ 1 (which hold

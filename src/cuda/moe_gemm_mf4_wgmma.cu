@@ -152,23 +152,10 @@ __global__ void __launch_bounds__(kWgThreads, 2)
     }
   };
   auto expand_w = [&](int buf) {
-    // 2^(s - 127) as bf16 (s = 0: the subnormal 2^-127, as the CPU's e8m0 decode); its product
-    // with an e2m1 value is exact.
-    const uint32_t sb = wsc ? wsc << 7 : 0x40u, s2u = sb | (sb << 16);
-    const __nv_bfloat162 s2 = *reinterpret_cast<const __nv_bfloat162*>(&s2u);
-    const uint32_t words[4] = {wq.x, wq.y, wq.z, wq.w};
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      uint32_t v[4];
-#pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        uint32_t pair = lut[(words[q] >> (8 * b)) & 0xffu];
-        __nv_bfloat162 x = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&pair), s2);
-        v[b] = *reinterpret_cast<const uint32_t*>(&x);
-      }
+    moe_expand_mf4_block(wq, wsc, lut, [&](int q, uint4 v) {
       *reinterpret_cast<uint4*>(ws + buf * kWgTileBytes + wg_core_offset(w_row, w_half * 4 + q)) =
-          make_uint4(v[0], v[1], v[2], v[3]);
-    }
+          v;
+    });
   };
 
   float acc[64];
