@@ -75,13 +75,7 @@ __global__ void __launch_bounds__(kFlashThreads)
     const int i = f / G, h = kvh * G + f % G;
     return *reinterpret_cast<const uint32_t*>(qkv + int64_t(i) * QKV + int64_t(h) * D + d);
   };
-#pragma unroll
-  for (int kk = 0; kk < DP / 16; ++kk) {
-    qf[kk][0] = q_pair(fr0, 16 * kk + c2);
-    qf[kk][1] = q_pair(fr1, 16 * kk + c2);
-    qf[kk][2] = q_pair(fr0, 16 * kk + 8 + c2);
-    qf[kk][3] = q_pair(fr1, 16 * kk + 8 + c2);
-  }
+  flash_q_fragments<DP>(qf, fr0, fr1, c2, q_pair);
 
   const int n_tiles = (k_end - k_begin + KT - 1) / KT;
   auto load_tile = [&](int j) {

@@ -107,6 +107,20 @@ __device__ __forceinline__ void flash_tile_forward(const __nv_bfloat16* kt, cons
   }
 }
 
+// The A fragments of this lane's two query rows fr0, fr1 (m16n8k16 rows l/4 and l/4 + 8) over
+// DP dimensions, straight from global memory: q_pair(f, d) returns row f's bf16 pair at d, d + 1.
+template <int DP, typename QPair>
+__device__ __forceinline__ void flash_q_fragments(uint32_t (&qf)[DP / 16][4], int fr0, int fr1,
+                                                  int c2, QPair q_pair) {
+#pragma unroll
+  for (int kk = 0; kk < DP / 16; ++kk) {
+    qf[kk][0] = q_pair(fr0, 16 * kk + c2);
+    qf[kk][1] = q_pair(fr1, 16 * kk + c2);
+    qf[kk][2] = q_pair(fr0, 16 * kk + 8 + c2);
+    qf[kk][3] = q_pair(fr1, 16 * kk + 8 + c2);
+  }
+}
+
 // The key tiles of a block, double-buffered in shared memory: load_tile(j) issues tile j's copies
 // (one commit group), use_tile(j) works on it once it has landed, and tile j + 1 is in flight
 // meanwhile. Then each row's sum l (kept by the four lanes of a quad) is completed across them.

@@ -142,13 +142,7 @@ __global__ void __launch_bounds__(kTfFwdWarps * 32, 3)
     const int s = f / G, h = kvh * G + f % G;
     return *reinterpret_cast<const uint32_t*>(seq + int64_t(s) * QKV + int64_t(h) * D + d);
   };
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    qf[kk][0] = q_pair(fr0, 16 * kk + c2);
-    qf[kk][1] = q_pair(fr1, 16 * kk + c2);
-    qf[kk][2] = q_pair(fr0, 16 * kk + 8 + c2);
-    qf[kk][3] = q_pair(fr1, 16 * kk + 8 + c2);
-  }
+  flash_q_fragments<D>(qf, fr0, fr1, c2, q_pair);
 
   const int n_tiles = (k_end - k_begin + KT - 1) / KT;
   auto load_tile = [&](int j) {
