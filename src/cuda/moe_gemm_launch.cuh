@@ -6,7 +6,6 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
-#include <string>
 
 #include "cuda/device_util.cuh"
 #include "cuda/kernels.h"
@@ -103,8 +102,9 @@ inline void launch_moe_gemm(MoeGemmKernel kernel, const char* name, size_t smem,
 // (f32 out), their launch shape, and the names its errors carry.
 struct MoeGemmFamily {
   MoeGemmKernel swiglu, plain;
-  const char* attribute;    // "cudaFuncSetAttribute(<kernel>)"
-  const char *mlp1, *mlp2;  // the public launchers' names
+  const char* attribute;                  // "cudaFuncSetAttribute(<kernel>)"
+  const char *mlp1, *mlp2;                // the public launchers' names
+  const char *mlp1_launch, *mlp2_launch;  // what a failed launch is called
   size_t smem;
   int threads, cols;
 };
@@ -121,7 +121,7 @@ inline void moe_mlp1_grouped(const MoeGemmFamily& f, ActType t, const void* x,
   launch_moe_gemm(f.swiglu, f.attribute, f.smem, f.threads, f.cols, x, g.group_row, blocks, scales,
                   bias, g.offsets, plan, moe_tile_plan_capacity(A, E), 2 * I, H, limit, act_out,
                   stream);
-  check_launch((std::string(f.mlp1) + "_bf16").c_str());
+  check_launch(f.mlp1_launch);
 }
 inline void moe_mlp2_grouped(const MoeGemmFamily& f, ActType t, const void* act,
                              const uint8_t* blocks, const uint8_t* scales, const float* bias,
@@ -132,7 +132,7 @@ inline void moe_mlp2_grouped(const MoeGemmFamily& f, ActType t, const void* act,
   if (A == 0) return;
   launch_moe_gemm(f.plain, f.attribute, f.smem, f.threads, f.cols, act, nullptr, blocks, scales,
                   bias, g.offsets, plan, moe_tile_plan_capacity(A, E), H, I, 0.0f, y, stream);
-  check_launch((std::string(f.mlp2) + "_f32").c_str());
+  check_launch(f.mlp2_launch);
 }
 
 }  // namespace mind4::cuda

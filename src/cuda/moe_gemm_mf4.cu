@@ -176,6 +176,8 @@ const MoeGemmFamily kMmaFamily{moe_gemm_mf4_kernel<true>,
                                "cudaFuncSetAttribute(moe_gemm_mf4)",
                                "moe_mlp1_swiglu_mf4_gemm",
                                "moe_mlp2_mf4_gemm",
+                               "moe_mlp1_swiglu_mf4_gemm_bf16",
+                               "moe_mlp2_mf4_gemm_f32",
                                kGemmSmemBytes,
                                kGemmThreads,
                                kGemmCols};

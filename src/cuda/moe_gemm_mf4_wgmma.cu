@@ -221,6 +221,8 @@ const MoeGemmFamily kWgmmaFamily{moe_gemm_mf4_wgmma_kernel<true>,
                                  "cudaFuncSetAttribute(moe_gemm_mf4_wgmma)",
                                  "moe_mlp1_swiglu_mf4_wgmma",
                                  "moe_mlp2_mf4_wgmma",
+                                 "moe_mlp1_swiglu_mf4_wgmma_bf16",
+                                 "moe_mlp2_mf4_wgmma_f32",
                                  kWgSmemBytes,
                                  kWgThreads,
                                  kWgCols};
