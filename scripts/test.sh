@@ -51,7 +51,7 @@ else
   cmake -S . -B "$cuda_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$nvcc" \
     -DMIND4_CUDA_PTX=OFF -DMIND4_UNITY=OFF -DMIND4_TESTS=ON -DMIND4_BENCH=ON >/dev/null
   mapfile -t cuda_objects < <(ninja -C "$cuda_dir" -t targets all |
-    grep -oE '^[^:]*(\.cu\.o|/cuda_[a-z_]*\.cpp\.o|/bench_cuda\.cpp\.o)' | sort -u)
+    grep -oE '^[^:]*(\.cu\.o|/cuda_[a-z_]*\.cpp\.o|/bench_cuda\.cpp\.o|/kernel_trace\.cpp\.o)' | sort -u)
   if ((${#cuda_objects[@]} == 0)); then
     echo "CUDA compile check: FAILED, nvcc found at $nvcc but CMake configured no CUDA sources" >&2
     exit 1
