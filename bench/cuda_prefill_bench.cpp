@@ -9,6 +9,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -51,10 +52,13 @@ BENCHMARK(BM_CudaFlashPrefill)->Arg(0)->Arg(128)->UseManualTime()->Unit(benchmar
 // The experts of one layer at prefill size: 2048 rows, 4 experts each. Args: 1 = mlp1 + SwiGLU,
 // 2 = mlp2 (the tile plan is made once, as a step shares it); routing 0 = spread evenly over the
 // 32 experts (256 rows each: whole tiles), 1 = each row's first expert drawn at random (uneven
-// counts and partial tiles, as a real step has); the kernel, 0 = mma.sync, 1 = warpgroup MMA.
+// counts and partial tiles, as a real step has); the kernel, 0 = mma.sync over 128 x 128 tiles,
+// 1 = warpgroup MMA, 2 = mma.sync over 128 x 256 tiles.
 void BM_CudaMoeGemmPrefill(benchmark::State& state) {
   if (!cb::gpu_present(state)) return;
   const int B = 2048, A = B * kPbK, which = int(state.range(0));
+  using V = mind4::cuda::MoeGemmVariant;
+  const V variant = std::array{V::kMma, V::kWgmma, V::kMmaWide}[state.range(2)];
   // Filling 400 MB of random weights takes seconds: once per process (never freed).
   struct Weights {
     DeviceBuffer b1, s1, b2, s2, bias1, bias2, x, act;
@@ -85,14 +89,15 @@ void BM_CudaMoeGemmPrefill(benchmark::State& state) {
   DeviceBuffer act_out(size_t(A) * kPbI * 2), y(size_t(A) * kPbH * 4);
   cb::time_launches(state, 5, [&] {
     if (which == 1)
-      (state.range(2) ? mind4::cuda::moe_mlp1_swiglu_mf4_wgmma
-                      : mind4::cuda::moe_mlp1_swiglu_mf4_gemm)(
-          ActType::kBF16, x.data(), b1.data<uint8_t>(), s1.data<uint8_t>(), bias1.data<float>(),
-          groups, plan.data<int>(), A, kPbE, kPbH, kPbI, 7.0f, act_out.data(), nullptr);
+      mind4::cuda::moe_mlp1_swiglu_mf4_gemm(variant, ActType::kBF16, x.data(), b1.data<uint8_t>(),
+                                            s1.data<uint8_t>(), bias1.data<float>(), groups,
+                                            plan.data<int>(), A, kPbE, kPbH, kPbI, 7.0f,
+                                            act_out.data(), nullptr);
     else
-      (state.range(2) ? mind4::cuda::moe_mlp2_mf4_wgmma : mind4::cuda::moe_mlp2_mf4_gemm)(
-          ActType::kBF16, act.data(), b2.data<uint8_t>(), s2.data<uint8_t>(), bias2.data<float>(),
-          groups, plan.data<int>(), A, kPbE, kPbH, kPbI, y.data<float>(), nullptr);
+      mind4::cuda::moe_mlp2_mf4_gemm(variant, ActType::kBF16, act.data(), b2.data<uint8_t>(),
+                                     s2.data<uint8_t>(), bias2.data<float>(), groups,
+                                     plan.data<int>(), A, kPbE, kPbH, kPbI, y.data<float>(),
+                                     nullptr);
   });
   const double n = which == 1 ? 2.0 * kPbI : double(kPbH), k = which == 1 ? kPbH : kPbI;
   cb::set_flops_per_second(state, 2.0 * A * n * k);
@@ -106,6 +111,10 @@ BENCHMARK(BM_CudaMoeGemmPrefill)
     ->Args({2, 0, 1})
     ->Args({1, 1, 1})
     ->Args({2, 1, 1})
+    ->Args({1, 0, 2})
+    ->Args({2, 0, 2})
+    ->Args({1, 1, 2})
+    ->Args({2, 1, 2})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 

@@ -157,16 +157,17 @@ TEST_F(CudaPrefillTest, GroupedMxfp4GemmMatchesCpu) {
     const auto w2 = prefill_decode(b2, s2, int64_t(E) * H * I);
     auto d_plan = poisoned(size_t(1 + 2 * cuda::moe_tile_plan_capacity(A, E)) * 4);
     cuda::moe_tile_plan(g.offsets, E, d_plan.data<int>(), nullptr);
-    // Both kernels: mma.sync everywhere, the warpgroup-MMA one on Hopper.
-    for (const bool wgmma : {false, true}) {
-      if (wgmma && !cuda::moe_gemm_wgmma_supported()) continue;
+    // Every kernel: the mma.sync ones everywhere, the warpgroup-MMA one on Hopper.
+    using V = cuda::MoeGemmVariant;
+    for (const V v : {V::kMma, V::kMmaWide, V::kWgmma}) {
+      if (v == V::kWgmma && !cuda::moe_gemm_wgmma_supported()) continue;
       auto d_act = poisoned(size_t(A) * I * 2), d_y = poisoned(size_t(A) * H * 4);
-      (wgmma ? cuda::moe_mlp1_swiglu_mf4_wgmma : cuda::moe_mlp1_swiglu_mf4_gemm)(
-          t, d_x.data(), d_b1.data<uint8_t>(), d_s1.data<uint8_t>(), d_bias1.data<float>(), g,
-          d_plan.data<int>(), A, E, H, I, limit, d_act.data(), nullptr);
-      (wgmma ? cuda::moe_mlp2_mf4_wgmma : cuda::moe_mlp2_mf4_gemm)(
-          t, d_act.data(), d_b2.data<uint8_t>(), d_s2.data<uint8_t>(), d_bias2.data<float>(), g,
-          d_plan.data<int>(), A, E, H, I, d_y.data<float>(), nullptr);
+      cuda::moe_mlp1_swiglu_mf4_gemm(v, t, d_x.data(), d_b1.data<uint8_t>(), d_s1.data<uint8_t>(),
+                                     d_bias1.data<float>(), g, d_plan.data<int>(), A, E, H, I,
+                                     limit, d_act.data(), nullptr);
+      cuda::moe_mlp2_mf4_gemm(v, t, d_act.data(), d_b2.data<uint8_t>(), d_s2.data<uint8_t>(),
+                              d_bias2.data<float>(), g, d_plan.data<int>(), A, E, H, I,
+                              d_y.data<float>(), nullptr);
       const auto act = download_act(d_act, size_t(A) * I, t);
       const auto y = download<float>(d_y, size_t(A) * H);
       // mlp1 from x; mlp2 from the device's own act (the two checks are independent).
@@ -191,9 +192,10 @@ TEST_F(CudaPrefillTest, GroupedMxfp4GemmMatchesCpu) {
       }
       EXPECT_LT(rel_error(act_got, act_want), 1e-2)
           << "mlp1 B=" << B << " K=" << K << " E=" << E << " H=" << H << " I=" << I
-          << " wgmma=" << wgmma;
-      EXPECT_LT(rel_error(y_got, y_want), 1e-5) << "mlp2 B=" << B << " K=" << K << " E=" << E
-                                                << " H=" << H << " I=" << I << " wgmma=" << wgmma;
+          << " variant=" << int(v);
+      EXPECT_LT(rel_error(y_got, y_want), 1e-5)
+          << "mlp2 B=" << B << " K=" << K << " E=" << E << " H=" << H << " I=" << I
+          << " variant=" << int(v);
     }
   }
 }
@@ -203,17 +205,27 @@ TEST_F(CudaPrefillTest, GroupedMxfp4GemmRejectsBadArguments) {
   const cuda::MoeGroups g{buf.data<int>(), buf.data<int>(), buf.data<int>(), buf.data<int>(),
                           buf.data<int>()};
   const auto* u8 = buf.data<uint8_t>();
+  using V = cuda::MoeGemmVariant;
   EXPECT_THROW(
-      cuda::moe_mlp1_swiglu_mf4_gemm(ActType::kF32, buf.data(), u8, u8, buf.data<float>(), g,
-                                     buf.data<int>(), 4, 2, 64, 64, 7.0f, buf.data(), nullptr),
+      cuda::moe_mlp1_swiglu_mf4_gemm(V::kMma, ActType::kF32, buf.data(), u8, u8, buf.data<float>(),
+                                     g, buf.data<int>(), 4, 2, 64, 64, 7.0f, buf.data(), nullptr),
       Error);  // f32 keeps the expanded route
-  EXPECT_THROW(cuda::moe_mlp2_mf4_gemm(ActType::kBF16, buf.data(), u8, u8, buf.data<float>(), g,
-                                       buf.data<int>(), 4, 2, 48, 64, buf.data<float>(), nullptr),
-               Error);  // H not a multiple of 32
-  EXPECT_THROW(cuda::moe_mlp2_mf4_wgmma(ActType::kF32, buf.data(), u8, u8, buf.data<float>(), g,
-                                        buf.data<int>(), 4, 2, 64, 64, buf.data<float>(), nullptr),
-               Error);  // f32 (and, off Hopper, any dtype)
+  EXPECT_THROW(
+      cuda::moe_mlp2_mf4_gemm(V::kMmaWide, ActType::kBF16, buf.data(), u8, u8, buf.data<float>(), g,
+                              buf.data<int>(), 4, 2, 48, 64, buf.data<float>(), nullptr),
+      Error);  // H not a multiple of 32
+  EXPECT_THROW(
+      cuda::moe_mlp2_mf4_gemm(V::kWgmma, ActType::kF32, buf.data(), u8, u8, buf.data<float>(), g,
+                              buf.data<int>(), 4, 2, 64, 64, buf.data<float>(), nullptr),
+      Error);  // f32 (and, off Hopper, any dtype)
   EXPECT_THROW(cuda::moe_tile_plan(nullptr, 4, buf.data<int>(), nullptr), Error);
+  EXPECT_EQ(cuda::moe_gemm_variant_named("mma256"), V::kMmaWide);
+  try {
+    cuda::moe_gemm_variant_named("mma512");
+    ADD_FAILURE() << "an unknown kernel name was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'mma512'"), std::string::npos) << e.what();
+  }
 }
 
 // The whole model in bf16 mode: the prefill route of these kernels (one step through the fused

@@ -169,10 +169,10 @@ class CudaBackend final : public StepBackend {
       // only its tile plan; f32 mode (and bf16 experts) keep the expanded route.
       grouped_gemm_ = act_ == ActType::kBF16 && dm_.experts_mxfp4 && H % 32 == 0 && I % 32 == 0;
       if (grouped_gemm_) {
-        // The mma.sync kernel (the faster one so far, see docs/perf-notes.md);
-        // MIND4_CUDA_MOE_GEMM=wgmma picks the warpgroup-MMA one on Hopper (for comparisons).
+        // The mma.sync kernel (the fastest so far, see docs/perf-notes.md);
+        // MIND4_CUDA_MOE_GEMM=mma256 | wgmma picks another one (for comparisons).
         const char* v = std::getenv("MIND4_CUDA_MOE_GEMM");
-        gemm_wgmma_ = cuda::moe_gemm_wgmma_supported() && v && std::string(v) == "wgmma";
+        gemm_variant_ = v && *v ? cuda::moe_gemm_variant_named(v) : cuda::MoeGemmVariant::kMma;
         tile_plan_ = dev((1 + 2 * int64_t(cuda::moe_tile_plan_capacity(int(A), int(E)))) * 4,
                          "cudaMalloc (prefill scratch)");
       } else {
@@ -499,13 +499,13 @@ class CudaBackend final : public StepBackend {
       if (dm_.experts_mxfp4 && tensor_route && grouped_gemm_) {
         const int* plan = tile_plan_.data<int>();
         cuda::moe_tile_plan(groups_.offsets, E, tile_plan_.data<int>(), s);
-        (gemm_wgmma_ ? cuda::moe_mlp1_swiglu_mf4_wgmma : cuda::moe_mlp1_swiglu_mf4_gemm)(
-            act_, t, lw.mlp1_blocks, lw.mlp1_scales, lw.mlp1_b, groups_, plan, A, E, H, I,
-            c_.swiglu_limit, act_buf_.data(), s);
+        cuda::moe_mlp1_swiglu_mf4_gemm(gemm_variant_, act_, t, lw.mlp1_blocks, lw.mlp1_scales,
+                                       lw.mlp1_b, groups_, plan, A, E, H, I, c_.swiglu_limit,
+                                       act_buf_.data(), s);
         mark("moe_mlp1_gemm");
-        (gemm_wgmma_ ? cuda::moe_mlp2_mf4_wgmma : cuda::moe_mlp2_mf4_gemm)(
-            act_, act_buf_.data(), lw.mlp2_blocks, lw.mlp2_scales, lw.mlp2_b, groups_, plan, A, E,
-            H, I, y_.data<float>(), s);
+        cuda::moe_mlp2_mf4_gemm(gemm_variant_, act_, act_buf_.data(), lw.mlp2_blocks,
+                                lw.mlp2_scales, lw.mlp2_b, groups_, plan, A, E, H, I,
+                                y_.data<float>(), s);
         mark("moe_mlp2_gemm");
       } else if (dm_.experts_mxfp4 && tensor_route) {
         moe_expanded(lw, B);
@@ -613,7 +613,8 @@ class CudaBackend final : public StepBackend {
   DeviceBuffer k_cache_, v_cache_, x_, t32_, t_, qkv_, attn_, proj_, gate_, topk_e_, topk_w_,
       groups_buf_, act_buf_, y_, partial_, final_, logits_, meta_, blas_ws_, rope_;
   DeviceBuffer xg_, hbuf_, wbuf_, scores_, tile_plan_;  // tensor-core route (large steps) only
-  bool tensor_route_ = false, grouped_gemm_ = false, gemm_wgmma_ = false, flash_prefill_ = false;
+  bool tensor_route_ = false, grouped_gemm_ = false, flash_prefill_ = false;
+  cuda::MoeGemmVariant gemm_variant_ = cuda::MoeGemmVariant::kMma;
   DeviceBuffer xq_, xd_, aq_, ad_;  // int8 decode route (bf16 mode) only
   DeviceBuffer router_done_;        // router_group's block counter (fused decode)
   DeviceBuffer combine_done_;       // the folded chain's mlp2 tile counters

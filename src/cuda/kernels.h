@@ -11,6 +11,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
 
 namespace mind4::cuda {
 
@@ -162,24 +163,21 @@ void moe_bias_add(float* y, const float* bias, const int* group_expert, int A, i
 // H % 32 == 0, I % 32 == 0.
 int moe_tile_plan_capacity(int A, int E);
 void moe_tile_plan(const int* offsets, int E, int* plan, cudaStream_t stream);
-void moe_mlp1_swiglu_mf4_gemm(ActType t, const void* x, const uint8_t* blocks,
+// The kernel that runs them (same plan, arguments and results; docs/perf-notes.md compares
+// them): mma.sync over tiles of 128 assignments x 128 weight rows (the default), the same over
+// 128 x 256 (kMmaWide), or Hopper's warpgroup MMA (kWgmma, moe_gemm_mf4_wgmma.cu; refused off
+// compute capability 9.x, see moe_gemm_wgmma_supported). moe_gemm_variant_named: "mma", "mma256"
+// or "wgmma"; anything else throws, naming the value.
+enum class MoeGemmVariant { kMma, kMmaWide, kWgmma };
+MoeGemmVariant moe_gemm_variant_named(const std::string& name);
+bool moe_gemm_wgmma_supported();
+void moe_mlp1_swiglu_mf4_gemm(MoeGemmVariant v, ActType t, const void* x, const uint8_t* blocks,
                               const uint8_t* scales, const float* bias, MoeGroups g,
                               const int* plan, int A, int E, int H, int I, float limit,
                               void* act_out, cudaStream_t stream);
-void moe_mlp2_mf4_gemm(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
-                       const float* bias, MoeGroups g, const int* plan, int A, int E, int H, int I,
-                       float* y, cudaStream_t stream);
-// moe_gemm_mf4_wgmma.cu: the same two products on Hopper's warpgroup MMA (sm_90a; the same plan,
-// arguments and results). moe_gemm_wgmma_supported: the current device is a compute capability 9.x
-// card; the launchers refuse others.
-bool moe_gemm_wgmma_supported();
-void moe_mlp1_swiglu_mf4_wgmma(ActType t, const void* x, const uint8_t* blocks,
-                               const uint8_t* scales, const float* bias, MoeGroups g,
-                               const int* plan, int A, int E, int H, int I, float limit,
-                               void* act_out, cudaStream_t stream);
-void moe_mlp2_mf4_wgmma(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
-                        const float* bias, MoeGroups g, const int* plan, int A, int E, int H, int I,
-                        float* y, cudaStream_t stream);
+void moe_mlp2_mf4_gemm(MoeGemmVariant v, ActType t, const void* act, const uint8_t* blocks,
+                       const uint8_t* scales, const float* bias, MoeGroups g, const int* plan,
+                       int A, int E, int H, int I, float* y, cudaStream_t stream);
 
 // ---- moe_dense.cu: the same two products for experts stored as act matrices (checkpoints with
 // bf16/f32 experts): w1 [E, 2I, H], w2 [E, H, I]. A is the number of assignments.

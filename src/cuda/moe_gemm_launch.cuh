@@ -80,14 +80,14 @@ __device__ __forceinline__ void moe_gemm_store(const float* a, const float* __re
   }
 }
 
-using MoeGemmKernel = void (*)(const __nv_bfloat16*, const int*, const uint8_t*, const uint8_t*,
-                               const float*, const int*, const int*, int, int, float, void*);
+using MoeGemmKernelFn = void (*)(const __nv_bfloat16*, const int*, const uint8_t*, const uint8_t*,
+                                 const float*, const int*, const int*, int, int, float, void*);
 
 // out = the grouped product of a (rows a_rows[...], or a's own rows) and the packed weights: grid
 // (max_tiles, N / cols), `threads` a block. The shared-memory limit is set per launch (about a
 // microsecond; a prefill step has two per layer): it belongs to the kernel on the current device,
 // and a function-local flag would race between threads.
-inline void launch_moe_gemm(MoeGemmKernel kernel, const char* name, size_t smem, int threads,
+inline void launch_moe_gemm(MoeGemmKernelFn kernel, const char* name, size_t smem, int threads,
                             int cols, const void* a, const int* a_rows, const uint8_t* blocks,
                             const uint8_t* scales, const float* bias, const int* offsets,
                             const int* plan, int max_tiles, int N, int K, float limit, void* out,
@@ -101,13 +101,16 @@ inline void launch_moe_gemm(MoeGemmKernel kernel, const char* name, size_t smem,
 // One grouped-GEMM kernel family: its instance for mlp1 (+ clamped SwiGLU, act out) and for mlp2
 // (f32 out), their launch shape, and the names its errors carry.
 struct MoeGemmFamily {
-  MoeGemmKernel swiglu, plain;
+  MoeGemmKernelFn swiglu, plain;
   const char* attribute;                  // "cudaFuncSetAttribute(<kernel>)"
   const char *mlp1, *mlp2;                // the public launchers' names
   const char *mlp1_launch, *mlp2_launch;  // what a failed launch is called
   size_t smem;
   int threads, cols;
 };
+
+// moe_gemm_mf4_wgmma.cu's family (its kernels are built for sm_90a only).
+const MoeGemmFamily& moe_wgmma_family();
 
 // The public launchers of a family: argument checks, then the product over the tile plan.
 inline void moe_mlp1_grouped(const MoeGemmFamily& f, ActType t, const void* x,

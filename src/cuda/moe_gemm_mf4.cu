@@ -20,12 +20,16 @@ namespace mind4::cuda {
 namespace {
 
 constexpr int kGemmRows = 128;  // assignments per tile (BM)
-constexpr int kGemmCols = 128;  // weight rows per tile (BN)
 constexpr int kGemmK = 64;      // k per pipeline step: two MXFP4 blocks
 constexpr int kGemmThreads = 256;
 constexpr int kGemmStride = kGemmK + 8;  // bf16 per shared row: 16 bytes of padding for ldmatrix
-constexpr size_t kGemmTileBytes = size_t(kGemmRows) * kGemmStride * 2;
-constexpr size_t kGemmSmemBytes = 4 * kGemmTileBytes + 256 * 4;  // A and W, two stages; the table
+// A and W tiles of two stages, then the byte table. kCols weight rows per tile (BN): 128 (warps
+// of 64 x 32, two blocks per multiprocessor; the default) or 256 (warps of 64 x 64: 16
+// multiply-adds per byte that ldmatrix moves instead of 10.7, but one block of 8 warps per
+// multiprocessor, which left the latencies unhidden and measured slower; docs/perf-notes.md).
+constexpr size_t gemm_smem_bytes(int cols) {
+  return 2 * size_t(kGemmRows + cols) * kGemmStride * 2 + 256 * 4;
+}
 
 __constant__ float kGemmE2M1[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
                                     -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
@@ -46,23 +50,27 @@ __global__ void moe_tile_plan_kernel(const int* __restrict__ offsets, int E,
 // out = A W^T per tile: A rows a of the grouped assignments (activation row a_rows[a] of `a`
 // when a_rows is given, else row a), W [E, N, K] in MXFP4. kSwiglu: out is act bf16 [*, N/2]
 // (clamped SwiGLU of the interleaved pairs plus bias); else out is f32 [*, N] plus bias.
-template <bool kSwiglu>
-__global__ void __launch_bounds__(kGemmThreads, 2)
+template <bool kSwiglu, int kCols>
+__global__ void __launch_bounds__(kGemmThreads, kCols == 128 ? 2 : 1)
     moe_gemm_mf4_kernel(const __nv_bfloat16* __restrict__ a, const int* __restrict__ a_rows,
                         const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
                         const float* __restrict__ bias, const int* __restrict__ offsets,
                         const int* __restrict__ plan, int N, int K, float limit,
                         void* __restrict__ out) {
   using bf16 = __nv_bfloat16;
+  static_assert(kCols == 128 || kCols == 256, "column tiles of 128 or 256 weight rows");
+  constexpr int kWarpCols = kCols / 4;  // 2 x 4 warps: 64 rows x kWarpCols columns each
+  constexpr int kNt = kWarpCols / 8;    // 8-column MMA tiles per warp
+  constexpr int kWBlocks = 2 * kCols / kGemmThreads;  // MXFP4 blocks a thread expands per step
   if (int(blockIdx.x) >= plan[0]) return;
   extern __shared__ __align__(16) unsigned char gemm_smem[];
-  bf16* as = reinterpret_cast<bf16*>(gemm_smem);                                  // [2][BM][stride]
-  bf16* ws = as + 2 * kGemmRows * kGemmStride;                                    // [2][BN][stride]
-  uint32_t* lut = reinterpret_cast<uint32_t*>(ws + 2 * kGemmCols * kGemmStride);  // [256]
+  bf16* as = reinterpret_cast<bf16*>(gemm_smem);                              // [2][BM][stride]
+  bf16* ws = as + 2 * kGemmRows * kGemmStride;                                // [2][BN][stride]
+  uint32_t* lut = reinterpret_cast<uint32_t*>(ws + 2 * kCols * kGemmStride);  // [256]
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int e = plan[1 + 2 * blockIdx.x], row0 = plan[2 + 2 * blockIdx.x];
   const int rows = min(kGemmRows, offsets[e + 1] - row0);
-  const int n0 = blockIdx.y * kGemmCols, KB = K / 32, k_steps = (KB + 1) / 2;
+  const int n0 = blockIdx.y * kCols, KB = K / 32, k_steps = (KB + 1) / 2;
 
   // Byte -> (low nibble, high nibble) as a bf16 pair (exact: e2m1 values have 2 significant bits).
   {
@@ -90,34 +98,40 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
     }
     cp_async_commit();
   };
-  // Weights: thread = (weight row, which of the step's two blocks). Rows past N repeat row N-1.
-  const int w_row = tid >> 1, w_half = tid & 1;
+  // Weights: thread = (weight row, kWBlocks of the step's two blocks from w_half on). Rows past N
+  // repeat row N-1.
+  const int w_row = tid * kWBlocks / 2, w_half = tid * kWBlocks % 2;
   const int64_t w_block0 = (int64_t(e) * N + min(n0 + w_row, N - 1)) * KB + w_half;
-  uint4 wq = make_uint4(0, 0, 0, 0);
-  uint32_t wsc = 0;
+  uint4 wq[kWBlocks];
+  uint32_t wsc[kWBlocks];
   auto load_w = [&](int step) {
-    const int kb = 2 * step + w_half;
-    if (kb < KB) {
-      wq = *reinterpret_cast<const uint4*>(blocks + (w_block0 + 2 * step) * 16);
-      wsc = scales[w_block0 + 2 * step];
-    } else {
-      wq = make_uint4(0, 0, 0, 0);  // the missing half of a K % 64 == 32 tail: zeros
-      wsc = 0;
+#pragma unroll
+    for (int j = 0; j < kWBlocks; ++j) {
+      if (2 * step + w_half + j < KB) {
+        wq[j] = *reinterpret_cast<const uint4*>(blocks + (w_block0 + 2 * step + j) * 16);
+        wsc[j] = scales[w_block0 + 2 * step + j];
+      } else {
+        wq[j] = make_uint4(0, 0, 0, 0);  // the missing half of a K % 64 == 32 tail: zeros
+        wsc[j] = 0;
+      }
     }
   };
   auto expand_w = [&](int buf) {
-    uint4* dst =
-        reinterpret_cast<uint4*>(ws + (buf * kGemmCols + w_row) * kGemmStride + w_half * 32);
-    moe_expand_mf4_block(wq, wsc, lut, [&](int q, uint4 v) { dst[q] = v; });
+#pragma unroll
+    for (int j = 0; j < kWBlocks; ++j) {
+      uint4* dst =
+          reinterpret_cast<uint4*>(ws + (buf * kCols + w_row) * kGemmStride + (w_half + j) * 32);
+      moe_expand_mf4_block(wq[j], wsc[j], lut, [&](int q, uint4 v) { dst[q] = v; });
+    }
   };
 
-  float acc[4][4][4];
+  float acc[4][kNt][4];
 #pragma unroll
   for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
+    for (int nt = 0; nt < kNt; ++nt)
       acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
-  const int wm = warp >> 2, wn = warp & 3;  // 2 x 4 warps: 64 rows x 32 columns each
+  const int wm = warp >> 2, wn = warp & 3;
   const int mi = lane >> 3, ri = lane & 7;
 
   copy_a(0, 0);
@@ -134,12 +148,12 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
       load_w(step + 1);
     }
     const bf16* at = as + (buf * kGemmRows + wm * 64) * kGemmStride;
-    const bf16* wt = ws + (buf * kGemmCols + wn * 32) * kGemmStride;
+    const bf16* wt = ws + (buf * kCols + wn * kWarpCols) * kGemmStride;
 #pragma unroll
     for (int kk = 0; kk < kGemmK / 16; ++kk) {
-      uint32_t bfr[4][2];
+      uint32_t bfr[kNt][2];
 #pragma unroll
-      for (int nt = 0; nt < 4; nt += 2) {
+      for (int nt = 0; nt < kNt; nt += 2) {
         uint32_t b[4];
         ldmatrix_x4(b, wt + (8 * (nt + (mi >> 1)) + ri) * kGemmStride + 16 * kk + 8 * (mi & 1));
         bfr[nt][0] = b[0];
@@ -152,7 +166,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
         uint32_t af[4];
         ldmatrix_x4(af, at + (16 * mt + (lane & 15)) * kGemmStride + 16 * kk + 8 * (lane >> 4));
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) mma_bf16_16816(acc[mt][nt], af, bfr[nt][0], bfr[nt][1]);
+        for (int nt = 0; nt < kNt; ++nt) mma_bf16_16816(acc[mt][nt], af, bfr[nt][0], bfr[nt][1]);
       }
     }
     if (more) expand_w(buf ^ 1);
@@ -163,24 +177,41 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
 #pragma unroll
   for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      const int n = n0 + wn * 32 + nt * 8 + c2;
+    for (int nt = 0; nt < kNt; ++nt) {
+      const int n = n0 + wn * kWarpCols + nt * 8 + c2;
       const int r_lo = wm * 64 + mt * 16 + (lane >> 2);
       if (n >= N) continue;
       moe_gemm_store<kSwiglu>(acc[mt][nt], bias, e, n, N, r_lo, rows, row0, lane, limit, out);
     }
 }
 
-const MoeGemmFamily kMmaFamily{moe_gemm_mf4_kernel<true>,
-                               moe_gemm_mf4_kernel<false>,
+template <int kCols>
+const MoeGemmFamily kMmaFamily{moe_gemm_mf4_kernel<true, kCols>,
+                               moe_gemm_mf4_kernel<false, kCols>,
                                "cudaFuncSetAttribute(moe_gemm_mf4)",
                                "moe_mlp1_swiglu_mf4_gemm",
                                "moe_mlp2_mf4_gemm",
                                "moe_mlp1_swiglu_mf4_gemm_bf16",
                                "moe_mlp2_mf4_gemm_f32",
-                               kGemmSmemBytes,
+                               gemm_smem_bytes(kCols),
                                kGemmThreads,
-                               kGemmCols};
+                               kCols};
+
+// The family of a variant; the wgmma one only on a Hopper card (its kernels are sm_90a code).
+const MoeGemmFamily& family_of(MoeGemmVariant v, const char* launcher) {
+  switch (v) {
+    case MoeGemmVariant::kMma:
+      return kMmaFamily<128>;
+    case MoeGemmVariant::kMmaWide:
+      return kMmaFamily<256>;
+    case MoeGemmVariant::kWgmma:
+      MIND4_CUDA_ARG(moe_gemm_wgmma_supported(), launcher,
+                     "the wgmma kernel needs a Hopper (compute capability 9.x) card");
+      return moe_wgmma_family();
+  }
+  MIND4_CUDA_ARG(false, launcher, "unknown kernel variant ", int(v));
+  return kMmaFamily<128>;
+}
 
 }  // namespace
 
@@ -195,18 +226,28 @@ void moe_tile_plan(const int* offsets, int E, int* plan, cudaStream_t stream) {
   check_launch("moe_tile_plan_i32");
 }
 
-void moe_mlp1_swiglu_mf4_gemm(ActType t, const void* x, const uint8_t* blocks,
+MoeGemmVariant moe_gemm_variant_named(const std::string& name) {
+  if (name == "mma") return MoeGemmVariant::kMma;
+  if (name == "mma256") return MoeGemmVariant::kMmaWide;
+  if (name == "wgmma") return MoeGemmVariant::kWgmma;
+  MIND4_CUDA_ARG(false, "moe_gemm_variant_named", "unknown grouped GEMM kernel '", name,
+                 "' (mma | mma256 | wgmma)");
+  return MoeGemmVariant::kMma;
+}
+
+void moe_mlp1_swiglu_mf4_gemm(MoeGemmVariant v, ActType t, const void* x, const uint8_t* blocks,
                               const uint8_t* scales, const float* bias, MoeGroups g,
                               const int* plan, int A, int E, int H, int I, float limit,
                               void* act_out, cudaStream_t stream) {
-  moe_mlp1_grouped(kMmaFamily, t, x, blocks, scales, bias, g, plan, A, E, H, I, limit, act_out,
-                   stream);
+  moe_mlp1_grouped(family_of(v, "moe_mlp1_swiglu_mf4_gemm"), t, x, blocks, scales, bias, g, plan, A,
+                   E, H, I, limit, act_out, stream);
 }
 
-void moe_mlp2_mf4_gemm(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
-                       const float* bias, MoeGroups g, const int* plan, int A, int E, int H, int I,
-                       float* y, cudaStream_t stream) {
-  moe_mlp2_grouped(kMmaFamily, t, act, blocks, scales, bias, g, plan, A, E, H, I, y, stream);
+void moe_mlp2_mf4_gemm(MoeGemmVariant v, ActType t, const void* act, const uint8_t* blocks,
+                       const uint8_t* scales, const float* bias, MoeGroups g, const int* plan,
+                       int A, int E, int H, int I, float* y, cudaStream_t stream) {
+  moe_mlp2_grouped(family_of(v, "moe_mlp2_mf4_gemm"), t, act, blocks, scales, bias, g, plan, A, E,
+                   H, I, y, stream);
 }
 
 }  // namespace mind4::cuda

@@ -216,23 +216,21 @@ __global__ void __launch_bounds__(kWgThreads, 2)
 #endif
 }
 
-const MoeGemmFamily kWgmmaFamily{moe_gemm_mf4_wgmma_kernel<true>,
-                                 moe_gemm_mf4_wgmma_kernel<false>,
-                                 "cudaFuncSetAttribute(moe_gemm_mf4_wgmma)",
-                                 "moe_mlp1_swiglu_mf4_wgmma",
-                                 "moe_mlp2_mf4_wgmma",
-                                 "moe_mlp1_swiglu_mf4_wgmma_bf16",
-                                 "moe_mlp2_mf4_wgmma_f32",
-                                 kWgSmemBytes,
-                                 kWgThreads,
-                                 kWgCols};
-
-void check_hopper(const char* launcher) {
-  MIND4_CUDA_ARG(moe_gemm_wgmma_supported(), launcher,
-                 "this GPU is not a Hopper (compute capability 9.x) card");
-}
-
 }  // namespace
+
+const MoeGemmFamily& moe_wgmma_family() {
+  static const MoeGemmFamily family{moe_gemm_mf4_wgmma_kernel<true>,
+                                    moe_gemm_mf4_wgmma_kernel<false>,
+                                    "cudaFuncSetAttribute(moe_gemm_mf4_wgmma)",
+                                    "moe_mlp1_swiglu_mf4_wgmma",
+                                    "moe_mlp2_mf4_wgmma",
+                                    "moe_mlp1_swiglu_mf4_wgmma_bf16",
+                                    "moe_mlp2_mf4_wgmma_f32",
+                                    kWgSmemBytes,
+                                    kWgThreads,
+                                    kWgCols};
+  return family;
+}
 
 bool moe_gemm_wgmma_supported() {
   static const bool hopper = [] {
@@ -242,22 +240,6 @@ bool moe_gemm_wgmma_supported() {
            p.major == 9;
   }();
   return hopper;
-}
-
-void moe_mlp1_swiglu_mf4_wgmma(ActType t, const void* x, const uint8_t* blocks,
-                               const uint8_t* scales, const float* bias, MoeGroups g,
-                               const int* plan, int A, int E, int H, int I, float limit,
-                               void* act_out, cudaStream_t stream) {
-  check_hopper(kWgmmaFamily.mlp1);
-  moe_mlp1_grouped(kWgmmaFamily, t, x, blocks, scales, bias, g, plan, A, E, H, I, limit, act_out,
-                   stream);
-}
-
-void moe_mlp2_mf4_wgmma(ActType t, const void* act, const uint8_t* blocks, const uint8_t* scales,
-                        const float* bias, MoeGroups g, const int* plan, int A, int E, int H, int I,
-                        float* y, cudaStream_t stream) {
-  check_hopper(kWgmmaFamily.mlp2);
-  moe_mlp2_grouped(kWgmmaFamily, t, act, blocks, scales, bias, g, plan, A, E, H, I, y, stream);
 }
 
 }  // namespace mind4::cuda

@@ -47,10 +47,9 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
   while (cuptiActivityGetNextRecord(buffer, valid, &record) == CUPTI_SUCCESS) {
     if (record->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) continue;
     const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(record);
-    records->push_back({k->start, k->end, k->graphNodeId, k->streamId, k->graphId,
-                        k->correlationId, k->gridX * k->gridY * k->gridZ,
-                        k->blockX * k->blockY * k->blockZ, k->registersPerThread,
-                        k->name ? k->name : "?"});
+    records->push_back({k->start, k->end, k->graphNodeId, k->streamId, k->graphId, k->correlationId,
+                        k->gridX * k->gridY * k->gridZ, k->blockX * k->blockY * k->blockZ,
+                        k->registersPerThread, k->name ? k->name : "?"});
   }
   size_t dropped = 0;
   cuptiActivityGetNumDroppedRecords(nullptr, 0, &dropped);
