@@ -92,9 +92,10 @@ BENCHMARK(BM_CudaExpertRoutePrefill)->Arg(2048)->UseManualTime()->Unit(benchmark
 
 // Attention decode: B sequences, one query row each, over `keys` cached positions (full
 // attention, flash-decoding splits as the backend picks them). Bytes: the K and V rows read once
-// (the per-head kernel reads them once per query head, mostly from L2). `grouped` picks the kernel
-// that reads each KV head once for its whole group (attention_decode_gqa.cu).
-void attention_decode_bench(benchmark::State& state, bool grouped) {
+// (the per-head kernel reads them once per query head, mostly from L2). `grouped` picks a kernel
+// that reads each KV head once for its whole group (attention_decode_gqa.cu): `which` of them.
+void attention_decode_bench(benchmark::State& state, bool grouped,
+                            mind4::cuda::DecodeAttnKernel which = {}) {
   if (!cb::gpu_present(state)) return;
   const int B = int(state.range(0)), keys = int(state.range(1));
   const int QKV = (kCbNH + 2 * kCbNKV) * kCbD;
@@ -111,11 +112,16 @@ void attention_decode_bench(benchmark::State& state, bool grouped) {
   DeviceBuffer partial(size_t(B) * kCbNH * splits * (kCbD + 2) * 4),
       out(size_t(B) * kCbNH * kCbD * 2);
   const mind4::cuda::KvLayer kv{k.data(), v.data(), keys};
-  auto* attention = grouped ? &mind4::cuda::attention_decode_gqa : &mind4::cuda::attention;
   cb::time_launches(state, 20, [&] {
-    attention(ActType::kBF16, qkv.data(), kCbNH, kCbNKV, kCbD, kv, d_pos.data<int>(),
-              d_slot.data<int>(), sinks.data<float>(), B, 0, 0.125f, splits, partial.data<float>(),
-              out.data(), nullptr);
+    if (grouped)
+      mind4::cuda::attention_decode_gqa(ActType::kBF16, qkv.data(), kCbNH, kCbNKV, kCbD, kv,
+                                        d_pos.data<int>(), d_slot.data<int>(), sinks.data<float>(),
+                                        B, 0, 0.125f, splits, partial.data<float>(), out.data(),
+                                        nullptr, which);
+    else
+      mind4::cuda::attention(ActType::kBF16, qkv.data(), kCbNH, kCbNKV, kCbD, kv, d_pos.data<int>(),
+                             d_slot.data<int>(), sinks.data<float>(), B, 0, 0.125f, splits,
+                             partial.data<float>(), out.data(), nullptr);
   });
   cb::set_bytes_per_second(state, 2.0 * double(cache) * 2);
   state.counters["splits"] = splits;
@@ -134,9 +140,21 @@ BENCHMARK(BM_CudaAttentionDecode)
     ->Unit(benchmark::kMicrosecond);
 
 void BM_CudaAttentionDecodeGqa(benchmark::State& state) {
-  attention_decode_bench(state, true);
+  attention_decode_bench(state, true, mind4::cuda::DecodeAttnKernel::kTensorCores);
 }
 BENCHMARK(BM_CudaAttentionDecodeGqa)
+    ->Args({1, 4096})
+    ->Args({16, 4096})
+    ->Args({64, 4096})
+    ->Args({1, 128})
+    ->Args({64, 128})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+void BM_CudaAttentionDecodeGqaCudaCores(benchmark::State& state) {
+  attention_decode_bench(state, true, mind4::cuda::DecodeAttnKernel::kCudaCores);
+}
+BENCHMARK(BM_CudaAttentionDecodeGqaCudaCores)
     ->Args({1, 4096})
     ->Args({16, 4096})
     ->Args({64, 4096})

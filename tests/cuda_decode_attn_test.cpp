@@ -5,7 +5,8 @@
 // Shapes: 1 row and 64 rows of different sequences and positions; positions 0, 1, window - 1,
 // window, far beyond the window; 4096 keys; NH = NKV, NH = 4 NKV (padded heads) and NH = 8 NKV;
 // D 16, 32, 64 and 128; the split count of the heuristic, one split, and more splits than a row
-// has tiles (splits without keys); both activation dtypes.
+// has tiles (splits without keys); both activation dtypes; in bf16 both kernels (tensor cores and
+// CUDA cores).
 #include <gtest/gtest.h>
 
 #include "mind4/status.h"
@@ -65,18 +66,36 @@ struct CudaDecodeAttnTest : ::testing::TestWithParam<ActType>, RandomInputs {
     const int splits =
         c.splits ? c.splits : cuda::attention_decode_gqa_splits(B, NKV, max_keys, 64);
     const std::string what = describe(c, splits);
-    auto d_qkv = upload(to_act(qkv, t)), d_k = upload(to_act(kc, t)), d_v = upload(to_act(vc, t));
-    auto d_sinks = upload(sinks), d_pos = upload(c.pos), d_slot = upload(c.slot);
+    const Inputs in{upload(to_act(qkv, t)), upload(to_act(kc, t)), upload(to_act(vc, t)),
+                    upload(sinks),          upload(c.pos),         upload(c.slot)};
+    const float scale = 1.0f / std::sqrt(float(D));
+    const auto want_all =
+        attention_ref(qkv, kc, vc, sinks, NH, NKV, D, c.P, c.pos, c.slot, c.window, scale);
+    using K = cuda::DecodeAttnKernel;
+    for (const K which : {K::kTensorCores, K::kCudaCores})
+      check_kernel(c, which, what + (which == K::kTensorCores ? " tensor cores" : " CUDA cores"),
+                   splits, max_keys, want_all, in);
+  }
+
+  struct Inputs {
+    cuda::DeviceBuffer qkv, k, v, sinks, pos, slot;
+  };
+
+  // One kernel on the uploaded inputs against the reference outputs (f32 mode runs the CUDA-core
+  // kernel for both).
+  void check_kernel(const Case& c, cuda::DecodeAttnKernel which, const std::string& what,
+                    int splits, int max_keys, const std::vector<double>& want_all,
+                    const Inputs& in) {
+    const ActType t = GetParam();
+    const int NH = c.NH, NKV = c.NKV, D = c.D, B = int(c.pos.size());
     auto d_partial = poisoned(size_t(B) * NH * splits * (D + 2) * 4);
     auto d_out = poisoned(size_t(B) * NH * D * 4);
     const float scale = 1.0f / std::sqrt(float(D));
-    cuda::attention_decode_gqa(t, d_qkv.data(), NH, NKV, D, {d_k.data(), d_v.data(), c.P},
-                               d_pos.data<int>(), d_slot.data<int>(), d_sinks.data<float>(), B,
+    cuda::attention_decode_gqa(t, in.qkv.data(), NH, NKV, D, {in.k.data(), in.v.data(), c.P},
+                               in.pos.data<int>(), in.slot.data<int>(), in.sinks.data<float>(), B,
                                c.window, scale, splits, d_partial.data<float>(), d_out.data(),
-                               nullptr);
+                               nullptr, which);
     const auto out = download_act(d_out, size_t(B) * NH * D, t);
-    const auto want_all =
-        attention_ref(qkv, kc, vc, sinks, NH, NKV, D, c.P, c.pos, c.slot, c.window, scale);
     double worst = 0;
     int worst_row = -1;
     for (int r = 0; r < B; ++r) {

@@ -22,6 +22,7 @@
 #include <cmath>
 
 #include "cuda/device_util.cuh"
+#include "cuda/flash_tile.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/pdl.cuh"
 
@@ -257,6 +258,115 @@ __global__ void __launch_bounds__(kGqaMaxWarps * 32)
   }
 }
 
+// bf16 mode: the same attention on tensor cores, one warp per block. The G query heads of the
+// KV head are the rows of one m16n8k16 tile (rows past G are zero and never stored), so a 64-key
+// tile costs 32 MMAs for the scores and 32 for the values (flash_tile.cuh, as in prefill), where
+// the CUDA-core kernel above spends about 3,800 dependent instructions a warp on 128 keys (ncu,
+// session 7: that chain, not memory, is its 10 us at short contexts).
+constexpr int kMmaTileKeys = 64;
+
+template <int DP>
+constexpr int mma_stride() {
+  return DP + 8;  // 16 bytes of padding: the eight rows of an ldmatrix in distinct banks
+}
+template <int DP>
+constexpr size_t mma_smem_bytes() {
+  return size_t(4) * kMmaTileKeys * mma_stride<DP>() * sizeof(__nv_bfloat16);
+}
+
+// DP: D rounded up to 32, 64 or 128 (dimensions >= D are zero in Q and K).
+template <int DP>
+__global__ void __launch_bounds__(32)
+    attention_decode_mma_kernel(const __nv_bfloat16* __restrict__ qkv, int NH, int NKV, int D,
+                                const __nv_bfloat16* __restrict__ kc,
+                                const __nv_bfloat16* __restrict__ vc, int positions,
+                                const int* __restrict__ pos, const int* __restrict__ slot,
+                                const float* __restrict__ sinks, int window, float scale_log2,
+                                int splits, float* __restrict__ partial,
+                                __nv_bfloat16* __restrict__ out) {
+  using bf16 = __nv_bfloat16;
+  constexpr int S = mma_stride<DP>(), KT = kMmaTileKeys;
+  extern __shared__ __align__(16) unsigned char mma_smem[];
+  bf16* ks = reinterpret_cast<bf16*>(mma_smem);  // [2][KT][S]
+  bf16* vs = ks + 2 * KT * S;                    // [2][KT][S]
+  pdl_trigger();
+  pdl_wait();
+  const int lane = threadIdx.x;
+  const int r = blockIdx.x / NKV, kvh = blockIdx.x % NKV, G = NH / NKV;
+  const int c2 = 2 * (lane & 3), fr0 = lane >> 2, fr1 = fr0 + 8;  // this lane's two heads
+
+  uint32_t qf[DP / 16][4];
+  const bf16* qrow = qkv + int64_t(r) * (NH + 2 * NKV) * D + int64_t(kvh) * G * D;
+  flash_q_fragments<DP>(qf, fr0, fr1, c2, [&](int f, int d) -> uint32_t {
+    return f < G && d < D ? *reinterpret_cast<const uint32_t*>(qrow + int64_t(f) * D + d) : 0u;
+  });
+
+  // The split's keys, as in the CUDA-core kernel (chunks of at least 128 keys).
+  const int p = pos[r];
+  const int first = window > 0 ? max(0, p - window + 1) : 0;
+  const int n = p - first + 1, chunk = max((n + splits - 1) / splits, 2 * KT);
+  const int begin = first + blockIdx.y * chunk, end = min(p + 1, begin + chunk);
+  const int64_t width = int64_t(NKV) * D;
+  const bf16* k0 = kc + int64_t(slot[r]) * positions * width + int64_t(kvh) * D;
+  const bf16* v0 = vc + int64_t(slot[r]) * positions * width + int64_t(kvh) * D;
+  const int n_tiles = end > begin ? (end - begin + KT - 1) / KT : 0;
+  auto load_tile = [&](int j) {
+    const int kt0 = begin + j * KT, buf = j & 1;
+    constexpr int kChunks = DP / 8;  // 16-byte chunks per row
+    for (int c = lane; c < KT * kChunks; c += 32) {
+      const int row = c / kChunks, ch = c % kChunks, key = kt0 + row;
+      // Keys past the split and dimensions past D are zero-filled: P is 0 there, and 0 * (stale
+      // shared memory) could be NaN.
+      const bool ok = key < end && ch * 8 < D;
+      const int64_t off = ok ? int64_t(key) * width + ch * 8 : 0;
+      cp_async16(ks + (buf * KT + row) * S + ch * 8, k0 + off, ok ? 16 : 0);
+      cp_async16(vs + (buf * KT + row) * S + ch * 8, v0 + off, ok ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+  float acc[DP / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < DP / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+  // Every head sees the split's keys [begin, end): only the last tile needs the mask.
+  flash_walk_tiles(
+      n_tiles, load_tile,
+      [&](int j) {
+        flash_tile_forward<DP, KT>(ks + (j & 1) * KT * S, vs + (j & 1) * KT * S, S, qf,
+                                   begin + j * KT, begin, end - 1, begin, end - 1, begin, end - 1,
+                                   scale_log2, m0, m1, l0, l1, acc);
+      },
+      l0, l1);
+
+  auto store_row = [&](int f, float m, float l, int e0) {
+    if (f >= G) return;
+    const int head = kvh * G + f;
+    if (splits == 1) {  // every row has at least one key, so m is finite
+      const float sink = sinks[head] * kLog2e, M = fmaxf(m, sink);
+      const float fm = gqa_exp2(m - M), mult = fm / (l * fm + gqa_exp2(sink - M));
+      bf16* o = out + int64_t(r) * NH * D + int64_t(head) * D;
+#pragma unroll
+      for (int dt = 0; dt < DP / 8; ++dt) {
+        const int d = 8 * dt + c2;
+        if (d < D)
+          *reinterpret_cast<uint32_t*>(o + d) =
+              pack_bf16x2(acc[dt][e0] * mult, acc[dt][e0 + 1] * mult);
+      }
+    } else {  // m = -inf, l = 0 when the split holds no key of this row: combined with weight 0
+      float* part = partial + ((int64_t(r) * NH + head) * splits + blockIdx.y) * (D + 2);
+      if (c2 == 0) part[0] = m, part[1] = l;
+#pragma unroll
+      for (int dt = 0; dt < DP / 8; ++dt) {
+        const int d = 8 * dt + c2;
+        if (d < D) part[2 + d] = acc[dt][e0], part[3 + d] = acc[dt][e0 + 1];
+      }
+    }
+  };
+  store_row(fr0, m0, l0, 0);
+  store_row(fr1, m1, l1, 2);
+}
+
 // The splits of one (row, head): max and sums in base 2, the sink joins here.
 template <typename T>
 __global__ void attention_decode_gqa_combine_kernel(const float* __restrict__ partial,
@@ -296,40 +406,14 @@ int gqa_warps(int GM, int D, int es) {
   return w;
 }
 
-}  // namespace
-
-bool attention_decode_gqa_supported(int NH, int NKV, int D) {
-  return NH > 0 && NKV > 0 && NH % NKV == 0 && NH / NKV <= 8 && D >= 16 && D <= 128 &&
-         (D & (D - 1)) == 0;
-}
-
-int attention_decode_gqa_splits(int B, int NKV, int max_keys, int max_splits) {
-  // About 1056 blocks (8 per multiprocessor of an H100: 2.7 waves at 3 resident blocks of the bf16
-  // D = 64 kernel), but no split shorter than one 32-key tile per warp of a block.
-  const int blocks = std::max(1, B * NKV);
-  const int want = (132 * 8 + blocks - 1) / blocks;
-  const int most = (max_keys + kGqaTileKeys * kGqaMaxWarps - 1) / (kGqaTileKeys * kGqaMaxWarps);
-  return std::clamp(std::min(want, most), 1, std::max(1, max_splits));
-}
-
-void attention_decode_gqa(ActType t, const void* qkv, int NH, int NKV, int D, KvLayer kv,
-                          const int* pos, const int* slot, const float* sinks, int B, int window,
-                          float scale, int splits, float* partial, void* out, cudaStream_t stream) {
-  MIND4_CUDA_ARG(qkv && kv.k && kv.v && pos && slot && sinks && out, "attention_decode_gqa",
-                 "null pointer");
-  MIND4_CUDA_ARG(attention_decode_gqa_supported(NH, NKV, D), "attention_decode_gqa", "NH = ", NH,
-                 ", NKV = ", NKV, ", D = ", D,
-                 " (NH a multiple of NKV with at most 8 query heads per KV head, D a power of two "
-                 "in [16, 128])");
-  MIND4_CUDA_ARG(B >= 0 && int64_t(B) * NKV < (int64_t(1) << 31) && window >= 0 &&
-                     kv.positions > 0 && splits >= 1 && splits <= 65535 && (splits == 1 || partial),
-                 "attention_decode_gqa", "B = ", B, ", window = ", window, ", splits = ", splits,
-                 " (splits > 1 needs the partial buffer)");
-  if (B == 0) return;
+// The CUDA-core kernel's launch (f32 mode, and bf16 with DecodeAttnKernel::kCudaCores).
+void attention_decode_cuda_cores(ActType t, const void* qkv, int NH, int NKV, int D, KvLayer kv,
+                                 const int* pos, const int* slot, const float* sinks, int B,
+                                 int window, float scale, int splits, float* partial, void* out,
+                                 cudaStream_t stream, dim3 grid) {
   const int G = NH / NKV, GM = G == 1 ? 1 : 8, es = act_size(t);
   const int warps = gqa_warps(GM, D, es);
   const size_t smem = gqa_smem_bytes(GM, D, es, warps);
-  const dim3 grid(unsigned(int64_t(B) * NKV), unsigned(splits));
   auto launch = [&](auto kernel, const char* name, auto tag) {
     using T = decltype(tag);
     if (smem > 48 * 1024)
@@ -352,6 +436,61 @@ void attention_decode_gqa(ActType t, const void* qkv, int NH, int NKV, int D, Kv
     else
       launch(attention_decode_gqa_kernel<T, 8, 2>, name, tag);
   });
+}
+
+}  // namespace
+
+bool attention_decode_gqa_supported(int NH, int NKV, int D) {
+  return NH > 0 && NKV > 0 && NH % NKV == 0 && NH / NKV <= 8 && D >= 16 && D <= 128 &&
+         (D & (D - 1)) == 0;
+}
+
+int attention_decode_gqa_splits(int B, int NKV, int max_keys, int max_splits) {
+  // About 1056 blocks (8 per multiprocessor of an H100: 2.7 waves at 3 resident blocks of the bf16
+  // D = 64 kernel), but no split shorter than one 32-key tile per warp of a block.
+  const int blocks = std::max(1, B * NKV);
+  const int want = (132 * 8 + blocks - 1) / blocks;
+  const int most = (max_keys + kGqaTileKeys * kGqaMaxWarps - 1) / (kGqaTileKeys * kGqaMaxWarps);
+  return std::clamp(std::min(want, most), 1, std::max(1, max_splits));
+}
+
+void attention_decode_gqa(ActType t, const void* qkv, int NH, int NKV, int D, KvLayer kv,
+                          const int* pos, const int* slot, const float* sinks, int B, int window,
+                          float scale, int splits, float* partial, void* out, cudaStream_t stream,
+                          DecodeAttnKernel which) {
+  MIND4_CUDA_ARG(qkv && kv.k && kv.v && pos && slot && sinks && out, "attention_decode_gqa",
+                 "null pointer");
+  MIND4_CUDA_ARG(attention_decode_gqa_supported(NH, NKV, D), "attention_decode_gqa", "NH = ", NH,
+                 ", NKV = ", NKV, ", D = ", D,
+                 " (NH a multiple of NKV with at most 8 query heads per KV head, D a power of two "
+                 "in [16, 128])");
+  MIND4_CUDA_ARG(B >= 0 && int64_t(B) * NKV < (int64_t(1) << 31) && window >= 0 &&
+                     kv.positions > 0 && splits >= 1 && splits <= 65535 && (splits == 1 || partial),
+                 "attention_decode_gqa", "B = ", B, ", window = ", window, ", splits = ", splits,
+                 " (splits > 1 needs the partial buffer)");
+  if (B == 0) return;
+  const dim3 grid(unsigned(int64_t(B) * NKV), unsigned(splits));
+  if (which == DecodeAttnKernel::kTensorCores && t == ActType::kBF16) {
+    auto launch_mma = [&](auto kernel, size_t smem) {
+      if (smem > 48 * 1024)
+        check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+              "cudaFuncSetAttribute(attention_decode_mma)");
+      launch_pdl("attention_decode_mma_bf16", kernel, grid, dim3(32), smem, stream,
+                 static_cast<const __nv_bfloat16*>(qkv), NH, NKV, D,
+                 static_cast<const __nv_bfloat16*>(kv.k), static_cast<const __nv_bfloat16*>(kv.v),
+                 kv.positions, pos, slot, sinks, window, scale * kLog2e, splits, partial,
+                 static_cast<__nv_bfloat16*>(out));
+    };
+    if (D <= 32)
+      launch_mma(attention_decode_mma_kernel<32>, mma_smem_bytes<32>());
+    else if (D <= 64)
+      launch_mma(attention_decode_mma_kernel<64>, mma_smem_bytes<64>());
+    else
+      launch_mma(attention_decode_mma_kernel<128>, mma_smem_bytes<128>());
+  } else {
+    attention_decode_cuda_cores(t, qkv, NH, NKV, D, kv, pos, slot, sinks, B, window, scale, splits,
+                                partial, out, stream, grid);
+  }
   if (splits == 1) return;
   const int64_t heads = int64_t(B) * NH;
   constexpr int kCombineWarps = 4;

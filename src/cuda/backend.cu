@@ -139,11 +139,15 @@ class CudaBackend final : public StepBackend {
     const char* pd = std::getenv("MIND4_CUDA_PDL");
     pdl_decode_ = pd && std::string(pd) == "1";
     // Decode attention: one pass over each KV head for all its query heads
-    // (attention_decode_gqa.cu) where the shape allows; MIND4_CUDA_DECODE_ATTN=old keeps the
-    // per-query-head kernel of attention.cu (for comparisons).
+    // (attention_decode_gqa.cu; tensor cores in bf16 mode) where the shape allows;
+    // MIND4_CUDA_DECODE_ATTN=cuda-cores keeps its CUDA-core kernel, =old the per-query-head
+    // kernel of attention.cu (for comparisons).
     const char* da = std::getenv("MIND4_CUDA_DECODE_ATTN");
     gqa_decode_ = !(da && std::string(da) == "old") &&
                   cuda::attention_decode_gqa_supported(int(NH), int(NKV), int(D));
+    decode_attn_kernel_ = da && std::string(da) == "cuda-cores"
+                              ? cuda::DecodeAttnKernel::kCudaCores
+                              : cuda::DecodeAttnKernel::kTensorCores;
     router_done_ = dev(4, "cudaMalloc (router counter)");
     // Zeroed on the step stream, ahead of every kernel that uses it.
     cuda::check(cudaMemsetAsync(router_done_.data(), 0, 4, stream_.get()),
@@ -445,7 +449,8 @@ class CudaBackend final : public StepBackend {
                                 B, window, scale, scores_.data<float>(), attn_.data(), s);
       else if (gqa_decode_)
         cuda::attention_decode_gqa(act_, qkv_.data(), NH, NKV, D, kv, pos, slot, lw.sinks, B,
-                                   window, scale, splits, partial_.data<float>(), attn_.data(), s);
+                                   window, scale, splits, partial_.data<float>(), attn_.data(), s,
+                                   decode_attn_kernel_);
       else
         cuda::attention(act_, qkv_.data(), NH, NKV, D, kv, pos, slot, lw.sinks, B, window, scale,
                         splits, partial_.data<float>(), attn_.data(), s);
@@ -606,6 +611,7 @@ class CudaBackend final : public StepBackend {
   int positions_ = 0, max_rows_ = 0, max_logit_rows_ = 0, max_slots_ = 0;
   bool to_host_ = true;
   bool fused_decode_ = true, pdl_decode_ = false, gqa_decode_ = false, fold_norms_ = false;
+  cuda::DecodeAttnKernel decode_attn_kernel_ = cuda::DecodeAttnKernel::kTensorCores;
   int64_t kv_layer_elems_ = 0, sin_offset_ = 0, partial_capacity_ = 0, score_floats_ = 0;
   int prefill_min_rows_ = kPrefillMinRows;
   cuda::Stream stream_;

@@ -83,11 +83,15 @@ int attention_splits(int B, int NH, int max_keys, int max_splits);
 // size B * NH * splits * (D + 2) floats), but one block per (row, KV head, key split) reads each
 // KV head's keys and values once for all its query heads. Serves NH / NKV <= 8 and D a power of
 // two in [16, 128] (attention_decode_gqa_supported); the backend uses attention() otherwise, and
-// with MIND4_CUDA_DECODE_ATTN=old.
+// with MIND4_CUDA_DECODE_ATTN=old. In bf16 mode the group's heads go through tensor cores
+// (kTensorCores, the default); kCudaCores keeps the CUDA-core kernel, which f32 mode always uses
+// (MIND4_CUDA_DECODE_ATTN=cuda-cores in the backend, for comparisons).
+enum class DecodeAttnKernel { kTensorCores, kCudaCores };
 bool attention_decode_gqa_supported(int NH, int NKV, int D);
 void attention_decode_gqa(ActType t, const void* qkv, int NH, int NKV, int D, KvLayer kv,
                           const int* pos, const int* slot, const float* sinks, int B, int window,
-                          float scale, int splits, float* partial, void* out, cudaStream_t stream);
+                          float scale, int splits, float* partial, void* out, cudaStream_t stream,
+                          DecodeAttnKernel which = DecodeAttnKernel::kTensorCores);
 // Splits for attention_decode_gqa: B * NKV * splits blocks fill an H100 for B rows over keys of up
 // to max_keys, given the partial buffer's capacity in splits.
 int attention_decode_gqa_splits(int B, int NKV, int max_keys, int max_splits);
