@@ -147,14 +147,18 @@ TEST_F(CudaDecodeTest, RouterGroupMatchesCpuTopkAndGroups) {
   cuda::DeviceBuffer done(4);
   cuda::check(cudaMemset(done.data(), 0, 4), "test memset");
   // (B, E, K, H): gpt-oss-20b at 1 and 64 rows; a small odd case; 256 experts; H past the
-  // kernel's prefetched part (4096 values).
+  // kernel's prefetched part (4096 values); one row with fewer than 32 experts and with K = E
+  // (the one-warp grouping of a single row).
   int rows_checked = 0;
   for (auto [B, E, K, H] : {std::tuple{1, 32, 4, 2880},
                             {64, 32, 4, 2880},
                             {5, 5, 3, 36},
                             {3, 256, 8, 64},
                             {7, 128, 4, 4352},
-                            {1, 32, 4, 2880}}) {
+                            {1, 32, 4, 2880},
+                            {1, 5, 3, 36},
+                            {1, 20, 20, 64},
+                            {1, 64, 4, 64}}) {
     const auto x = normal(size_t(B) * H), w = normal(size_t(E) * H, 1.0f / std::sqrt(float(H)));
     const auto bias = normal(E, 0.2f);
     auto d_x = upload(x), d_w = upload(w), d_bias = upload(bias);

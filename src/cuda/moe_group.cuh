@@ -37,4 +37,26 @@ __device__ __forceinline__ void moe_group_block(const int* experts, int A, int K
   }
 }
 
+// moe_group_block's result for one row of K distinct experts out of E <= 32, by one warp: every
+// chosen expert holds exactly one assignment, so its offset is the number of chosen experts below
+// it (a ballot and a popcount), and the fill order cannot differ. The decode router's last block
+// spent about half of its time in the general sort's barriers and serial prefix sum.
+__device__ __forceinline__ void moe_group_one_row(const int* experts, int K, int E, MoeGroups g) {
+  const int lane = threadIdx.x & 31;
+  const int mine = lane < K ? experts[lane] : -1;  // slot `lane`'s expert
+  bool chosen = false;
+  for (int s = 0; s < K; ++s) chosen |= __shfl_sync(0xffffffffu, mine, s) == lane;
+  const unsigned mask = __ballot_sync(0xffffffffu, chosen && lane < E);
+  const auto below = [&](int e) { return __popc(mask & ((1u << e) - 1u)); };
+  if (lane < E) g.offsets[lane] = below(lane);
+  if (lane == 0) g.offsets[E] = K, g.active[0] = K;
+  if (chosen && lane < E) g.active[1 + below(lane)] = lane;
+  if (lane < K) {
+    const int at = below(mine);
+    g.group_row[at] = 0;
+    g.group_expert[at] = mine;
+    g.assign_at[lane] = at;
+  }
+}
+
 }  // namespace mind4::cuda

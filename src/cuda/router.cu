@@ -92,6 +92,15 @@ __device__ __forceinline__ void router_group_finish(float s, int r, int e,
   __syncthreads();
   if (!last) return;
   __threadfence();
+  if (B == 1 && E <= 32) {  // decode at one row: one warp, no block barriers (see the helper)
+    if (threadIdx.x < 32) {
+      router_topk_row(logits, bias, E, K, experts, weights);
+      __syncwarp();  // lane 0's expert ids are visible to the warp
+      moe_group_one_row(experts, K, E, g);
+      if (threadIdx.x == 0) *done = 0u;
+    }
+    return;
+  }
   for (int rr = threadIdx.x >> 5; rr < B; rr += kRgThreads / 32)
     router_topk_row(logits + int64_t(rr) * E, bias, E, K, experts + int64_t(rr) * K,
                     weights + int64_t(rr) * K);
