@@ -11,6 +11,7 @@
 // mlp1's epilogue adds the bias and applies the clamped SwiGLU (gate and linear columns
 // interleave, so a lane's accumulator pair is one (gate, linear) pair); mlp2's adds the bias.
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda/device_util.cuh"
 #include "cuda/mma.cuh"
@@ -133,6 +134,9 @@ __global__ void __launch_bounds__(kGemmThreads, kCols == 128 ? 2 : 1)
       acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
   const int wm = warp >> 2, wn = warp & 3;
   const int mi = lane >> 3, ri = lane & 7;
+  // 16-row groups of this warp that hold assignments: an expert's last tile is usually partial,
+  // and with 128 experts (gpt-oss-120b) a prefill step has about 64 rows an expert.
+  const int mt_live = min(4, max(0, (rows - wm * 64 + 15) / 16));
 
   copy_a(0, 0);
   load_w(0);
@@ -149,26 +153,35 @@ __global__ void __launch_bounds__(kGemmThreads, kCols == 128 ? 2 : 1)
     }
     const bf16* at = as + (buf * kGemmRows + wm * 64) * kGemmStride;
     const bf16* wt = ws + (buf * kCols + wn * kWarpCols) * kGemmStride;
+    // Two copies of the step's products: straight-line code when all the warp's rows are live,
+    // and one that stops at the first dead 16-row group (a branch per group).
+    const auto products = [&](auto all_live) {
 #pragma unroll
-    for (int kk = 0; kk < kGemmK / 16; ++kk) {
-      uint32_t bfr[kNt][2];
+      for (int kk = 0; kk < kGemmK / 16; ++kk) {
+        uint32_t bfr[kNt][2];
 #pragma unroll
-      for (int nt = 0; nt < kNt; nt += 2) {
-        uint32_t b[4];
-        ldmatrix_x4(b, wt + (8 * (nt + (mi >> 1)) + ri) * kGemmStride + 16 * kk + 8 * (mi & 1));
-        bfr[nt][0] = b[0];
-        bfr[nt][1] = b[1];
-        bfr[nt + 1][0] = b[2];
-        bfr[nt + 1][1] = b[3];
+        for (int nt = 0; nt < kNt; nt += 2) {
+          uint32_t b[4];
+          ldmatrix_x4(b, wt + (8 * (nt + (mi >> 1)) + ri) * kGemmStride + 16 * kk + 8 * (mi & 1));
+          bfr[nt][0] = b[0];
+          bfr[nt][1] = b[1];
+          bfr[nt + 1][0] = b[2];
+          bfr[nt + 1][1] = b[3];
+        }
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt) {
+          if (!decltype(all_live)::value && mt >= mt_live) break;  // warp-uniform
+          uint32_t af[4];
+          ldmatrix_x4(af, at + (16 * mt + (lane & 15)) * kGemmStride + 16 * kk + 8 * (lane >> 4));
+#pragma unroll
+          for (int nt = 0; nt < kNt; ++nt) mma_bf16_16816(acc[mt][nt], af, bfr[nt][0], bfr[nt][1]);
+        }
       }
-#pragma unroll
-      for (int mt = 0; mt < 4; ++mt) {
-        uint32_t af[4];
-        ldmatrix_x4(af, at + (16 * mt + (lane & 15)) * kGemmStride + 16 * kk + 8 * (lane >> 4));
-#pragma unroll
-        for (int nt = 0; nt < kNt; ++nt) mma_bf16_16816(acc[mt][nt], af, bfr[nt][0], bfr[nt][1]);
-      }
-    }
+    };
+    if (mt_live == 4)
+      products(std::true_type{});
+    else if (mt_live > 0)
+      products(std::false_type{});
     if (more) expand_w(buf ^ 1);
   }
 
