@@ -33,6 +33,7 @@ using cb::Dist;
 void BM_CudaMxfp4DecodeGemv(benchmark::State& state) {
   if (!cb::gpu_present(state)) return;
   const int B = int(state.range(0)), A = B * kCbK, max_active = std::min(kCbE, A);
+  const int tokens_hint = (A + max_active - 1) / max_active;
   const size_t w1 = size_t(kCbE) * 2 * kCbI * kCbH, w2 = size_t(kCbE) * kCbH * kCbI;
   auto b1 = cb::random_bytes(w1 / 2, 0, 255, 1), s1 = cb::random_bytes(w1 / 32, 124, 128, 2);
   auto b2 = cb::random_bytes(w2 / 2, 0, 255, 3), s2 = cb::random_bytes(w2 / 32, 124, 128, 4);
@@ -48,18 +49,24 @@ void BM_CudaMxfp4DecodeGemv(benchmark::State& state) {
                                 xd.data<float>(), nullptr);
     mind4::cuda::moe_mlp1_swiglu_mf4_q8(ActType::kBF16, xq.data<int8_t>(), xd.data<float>(),
                                         b1.data<uint8_t>(), s1.data<uint8_t>(), bias1.data<float>(),
-                                        groups, max_active, kCbH, kCbI, 7.0f, act.data(), nullptr);
+                                        groups, max_active, tokens_hint, kCbH, kCbI, 7.0f,
+                                        act.data(), nullptr);
     mind4::cuda::quantize_q8_32(ActType::kBF16, act.data(), A, kCbI, aq.data<int8_t>(),
                                 ad.data<float>(), nullptr);
     mind4::cuda::moe_mlp2_mf4_q8(aq.data<int8_t>(), ad.data<float>(), b2.data<uint8_t>(),
-                                 s2.data<uint8_t>(), bias2.data<float>(), groups, max_active, kCbH,
-                                 kCbI, y.data<float>(), nullptr);
+                                 s2.data<uint8_t>(), bias2.data<float>(), groups, max_active,
+                                 tokens_hint, kCbH, kCbI, y.data<float>(), nullptr);
   });
   const double per_expert = (2.0 * kCbI * kCbH + double(kCbH) * kCbI) * (0.5 + 1.0 / 32);
   cb::set_bytes_per_second(state, per_expert * max_active);
   state.counters["experts"] = max_active;
 }
-BENCHMARK(BM_CudaMxfp4DecodeGemv)->Arg(1)->Arg(16)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_CudaMxfp4DecodeGemv)
+    ->Arg(1)
+    ->Arg(16)
+    ->Arg(64)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 
 // The expert route at prefill size (the tensor-core route of backend.cu): every expert's mlp1
 // expanded from MXFP4 to bf16, then one cuBLAS product per expert over its rows, then the bias and

@@ -240,11 +240,11 @@ TEST_F(CudaDecodeTest, PdlChainInAGraphMatchesPlainLaunches) {
     cuda::quantize_q8_32(t, tb.data(), B, H, xq.data<int8_t>(), xd.data<float>(), s);
     cuda::moe_mlp1_swiglu_mf4_q8(t, xq.data<int8_t>(), xd.data<float>(), d_b1.data<uint8_t>(),
                                  d_s1.data<uint8_t>(), d_bias1.data<float>(), gr.g, std::min(E, A),
-                                 H, I, 7.0f, act.data(), s);
+                                 1, H, I, 7.0f, act.data(), s);
     cuda::quantize_q8_32(t, act.data(), A, I, aq.data<int8_t>(), ad.data<float>(), s);
     cuda::moe_mlp2_mf4_q8(aq.data<int8_t>(), ad.data<float>(), d_b2.data<uint8_t>(),
-                          d_s2.data<uint8_t>(), d_bias2.data<float>(), gr.g, std::min(E, A), H, I,
-                          y.data<float>(), s);
+                          d_s2.data<uint8_t>(), d_bias2.data<float>(), gr.g, std::min(E, A), 1, H,
+                          I, y.data<float>(), s);
     cuda::moe_combine_rmsnorm(t, x.data<float>(), y.data<float>(), gr.g.assign_at,
                               topk_w.data<float>(), K, d_n2.data<float>(), B, H, 1e-5f, tb.data(),
                               nullptr, s);

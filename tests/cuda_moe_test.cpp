@@ -184,10 +184,15 @@ TEST_P(CudaMoeTest, Mxfp4Int8DecodeRouteMatchesCpu) {
   SCOPED_TRACE(seed);
   if (GetParam() != ActType::kBF16) GTEST_SKIP() << "the int8 route serves bf16 mode only";
   const ActType t = ActType::kBF16;
+  // Shapes: gpt-oss-20b at one row; small odd shapes; batched decode (16 and 64 rows over 32
+  // experts, 40 rows over 4: groups of 2 and 4 rows an expert with remainders).
   for (auto [B, K, E, H, I] : {std::tuple{1, 4, 32, 2880, 2880},
                                {1, 2, 4, 64, 96},
                                {3, 1, 8, 32, 4160},
-                               {2, 3, 7, 160, 32}}) {
+                               {2, 3, 7, 160, 32},
+                               {16, 4, 32, 2880, 2880},
+                               {64, 4, 32, 256, 160},
+                               {40, 2, 4, 96, 64}}) {
     const int A = B * K;
     TestGroups gr = random_groups(rng, B, K, E);
     const auto x = rounded(normal(size_t(B) * H), t);
@@ -202,15 +207,15 @@ TEST_P(CudaMoeTest, Mxfp4Int8DecodeRouteMatchesCpu) {
     auto d_xq = poisoned(size_t(B) * H), d_xd = poisoned(size_t(B) * H / 32 * 4);
     auto d_aq = poisoned(size_t(A) * I), d_ad = poisoned(size_t(A) * I / 32 * 4);
     auto d_act = poisoned(size_t(A) * I * 2), d_y = poisoned(size_t(A) * H * 4);
-    const int max_active = std::min(E, A);
+    const int max_active = std::min(E, A), tokens_hint = (A + max_active - 1) / max_active;
     cuda::quantize_q8_32(t, d_x.data(), B, H, d_xq.data<int8_t>(), d_xd.data<float>(), nullptr);
     cuda::moe_mlp1_swiglu_mf4_q8(t, d_xq.data<int8_t>(), d_xd.data<float>(), d_b1.data<uint8_t>(),
-                                 d_s1.data<uint8_t>(), d_bias1.data<float>(), gr.g, max_active, H,
-                                 I, 7.0f, d_act.data(), nullptr);
+                                 d_s1.data<uint8_t>(), d_bias1.data<float>(), gr.g, max_active,
+                                 tokens_hint, H, I, 7.0f, d_act.data(), nullptr);
     cuda::quantize_q8_32(t, d_act.data(), A, I, d_aq.data<int8_t>(), d_ad.data<float>(), nullptr);
     cuda::moe_mlp2_mf4_q8(d_aq.data<int8_t>(), d_ad.data<float>(), d_b2.data<uint8_t>(),
-                          d_s2.data<uint8_t>(), d_bias2.data<float>(), gr.g, max_active, H, I,
-                          d_y.data<float>(), nullptr);
+                          d_s2.data<uint8_t>(), d_bias2.data<float>(), gr.g, max_active,
+                          tokens_hint, H, I, d_y.data<float>(), nullptr);
     // The quantizer: every value within half a step (d / 2) of its block's scale.
     const auto xq = download<int8_t>(d_xq, size_t(B) * H);
     const auto xd = download<float>(d_xd, size_t(B) * H / 32);
@@ -237,10 +242,12 @@ TEST_P(CudaMoeTest, Mxfp4Int8DecodeRouteMatchesCpu) {
         y_got.push_back(y[size_t(at) * H + n]);
       }
     }
-    EXPECT_LT(rel_error(act_got, act_want), 1.5e-2) << "mlp1 B=" << B << " H=" << H << " I=" << I;
+    EXPECT_LT(rel_error(act_got, act_want), 1.5e-2)
+        << "mlp1 B=" << B << " H=" << H << " I=" << I << " tokens_hint=" << tokens_hint;
     // int8 with a scale per 32 values: steps of max/127, rms error about 0.5% of a Gaussian
     // block's spread, more for SwiGLU's heavy-tailed outputs (mlp2's input): 1% was measured.
-    EXPECT_LT(rel_error(y_got, y_want), 2e-2) << "mlp2 B=" << B << " H=" << H << " I=" << I;
+    EXPECT_LT(rel_error(y_got, y_want), 2e-2)
+        << "mlp2 B=" << B << " H=" << H << " I=" << I << " tokens_hint=" << tokens_hint;
   }
 }
 

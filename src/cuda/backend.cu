@@ -42,6 +42,10 @@ constexpr int kPrefillMinRows = kGraphMaxRows + 1;
 constexpr int64_t kMaxScoreBytes = int64_t(4) << 30;   // attention_prefill's score buffer cap
 constexpr int64_t kMaxExpandBytes = int64_t(3) << 30;  // all experts of a layer expanded at once
 constexpr int kExpertRowPad = 128;
+// The int8 expert GEMVs (moe_mf4.cu) serve steps of up to this many rows an expert (tokens_hint):
+// b = 64 with gpt-oss-20b's 32 experts is 8; they convert each weight once per group of up to 4
+// rows, where the float GEMV re-reads a shared-memory table per weight and row.
+constexpr int kQ8MaxTokens = 8;
 constexpr int kAttnPartialRows = 2048;  // capacity of the split-K buffer, in (row, split) pairs
 constexpr size_t kBlasWorkspace = size_t(32) << 20;
 
@@ -120,9 +124,12 @@ class CudaBackend final : public StepBackend {
     cuda::check(cudaStreamSynchronize(stream_.get()), "RoPE tables (cudaStreamSynchronize)");
     sin_offset_ = int64_t(cos_t.size());
 
-    // The int8 decode route of the experts (bf16 mode): quantized activations of a step.
-    // MIND4_CUDA_Q8_DECODE=0 turns it off (the float GEMV then runs; for comparisons).
+    // The int8 decode route of the experts (bf16 mode): quantized activations of a step, for
+    // steps of up to kQ8MaxTokens rows an expert (batched decode included).
+    // MIND4_CUDA_Q8_DECODE=0 turns it off (the float GEMV then runs), =1 keeps it to one row an
+    // expert (as before session 7); for comparisons.
     const char* q8 = std::getenv("MIND4_CUDA_Q8_DECODE");
+    if (q8 && std::string(q8) == "1") q8_max_tokens_ = 1;
     if (act_ == ActType::kBF16 && dm_.experts_mxfp4 && !(q8 && std::string(q8) == "0")) {
       xq_ = dev(B * H, "cudaMalloc (decode scratch)");
       xd_ = dev(B * H / 32 * 4, "cudaMalloc (decode scratch)");
@@ -464,8 +471,8 @@ class CudaBackend final : public StepBackend {
                                 xq_.data<int8_t>(), xd_.data<float>(), s);
         mark("norm_router_group_q8");
         cuda::moe_mlp1_swiglu_mf4_q8(act_, xq_.data<int8_t>(), xd_.data<float>(), lw.mlp1_blocks,
-                                     lw.mlp1_scales, lw.mlp1_b, groups_, max_active, H, I,
-                                     c_.swiglu_limit, act_buf_.data(), s);
+                                     lw.mlp1_scales, lw.mlp1_b, groups_, max_active, tokens_hint, H,
+                                     I, c_.swiglu_limit, act_buf_.data(), s);
         mark("moe_mlp1_swiglu_q8");
         cuda::quantize_q8_32(act_, act_buf_.data(), A, I, aq_.data<int8_t>(), ad_.data<float>(), s);
         cuda::moe_mlp2_mf4_q8_combine(aq_.data<int8_t>(), ad_.data<float>(), lw.mlp2_blocks,
@@ -514,15 +521,16 @@ class CudaBackend final : public StepBackend {
         mark("moe_mlp2_gemm");
       } else if (dm_.experts_mxfp4 && tensor_route) {
         moe_expanded(lw, B);
-      } else if (dm_.experts_mxfp4 && tokens_hint <= 1 && xq_.bytes() > 0) {
+      } else if (dm_.experts_mxfp4 && tokens_hint <= q8_max_tokens_ && xq_.bytes() > 0) {
         cuda::quantize_q8_32(act_, t, B, H, xq_.data<int8_t>(), xd_.data<float>(), s);
         cuda::moe_mlp1_swiglu_mf4_q8(act_, xq_.data<int8_t>(), xd_.data<float>(), lw.mlp1_blocks,
-                                     lw.mlp1_scales, lw.mlp1_b, groups_, max_active, H, I,
-                                     c_.swiglu_limit, act_buf_.data(), s);
+                                     lw.mlp1_scales, lw.mlp1_b, groups_, max_active, tokens_hint, H,
+                                     I, c_.swiglu_limit, act_buf_.data(), s);
         mark("moe_mlp1_swiglu_q8");
         cuda::quantize_q8_32(act_, act_buf_.data(), A, I, aq_.data<int8_t>(), ad_.data<float>(), s);
         cuda::moe_mlp2_mf4_q8(aq_.data<int8_t>(), ad_.data<float>(), lw.mlp2_blocks, lw.mlp2_scales,
-                              lw.mlp2_b, groups_, max_active, H, I, y_.data<float>(), s);
+                              lw.mlp2_b, groups_, max_active, tokens_hint, H, I, y_.data<float>(),
+                              s);
         mark("moe_mlp2_q8");
       } else if (dm_.experts_mxfp4) {
         cuda::moe_mlp1_swiglu_mf4(act_, t, lw.mlp1_blocks, lw.mlp1_scales, lw.mlp1_b, groups_,
@@ -621,9 +629,10 @@ class CudaBackend final : public StepBackend {
   DeviceBuffer xg_, hbuf_, wbuf_, scores_, tile_plan_;  // tensor-core route (large steps) only
   bool tensor_route_ = false, grouped_gemm_ = false, flash_prefill_ = false;
   cuda::MoeGemmVariant gemm_variant_ = cuda::MoeGemmVariant::kMma;
-  DeviceBuffer xq_, xd_, aq_, ad_;  // int8 decode route (bf16 mode) only
-  DeviceBuffer router_done_;        // router_group's block counter (fused decode)
-  DeviceBuffer combine_done_;       // the folded chain's mlp2 tile counters
+  DeviceBuffer xq_, xd_, aq_, ad_;    // int8 decode route (bf16 mode) only
+  int q8_max_tokens_ = kQ8MaxTokens;  // the int8 route up to this many rows an expert
+  DeviceBuffer router_done_;          // router_group's block counter (fused decode)
+  DeviceBuffer combine_done_;         // the folded chain's mlp2 tile counters
   // GPU sampling: each slot's last logits, the jobs and results, and (penalties only, grown on
   // first use) the (token, count) pairs and the penalised rows.
   DeviceBuffer slot_logits_, sample_jobs_, sample_out_, pen_dev_, work_;

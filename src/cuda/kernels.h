@@ -134,16 +134,18 @@ void moe_mlp2_mf4(ActType t, const void* act, const uint8_t* blocks, const uint8
 void quantize_q8_32(ActType t, const void* x, int rows, int cols, int8_t* q, float* d,
                     cudaStream_t stream);
 
-// ---- moe_mf4.cu, decode with int8 activations (bf16 mode; one row per expert or so): the same
+// ---- moe_mf4.cu, decode with int8 activations (bf16 mode; a few rows per expert): the same
 // products as moe_mlp1_swiglu_mf4 / moe_mlp2_mf4 from quantize_q8_32 output, e2m1 nibbles turned
 // into int8 by byte permutes and multiplied with dp4a. mlp1 reads rows group_row[a] of (xq, xd)
-// [B, H]; mlp2 reads rows a of (aq, ad) [A, I].
+// [B, H]; mlp2 reads rows a of (aq, ad) [A, I]. tokens_hint (about A / max_active) sizes the
+// group of assignments that share one conversion of each weight (1, 2 or 4); any count works.
 void moe_mlp1_swiglu_mf4_q8(ActType t, const int8_t* xq, const float* xd, const uint8_t* blocks,
                             const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
-                            int H, int I, float limit, void* act_out, cudaStream_t stream);
+                            int tokens_hint, int H, int I, float limit, void* act_out,
+                            cudaStream_t stream);
 void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
-                     const uint8_t* scales, const float* bias, MoeGroups g, int max_active, int H,
-                     int I, float* y, cudaStream_t stream);
+                     const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
+                     int tokens_hint, int H, int I, float* y, cudaStream_t stream);
 
 // ---- moe_prefill.cu: pieces of the tensor-core route for large steps, where each active
 // expert's MXFP4 matrix is expanded into the activation dtype and multiplied by cuBLAS.

@@ -267,7 +267,17 @@ __device__ __forceinline__ int mf4_nibbles_to_i8x4(uint32_t sel) {
   return int(__byte_perm(pos, neg, 0x3210u | ((sel & 0x8888u) >> 1)));
 }
 
-// 32 weights (16 bytes) times 32 int8 activations: 8 dp4a.
+// 32 weights (16 bytes) as eight words of four int8 each.
+__device__ __forceinline__ void mf4_block_to_i8(const uint4& w, int (&wi)[8]) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    wi[2 * q] = mf4_nibbles_to_i8x4(words[q] & 0xffffu);
+    wi[2 * q + 1] = mf4_nibbles_to_i8x4(words[q] >> 16);
+  }
+}
+
+// 32 weights (16 bytes) times 32 int8 activations: 8 dp4a, each word converted just before use.
 __device__ __forceinline__ int mf4_dot_q8(const uint4& w, const int4& xa, const int4& xb) {
   int s = 0;
   s = __dp4a(mf4_nibbles_to_i8x4(w.x & 0xffffu), xa.x, s);
@@ -278,6 +288,20 @@ __device__ __forceinline__ int mf4_dot_q8(const uint4& w, const int4& xa, const 
   s = __dp4a(mf4_nibbles_to_i8x4(w.z >> 16), xb.y, s);
   s = __dp4a(mf4_nibbles_to_i8x4(w.w & 0xffffu), xb.z, s);
   s = __dp4a(mf4_nibbles_to_i8x4(w.w >> 16), xb.w, s);
+  return s;
+}
+
+// 32 int8 weights times 32 int8 activations: 8 dp4a.
+__device__ __forceinline__ int mf4_dot_i8(const int (&wi)[8], const int4& xa, const int4& xb) {
+  int s = 0;
+  s = __dp4a(wi[0], xa.x, s);
+  s = __dp4a(wi[1], xa.y, s);
+  s = __dp4a(wi[2], xa.z, s);
+  s = __dp4a(wi[3], xa.w, s);
+  s = __dp4a(wi[4], xb.x, s);
+  s = __dp4a(wi[5], xb.y, s);
+  s = __dp4a(wi[6], xb.z, s);
+  s = __dp4a(wi[7], xb.w, s);
   return s;
 }
 
@@ -296,8 +320,11 @@ struct Mf4Combine {
   unsigned* tile_done;  // [gridDim.x]
 };
 
-// The rows r0, r0 + 1 of expert e for its count assignments from a0 (one warp).
-template <bool SWIGLU>
+// The rows r0, r0 + 1 of expert e for its count assignments from a0 (one warp), TOK assignments
+// at a time: a weight is loaded and turned into int8 once for the group and multiplied with each
+// assignment's activations (dp4a), so a batched step's expert costs about one pass over its
+// weights per TOK assignments instead of one per assignment.
+template <bool SWIGLU, int TOK>
 __device__ __forceinline__ void mf4_q8_gemv_rows(
     const int8_t* __restrict__ xq, const float* __restrict__ xd, const uint8_t* __restrict__ blocks,
     const uint8_t* __restrict__ scales, const float* __restrict__ bias, const MoeGroups& g, int N,
@@ -306,12 +333,15 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
   const int64_t row0 = int64_t(e) * N + r0;
   const uint8_t* wrow = blocks + row0 * nb * 16;
   const uint8_t* srow = scales + row0 * nb;
-  for (int tt = 0; tt < count; ++tt) {
-    const int64_t a = a0 + tt;
-    const int64_t src = SWIGLU ? int64_t(g.group_row[a]) : a;
-    const int8_t* xr = xq + src * Kd;
-    const float* dr = xd + src * nb;
-    float acc[kGemvRows] = {};
+  for (int t0 = 0; t0 < count; t0 += TOK) {
+    const int nt = min(TOK, count - t0);
+    int src[TOK];  // activation rows (32-bit: the addresses are recomputed, registers are scarce)
+#pragma unroll
+    for (int tt = 0; tt < TOK; ++tt) {
+      const int a = a0 + t0 + min(tt, nt - 1);  // past nt: the group's last (never stored)
+      src[tt] = SWIGLU ? g.group_row[a] : a;
+    }
+    float acc[TOK][kGemvRows] = {};
     for (int j0 = 0; j0 < nb; j0 += 32 * kGemvIters) {
       uint4 w[kGemvIters][kGemvRows];
       uint32_t sc[kGemvIters][kGemvRows];
@@ -320,26 +350,53 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
       for (int it = 0; it < kGemvIters; ++it) {
         const int j = j0 + it * 32 + lane;
         if (j >= nb) break;
-        const int4 xa = *reinterpret_cast<const int4*>(xr + j * 32);
-        const int4 xb = *reinterpret_cast<const int4*>(xr + j * 32 + 16);
-        const float dx = 0.5f * dr[j];  // 0.5: the int8 table holds e2m1 values doubled
+        if constexpr (TOK == 1) {  // the conversion interleaved with the dp4a (fewer registers)
+          const int8_t* xr = xq + int64_t(src[0]) * Kd + j * 32;
+          const int4 xa = *reinterpret_cast<const int4*>(xr);
+          const int4 xb = *reinterpret_cast<const int4*>(xr + 16);
+          const float dx = 0.5f * xd[int64_t(src[0]) * nb + j];  // 0.5: e2m1 values doubled
 #pragma unroll
-        for (int rr = 0; rr < kGemvRows; ++rr)
-          acc[rr] += float(mf4_dot_q8(w[it][rr], xa, xb)) * (dx * mf4_scale(uint8_t(sc[it][rr])));
+          for (int rr = 0; rr < kGemvRows; ++rr)
+            acc[0][rr] +=
+                float(mf4_dot_q8(w[it][rr], xa, xb)) * (dx * mf4_scale(uint8_t(sc[it][rr])));
+        } else {
+#pragma unroll
+          for (int rr = 0; rr < kGemvRows; ++rr) {
+            // Row rr's 32 weights of block j as int8 (doubled e2m1 values) for every assignment
+            // of the group; the activations come from L1 again for the next row.
+            int wi[8];
+            mf4_block_to_i8(w[it][rr], wi);
+            const float ws = mf4_scale(uint8_t(sc[it][rr]));
+#pragma unroll
+            for (int tt = 0; tt < TOK; ++tt) {
+              if (tt >= nt) break;
+              const int8_t* xr = xq + int64_t(src[tt]) * Kd + j * 32;
+              const int4 xa = *reinterpret_cast<const int4*>(xr);
+              const int4 xb = *reinterpret_cast<const int4*>(xr + 16);
+              const float dx = 0.5f * xd[int64_t(src[tt]) * nb + j];
+              acc[tt][rr] += float(mf4_dot_i8(wi, xa, xb)) * (dx * ws);
+            }
+          }
+        }
       }
     }
 #pragma unroll
-    for (int rr = 0; rr < kGemvRows; ++rr) acc[rr] = warp_sum(acc[rr]);
-    if (lane == 0) {
-      const float* b = bias + row0;
-      if constexpr (SWIGLU) {
-        const float gt = fminf(acc[0] + b[0], limit);
-        const float ln = fminf(fmaxf(acc[1] + b[1], -limit), limit);
-        act_out[a * (N / 2) + r0 / 2] =
-            __float2bfloat16_rn(gt / (1.0f + __expf(-1.702f * gt)) * (ln + 1.0f));
-      } else {
+    for (int tt = 0; tt < TOK; ++tt) {
+      if (tt >= nt) break;
 #pragma unroll
-        for (int rr = 0; rr < kGemvRows; ++rr) y_out[a * N + r0 + rr] = acc[rr] + b[rr];
+      for (int rr = 0; rr < kGemvRows; ++rr) acc[tt][rr] = warp_sum(acc[tt][rr]);
+      if (lane == 0) {
+        const int64_t a = a0 + t0 + tt;
+        const float* b = bias + row0;
+        if constexpr (SWIGLU) {
+          const float gt = fminf(acc[tt][0] + b[0], limit);
+          const float ln = fminf(fmaxf(acc[tt][1] + b[1], -limit), limit);
+          act_out[a * (N / 2) + r0 / 2] =
+              __float2bfloat16_rn(gt / (1.0f + __expf(-1.702f * gt)) * (ln + 1.0f));
+        } else {
+#pragma unroll
+          for (int rr = 0; rr < kGemvRows; ++rr) y_out[a * N + r0 + rr] = acc[tt][rr] + b[rr];
+        }
       }
     }
   }
@@ -371,9 +428,10 @@ __device__ __forceinline__ void mf4_combine_tile(const MoeGroups& g, int N,
 }
 
 // Six blocks per multiprocessor (80 registers): the plain kernel's natural size; COMBINE's tail
-// took it to 94 registers and five blocks without the bound.
-template <bool SWIGLU, bool COMBINE = false>
-__global__ void __launch_bounds__(kMf4Warps * 32, 6)
+// took it to 94 registers and five blocks without the bound. Groups of 2 or 4 assignments keep an
+// accumulator pair each and spilled at 80: four blocks (up to 128 registers).
+template <bool SWIGLU, bool COMBINE = false, int TOK = 1>
+__global__ void __launch_bounds__(kMf4Warps * 32, TOK == 1 ? 6 : 4)
     moe_mf4w_q8_gemv_kernel(const int8_t* __restrict__ xq, const float* __restrict__ xd,
                             const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
                             const float* __restrict__ bias, MoeGroups g, int N, int Kd, float limit,
@@ -386,8 +444,8 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6)
   const int nb = Kd / 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r0 = (blockIdx.x * kMf4Warps + warp) * kGemvRows;
   if (r0 < N)
-    mf4_q8_gemv_rows<SWIGLU>(xq, xd, blocks, scales, bias, g, N, Kd, limit, act_out, y_out, e, a0,
-                             count, nb, lane, r0);
+    mf4_q8_gemv_rows<SWIGLU, TOK>(xq, xd, blocks, scales, bias, g, N, Kd, limit, act_out, y_out, e,
+                                  a0, count, nb, lane, r0);
   if constexpr (COMBINE) mf4_combine_tile(g, N, y_out, n_active, cb);
 }
 
@@ -459,31 +517,50 @@ void moe_mlp2_mf4(ActType t, const void* act, const uint8_t* blocks, const uint8
   check_launch(t == ActType::kF32 ? "moe_mlp2_f32_mf4w" : "moe_mlp2_bf16_mf4w");
 }
 
+namespace {
+
+// The int8 GEMV over (N rows, max_active experts) with the token group that fits tokens_hint.
+template <bool SWIGLU>
+void launch_q8_gemv(const int8_t* xq, const float* xd, const uint8_t* blocks, const uint8_t* scales,
+                    const float* bias, MoeGroups g, int max_active, int tokens_hint, int N, int Kd,
+                    float limit, __nv_bfloat16* act_out, float* y_out, cudaStream_t stream) {
+  const int rows_per_block = kMf4Warps * kGemvRows;
+  const dim3 grid((N + rows_per_block - 1) / rows_per_block, max_active);
+  auto go = [&](auto kernel) {
+    kernel<<<grid, kMf4Warps * 32, 0, stream>>>(xq, xd, blocks, scales, bias, g, N, Kd, limit,
+                                                act_out, y_out, Mf4Combine{});
+  };
+  if (tokens_hint <= 1)
+    go(moe_mf4w_q8_gemv_kernel<SWIGLU, false, 1>);
+  else if (tokens_hint <= 2)
+    go(moe_mf4w_q8_gemv_kernel<SWIGLU, false, 2>);
+  else
+    go(moe_mf4w_q8_gemv_kernel<SWIGLU, false, 4>);
+}
+
+}  // namespace
+
 void moe_mlp1_swiglu_mf4_q8(ActType t, const int8_t* xq, const float* xd, const uint8_t* blocks,
                             const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
-                            int H, int I, float limit, void* act_out, cudaStream_t stream) {
+                            int tokens_hint, int H, int I, float limit, void* act_out,
+                            cudaStream_t stream) {
   moe_mf4_check("moe_mlp1_swiglu_mf4_q8", xq, blocks, scales, bias, g, max_active, H, I);
   MIND4_CUDA_ARG(xd && act_out && t == ActType::kBF16, "moe_mlp1_swiglu_mf4_q8",
                  "null pointer, or activations not bf16 (the int8 route is bf16 mode's)");
   if (max_active == 0) return;
-  const int rows_per_block = kMf4Warps * kGemvRows;
-  moe_mf4w_q8_gemv_kernel<true>
-      <<<dim3((2 * I + rows_per_block - 1) / rows_per_block, max_active), kMf4Warps * 32, 0,
-         stream>>>(xq, xd, blocks, scales, bias, g, 2 * I, H, limit,
-                   static_cast<__nv_bfloat16*>(act_out), nullptr, Mf4Combine{});
+  launch_q8_gemv<true>(xq, xd, blocks, scales, bias, g, max_active, tokens_hint, 2 * I, H, limit,
+                       static_cast<__nv_bfloat16*>(act_out), nullptr, stream);
   check_launch("moe_mlp1_swiglu_bf16_q8a_mf4w");
 }
 
 void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
-                     const uint8_t* scales, const float* bias, MoeGroups g, int max_active, int H,
-                     int I, float* y, cudaStream_t stream) {
+                     const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
+                     int tokens_hint, int H, int I, float* y, cudaStream_t stream) {
   moe_mf4_check("moe_mlp2_mf4_q8", aq, blocks, scales, bias, g, max_active, H, I);
   MIND4_CUDA_ARG(ad && y, "moe_mlp2_mf4_q8", "null pointer");
   if (max_active == 0) return;
-  const int rows_per_block = kMf4Warps * kGemvRows;
-  moe_mf4w_q8_gemv_kernel<false>
-      <<<dim3((H + rows_per_block - 1) / rows_per_block, max_active), kMf4Warps * 32, 0, stream>>>(
-          aq, ad, blocks, scales, bias, g, H, I, 0.0f, nullptr, y, Mf4Combine{});
+  launch_q8_gemv<false>(aq, ad, blocks, scales, bias, g, max_active, tokens_hint, H, I, 0.0f,
+                        nullptr, y, stream);
   check_launch("moe_mlp2_f32_q8a_mf4w");
 }
 
