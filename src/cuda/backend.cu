@@ -44,8 +44,7 @@ constexpr int64_t kMaxExpandBytes = int64_t(3) << 30;  // all experts of a layer
 constexpr int kExpertRowPad = 128;
 // The int8 expert GEMVs (moe_mf4.cu) serve steps of up to this many rows an expert (tokens_hint):
 // b = 64 with gpt-oss-20b's 32 experts is 8; they convert each weight once per group of up to 4
-// rows, where the float GEMV re-reads a shared-memory table per weight and row; groups of 8 at
-// b = 64.
+// rows, where the float GEMV re-reads a shared-memory table per weight and row.
 constexpr int kQ8MaxTokens = 8;
 constexpr int kAttnPartialRows = 2048;  // capacity of the split-K buffer, in (row, split) pairs
 constexpr size_t kBlasWorkspace = size_t(32) << 20;

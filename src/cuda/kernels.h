@@ -138,7 +138,7 @@ void quantize_q8_32(ActType t, const void* x, int rows, int cols, int8_t* q, flo
 // products as moe_mlp1_swiglu_mf4 / moe_mlp2_mf4 from quantize_q8_32 output, e2m1 nibbles turned
 // into int8 by byte permutes and multiplied with dp4a. mlp1 reads rows group_row[a] of (xq, xd)
 // [B, H]; mlp2 reads rows a of (aq, ad) [A, I]. tokens_hint (about A / max_active) sizes the
-// group of assignments that share one conversion of each weight (1, 2, 4 or 8); any count works.
+// group of assignments that share one conversion of each weight (1, 2 or 4); any count works.
 void moe_mlp1_swiglu_mf4_q8(ActType t, const int8_t* xq, const float* xd, const uint8_t* blocks,
                             const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
                             int tokens_hint, int H, int I, float limit, void* act_out,

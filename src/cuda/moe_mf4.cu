@@ -534,10 +534,8 @@ void launch_q8_gemv(const int8_t* xq, const float* xd, const uint8_t* blocks, co
     go(moe_mf4w_q8_gemv_kernel<SWIGLU, false, 1>);
   else if (tokens_hint <= 2)
     go(moe_mf4w_q8_gemv_kernel<SWIGLU, false, 2>);
-  else if (tokens_hint <= 4)
-    go(moe_mf4w_q8_gemv_kernel<SWIGLU, false, 4>);
   else
-    go(moe_mf4w_q8_gemv_kernel<SWIGLU, false, 8>);
+    go(moe_mf4w_q8_gemv_kernel<SWIGLU, false, 4>);
 }
 
 }  // namespace
