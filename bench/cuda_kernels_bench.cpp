@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "cuda/buffer.h"
@@ -134,41 +135,27 @@ void attention_decode_bench(benchmark::State& state, bool grouped,
   state.counters["splits"] = splits;
 }
 
+// The (rows, keys) cases of the decode attention benchmarks.
+void decode_attention_cases(benchmark::internal::Benchmark* b) {
+  for (const auto& [rows, keys] : {std::pair{1, 4096}, {16, 4096}, {64, 4096}, {1, 128}, {64, 128}})
+    b->Args({rows, keys});
+  b->UseManualTime()->Unit(benchmark::kMicrosecond);
+}
+
 void BM_CudaAttentionDecode(benchmark::State& state) {
   attention_decode_bench(state, false);
 }
-BENCHMARK(BM_CudaAttentionDecode)
-    ->Args({1, 4096})
-    ->Args({16, 4096})
-    ->Args({64, 4096})
-    ->Args({1, 128})
-    ->Args({64, 128})
-    ->UseManualTime()
-    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_CudaAttentionDecode)->Apply(decode_attention_cases);
 
 void BM_CudaAttentionDecodeGqa(benchmark::State& state) {
   attention_decode_bench(state, true, mind4::cuda::DecodeAttnKernel::kTensorCores);
 }
-BENCHMARK(BM_CudaAttentionDecodeGqa)
-    ->Args({1, 4096})
-    ->Args({16, 4096})
-    ->Args({64, 4096})
-    ->Args({1, 128})
-    ->Args({64, 128})
-    ->UseManualTime()
-    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_CudaAttentionDecodeGqa)->Apply(decode_attention_cases);
 
 void BM_CudaAttentionDecodeGqaCudaCores(benchmark::State& state) {
   attention_decode_bench(state, true, mind4::cuda::DecodeAttnKernel::kCudaCores);
 }
-BENCHMARK(BM_CudaAttentionDecodeGqaCudaCores)
-    ->Args({1, 4096})
-    ->Args({16, 4096})
-    ->Args({64, 4096})
-    ->Args({1, 128})
-    ->Args({64, 128})
-    ->UseManualTime()
-    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_CudaAttentionDecodeGqaCudaCores)->Apply(decode_attention_cases);
 
 // Residual add + RMSNorm of B rows (bf16 out). Bytes: x read and written (f32), the delta read
 // (bf16), the output written (bf16).

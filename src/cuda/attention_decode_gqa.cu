@@ -310,19 +310,8 @@ __global__ void __launch_bounds__(32)
   const bf16* k0 = kc + int64_t(slot[r]) * positions * width + int64_t(kvh) * D;
   const bf16* v0 = vc + int64_t(slot[r]) * positions * width + int64_t(kvh) * D;
   const int n_tiles = end > begin ? (end - begin + KT - 1) / KT : 0;
-  auto load_tile = [&](int j) {
-    const int kt0 = begin + j * KT, buf = j & 1;
-    constexpr int kChunks = DP / 8;  // 16-byte chunks per row
-    for (int c = lane; c < KT * kChunks; c += 32) {
-      const int row = c / kChunks, ch = c % kChunks, key = kt0 + row;
-      // Keys past the split and dimensions past D are zero-filled: P is 0 there, and 0 * (stale
-      // shared memory) could be NaN.
-      const bool ok = key < end && ch * 8 < D;
-      const int64_t off = ok ? int64_t(key) * width + ch * 8 : 0;
-      cp_async16(ks + (buf * KT + row) * S + ch * 8, k0 + off, ok ? 16 : 0);
-      cp_async16(vs + (buf * KT + row) * S + ch * 8, v0 + off, ok ? 16 : 0);
-    }
-    cp_async_commit();
+  auto load_tile = [&](int j) {  // keys past the split are zero-filled
+    flash_load_kv_tile<DP, KT, S>(ks, vs, k0, v0, width, D, begin + j * KT, end, j & 1, lane, 32);
   };
 
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;

@@ -78,19 +78,10 @@ __global__ void __launch_bounds__(kFlashThreads)
   flash_q_fragments<DP>(qf, fr0, fr1, c2, q_pair);
 
   const int n_tiles = (k_end - k_begin + KT - 1) / KT;
+  // Keys past the block's last row are zero-filled.
   auto load_tile = [&](int j) {
-    const int kt0 = k_begin + j * KT, buf = j & 1;
-    constexpr int kChunks = DP / 8;  // 16-byte chunks per row
-    for (int c = threadIdx.x; c < KT * kChunks; c += kFlashThreads) {
-      const int row = c / kChunks, ch = c % kChunks, key = kt0 + row;
-      // Keys past the block's last row and dimensions past D are zero-filled: P is 0 there, and
-      // 0 * (stale cache bytes) could be NaN.
-      const bool ok = key < k_end && ch * 8 < D;
-      const int64_t off = ok ? int64_t(key) * width + int64_t(kvh) * D + ch * 8 : 0;
-      cp_async16(ks + (buf * KT + row) * S + ch * 8, k0 + off, ok ? 16 : 0);
-      cp_async16(vs + (buf * KT + row) * S + ch * 8, v0 + off, ok ? 16 : 0);
-    }
-    cp_async_commit();
+    flash_load_kv_tile<DP, KT, S>(ks, vs, k0 + int64_t(kvh) * D, v0 + int64_t(kvh) * D, width, D,
+                                  k_begin + j * KT, k_end, j & 1, threadIdx.x, kFlashThreads);
   };
 
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;

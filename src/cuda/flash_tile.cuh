@@ -121,6 +121,26 @@ __device__ __forceinline__ void flash_q_fragments(uint32_t (&qf)[DP / 16][4], in
   }
 }
 
+// Copies keys kt0 .. kt0 + KT - 1 of one KV head into stage buf of the shared tiles ks and vs
+// ([2][KT][S] each), threads t, t + threads, ... of the block; k0 and v0 point at key 0 of the
+// head, keys `width` elements apart. Keys at or past k_end and dimensions past D are zero-filled:
+// P is 0 there, and 0 * (stale bytes) could be NaN. One commit group.
+template <int DP, int KT, int S>
+__device__ __forceinline__ void flash_load_kv_tile(__nv_bfloat16* ks, __nv_bfloat16* vs,
+                                                   const __nv_bfloat16* k0, const __nv_bfloat16* v0,
+                                                   int64_t width, int D, int kt0, int k_end,
+                                                   int buf, int t, int threads) {
+  constexpr int kChunks = DP / 8;  // 16-byte chunks per row
+  for (int c = t; c < KT * kChunks; c += threads) {
+    const int row = c / kChunks, ch = c % kChunks, key = kt0 + row;
+    const bool ok = key < k_end && ch * 8 < D;
+    const int64_t off = ok ? int64_t(key) * width + ch * 8 : 0;
+    cp_async16(ks + (buf * KT + row) * S + ch * 8, k0 + off, ok ? 16 : 0);
+    cp_async16(vs + (buf * KT + row) * S + ch * 8, v0 + off, ok ? 16 : 0);
+  }
+  cp_async_commit();
+}
+
 // The key tiles of a block, double-buffered in shared memory: load_tile(j) issues tile j's copies
 // (one commit group), use_tile(j) works on it once it has landed, and tile j + 1 is in flight
 // meanwhile. Then each row's sum l (kept by the four lanes of a quad) is completed across them.
