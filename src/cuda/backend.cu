@@ -42,9 +42,12 @@ constexpr int kPrefillMinRows = kGraphMaxRows + 1;
 constexpr int64_t kMaxScoreBytes = int64_t(4) << 30;   // attention_prefill's score buffer cap
 constexpr int64_t kMaxExpandBytes = int64_t(3) << 30;  // all experts of a layer expanded at once
 constexpr int kExpertRowPad = 128;
-// The int8 expert GEMVs (moe_mf4.cu) serve steps of up to this many rows an expert (tokens_hint):
-// b = 64 with gpt-oss-20b's 32 experts is 8; they convert each weight once per group of up to 4
-// rows, where the float GEMV re-reads a shared-memory table per weight and row.
+// With MIND4_CUDA_Q8_DECODE=batched the int8 expert GEMVs (moe_mf4.cu) serve steps of up to this
+// many rows an expert (tokens_hint): b = 64 with gpt-oss-20b's 32 experts is 8; they convert each
+// weight once per group of up to 4 rows, where the float GEMV re-reads a shared-memory table per
+// weight and row (b=16 1.28x, b=64 2.1x on an H100). Not the default: on the whole-model fixtures
+// its int8 activations took the 16-row steps' logits 3.1% of the largest logit away from HF's,
+// past the bf16 bound of 2% (docs/perf-notes.md, S7.10).
 constexpr int kQ8MaxTokens = 8;
 constexpr int kAttnPartialRows = 2048;  // capacity of the split-K buffer, in (row, split) pairs
 constexpr size_t kBlasWorkspace = size_t(32) << 20;
@@ -124,12 +127,11 @@ class CudaBackend final : public StepBackend {
     cuda::check(cudaStreamSynchronize(stream_.get()), "RoPE tables (cudaStreamSynchronize)");
     sin_offset_ = int64_t(cos_t.size());
 
-    // The int8 decode route of the experts (bf16 mode): quantized activations of a step, for
-    // steps of up to kQ8MaxTokens rows an expert (batched decode included).
-    // MIND4_CUDA_Q8_DECODE=0 turns it off (the float GEMV then runs), =1 keeps it to one row an
-    // expert (as before session 7); for comparisons.
+    // The int8 decode route of the experts (bf16 mode): quantized activations of a step with
+    // about one row an expert. MIND4_CUDA_Q8_DECODE=0 turns it off (the float GEMV then runs),
+    // =batched extends it to kQ8MaxTokens rows an expert (batched decode; see kQ8MaxTokens).
     const char* q8 = std::getenv("MIND4_CUDA_Q8_DECODE");
-    if (q8 && std::string(q8) == "1") q8_max_tokens_ = 1;
+    if (q8 && std::string(q8) == "batched") q8_max_tokens_ = kQ8MaxTokens;
     if (act_ == ActType::kBF16 && dm_.experts_mxfp4 && !(q8 && std::string(q8) == "0")) {
       xq_ = dev(B * H, "cudaMalloc (decode scratch)");
       xd_ = dev(B * H / 32 * 4, "cudaMalloc (decode scratch)");
@@ -629,10 +631,10 @@ class CudaBackend final : public StepBackend {
   DeviceBuffer xg_, hbuf_, wbuf_, scores_, tile_plan_;  // tensor-core route (large steps) only
   bool tensor_route_ = false, grouped_gemm_ = false, flash_prefill_ = false;
   cuda::MoeGemmVariant gemm_variant_ = cuda::MoeGemmVariant::kMma;
-  DeviceBuffer xq_, xd_, aq_, ad_;    // int8 decode route (bf16 mode) only
-  int q8_max_tokens_ = kQ8MaxTokens;  // the int8 route up to this many rows an expert
-  DeviceBuffer router_done_;          // router_group's block counter (fused decode)
-  DeviceBuffer combine_done_;         // the folded chain's mlp2 tile counters
+  DeviceBuffer xq_, xd_, aq_, ad_;  // int8 decode route (bf16 mode) only
+  int q8_max_tokens_ = 1;           // the int8 route up to this many rows an expert
+  DeviceBuffer router_done_;        // router_group's block counter (fused decode)
+  DeviceBuffer combine_done_;       // the folded chain's mlp2 tile counters
   // GPU sampling: each slot's last logits, the jobs and results, and (penalties only, grown on
   // first use) the (token, count) pairs and the penalised rows.
   DeviceBuffer slot_logits_, sample_jobs_, sample_out_, pen_dev_, work_;
