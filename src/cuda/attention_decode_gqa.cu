@@ -332,16 +332,8 @@ __global__ void __launch_bounds__(32)
     if (f >= G) return;
     const int head = kvh * G + f;
     if (splits == 1) {  // every row has at least one key, so m is finite
-      const float sink = sinks[head] * kLog2e, M = fmaxf(m, sink);
-      const float fm = gqa_exp2(m - M), mult = fm / (l * fm + gqa_exp2(sink - M));
-      bf16* o = out + int64_t(r) * NH * D + int64_t(head) * D;
-#pragma unroll
-      for (int dt = 0; dt < DP / 8; ++dt) {
-        const int d = 8 * dt + c2;
-        if (d < D)
-          *reinterpret_cast<uint32_t*>(o + d) =
-              pack_bf16x2(acc[dt][e0] * mult, acc[dt][e0 + 1] * mult);
-      }
+      flash_store_row<DP>(out + int64_t(r) * NH * D + int64_t(head) * D, D, acc, e0, m, l,
+                          sinks[head] * kLog2e, c2);
     } else {  // m = -inf, l = 0 when the split holds no key of this row: combined with weight 0
       float* part = partial + ((int64_t(r) * NH + head) * splits + blockIdx.y) * (D + 2);
       if (c2 == 0) part[0] = m, part[1] = l;

@@ -103,16 +103,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   auto store_row = [&](int f, float m, float l, int e0) {
     if (f >= total) return;
     const int i = f / G, h = kvh * G + f % G;
-    const float sink = sinks[h] * kFlashLog2e, M = fmaxf(m, sink);
-    const float fm = flash_exp2(m - M), mult = fm / (l * fm + flash_exp2(sink - M));
-    bf16* o = out + int64_t(i) * NH * D + int64_t(h) * D;
-#pragma unroll
-    for (int dt = 0; dt < DP / 8; ++dt) {
-      const int d = 8 * dt + c2;
-      if (d < D)
-        *reinterpret_cast<uint32_t*>(o + d) =
-            pack_bf16x2(acc[dt][e0] * mult, acc[dt][e0 + 1] * mult);
-    }
+    flash_store_row<DP>(out + int64_t(i) * NH * D + int64_t(h) * D, D, acc, e0, m, l,
+                        sinks[h] * kFlashLog2e, c2);
   };
   store_row(fr0, m0, l0, 0);
   store_row(fr1, m1, l1, 2);

@@ -107,6 +107,24 @@ __device__ __forceinline__ void flash_tile_forward(const __nv_bfloat16* kt, cons
   }
 }
 
+// The end of a row: this lane's accumulators acc[.][e0], acc[.][e0 + 1] of a row with running
+// max m and sum l (log2 units) join the sink logit (sink_log2, log2 units) in the denominator and
+// go out as bf16: o[d] = acc * 2^(m - M) / (l 2^(m - M) + 2^(sink - M)), M = max(m, sink), for
+// the lane's dimensions d = 8 dt + c2 (+ 1) below D.
+template <int DP>
+__device__ __forceinline__ void flash_store_row(__nv_bfloat16* o, int D,
+                                                const float (&acc)[DP / 8][4], int e0, float m,
+                                                float l, float sink_log2, int c2) {
+  const float M = fmaxf(m, sink_log2);
+  const float fm = flash_exp2(m - M), mult = fm / (l * fm + flash_exp2(sink_log2 - M));
+#pragma unroll
+  for (int dt = 0; dt < DP / 8; ++dt) {
+    const int d = 8 * dt + c2;
+    if (d < D)
+      *reinterpret_cast<uint32_t*>(o + d) = pack_bf16x2(acc[dt][e0] * mult, acc[dt][e0 + 1] * mult);
+  }
+}
+
 // The A fragments of this lane's two query rows fr0, fr1 (m16n8k16 rows l/4 and l/4 + 8) over
 // DP dimensions, straight from global memory: q_pair(f, d) returns row f's bf16 pair at d, d + 1.
 template <int DP, typename QPair>
