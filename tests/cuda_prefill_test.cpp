@@ -155,12 +155,14 @@ TEST_F(CudaPrefillTest, GroupedMxfp4GemmMatchesCpu) {
     const int* assign_at = all.data() + 2 * (E + 1) + 2 * A;
     const auto w1 = prefill_decode(b1, s1, int64_t(E) * 2 * I * H);
     const auto w2 = prefill_decode(b2, s2, int64_t(E) * H * I);
-    auto d_plan = poisoned(size_t(1 + 2 * cuda::moe_tile_plan_capacity(A, E)) * 4);
-    cuda::moe_tile_plan(g.offsets, E, d_plan.data<int>(), nullptr);
-    // Every kernel: the mma.sync ones everywhere, the warpgroup-MMA one on Hopper.
+    // Every kernel (each with a plan of its own tile rows): the mma.sync ones everywhere, the
+    // warpgroup-MMA one on Hopper.
     using V = cuda::MoeGemmVariant;
-    for (const V v : {V::kMma, V::kMmaWide, V::kWgmma}) {
+    for (const V v : {V::kMma, V::kMmaWide, V::kMmaTall, V::kWgmma}) {
       if (v == V::kWgmma && !cuda::moe_gemm_wgmma_supported()) continue;
+      const int tile_rows = cuda::moe_gemm_tile_rows(v);
+      auto d_plan = poisoned(size_t(1 + 2 * cuda::moe_tile_plan_capacity(A, E, tile_rows)) * 4);
+      cuda::moe_tile_plan(g.offsets, E, tile_rows, d_plan.data<int>(), nullptr);
       auto d_act = poisoned(size_t(A) * I * 2), d_y = poisoned(size_t(A) * H * 4);
       cuda::moe_mlp1_swiglu_mf4_gemm(v, t, d_x.data(), d_b1.data<uint8_t>(), d_s1.data<uint8_t>(),
                                      d_bias1.data<float>(), g, d_plan.data<int>(), A, E, H, I,
@@ -218,8 +220,11 @@ TEST_F(CudaPrefillTest, GroupedMxfp4GemmRejectsBadArguments) {
       cuda::moe_mlp2_mf4_gemm(V::kWgmma, ActType::kF32, buf.data(), u8, u8, buf.data<float>(), g,
                               buf.data<int>(), 4, 2, 64, 64, buf.data<float>(), nullptr),
       Error);  // f32 (and, off Hopper, any dtype)
-  EXPECT_THROW(cuda::moe_tile_plan(nullptr, 4, buf.data<int>(), nullptr), Error);
+  EXPECT_THROW(cuda::moe_tile_plan(nullptr, 4, 128, buf.data<int>(), nullptr), Error);
+  EXPECT_THROW(cuda::moe_tile_plan(buf.data<int>(), 4, 0, buf.data<int>(), nullptr), Error);
   EXPECT_EQ(cuda::moe_gemm_variant_named("mma256"), V::kMmaWide);
+  EXPECT_EQ(cuda::moe_gemm_variant_named("mma-tall"), V::kMmaTall);
+  EXPECT_EQ(cuda::moe_gemm_tile_rows(V::kMmaTall), 256);
   try {
     cuda::moe_gemm_variant_named("mma512");
     ADD_FAILURE() << "an unknown kernel name was accepted";

@@ -183,11 +183,13 @@ class CudaBackend final : public StepBackend {
       grouped_gemm_ = act_ == ActType::kBF16 && dm_.experts_mxfp4 && H % 32 == 0 && I % 32 == 0;
       if (grouped_gemm_) {
         // The mma.sync kernel (the fastest so far, see docs/perf-notes.md);
-        // MIND4_CUDA_MOE_GEMM=mma256 | wgmma picks another one (for comparisons).
+        // MIND4_CUDA_MOE_GEMM=mma256 | mma-tall | wgmma picks another one (for comparisons).
         const char* v = std::getenv("MIND4_CUDA_MOE_GEMM");
         gemm_variant_ = v && *v ? cuda::moe_gemm_variant_named(v) : cuda::MoeGemmVariant::kMma;
-        tile_plan_ = dev((1 + 2 * int64_t(cuda::moe_tile_plan_capacity(int(A), int(E)))) * 4,
-                         "cudaMalloc (prefill scratch)");
+        const int tile_rows = cuda::moe_gemm_tile_rows(gemm_variant_);
+        tile_plan_ =
+            dev((1 + 2 * int64_t(cuda::moe_tile_plan_capacity(int(A), int(E), tile_rows))) * 4,
+                "cudaMalloc (prefill scratch)");
       } else {
         // Rows are padded per expert (kExpertRowPad) on the one-product-per-expert path.
         xg_ = dev((A + kExpertRowPad) * H * a, "cudaMalloc (prefill scratch)");
@@ -512,7 +514,8 @@ class CudaBackend final : public StepBackend {
       }
       if (dm_.experts_mxfp4 && tensor_route && grouped_gemm_) {
         const int* plan = tile_plan_.data<int>();
-        cuda::moe_tile_plan(groups_.offsets, E, tile_plan_.data<int>(), s);
+        cuda::moe_tile_plan(groups_.offsets, E, cuda::moe_gemm_tile_rows(gemm_variant_),
+                            tile_plan_.data<int>(), s);
         cuda::moe_mlp1_swiglu_mf4_gemm(gemm_variant_, act_, t, lw.mlp1_blocks, lw.mlp1_scales,
                                        lw.mlp1_b, groups_, plan, A, E, H, I, c_.swiglu_limit,
                                        act_buf_.data(), s);

@@ -162,20 +162,23 @@ void moe_bias_add(float* y, const float* bias, const int* group_expert, int A, i
 
 // ---- moe_gemm_mf4.cu: the same two products for large steps (prefill) in bf16 mode, as one
 // grouped GEMM per matrix on tensor cores reading the packed weights (no expansion, no host
-// synchronisation). moe_tile_plan lists each expert's tiles of rows into plan int
-// [1 + 2 * moe_tile_plan_capacity(A, E)] (count, then (expert, first grouped row) pairs); both
-// products read it. mlp1 + bias + clamped SwiGLU: act_out bf16 [A, I] (grouped order) from rows
+// synchronisation). moe_tile_plan lists each expert's tiles of tile_rows rows into plan int
+// [1 + 2 * moe_tile_plan_capacity(A, E, tile_rows)] (count, then (expert, first grouped row)
+// pairs); both products read it, made with the tile rows of the kernel that runs them
+// (moe_gemm_tile_rows). mlp1 + bias + clamped SwiGLU: act_out bf16 [A, I] (grouped order) from rows
 // group_row[a] of x bf16 [B, H]; mlp2: y f32 [A, H] = act times the expert matrices + bias.
 // H % 32 == 0, I % 32 == 0.
-int moe_tile_plan_capacity(int A, int E);
-void moe_tile_plan(const int* offsets, int E, int* plan, cudaStream_t stream);
-// The kernel that runs them (same plan, arguments and results; docs/perf-notes.md compares
-// them): mma.sync over tiles of 128 assignments x 128 weight rows (the default), the same over
-// 128 x 256 (kMmaWide), or Hopper's warpgroup MMA (kWgmma, moe_gemm_mf4_wgmma.cu; refused off
-// compute capability 9.x, see moe_gemm_wgmma_supported). moe_gemm_variant_named: "mma", "mma256"
-// or "wgmma"; anything else throws, naming the value.
-enum class MoeGemmVariant { kMma, kMmaWide, kWgmma };
+int moe_tile_plan_capacity(int A, int E, int tile_rows);
+void moe_tile_plan(const int* offsets, int E, int tile_rows, int* plan, cudaStream_t stream);
+// The kernel that runs them (same arguments and results; docs/perf-notes.md compares them):
+// mma.sync over tiles of 128 assignments x 128 weight rows (the default), the same over
+// 128 x 256 (kMmaWide) or 256 x 128 (kMmaTall), or Hopper's warpgroup MMA (kWgmma,
+// moe_gemm_mf4_wgmma.cu; refused off compute capability 9.x, see moe_gemm_wgmma_supported).
+// moe_gemm_variant_named: "mma", "mma256", "mma-tall" or "wgmma"; anything else throws, naming
+// the value.
+enum class MoeGemmVariant { kMma, kMmaWide, kMmaTall, kWgmma };
 MoeGemmVariant moe_gemm_variant_named(const std::string& name);
+int moe_gemm_tile_rows(MoeGemmVariant v);
 bool moe_gemm_wgmma_supported();
 void moe_mlp1_swiglu_mf4_gemm(MoeGemmVariant v, ActType t, const void* x, const uint8_t* blocks,
                               const uint8_t* scales, const float* bias, MoeGroups g,

@@ -20,18 +20,18 @@ inline void check_moe_gemm_args(const char* launcher, ActType t, int A, int E, i
                  "A = ", A, ", E = ", E, ", H = ", H, ", I = ", I, " (H and I multiples of 32)");
 }
 
-// One packed MXFP4 block (16 bytes wq, 32 e2m1 values) expanded to bf16 in both kernels' weight
-// tiles: lut turns each byte into two values, and one bf16x2 multiply applies the e8m0 scale wsc,
+// Packed MXFP4 values expanded to bf16 in the kernels' weight tiles: kWords 32-bit words of one
+// block (4 for a whole block of 16 bytes, 32 e2m1 values; 2 for half of one) with the block's e8m0
+// scale wsc. lut turns each byte into two values, and one bf16x2 multiply applies the scale,
 // 2^(s - 127) as bf16 (s = 0: the subnormal 2^-127, as the CPU's decode; the product with an
 // e2m1 value is exact). store(q, word) receives the q-th 16 bytes (8 values) of the result.
-template <typename Store>
-__device__ __forceinline__ void moe_expand_mf4_block(uint4 wq, uint32_t wsc, const uint32_t* lut,
-                                                     Store store) {
+template <int kWords, typename Store>
+__device__ __forceinline__ void moe_expand_mf4_words(const uint32_t* words, uint32_t wsc,
+                                                     const uint32_t* lut, Store store) {
   const uint32_t sb = wsc ? wsc << 7 : 0x40u, s2u = sb | (sb << 16);
   const __nv_bfloat162 s2 = *reinterpret_cast<const __nv_bfloat162*>(&s2u);
-  const uint32_t words[4] = {wq.x, wq.y, wq.z, wq.w};
 #pragma unroll
-  for (int q = 0; q < 4; ++q) {
+  for (int q = 0; q < kWords; ++q) {
     uint32_t v[4];
 #pragma unroll
     for (int b = 0; b < 4; ++b) {
@@ -41,6 +41,13 @@ __device__ __forceinline__ void moe_expand_mf4_block(uint4 wq, uint32_t wsc, con
     }
     store(q, make_uint4(v[0], v[1], v[2], v[3]));
   }
+}
+// One whole block (16 bytes wq).
+template <typename Store>
+__device__ __forceinline__ void moe_expand_mf4_block(uint4 wq, uint32_t wsc, const uint32_t* lut,
+                                                     Store store) {
+  const uint32_t words[4] = {wq.x, wq.y, wq.z, wq.w};
+  moe_expand_mf4_words<4>(words, wsc, lut, store);
 }
 
 // The kernels' epilogue for one lane's accumulators a[0..3]: rows r_lo and r_lo + 8 of the
@@ -106,7 +113,7 @@ struct MoeGemmFamily {
   const char *mlp1, *mlp2;                // the public launchers' names
   const char *mlp1_launch, *mlp2_launch;  // what a failed launch is called
   size_t smem;
-  int threads, cols;
+  int threads, rows, cols;  // rows: assignments per tile (the tile plan's unit)
 };
 
 // moe_gemm_mf4_wgmma.cu's family (its kernels are built for sm_90a only).
@@ -122,8 +129,8 @@ inline void moe_mlp1_grouped(const MoeGemmFamily& f, ActType t, const void* x,
   check_moe_gemm_args(f.mlp1, t, A, E, H, I);
   if (A == 0) return;
   launch_moe_gemm(f.swiglu, f.attribute, f.smem, f.threads, f.cols, x, g.group_row, blocks, scales,
-                  bias, g.offsets, plan, moe_tile_plan_capacity(A, E), 2 * I, H, limit, act_out,
-                  stream);
+                  bias, g.offsets, plan, moe_tile_plan_capacity(A, E, f.rows), 2 * I, H, limit,
+                  act_out, stream);
   check_launch(f.mlp1_launch);
 }
 inline void moe_mlp2_grouped(const MoeGemmFamily& f, ActType t, const void* act,
@@ -134,7 +141,8 @@ inline void moe_mlp2_grouped(const MoeGemmFamily& f, ActType t, const void* act,
   check_moe_gemm_args(f.mlp2, t, A, E, H, I);
   if (A == 0) return;
   launch_moe_gemm(f.plain, f.attribute, f.smem, f.threads, f.cols, act, nullptr, blocks, scales,
-                  bias, g.offsets, plan, moe_tile_plan_capacity(A, E), H, I, 0.0f, y, stream);
+                  bias, g.offsets, plan, moe_tile_plan_capacity(A, E, f.rows), H, I, 0.0f, y,
+                  stream);
   check_launch(f.mlp2_launch);
 }
 

@@ -1,13 +1,14 @@
 // The expert products of a large step (prefill, bf16 mode) as one grouped GEMM per matrix, on
 // tensor cores, reading the packed MXFP4 weights: no expanded copy of the experts in memory and
 // no host synchronisation. A tile plan (one small launch) lists each active expert's row tiles
-// of 128 assignments; a block multiplies one such tile by 128 weight rows of its expert. Per step
-// of 64 along k the block copies its activation rows into shared memory (cp.async; mlp1 gathers
-// them through group_row, so no gathered copy exists either) and expands its 128 x 2 MXFP4
+// of 128 (or 256) assignments; a block multiplies one such tile by 128 weight rows of its expert.
+// Per step of 64 along k the block copies its activation rows into shared memory (cp.async; mlp1
+// gathers them through group_row, so no gathered copy exists either) and expands its 128 x 2 MXFP4
 // blocks (16 bytes + one e8m0 scale each) to bf16 in shared memory: a 256-entry table turns each
 // byte into two e2m1 values, and one bf16x2 multiply applies the power-of-two scale (exact).
 // The next step's packed weights are loaded into registers while the tensor cores work on this
-// one. 8 warps, each 64 rows x 32 columns of the tile, mma.sync m16n8k16 with f32 accumulators.
+// one. Warps of 64 rows x 32 columns of the tile (8 of them, or 16 for 256 rows), mma.sync
+// m16n8k16 with f32 accumulators.
 // mlp1's epilogue adds the bias and applies the clamped SwiGLU (gate and linear columns
 // interleave, so a lane's accumulator pair is one (gate, linear) pair); mlp2's adds the bias.
 #include <algorithm>
@@ -20,27 +21,33 @@
 namespace mind4::cuda {
 namespace {
 
-constexpr int kGemmRows = 128;  // assignments per tile (BM)
-constexpr int kGemmK = 64;      // k per pipeline step: two MXFP4 blocks
-constexpr int kGemmThreads = 256;
+constexpr int kGemmK = 64;               // k per pipeline step: two MXFP4 blocks
 constexpr int kGemmStride = kGemmK + 8;  // bf16 per shared row: 16 bytes of padding for ldmatrix
-// A and W tiles of two stages, then the byte table. kCols weight rows per tile (BN): 128 (warps
-// of 64 x 32, two blocks per multiprocessor; the default) or 256 (warps of 64 x 64: 16
-// multiply-adds per byte that ldmatrix moves instead of 10.7, but one block of 8 warps per
-// multiprocessor, which left the latencies unhidden and measured slower; docs/perf-notes.md).
-constexpr size_t gemm_smem_bytes(int cols) {
-  return 2 * size_t(kGemmRows + cols) * kGemmStride * 2 + 256 * 4;
+// Tiles of kRows assignments (BM) x kCols weight rows (BN), with (kRows / 64) x 4 warps
+// (docs/perf-notes.md compares them):
+// - 128 x 128 (warps of 64 x 32, two blocks per multiprocessor; the default);
+// - 128 x 256 (warps of 64 x 64: 16 multiply-adds per byte that ldmatrix moves instead of 10.7,
+//   but one block of 8 warps per multiprocessor, which left the latencies unhidden: slower);
+// - 256 x 128 (16 warps of 64 x 32, one block per multiprocessor: each expanded weight tile serves
+//   twice the rows; 3-7% faster with whole tiles, but 3-6% slower with a real step's uneven
+//   experts, whose last tile now costs a whole multiprocessor however few rows it has).
+constexpr int gemm_threads(int rows) {
+  return 2 * rows;
+}
+// A and W tiles of two stages, then the byte table.
+constexpr size_t gemm_smem_bytes(int rows, int cols) {
+  return 2 * size_t(rows + cols) * kGemmStride * 2 + 256 * 4;
 }
 
 __constant__ float kGemmE2M1[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
                                     -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 
-__global__ void moe_tile_plan_kernel(const int* __restrict__ offsets, int E,
+__global__ void moe_tile_plan_kernel(const int* __restrict__ offsets, int E, int tile_rows,
                                      int* __restrict__ plan) {
   if (threadIdx.x != 0) return;
   int n = 0;
   for (int e = 0; e < E; ++e)
-    for (int r = offsets[e]; r < offsets[e + 1]; r += kGemmRows) {
+    for (int r = offsets[e]; r < offsets[e + 1]; r += tile_rows) {
       plan[1 + 2 * n] = e;
       plan[2 + 2 * n] = r;
       ++n;
@@ -51,68 +58,81 @@ __global__ void moe_tile_plan_kernel(const int* __restrict__ offsets, int E,
 // out = A W^T per tile: A rows a of the grouped assignments (activation row a_rows[a] of `a`
 // when a_rows is given, else row a), W [E, N, K] in MXFP4. kSwiglu: out is act bf16 [*, N/2]
 // (clamped SwiGLU of the interleaved pairs plus bias); else out is f32 [*, N] plus bias.
-template <bool kSwiglu, int kCols>
-__global__ void __launch_bounds__(kGemmThreads, kCols == 128 ? 2 : 1)
+template <bool kSwiglu, int kRows, int kCols>
+__global__ void __launch_bounds__(gemm_threads(kRows), kRows == 128 && kCols == 128 ? 2 : 1)
     moe_gemm_mf4_kernel(const __nv_bfloat16* __restrict__ a, const int* __restrict__ a_rows,
                         const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
                         const float* __restrict__ bias, const int* __restrict__ offsets,
                         const int* __restrict__ plan, int N, int K, float limit,
                         void* __restrict__ out) {
   using bf16 = __nv_bfloat16;
-  static_assert(kCols == 128 || kCols == 256, "column tiles of 128 or 256 weight rows");
-  constexpr int kWarpCols = kCols / 4;  // 2 x 4 warps: 64 rows x kWarpCols columns each
+  static_assert((kRows == 128 && (kCols == 128 || kCols == 256)) || (kRows == 256 && kCols == 128),
+                "tiles of 128 x 128, 128 x 256 or 256 x 128");
+  constexpr int kThreads = gemm_threads(kRows);
+  constexpr int kWarpCols = kCols / 4;  // (kRows / 64) x 4 warps: 64 rows x kWarpCols columns each
   constexpr int kNt = kWarpCols / 8;    // 8-column MMA tiles per warp
-  constexpr int kWBlocks = 2 * kCols / kGemmThreads;  // MXFP4 blocks a thread expands per step
+  // A step's weights are kCols rows x 2 MXFP4 blocks = 4 halves (16 values, 8 bytes) a row; a
+  // thread expands kWHalves consecutive halves of one row: 2 (one block), 4 (two) or 1.
+  constexpr int kWHalves = 4 * kCols / kThreads;
+  constexpr int kWBlocks = kWHalves >= 2 ? kWHalves / 2 : 1;  // blocks (scales) it touches
+  constexpr int kWWords = 2 * kWHalves / kWBlocks;            // 32-bit words of each
   if (int(blockIdx.x) >= plan[0]) return;
   extern __shared__ __align__(16) unsigned char gemm_smem[];
   bf16* as = reinterpret_cast<bf16*>(gemm_smem);                              // [2][BM][stride]
-  bf16* ws = as + 2 * kGemmRows * kGemmStride;                                // [2][BN][stride]
+  bf16* ws = as + 2 * kRows * kGemmStride;                                    // [2][BN][stride]
   uint32_t* lut = reinterpret_cast<uint32_t*>(ws + 2 * kCols * kGemmStride);  // [256]
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int e = plan[1 + 2 * blockIdx.x], row0 = plan[2 + 2 * blockIdx.x];
-  const int rows = min(kGemmRows, offsets[e + 1] - row0);
+  const int rows = min(kRows, offsets[e + 1] - row0);
   const int n0 = blockIdx.y * kCols, KB = K / 32, k_steps = (KB + 1) / 2;
 
   // Byte -> (low nibble, high nibble) as a bf16 pair (exact: e2m1 values have 2 significant bits).
-  {
-    const int b = tid;  // kGemmThreads == 256
-    const __nv_bfloat162 p = __floats2bfloat162_rn(kGemmE2M1[b & 15], kGemmE2M1[b >> 4]);
-    lut[b] = *reinterpret_cast<const uint32_t*>(&p);
+  if (tid < 256) {
+    const __nv_bfloat162 p = __floats2bfloat162_rn(kGemmE2M1[tid & 15], kGemmE2M1[tid >> 4]);
+    lut[tid] = *reinterpret_cast<const uint32_t*>(&p);
   }
 
-  // Activation copy: 128 rows x 8 chunks of 16 bytes per step, 4 chunks per thread, rows fixed
-  // over k. Rows past the tile repeat its last row (finite; never stored).
+  // Activation copy: kRows rows x 8 chunks of 16 bytes per step, 4 chunks per thread, rows fixed
+  // over k. Rows past the tile are zero-filled without a read (finite; never stored).
   const bf16* a_src[4];
   const int a_chunk = tid & 7;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int r = (tid >> 3) + 32 * i, ga = row0 + min(r, rows - 1);
+    const int r = (tid >> 3) + kThreads / 8 * i, ga = row0 + min(r, rows - 1);
     a_src[i] = a + int64_t(a_rows ? a_rows[ga] : ga) * K + a_chunk * 8;
   }
   auto copy_a = [&](int step, int buf) {
     const int k = step * kGemmK + a_chunk * 8;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const int r = (tid >> 3) + 32 * i;
-      cp_async16(as + (buf * kGemmRows + r) * kGemmStride + a_chunk * 8, a_src[i] + step * kGemmK,
-                 k < K ? 16 : 0);
+      const int r = (tid >> 3) + kThreads / 8 * i;
+      cp_async16(as + (buf * kRows + r) * kGemmStride + a_chunk * 8, a_src[i] + step * kGemmK,
+                 k < K && r < rows ? 16 : 0);
     }
     cp_async_commit();
   };
-  // Weights: thread = (weight row, kWBlocks of the step's two blocks from w_half on). Rows past N
+  // Weights: thread = (weight row, kWHalves of the step's four halves from w_h0 on). Rows past N
   // repeat row N-1.
-  const int w_row = tid * kWBlocks / 2, w_half = tid * kWBlocks % 2;
-  const int64_t w_block0 = (int64_t(e) * N + min(n0 + w_row, N - 1)) * KB + w_half;
-  uint4 wq[kWBlocks];
+  const int w_row = tid * kWHalves / 4, w_h0 = tid * kWHalves % 4;
+  const int64_t w_block0 = (int64_t(e) * N + min(n0 + w_row, N - 1)) * KB + w_h0 / 2;
+  uint32_t wq[kWBlocks][kWWords];
   uint32_t wsc[kWBlocks];
   auto load_w = [&](int step) {
 #pragma unroll
     for (int j = 0; j < kWBlocks; ++j) {
-      if (2 * step + w_half + j < KB) {
-        wq[j] = *reinterpret_cast<const uint4*>(blocks + (w_block0 + 2 * step + j) * 16);
-        wsc[j] = scales[w_block0 + 2 * step + j];
-      } else {
-        wq[j] = make_uint4(0, 0, 0, 0);  // the missing half of a K % 64 == 32 tail: zeros
+      const int64_t blk = w_block0 + 2 * step + j;
+      if (2 * step + w_h0 / 2 + j < KB) {
+        if constexpr (kWWords == 4) {
+          const uint4 v = *reinterpret_cast<const uint4*>(blocks + blk * 16);
+          wq[j][0] = v.x, wq[j][1] = v.y, wq[j][2] = v.z, wq[j][3] = v.w;
+        } else {
+          const uint2 v = *reinterpret_cast<const uint2*>(blocks + blk * 16 + (w_h0 & 1) * 8);
+          wq[j][0] = v.x, wq[j][1] = v.y;
+        }
+        wsc[j] = scales[blk];
+      } else {  // the missing half of a K % 64 == 32 tail: zeros
+#pragma unroll
+        for (int q = 0; q < kWWords; ++q) wq[j][q] = 0;
         wsc[j] = 0;
       }
     }
@@ -121,8 +141,8 @@ __global__ void __launch_bounds__(kGemmThreads, kCols == 128 ? 2 : 1)
 #pragma unroll
     for (int j = 0; j < kWBlocks; ++j) {
       uint4* dst =
-          reinterpret_cast<uint4*>(ws + (buf * kCols + w_row) * kGemmStride + (w_half + j) * 32);
-      moe_expand_mf4_block(wq[j], wsc[j], lut, [&](int q, uint4 v) { dst[q] = v; });
+          reinterpret_cast<uint4*>(ws + (buf * kCols + w_row) * kGemmStride + w_h0 * 16 + j * 32);
+      moe_expand_mf4_words<kWWords>(wq[j], wsc[j], lut, [&](int q, uint4 v) { dst[q] = v; });
     }
   };
 
@@ -151,7 +171,7 @@ __global__ void __launch_bounds__(kGemmThreads, kCols == 128 ? 2 : 1)
       copy_a(step + 1, buf ^ 1);
       load_w(step + 1);
     }
-    const bf16* at = as + (buf * kGemmRows + wm * 64) * kGemmStride;
+    const bf16* at = as + (buf * kRows + wm * 64) * kGemmStride;
     const bf16* wt = ws + (buf * kCols + wn * kWarpCols) * kGemmStride;
     // Two copies of the step's products: straight-line code when all the warp's rows are live,
     // and one that stops at the first dead 16-row group (a branch per group).
@@ -198,54 +218,62 @@ __global__ void __launch_bounds__(kGemmThreads, kCols == 128 ? 2 : 1)
     }
 }
 
-template <int kCols>
-const MoeGemmFamily kMmaFamily{moe_gemm_mf4_kernel<true, kCols>,
-                               moe_gemm_mf4_kernel<false, kCols>,
+template <int kRows, int kCols>
+const MoeGemmFamily kMmaFamily{moe_gemm_mf4_kernel<true, kRows, kCols>,
+                               moe_gemm_mf4_kernel<false, kRows, kCols>,
                                "cudaFuncSetAttribute(moe_gemm_mf4)",
                                "moe_mlp1_swiglu_mf4_gemm",
                                "moe_mlp2_mf4_gemm",
                                "moe_mlp1_swiglu_mf4_gemm_bf16",
                                "moe_mlp2_mf4_gemm_f32",
-                               gemm_smem_bytes(kCols),
-                               kGemmThreads,
+                               gemm_smem_bytes(kRows, kCols),
+                               gemm_threads(kRows),
+                               kRows,
                                kCols};
 
 // The family of a variant; the wgmma one only on a Hopper card (its kernels are sm_90a code).
 const MoeGemmFamily& family_of(MoeGemmVariant v, const char* launcher) {
   switch (v) {
     case MoeGemmVariant::kMma:
-      return kMmaFamily<128>;
+      return kMmaFamily<128, 128>;
     case MoeGemmVariant::kMmaWide:
-      return kMmaFamily<256>;
+      return kMmaFamily<128, 256>;
+    case MoeGemmVariant::kMmaTall:
+      return kMmaFamily<256, 128>;
     case MoeGemmVariant::kWgmma:
       MIND4_CUDA_ARG(moe_gemm_wgmma_supported(), launcher,
                      "the wgmma kernel needs a Hopper (compute capability 9.x) card");
       return moe_wgmma_family();
   }
   MIND4_CUDA_ARG(false, launcher, "unknown kernel variant ", int(v));
-  return kMmaFamily<128>;
+  return kMmaFamily<128, 128>;
 }
 
 }  // namespace
 
-int moe_tile_plan_capacity(int A, int E) {
-  return (A + kGemmRows - 1) / kGemmRows + std::min(A, E);
+int moe_tile_plan_capacity(int A, int E, int tile_rows) {
+  return (A + tile_rows - 1) / tile_rows + std::min(A, E);
 }
 
-void moe_tile_plan(const int* offsets, int E, int* plan, cudaStream_t stream) {
+void moe_tile_plan(const int* offsets, int E, int tile_rows, int* plan, cudaStream_t stream) {
   MIND4_CUDA_ARG(offsets && plan, "moe_tile_plan", "null pointer");
-  MIND4_CUDA_ARG(E > 0, "moe_tile_plan", "E = ", E);
-  moe_tile_plan_kernel<<<1, 32, 0, stream>>>(offsets, E, plan);
+  MIND4_CUDA_ARG(E > 0 && tile_rows > 0, "moe_tile_plan", "E = ", E, ", tile_rows = ", tile_rows);
+  moe_tile_plan_kernel<<<1, 32, 0, stream>>>(offsets, E, tile_rows, plan);
   check_launch("moe_tile_plan_i32");
 }
 
 MoeGemmVariant moe_gemm_variant_named(const std::string& name) {
   if (name == "mma") return MoeGemmVariant::kMma;
   if (name == "mma256") return MoeGemmVariant::kMmaWide;
+  if (name == "mma-tall") return MoeGemmVariant::kMmaTall;
   if (name == "wgmma") return MoeGemmVariant::kWgmma;
   MIND4_CUDA_ARG(false, "moe_gemm_variant_named", "unknown grouped GEMM kernel '", name,
-                 "' (mma | mma256 | wgmma)");
+                 "' (mma | mma256 | mma-tall | wgmma)");
   return MoeGemmVariant::kMma;
+}
+
+int moe_gemm_tile_rows(MoeGemmVariant v) {
+  return v == MoeGemmVariant::kMmaTall ? 256 : 128;
 }
 
 void moe_mlp1_swiglu_mf4_gemm(MoeGemmVariant v, ActType t, const void* x, const uint8_t* blocks,

@@ -228,6 +228,7 @@ const MoeGemmFamily& moe_wgmma_family() {
                                     "moe_mlp2_mf4_wgmma_f32",
                                     kWgSmemBytes,
                                     kWgThreads,
+                                    kWgRows,
                                     kWgCols};
   return family;
 }
