@@ -24,7 +24,6 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
                      const int* __restrict__ slot, const float* __restrict__ sinks, int window,
                      float scale, int splits, float* __restrict__ partial, T* __restrict__ out) {
   extern __shared__ float attn_smem[];
-  pdl_trigger();
   pdl_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int head_blocks = (NH + kAttnWarps - 1) / kAttnWarps;
@@ -91,7 +90,6 @@ template <typename T>
 __global__ void attention_combine_kernel(const float* __restrict__ partial, int64_t total, int NH,
                                          int D, int splits, const float* __restrict__ sinks,
                                          T* __restrict__ out) {
-  pdl_trigger();
   pdl_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t i = int64_t(blockIdx.x) * kAttnWarps + warp;  // r * NH + h

@@ -81,7 +81,6 @@ __global__ void __launch_bounds__(kGqaMaxWarps * 32)
                                 int splits, float* __restrict__ partial, T* __restrict__ out) {
   constexpr int EPU = 16 / int(sizeof(T));  // elements per 16-byte unit
   extern __shared__ __align__(16) unsigned char gqa_smem[];
-  pdl_trigger();
   pdl_wait();
   const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x / NKV, kvh = blockIdx.x % NKV, G = NH / NKV;
@@ -289,7 +288,6 @@ __global__ void __launch_bounds__(32)
   extern __shared__ __align__(16) unsigned char mma_smem[];
   bf16* ks = reinterpret_cast<bf16*>(mma_smem);  // [2][KT][S]
   bf16* vs = ks + 2 * KT * S;                    // [2][KT][S]
-  pdl_trigger();
   pdl_wait();
   const int lane = threadIdx.x;
   const int r = blockIdx.x / NKV, kvh = blockIdx.x % NKV, G = NH / NKV;
@@ -354,7 +352,6 @@ __global__ void attention_decode_gqa_combine_kernel(const float* __restrict__ pa
                                                     int64_t total, int NH, int D, int splits,
                                                     const float* __restrict__ sinks,
                                                     T* __restrict__ out) {
-  pdl_trigger();
   pdl_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t i = int64_t(blockIdx.x) * (blockDim.x >> 5) + warp;  // r * NH + h

@@ -143,7 +143,6 @@ __global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
                            const int* __restrict__ pos, const int* __restrict__ slot,
                            __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ k_cache,
                            __nv_bfloat16* __restrict__ v_cache, int positions) {
-  pdl_trigger();
   const int half = D / 2, pairs = (NH + 2 * NKV) * half;
   const int p = blockIdx.x * kDgWarps + (threadIdx.x >> 5);
   if (p >= pairs) {
@@ -200,7 +199,6 @@ __global__ void __launch_bounds__(kDgWarps * 32, kDgMinBlocks) decode_qkv_rope_n
     __nv_bfloat16* __restrict__ k_cache, __nv_bfloat16* __restrict__ v_cache, int positions) {
   extern __shared__ uint4 dg_normed_row[];  // [K / 8]: bf16 x8 (16-byte aligned for the loads)
   __shared__ float dg_partial[kDgWarps];
-  pdl_trigger();
   const int half = D / 2, pairs = (NH + 2 * NKV) * half;
   const int p = blockIdx.x * kDgWarps + (threadIdx.x >> 5);
   const bool idle = p >= pairs;
@@ -226,7 +224,6 @@ __global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
                                   const __nv_bfloat16* __restrict__ w,
                                   const float* __restrict__ bias, int B, int K, int N,
                                   float* __restrict__ resid) {
-  pdl_trigger();
   const int p = blockIdx.x * kDgWarps + (threadIdx.x >> 5);
   if (2 * p >= N) {
     pdl_wait();

@@ -4,8 +4,12 @@
 // loads, compute addresses) and then wait in pdl_wait() until the previous grid has completed and
 // its writes are visible. A kernel of this chain must call pdl_wait() in every block before it
 // reads or writes any buffer that an earlier kernel of the step touches; that also keeps the
-// chain transitive (a grid completes only after all its blocks waited). Outside a PDL launch both
-// instructions are no-ops, so the same kernels serve every route.
+// chain transitive (a grid completes only after all its blocks waited). pdl_wait() is also where
+// a block lets the next kernel launch: only after its own wait, so at most one grid waits beside
+// the running one. (Letting it launch at the start of the kernel, as v6 did, let the whole chain
+// launch ahead, every grid waiting on the one before, their blocks taking the multiprocessors'
+// warp slots from the kernel that runs: 5-7% slower; docs/perf-notes.md.) Outside a PDL launch
+// both instructions are no-ops, so the same kernels serve every route.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -21,11 +25,6 @@ namespace mind4::cuda {
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-// Lets the next kernel's blocks launch now; they still wait for this grid in pdl_wait().
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }

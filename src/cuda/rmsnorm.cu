@@ -46,7 +46,6 @@ __global__ void __launch_bounds__(kNormThreads)
     residual_rmsnorm_kernel(float* __restrict__ x, const T* __restrict__ delta,
                             const float* __restrict__ bias, const float* __restrict__ scale, int H,
                             float eps, T* __restrict__ out, float* __restrict__ out32) {
-  pdl_trigger();
   pdl_wait();
   const int64_t r = blockIdx.x;
   float* xr = x + r * H;
@@ -66,7 +65,6 @@ __global__ void __launch_bounds__(kNormThreads)
                                const int* __restrict__ assign_at, const float* __restrict__ w,
                                int K, const float* __restrict__ scale, int H, float eps,
                                T* __restrict__ out, float* __restrict__ out32) {
-  pdl_trigger();
   pdl_wait();
   const int64_t r = blockIdx.x;
   float* xr = x + r * H;

@@ -114,7 +114,6 @@ __global__ void __launch_bounds__(kRgThreads)
                         const float* __restrict__ bias, int B, int H, int E, int K,
                         float* __restrict__ logits, unsigned* __restrict__ done,
                         int* __restrict__ experts, float* __restrict__ weights, MoeGroups g) {
-  pdl_trigger();
   const int e = blockIdx.x, r = blockIdx.y, H4 = H / 4;
   const float4* wr = reinterpret_cast<const float4*>(w + int64_t(e) * H);
   float4 pre[kRgPre];
@@ -176,7 +175,6 @@ __global__ void __launch_bounds__(kRgThreads)
                              __nv_bfloat16* __restrict__ t_out, int8_t* __restrict__ q_out,
                              float* __restrict__ d_out) {
   __shared__ float partial[kRgThreads / 32];
-  pdl_trigger();
   const int e = blockIdx.x, r = blockIdx.y, H4 = H / 4;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const float4* wr = reinterpret_cast<const float4*>(w + int64_t(e) * H);
