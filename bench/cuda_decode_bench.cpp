@@ -138,6 +138,77 @@ BENCHMARK(BM_CudaDecodeRouter)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
+// The floor for the decode chain's weight-streaming kernels: one kernel that only reads N bytes
+// (stream_read), at the sizes a gpt-oss-20b step streams at batch 1 (arg: MB x 10): an expert
+// product's 4 experts (mlp2 17.7 MB, mlp1 35.4 MB), the out (23.6 MB) and QKV (29.5 MB)
+// projections, the unembedding (1,158 MB). Copies rotate over more than twice the L2.
+void BM_CudaStreamRead(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  const size_t bytes = size_t(state.range(0)) * 100000 / 16 * 16;
+  const int copies = int(std::max<size_t>(1, (size_t(120) << 20) / bytes + 1));
+  std::vector<DeviceBuffer> bufs;
+  for (int c = 0; c < copies; ++c) bufs.push_back(cb::random_bf16_bits(bytes / 2, 50 + c));
+  DeviceBuffer sink(4);
+  cb::time_launches(state, 20, copies, [&](int c) {
+    mind4::cuda::stream_read(bufs[c].data(), bytes, sink.data<unsigned>(), nullptr);
+  });
+  cb::set_bytes_per_second(state, double(bytes));
+}
+BENCHMARK(BM_CudaStreamRead)
+    ->Arg(177)
+    ->Arg(236)
+    ->Arg(295)
+    ->Arg(354)
+    ->Arg(11580)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// The same floor for a whole decode step at batch 1: the gpt-oss-20b weights a step streams (24
+// layers of QKV, out, mlp1 and mlp2 of 4 experts, then the unembedding: 3.7 GB), each matrix read
+// by one stream_read launch, 97 launches captured in a CUDA graph as the decode chain is, and
+// nothing else. Its time is what one kernel per matrix costs before any arithmetic; the counter
+// is the step's bytes per second (items: steps per second = tokens per second at batch 1).
+void BM_CudaStreamReadStep(benchmark::State& state) {
+  if (!cb::gpu_present(state)) return;
+  const size_t mb = 100000;  // sizes in units of 0.1 MB, as BM_CudaStreamRead's
+  const size_t layer_sizes[4] = {295 * mb, 236 * mb, 354 * mb, 177 * mb};
+  std::vector<DeviceBuffer> bufs;
+  size_t total = 0;
+  for (int l = 0; l < 24; ++l)
+    for (size_t b : layer_sizes) bufs.emplace_back(b), total += b;
+  bufs.emplace_back(11580 * mb), total += 11580 * mb;
+  DeviceBuffer sink(4);
+  mind4::cuda::Stream stream;
+  const cudaStream_t s = stream.get();
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  mind4::cuda::check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "capture");
+  for (auto& b : bufs) mind4::cuda::stream_read(b.data(), b.bytes(), sink.data<unsigned>(), s);
+  mind4::cuda::check(cudaStreamEndCapture(s, &graph), "capture");
+  mind4::cuda::check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  cudaGraphLaunch(exec, s);
+  cudaStreamSynchronize(s);
+  for (auto _ : state) {
+    cudaEventRecord(start, s);
+    for (int r = 0; r < 5; ++r) cudaGraphLaunch(exec, s);
+    cudaEventRecord(stop, s);
+    cudaEventSynchronize(stop);
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, start, stop);
+    state.SetIterationTime(double(ms) / 1e3 / 5);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cb::set_bytes_per_second(state, double(total));
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_CudaStreamReadStep)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
 }  // namespace
 
 #endif  // MIND4_HAVE_CUDA

@@ -167,12 +167,6 @@ class CudaBackend final : public StepBackend {
     const char* fn = std::getenv("MIND4_CUDA_FOLD_NORMS");
     fold_norms_ = fused_decode_ && xq_.bytes() > 0 && !(fn && std::string(fn) == "0") &&
                   cuda::router_norm_group_supported(int(H)) && H % 8 == 0 && H <= 4096;
-    if (fold_norms_) {
-      const int64_t tiles = cuda::moe_mlp2_combine_tiles(int(H));
-      combine_done_ = dev(tiles * 4, "cudaMalloc (combine counters)");
-      cuda::check(cudaMemsetAsync(combine_done_.data(), 0, size_t(tiles) * 4, stream_.get()),
-                  "cudaMemsetAsync (combine counters)");
-    }
     // Scratch of the tensor-core route, only for contexts whose steps can be that large.
     if (const char* v = std::getenv("MIND4_CUDA_PREFILL_MIN_ROWS"); v && std::atoi(v) > 0)
       prefill_min_rows_ = std::atoi(v);
@@ -481,8 +475,7 @@ class CudaBackend final : public StepBackend {
         cuda::quantize_q8_32(act_, act_buf_.data(), A, I, aq_.data<int8_t>(), ad_.data<float>(), s);
         cuda::moe_mlp2_mf4_q8_combine(aq_.data<int8_t>(), ad_.data<float>(), lw.mlp2_blocks,
                                       lw.mlp2_scales, lw.mlp2_b, groups_, max_active, H, I,
-                                      y_.data<float>(), topk_w_.data<float>(), B, K, x,
-                                      combine_done_.data<unsigned>(), s);
+                                      y_.data<float>(), topk_w_.data<float>(), B, K, x, s);
         mark("moe_mlp2_q8_combine");
         continue;
       }
@@ -637,7 +630,6 @@ class CudaBackend final : public StepBackend {
   DeviceBuffer xq_, xd_, aq_, ad_;  // int8 decode route (bf16 mode) only
   int q8_max_tokens_ = 1;           // the int8 route up to this many rows an expert
   DeviceBuffer router_done_;        // router_group's block counter (fused decode)
-  DeviceBuffer combine_done_;       // the folded chain's mlp2 tile counters
   // GPU sampling: each slot's last logits, the jobs and results, and (penalties only, grown on
   // first use) the (token, count) pairs and the penalised rows.
   DeviceBuffer slot_logits_, sample_jobs_, sample_out_, pen_dev_, work_;

@@ -41,7 +41,45 @@ double median_ms(cudaStream_t s, int reps, F&& f) {
   return ms[ms.size() / 2];
 }
 
+// Every 16-byte word of p read once (four independent loads a thread in flight per round); the
+// XOR of all of them decides a store that practically never happens but that the compiler cannot
+// remove, so neither can it remove the loads.
+__global__ void stream_read_kernel(const uint4* __restrict__ p, size_t n, unsigned* sink) {
+  constexpr int kUnroll = 4;
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  uint32_t acc = 0;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += kUnroll * stride) {
+    uint4 v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      v[u] = i + u * stride < n ? __ldg(p + i + u * stride) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  if (acc == 0x9e3779b9u) *sink = acc;
+}
+
 }  // namespace
+
+void stream_read(const void* p, size_t bytes, unsigned* sink, cudaStream_t stream) {
+  MIND4_CUDA_ARG(p && sink && reinterpret_cast<uintptr_t>(p) % 16 == 0 && bytes % 16 == 0,
+                 "stream_read", "p 16-byte aligned, bytes a multiple of 16 (", bytes, ")");
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    check(cudaGetDevice(&dev), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev),
+          "cudaDeviceGetAttribute");
+    return n;
+  }();
+  const size_t n = bytes / 16;
+  // Eight blocks of 256 threads a multiprocessor (all resident at once), fewer when the range is
+  // small: each thread has at least one round of four loads.
+  const size_t threads_needed = (n + 3) / 4;
+  const int blocks =
+      int(std::max<size_t>(1, std::min<size_t>(size_t(sms) * 8, (threads_needed + 255) / 256)));
+  stream_read_kernel<<<blocks, 256, 0, stream>>>(static_cast<const uint4*>(p), n, sink);
+  check_launch("stream_read");
+}
 
 Ceilings measure_ceilings() {
   Ceilings c;

@@ -128,6 +128,11 @@ void moe_mlp2_mf4(ActType t, const void* act, const uint8_t* blocks, const uint8
                   const float* bias, MoeGroups g, int max_active, int tokens_hint, int H, int I,
                   float* y, cudaStream_t stream);
 
+// ---- ceilings.cu: every byte of p read once by one kernel as fast as it can (16-byte aligned, a
+// multiple of 16 bytes; sink: a word it practically never writes). The floor for a kernel that
+// streams that many bytes of weights (bench/cuda_decode_bench.cpp, BM_CudaStreamRead).
+void stream_read(const void* p, size_t bytes, unsigned* sink, cudaStream_t stream);
+
 // ---- quantize.cu: x act [rows, cols] -> q int8 [rows, cols] and d f32 [rows, cols/32]: per 32
 // consecutive values d = max|x| / 127 and q = round(x / d) (the decode expert GEMV's input in bf16
 // mode). cols % 32 == 0.
@@ -281,15 +286,13 @@ void decode_qkv_rope_norm(const float* x, const float* norm_scale, float eps, co
                           const float* bias, int K, int NH, int NKV, int D, const float* cos_table,
                           const float* sin_table, const int* pos, const int* slot, void* qkv,
                           KvLayer kv, cudaStream_t stream);
-// moe_mf4.cu: moe_mlp2_mf4_q8, then the experts' weighted sum joins the residual as
-// moe_combine_rmsnorm adds it (x f32 [B, H] += sum_s weights[r, s] * y[assign_at[r, s]], slots in
-// order), without the norm: the last block to finish each tile of H rows adds that tile.
-// tile_done: moe_mlp2_combine_tiles(H) unsigned of device memory, 0 before the first call (the
-// kernel leaves them 0).
-int moe_mlp2_combine_tiles(int H);
+// moe_mf4.cu: moe_mlp2_mf4_q8 (y as it writes it), then the experts' weighted sum joins the
+// residual as moe_combine_rmsnorm adds it (x f32 [B, H] += sum_s weights[r, s] * y[assign_at[r,
+// s]], slots in order), without the norm; one warp computes every slot of one output (decode: a few
+// rows).
 void moe_mlp2_mf4_q8_combine(const int8_t* aq, const float* ad, const uint8_t* blocks,
                              const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
                              int H, int I, float* y, const float* weights, int B, int K, float* x,
-                             unsigned* tile_done, cudaStream_t stream);
+                             cudaStream_t stream);
 
 }  // namespace mind4::cuda

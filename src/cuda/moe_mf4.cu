@@ -173,15 +173,17 @@ constexpr int kGemvIters = 4;
 
 // Both decode GEMVs (float and int8 activations) start a pass the same way: every load of the
 // lane's blocks for this pass is issued before any is used (blocks past the row read as zero).
-__device__ __forceinline__ void mf4_gemv_issue_loads(const uint8_t* wrow, const uint8_t* srow,
-                                                     int nb, int j0, int lane,
-                                                     uint4 (&w)[kGemvIters][kGemvRows],
-                                                     uint32_t (&sc)[kGemvIters][kGemvRows]) {
+// kRows consecutive weight rows from wrow (scales from srow).
+template <int kRows>
+__device__ __forceinline__ void mf4_gemv_issue_rows(const uint8_t* wrow, const uint8_t* srow,
+                                                    int nb, int j0, int lane,
+                                                    uint4 (&w)[kGemvIters][kRows],
+                                                    uint32_t (&sc)[kGemvIters][kRows]) {
 #pragma unroll
   for (int it = 0; it < kGemvIters; ++it) {
     const int j = j0 + it * 32 + lane;
 #pragma unroll
-    for (int rr = 0; rr < kGemvRows; ++rr) {
+    for (int rr = 0; rr < kRows; ++rr) {
       if (j < nb) {
         w[it][rr] = __ldg(reinterpret_cast<const uint4*>(wrow + (int64_t(rr) * nb + j) * 16));
         sc[it][rr] = srow[int64_t(rr) * nb + j];
@@ -219,7 +221,7 @@ __global__ void __launch_bounds__(kMf4Warps * 32)
     for (int j0 = 0; j0 < nb; j0 += 32 * kGemvIters) {
       uint4 w[kGemvIters][kGemvRows];
       uint32_t sc[kGemvIters][kGemvRows];
-      mf4_gemv_issue_loads(wrow, srow, nb, j0, lane, w, sc);
+      mf4_gemv_issue_rows<kGemvRows>(wrow, srow, nb, j0, lane, w, sc);
 #pragma unroll
       for (int it = 0; it < kGemvIters; ++it) {
         const int j = j0 + it * 32 + lane;
@@ -308,17 +310,6 @@ __device__ __forceinline__ int mf4_dot_i8(const int (&wi)[8], const int4& xa, co
 // The decode GEMV on int8 activations (bf16 mode): the float version spends its time in the
 // shared-memory pipe (a table lookup per weight, 64 bytes of bf16 activations per 16 bytes of
 // weights); here a weight costs about 1.5 integer instructions and activations 32 bytes.
-//
-// COMBINE (mlp2 of the folded decode chain): afterwards the experts' weighted sum joins the
-// residual. The n_active blocks of a column (one tile of kMf4Warps * kGemvRows output rows) count
-// themselves in tile_done[blockIdx.x]; the last one adds the tile's combined rows to x, in
-// moe_combine_rmsnorm's order, and resets the counter.
-struct Mf4Combine {
-  float* x;              // [B, N] residual stream
-  const float* weights;  // [B, K] router weights
-  int B, K;
-  unsigned* tile_done;  // [gridDim.x]
-};
 
 // The rows r0, r0 + 1 of expert e for its count assignments from a0 (one warp), TOK assignments
 // at a time: a weight is loaded and turned into int8 once for the group and multiplied with each
@@ -345,7 +336,7 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
     for (int j0 = 0; j0 < nb; j0 += 32 * kGemvIters) {
       uint4 w[kGemvIters][kGemvRows];
       uint32_t sc[kGemvIters][kGemvRows];
-      mf4_gemv_issue_loads(wrow, srow, nb, j0, lane, w, sc);
+      mf4_gemv_issue_rows<kGemvRows>(wrow, srow, nb, j0, lane, w, sc);
 #pragma unroll
       for (int it = 0; it < kGemvIters; ++it) {
         const int j = j0 + it * 32 + lane;
@@ -402,41 +393,14 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
   }
 }
 
-__device__ __forceinline__ void mf4_combine_tile(const MoeGroups& g, int N,
-                                                 const float* __restrict__ y, int n_active,
-                                                 const Mf4Combine& cb) {
-  __shared__ bool mf4_last;
-  __threadfence();  // this thread's y rows are visible before the counter says so
-  __syncthreads();
-  if (threadIdx.x == 0)
-    mf4_last = atomicAdd(cb.tile_done + blockIdx.x, 1u) == unsigned(n_active - 1);
-  __syncthreads();
-  if (!mf4_last) return;
-  __threadfence();
-  constexpr int kTile = kMf4Warps * kGemvRows;
-  for (int i = threadIdx.x; i < cb.B * kTile; i += blockDim.x) {
-    const int r = i / kTile, n = blockIdx.x * kTile + i % kTile;
-    if (n >= N) continue;
-    // Slots in order, then the add: moe_combine_rmsnorm's arithmetic (y through L2: other
-    // blocks wrote it).
-    float m = 0.0f;
-    for (int s = 0; s < cb.K; ++s)
-      m += cb.weights[r * cb.K + s] * __ldcg(y + int64_t(g.assign_at[r * cb.K + s]) * N + n);
-    cb.x[int64_t(r) * N + n] += m;
-  }
-  if (threadIdx.x == 0) cb.tile_done[blockIdx.x] = 0u;
-}
-
-// Six blocks per multiprocessor (80 registers): the plain kernel's natural size; COMBINE's tail
-// took it to 94 registers and five blocks without the bound. Groups of 2 or 4 assignments keep an
-// accumulator pair each and spilled at 80: four blocks (up to 128 registers).
-template <bool SWIGLU, bool COMBINE = false, int TOK = 1>
+// Six blocks per multiprocessor (80 registers): the plain kernel's natural size. Groups of 2 or 4
+// assignments keep an accumulator pair each and spilled at 80: four blocks (up to 128 registers).
+template <bool SWIGLU, int TOK = 1>
 __global__ void __launch_bounds__(kMf4Warps * 32, TOK == 1 ? 6 : 4)
     moe_mf4w_q8_gemv_kernel(const int8_t* __restrict__ xq, const float* __restrict__ xd,
                             const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
                             const float* __restrict__ bias, MoeGroups g, int N, int Kd, float limit,
-                            __nv_bfloat16* __restrict__ act_out, float* __restrict__ y_out,
-                            Mf4Combine cb) {
+                            __nv_bfloat16* __restrict__ act_out, float* __restrict__ y_out) {
   const int n_active = g.active[0];
   if (int(blockIdx.y) >= n_active) return;
   const int e = g.active[1 + blockIdx.y];
@@ -446,7 +410,68 @@ __global__ void __launch_bounds__(kMf4Warps * 32, TOK == 1 ? 6 : 4)
   if (r0 < N)
     mf4_q8_gemv_rows<SWIGLU, TOK>(xq, xd, blocks, scales, bias, g, N, Kd, limit, act_out, y_out, e,
                                   a0, count, nb, lane, r0);
-  if constexpr (COMBINE) mf4_combine_tile(g, N, y_out, n_active, cb);
+}
+
+// mlp2 of the folded decode chain with the combine: warp (n, r) computes output n of every slot
+// s < K of residual row r (assignment a = assign_at[r, s], grouped; expert group_expert[a]), two
+// slots at a time with all their weight loads in flight, writes y[a, n] = the product + bias, and
+// adds sum_s weights[r, s] * y[a, n] (slots in order: moe_combine_rmsnorm's arithmetic) to x[r, n].
+// The per-slot products are those of moe_mf4w_q8_gemv_kernel (same loads per lane, same order),
+// so y is bit for bit what moe_mlp2_mf4_q8 writes. No block waits for another: the version that
+// multiplied per expert and let the last block of each output tile add the combine (a counter,
+// two fences, y read back through L2) took 13.9 us a layer at batch 1 on the H100, against 7.5 us
+// for a kernel that only reads those 17.7 MB (docs/perf-notes.md, S8.9).
+__global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_kernel(
+    const int8_t* __restrict__ xq, const float* __restrict__ xd, const uint8_t* __restrict__ blocks,
+    const uint8_t* __restrict__ scales, const float* __restrict__ bias, MoeGroups g, int N, int Kd,
+    float* __restrict__ y_out, const float* __restrict__ weights, int K, float* __restrict__ x) {
+  const int n = blockIdx.x * kMf4Warps + (threadIdx.x >> 5), r = blockIdx.y;
+  if (n >= N) return;
+  const int nb = Kd / 32, lane = threadIdx.x & 31;
+  float m = 0.0f;
+  for (int s0 = 0; s0 < K; s0 += 2) {
+    int a[2], e[2];
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      a[p] = g.assign_at[r * K + min(s0 + p, K - 1)];  // past K: slot K - 1 again (not added)
+      e[p] = g.group_expert[a[p]];
+    }
+    float acc[2] = {0.0f, 0.0f};
+    for (int j0 = 0; j0 < nb; j0 += 32 * kGemvIters) {
+      uint4 w[kGemvIters][2];
+      uint32_t sc[kGemvIters][2];
+#pragma unroll
+      for (int p = 0; p < 2; ++p) {
+        const int64_t row = int64_t(e[p]) * N + n;
+        uint4 wp[kGemvIters][1];
+        uint32_t sp[kGemvIters][1];
+        mf4_gemv_issue_rows<1>(blocks + row * nb * 16, scales + row * nb, nb, j0, lane, wp, sp);
+#pragma unroll
+        for (int it = 0; it < kGemvIters; ++it) w[it][p] = wp[it][0], sc[it][p] = sp[it][0];
+      }
+#pragma unroll
+      for (int it = 0; it < kGemvIters; ++it) {
+        const int j = j0 + it * 32 + lane;
+        if (j >= nb) break;
+#pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const int8_t* xr = xq + int64_t(a[p]) * Kd + j * 32;
+          const int4 xa = *reinterpret_cast<const int4*>(xr);
+          const int4 xb = *reinterpret_cast<const int4*>(xr + 16);
+          const float dx = 0.5f * xd[int64_t(a[p]) * nb + j];  // 0.5: e2m1 values doubled
+          acc[p] += float(mf4_dot_q8(w[it][p], xa, xb)) * (dx * mf4_scale(uint8_t(sc[it][p])));
+        }
+      }
+    }
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      if (s0 + p >= K) break;
+      const float y = warp_sum(acc[p]) + bias[int64_t(e[p]) * N + n];
+      if (lane == 0) y_out[int64_t(a[p]) * N + n] = y;
+      m += weights[r * K + s0 + p] * y;
+    }
+  }
+  if (lane == 0) x[int64_t(r) * N + n] += m;
 }
 
 template <typename T, bool SWIGLU>
@@ -528,14 +553,14 @@ void launch_q8_gemv(const int8_t* xq, const float* xd, const uint8_t* blocks, co
   const dim3 grid((N + rows_per_block - 1) / rows_per_block, max_active);
   auto go = [&](auto kernel) {
     kernel<<<grid, kMf4Warps * 32, 0, stream>>>(xq, xd, blocks, scales, bias, g, N, Kd, limit,
-                                                act_out, y_out, Mf4Combine{});
+                                                act_out, y_out);
   };
   if (tokens_hint <= 1)
-    go(moe_mf4w_q8_gemv_kernel<SWIGLU, false, 1>);
+    go(moe_mf4w_q8_gemv_kernel<SWIGLU, 1>);
   else if (tokens_hint <= 2)
-    go(moe_mf4w_q8_gemv_kernel<SWIGLU, false, 2>);
+    go(moe_mf4w_q8_gemv_kernel<SWIGLU, 2>);
   else
-    go(moe_mf4w_q8_gemv_kernel<SWIGLU, false, 4>);
+    go(moe_mf4w_q8_gemv_kernel<SWIGLU, 4>);
 }
 
 }  // namespace
@@ -564,24 +589,19 @@ void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
   check_launch("moe_mlp2_f32_q8a_mf4w");
 }
 
-int moe_mlp2_combine_tiles(int H) {
-  const int rows_per_block = kMf4Warps * kGemvRows;
-  return (H + rows_per_block - 1) / rows_per_block;
-}
-
 void moe_mlp2_mf4_q8_combine(const int8_t* aq, const float* ad, const uint8_t* blocks,
                              const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
                              int H, int I, float* y, const float* weights, int B, int K, float* x,
-                             unsigned* tile_done, cudaStream_t stream) {
+                             cudaStream_t stream) {
   moe_mf4_check("moe_mlp2_mf4_q8_combine", aq, blocks, scales, bias, g, max_active, H, I);
-  MIND4_CUDA_ARG(ad && y && weights && x && tile_done && g.assign_at, "moe_mlp2_mf4_q8_combine",
-                 "null pointer");
-  MIND4_CUDA_ARG(B >= 1 && K >= 1 && max_active >= 1, "moe_mlp2_mf4_q8_combine", "B = ", B,
-                 ", K = ", K, ", max_active = ", max_active, " (each at least 1)");
-  moe_mf4w_q8_gemv_kernel<false, true>
-      <<<dim3(moe_mlp2_combine_tiles(H), max_active), kMf4Warps * 32, 0, stream>>>(
-          aq, ad, blocks, scales, bias, g, H, I, 0.0f, nullptr, y,
-          Mf4Combine{x, weights, B, K, tile_done});
+  MIND4_CUDA_ARG(ad && y && weights && x && g.assign_at && g.group_expert,
+                 "moe_mlp2_mf4_q8_combine", "null pointer");
+  MIND4_CUDA_ARG(B >= 1 && B <= 65535 && K >= 1 && max_active >= 1, "moe_mlp2_mf4_q8_combine",
+                 "B = ", B, " (1 to 65535), K = ", K, ", max_active = ", max_active,
+                 " (each at least 1)");
+  moe_mf4w_q8_mlp2_combine_kernel<<<dim3((H + kMf4Warps - 1) / kMf4Warps, B), kMf4Warps * 32, 0,
+                                    stream>>>(aq, ad, blocks, scales, bias, g, H, I, y, weights, K,
+                                              x);
   check_launch("moe_mlp2_combine_f32_q8a_mf4w");
 }
 
