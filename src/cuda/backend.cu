@@ -39,6 +39,11 @@ constexpr int kFusedRouterMaxRows = 16;
 // sequence's consecutive positions. MIND4_CUDA_PREFILL_MIN_ROWS overrides the threshold (tests run
 // small fixtures through it).
 constexpr int kPrefillMinRows = kGraphMaxRows + 1;
+// In bf16 mode with MXFP4 experts (the grouped GEMM's case) the tensor-core route starts lower:
+// from 32 rows on it beats the CUDA-core expert GEMVs even for decode steps (an H100, random
+// gpt-oss-20b: b=32 1,615 against 1,314 tok/s, b=64 2,567 against 1,055; b=16 998 against 1,189;
+// docs/perf-notes.md S8.11). Such steps run without a CUDA graph.
+constexpr int kGroupedGemmMinRows = 32;
 constexpr int64_t kMaxScoreBytes = int64_t(4) << 30;   // attention_prefill's score buffer cap
 constexpr int64_t kMaxExpandBytes = int64_t(3) << 30;  // all experts of a layer expanded at once
 constexpr int kExpertRowPad = 128;
@@ -168,6 +173,8 @@ class CudaBackend final : public StepBackend {
     fold_norms_ = fused_decode_ && xq_.bytes() > 0 && !(fn && std::string(fn) == "0") &&
                   cuda::router_norm_group_supported(int(H)) && H % 8 == 0 && H <= 4096;
     // Scratch of the tensor-core route, only for contexts whose steps can be that large.
+    if (act_ == ActType::kBF16 && dm_.experts_mxfp4 && H % 32 == 0 && I % 32 == 0)
+      prefill_min_rows_ = kGroupedGemmMinRows;
     if (const char* v = std::getenv("MIND4_CUDA_PREFILL_MIN_ROWS"); v && std::atoi(v) > 0)
       prefill_min_rows_ = std::atoi(v);
     if (B >= prefill_min_rows_) {
