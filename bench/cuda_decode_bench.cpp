@@ -148,7 +148,7 @@ void BM_CudaStreamRead(benchmark::State& state) {
   const int copies = int(std::max<size_t>(1, (size_t(120) << 20) / bytes + 1));
   std::vector<DeviceBuffer> bufs;
   for (int c = 0; c < copies; ++c) bufs.push_back(cb::random_bf16_bits(bytes / 2, 50 + c));
-  DeviceBuffer sink(4);
+  DeviceBuffer sink(size_t(mind4::cuda::stream_read_sink_words()) * 4);
   cb::time_launches(state, 20, copies, [&](int c) {
     mind4::cuda::stream_read(bufs[c].data(), bytes, sink.data<unsigned>(), nullptr);
   });
@@ -177,7 +177,7 @@ void BM_CudaStreamReadStep(benchmark::State& state) {
   for (int l = 0; l < 24; ++l)
     for (size_t b : layer_sizes) bufs.emplace_back(b), total += b;
   bufs.emplace_back(11580 * mb), total += 11580 * mb;
-  DeviceBuffer sink(4);
+  DeviceBuffer sink(size_t(mind4::cuda::stream_read_sink_words()) * 4);
   mind4::cuda::Stream stream;
   const cudaStream_t s = stream.get();
   cudaGraph_t graph = nullptr;

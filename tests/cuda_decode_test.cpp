@@ -288,6 +288,36 @@ TEST_F(CudaDecodeTest, PdlChainInAGraphMatchesPlainLaunches) {
   cudaStreamDestroy(s);
 }
 
+// stream_read (the floor the decode benchmarks compare against) reads every 16-byte word exactly
+// once: the XOR of all words, which a missed or repeated word would change, matches the host's,
+// from sizes below one round of the grid to several; bad ranges are refused by name.
+TEST_F(CudaDecodeTest, StreamReadReadsEveryWordOnce) {
+  SCOPED_TRACE(seed);
+  for (size_t bytes :
+       {size_t(16), size_t(48), size_t(4096) + 16, size_t(3) << 20, (size_t(37) << 20) + 4080}) {
+    std::vector<uint32_t> words(bytes / 4);
+    for (auto& w : words) w = uint32_t(rng());
+    uint32_t want = 0;
+    for (uint32_t w : words) want ^= w;
+    auto d = upload(words);
+    const size_t sink_words = size_t(cuda::stream_read_sink_words());
+    auto sink = upload(std::vector<uint32_t>(sink_words, 0u));
+    cuda::stream_read(d.data(), bytes, sink.data<unsigned>(), nullptr);
+    uint32_t got = 0;
+    for (uint32_t w : download<uint32_t>(sink, sink_words)) got ^= w;
+    EXPECT_EQ(got, want) << bytes << " bytes";
+  }
+  cuda::DeviceBuffer b(1024);
+  for (auto [offset, bytes] : {std::pair{size_t(4), size_t(64)}, {size_t(0), size_t(40)}}) {
+    try {
+      cuda::stream_read(b.data<char>() + offset, bytes, b.data<unsigned>(), nullptr);
+      ADD_FAILURE() << "a range at +" << offset << " of " << bytes << " bytes was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("stream_read"), std::string::npos) << e.what();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mind4
 

@@ -129,8 +129,10 @@ void moe_mlp2_mf4(ActType t, const void* act, const uint8_t* blocks, const uint8
                   float* y, cudaStream_t stream);
 
 // ---- ceilings.cu: every byte of p read once by one kernel as fast as it can (16-byte aligned, a
-// multiple of 16 bytes; sink: a word it practically never writes). The floor for a kernel that
+// multiple of 16 bytes); sink: stream_read_sink_words() words, of which the blocks store the XORs
+// of the 32-bit words they read (untouched ones keep their value). The floor for a kernel that
 // streams that many bytes of weights (bench/cuda_decode_bench.cpp, BM_CudaStreamRead).
+int stream_read_sink_words();
 void stream_read(const void* p, size_t bytes, unsigned* sink, cudaStream_t stream);
 
 // ---- quantize.cu: x act [rows, cols] -> q int8 [rows, cols] and d f32 [rows, cols/32]: per 32
