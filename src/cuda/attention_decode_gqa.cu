@@ -312,25 +312,22 @@ __global__ void __launch_bounds__(32)
     flash_load_kv_tile<DP, KT, S>(ks, vs, k0, v0, width, D, begin + j * KT, end, j & 1, lane, 32);
   };
 
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-  float acc[DP / 8][4];
-#pragma unroll
-  for (int dt = 0; dt < DP / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+  FlashRowState<DP> st;
   // Every head sees the split's keys [begin, end): only the last tile needs the mask.
   flash_walk_tiles(
       n_tiles, load_tile,
       [&](int j) {
         flash_tile_forward<DP, KT>(ks + (j & 1) * KT * S, vs + (j & 1) * KT * S, S, qf,
                                    begin + j * KT, begin, end - 1, begin, end - 1, begin, end - 1,
-                                   scale_log2, m0, m1, l0, l1, acc);
+                                   scale_log2, st);
       },
-      l0, l1);
+      st);
 
   auto store_row = [&](int f, float m, float l, int e0) {
     if (f >= G) return;
     const int head = kvh * G + f;
     if (splits == 1) {  // every row has at least one key, so m is finite
-      flash_store_row<DP>(out + int64_t(r) * NH * D + int64_t(head) * D, D, acc, e0, m, l,
+      flash_store_row<DP>(out + int64_t(r) * NH * D + int64_t(head) * D, D, st.acc, e0, m, l,
                           sinks[head] * kLog2e, c2);
     } else {  // m = -inf, l = 0 when the split holds no key of this row: combined with weight 0
       float* part = partial + ((int64_t(r) * NH + head) * splits + blockIdx.y) * (D + 2);
@@ -338,12 +335,12 @@ __global__ void __launch_bounds__(32)
 #pragma unroll
       for (int dt = 0; dt < DP / 8; ++dt) {
         const int d = 8 * dt + c2;
-        if (d < D) part[2 + d] = acc[dt][e0], part[3 + d] = acc[dt][e0 + 1];
+        if (d < D) part[2 + d] = st.acc[dt][e0], part[3 + d] = st.acc[dt][e0 + 1];
       }
     }
   };
-  store_row(fr0, m0, l0, 0);
-  store_row(fr1, m1, l1, 2);
+  store_row(fr0, st.m0, st.l0, 0);
+  store_row(fr1, st.m1, st.l1, 2);
 }
 
 // The splits of one (row, head): max and sums in base 2, the sink joins here.

@@ -84,10 +84,7 @@ __global__ void __launch_bounds__(kFlashThreads)
                                   k_begin + j * KT, k_end, j & 1, threadIdx.x, kFlashThreads);
   };
 
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-  float acc[DP / 8][4];
-#pragma unroll
-  for (int dt = 0; dt < DP / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+  FlashRowState<DP> st;
 
   flash_walk_tiles(
       n_tiles, load_tile,
@@ -97,17 +94,17 @@ __global__ void __launch_bounds__(kFlashThreads)
         const bf16* vt = vs + (j & 1) * KT * S;
         if (warp_live && kt0 <= wk_hi && kt0 + KT > wk_lo)
           flash_tile_forward<DP, KT>(kt, vt, S, qf, kt0, full_lo, full_hi, first0, pr0, first1, pr1,
-                                     scale_log2, m0, m1, l0, l1, acc);
+                                     scale_log2, st);
       },
-      l0, l1);
+      st);
   auto store_row = [&](int f, float m, float l, int e0) {
     if (f >= total) return;
     const int i = f / G, h = kvh * G + f % G;
-    flash_store_row<DP>(out + int64_t(i) * NH * D + int64_t(h) * D, D, acc, e0, m, l,
+    flash_store_row<DP>(out + int64_t(i) * NH * D + int64_t(h) * D, D, st.acc, e0, m, l,
                         sinks[h] * kFlashLog2e, c2);
   };
-  store_row(fr0, m0, l0, 0);
-  store_row(fr1, m1, l1, 2);
+  store_row(fr0, st.m0, st.l0, 0);
+  store_row(fr1, st.m1, st.l1, 2);
 }
 
 template <int DP>

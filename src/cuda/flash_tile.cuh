@@ -21,6 +21,15 @@ __device__ __forceinline__ float flash_exp2(float x) {
   return y;
 }
 
+// The running state of a warp's 16 rows, two per lane (r = 0: fragment row lane/4, 1: lane/4 + 8):
+// max m_r and this lane's partial sum l_r of each row (log2 units), and P V's f32 accumulators
+// (acc[dt][0..1] row 0, acc[dt][2..3] row 1). Starts empty: no key seen.
+template <int DP>
+struct FlashRowState {
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+  float acc[DP / 8][4] = {};
+};
+
 // DP: the head dimension in the tiles (a multiple of 16); KT: keys per tile (a multiple of 16).
 // kt, vt: the tile's keys and values in shared memory, `stride` elements a row; kt0: the tile's
 // first key. qf: the warp's Q fragments. Row r of the lane's two (r = 0: fragment row lane/4, 1:
@@ -31,8 +40,9 @@ __device__ __forceinline__ void flash_tile_forward(const __nv_bfloat16* kt, cons
                                                    int stride, const uint32_t (&qf)[DP / 16][4],
                                                    int kt0, int full_lo, int full_hi, int first0,
                                                    int pr0, int first1, int pr1, float scale_log2,
-                                                   float& m0, float& m1, float& l0, float& l1,
-                                                   float (&acc)[DP / 8][4]) {
+                                                   FlashRowState<DP>& st) {
+  float &m0 = st.m0, &m1 = st.m1, &l0 = st.l0, &l1 = st.l1;
+  float(&acc)[DP / 8][4] = st.acc;
   const int lane = threadIdx.x & 31;
   const int mi = lane >> 3, ri = lane & 7;  // ldmatrix: this lane's matrix and row address
   const int c2 = 2 * (lane & 3);
@@ -162,9 +172,10 @@ __device__ __forceinline__ void flash_load_kv_tile(__nv_bfloat16* ks, __nv_bfloa
 // The key tiles of a block, double-buffered in shared memory: load_tile(j) issues tile j's copies
 // (one commit group), use_tile(j) works on it once it has landed, and tile j + 1 is in flight
 // meanwhile. Then each row's sum l (kept by the four lanes of a quad) is completed across them.
-template <typename Load, typename Use>
+template <int DP, typename Load, typename Use>
 __device__ __forceinline__ void flash_walk_tiles(int n_tiles, Load load_tile, Use use_tile,
-                                                 float& l0, float& l1) {
+                                                 FlashRowState<DP>& st) {
+  float &l0 = st.l0, &l1 = st.l1;
   if (n_tiles > 0) load_tile(0);
   for (int j = 0; j < n_tiles; ++j) {
     if (j + 1 < n_tiles) {

@@ -160,10 +160,7 @@ __global__ void __launch_bounds__(kTfFwdWarps * 32, 3)
     cp_async_commit();
   };
 
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-  float acc[D / 8][4];
-#pragma unroll
-  for (int dt = 0; dt < D / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+  FlashRowState<D> st;
 
   flash_walk_tiles(
       n_tiles, load_tile,
@@ -173,9 +170,9 @@ __global__ void __launch_bounds__(kTfFwdWarps * 32, 3)
         const tf_bf16* vt = vs + (j & 1) * kTfTile;
         if (warp_live && kt0 <= wk_hi && kt0 + KT > wk_lo)
           flash_tile_forward<D, KT>(kt, vt, ST, qf, kt0, full_lo, full_hi, first0, pr0, first1, pr1,
-                                    scale_log2, m0, m1, l0, l1, acc);
+                                    scale_log2, st);
       },
-      l0, l1);
+      st);
   auto store_row = [&](int f, float m, float l, int e0) {
     if (f >= total) return;
     const int s = f / G, h = kvh * G + f % G;
@@ -186,11 +183,11 @@ __global__ void __launch_bounds__(kTfFwdWarps * 32, 3)
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt)
       *reinterpret_cast<uint32_t*>(o + 8 * dt + c2) =
-          pack_bf16x2(acc[dt][e0] * mult, acc[dt][e0 + 1] * mult);
+          pack_bf16x2(st.acc[dt][e0] * mult, st.acc[dt][e0 + 1] * mult);
     if ((lane & 3) == 0) lse[row * NH + h] = (M + log2f(denom)) * kTfLn2;
   };
-  store_row(fr0, m0, l0, 0);
-  store_row(fr1, m1, l1, 2);
+  store_row(fr0, st.m0, st.l0, 0);
+  store_row(fr1, st.m1, st.l1, 2);
 }
 
 // ---- backward
