@@ -53,12 +53,14 @@ BENCHMARK(BM_CudaFlashPrefill)->Arg(0)->Arg(128)->UseManualTime()->Unit(benchmar
 // 2 = mlp2 (the tile plan is made once, as a step shares it); routing 0 = spread evenly over the
 // 32 experts (256 rows each: whole tiles), 1 = each row's first expert drawn at random (uneven
 // counts and partial tiles, as a real step has); the kernel, 0 = mma.sync over 128 x 128 tiles,
-// 1 = warpgroup MMA, 2 = mma.sync over 128 x 256 tiles, 3 = mma.sync over 256 x 128 tiles.
+// 1 = warpgroup MMA, 2 = mma.sync over 128 x 256 tiles, 3 = mma.sync over 256 x 128 tiles,
+// 4 = warpgroup MMA with the weights decoded into registers.
 void BM_CudaMoeGemmPrefill(benchmark::State& state) {
   if (!cb::gpu_present(state)) return;
   const int B = 2048, A = B * kPbK, which = int(state.range(0));
   using V = mind4::cuda::MoeGemmVariant;
-  const V variant = std::array{V::kMma, V::kWgmma, V::kMmaWide, V::kMmaTall}[state.range(2)];
+  const V variant =
+      std::array{V::kMma, V::kWgmma, V::kMmaWide, V::kMmaTall, V::kWgmmaRegs}[state.range(2)];
   // Filling 400 MB of random weights takes seconds: once per process (never freed).
   struct Weights {
     DeviceBuffer b1, s1, b2, s2, bias1, bias2, x, act;
@@ -120,6 +122,10 @@ BENCHMARK(BM_CudaMoeGemmPrefill)
     ->Args({2, 0, 3})
     ->Args({1, 1, 3})
     ->Args({2, 1, 3})
+    ->Args({1, 0, 4})
+    ->Args({2, 0, 4})
+    ->Args({1, 1, 4})
+    ->Args({2, 1, 4})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 

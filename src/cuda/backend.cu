@@ -183,10 +183,14 @@ class CudaBackend final : public StepBackend {
       // only its tile plan; f32 mode (and bf16 experts) keep the expanded route.
       grouped_gemm_ = act_ == ActType::kBF16 && dm_.experts_mxfp4 && H % 32 == 0 && I % 32 == 0;
       if (grouped_gemm_) {
-        // The mma.sync kernel (the fastest so far, see docs/perf-notes.md);
-        // MIND4_CUDA_MOE_GEMM=mma256 | mma-tall | wgmma picks another one (for comparisons).
+        // On Hopper the wgmma kernel with the weights decoded into its register operand, elsewhere
+        // the mma.sync one (the fastest of each, see docs/perf-notes.md);
+        // MIND4_CUDA_MOE_GEMM=mma | mma256 | mma-tall | wgmma | wgmma-regs picks one (for
+        // comparisons).
         const char* v = std::getenv("MIND4_CUDA_MOE_GEMM");
-        gemm_variant_ = v && *v ? cuda::moe_gemm_variant_named(v) : cuda::MoeGemmVariant::kMma;
+        gemm_variant_ = v && *v                            ? cuda::moe_gemm_variant_named(v)
+                        : cuda::moe_gemm_wgmma_supported() ? cuda::MoeGemmVariant::kWgmmaRegs
+                                                           : cuda::MoeGemmVariant::kMma;
         const int tile_rows = cuda::moe_gemm_tile_rows(gemm_variant_);
         tile_plan_ =
             dev((1 + 2 * int64_t(cuda::moe_tile_plan_capacity(int(A), int(E), tile_rows))) * 4,

@@ -179,11 +179,12 @@ int moe_tile_plan_capacity(int A, int E, int tile_rows);
 void moe_tile_plan(const int* offsets, int E, int tile_rows, int* plan, cudaStream_t stream);
 // The kernel that runs them (same arguments and results; docs/perf-notes.md compares them):
 // mma.sync over tiles of 128 assignments x 128 weight rows (the default), the same over
-// 128 x 256 (kMmaWide) or 256 x 128 (kMmaTall), or Hopper's warpgroup MMA (kWgmma,
-// moe_gemm_mf4_wgmma.cu; refused off compute capability 9.x, see moe_gemm_wgmma_supported).
-// moe_gemm_variant_named: "mma", "mma256", "mma-tall" or "wgmma"; anything else throws, naming
-// the value.
-enum class MoeGemmVariant { kMma, kMmaWide, kMmaTall, kWgmma };
+// 128 x 256 (kMmaWide) or 256 x 128 (kMmaTall), or Hopper's warpgroup MMA: weights expanded into
+// shared memory (kWgmma, moe_gemm_mf4_wgmma.cu) or decoded into the register operand (kWgmmaRegs,
+// moe_gemm_mf4_wgmma_regs.cu); both refused off compute capability 9.x, see
+// moe_gemm_wgmma_supported. moe_gemm_variant_named: "mma", "mma256", "mma-tall", "wgmma" or
+// "wgmma-regs"; anything else throws, naming the value.
+enum class MoeGemmVariant { kMma, kMmaWide, kMmaTall, kWgmma, kWgmmaRegs };
 MoeGemmVariant moe_gemm_variant_named(const std::string& name);
 int moe_gemm_tile_rows(MoeGemmVariant v);
 bool moe_gemm_wgmma_supported();

@@ -50,6 +50,13 @@ __device__ __forceinline__ void moe_expand_mf4_block(uint4 wq, uint32_t wsc, con
   moe_expand_mf4_words<4>(words, wsc, lut, store);
 }
 
+// The clamped SwiGLU of gpt-oss on a (gate, linear) pair whose biases are already added.
+__device__ __forceinline__ float moe_swiglu(float gate, float lin, float limit) {
+  gate = fminf(gate, limit);
+  lin = fminf(fmaxf(lin, -limit), limit);
+  return gate / (1.0f + __expf(-1.702f * gate)) * (lin + 1.0f);
+}
+
 // The kernels' epilogue for one lane's accumulators a[0..3]: rows r_lo and r_lo + 8 of the
 // tile (valid below `rows`), columns n and n + 1 of expert e's N. kSwiglu: out is act bf16
 // [*, N/2], the clamped SwiGLU of the (gate, linear) pair plus bias, lanes l and l ^ 1 (which hold
@@ -62,13 +69,8 @@ __device__ __forceinline__ void moe_gemm_store(const float* a, const float* __re
   const int r_hi = r_lo + 8;
   const float b0 = bias[int64_t(e) * N + n], b1 = bias[int64_t(e) * N + n + 1];
   if constexpr (kSwiglu) {
-    auto swiglu = [&](float g, float l) {
-      g = fminf(g + b0, limit);
-      l = fminf(fmaxf(l + b1, -limit), limit);
-      return g / (1.0f + __expf(-1.702f * g)) * (l + 1.0f);
-    };
-    const float v_lo = swiglu(a[0], a[1]);
-    const float v_hi = swiglu(a[2], a[3]);
+    const float v_lo = moe_swiglu(a[0] + b0, a[1] + b1, limit);
+    const float v_hi = moe_swiglu(a[2] + b0, a[3] + b1, limit);
     const bool even = (lane & 1) == 0;
     const float other = __shfl_xor_sync(0xffffffffu, even ? v_hi : v_lo, 1);
     const int r = even ? r_lo : r_hi, p = n / 2 - (even ? 0 : 1);
@@ -116,8 +118,10 @@ struct MoeGemmFamily {
   int threads, rows, cols;  // rows: assignments per tile (the tile plan's unit)
 };
 
-// moe_gemm_mf4_wgmma.cu's family (its kernels are built for sm_90a only).
+// The Hopper families (their kernels are built for sm_90a only): moe_gemm_mf4_wgmma.cu's and
+// moe_gemm_mf4_wgmma_regs.cu's.
 const MoeGemmFamily& moe_wgmma_family();
+const MoeGemmFamily& moe_wgmma_regs_family();
 
 // The public launchers of a family: argument checks, then the product over the tile plan.
 inline void moe_mlp1_grouped(const MoeGemmFamily& f, ActType t, const void* x,

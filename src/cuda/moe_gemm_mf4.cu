@@ -244,6 +244,10 @@ const MoeGemmFamily& family_of(MoeGemmVariant v, const char* launcher) {
       MIND4_CUDA_ARG(moe_gemm_wgmma_supported(), launcher,
                      "the wgmma kernel needs a Hopper (compute capability 9.x) card");
       return moe_wgmma_family();
+    case MoeGemmVariant::kWgmmaRegs:
+      MIND4_CUDA_ARG(moe_gemm_wgmma_supported(), launcher,
+                     "the wgmma-regs kernel needs a Hopper (compute capability 9.x) card");
+      return moe_wgmma_regs_family();
   }
   MIND4_CUDA_ARG(false, launcher, "unknown kernel variant ", int(v));
   return kMmaFamily<128, 128>;
@@ -267,8 +271,9 @@ MoeGemmVariant moe_gemm_variant_named(const std::string& name) {
   if (name == "mma256") return MoeGemmVariant::kMmaWide;
   if (name == "mma-tall") return MoeGemmVariant::kMmaTall;
   if (name == "wgmma") return MoeGemmVariant::kWgmma;
+  if (name == "wgmma-regs") return MoeGemmVariant::kWgmmaRegs;
   MIND4_CUDA_ARG(false, "moe_gemm_variant_named", "unknown grouped GEMM kernel '", name,
-                 "' (mma | mma256 | mma-tall | wgmma)");
+                 "' (mma | mma256 | mma-tall | wgmma | wgmma-regs)");
   return MoeGemmVariant::kMma;
 }
 

@@ -15,6 +15,7 @@
 #include "cuda/device_util.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/moe_gemm_launch.cuh"
+#include "cuda/wgmma.cuh"
 
 namespace mind4::cuda {
 namespace {
@@ -37,27 +38,6 @@ __device__ __forceinline__ int wg_core_offset(int row, int c) {
   return ((row >> 3) * 8 + c) * 128 + (row & 7) * 16;
 }
 
-// Shared-memory matrix descriptor: start address, leading byte offset 128, stride byte offset
-// 1024 (both in 16-byte units), no swizzle.
-__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr) {
-  return uint64_t((saddr >> 4) & 0x3FFFu) | (uint64_t(128 >> 4) << 16) |
-         (uint64_t(1024 >> 4) << 32);
-}
-
-__device__ __forceinline__ void wgmma_fence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_wait_all() {
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-}
-// Ordinary shared-memory writes (cp.async, st.shared) become visible to the tensor cores' reads.
-__device__ __forceinline__ void fence_proxy_async_shared() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
 // d += A B^T for a 64 x 128 x 16 step of one warpgroup, A and B from shared memory through
 // descriptors, f32 accumulators (sm_90a).
 __device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[64], uint64_t desc_a,
@@ -66,27 +46,10 @@ __device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[64], uint64_t d
       "{\n"
       ".reg .pred p;\n"
       "setp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, "
-      "%24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, "
-      "%40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, "
-      "%56, %57, %58, %59, %60, %61, %62, %63 "
-      "}, %64, %65, p, 1, 1, 0, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " MIND4_WGMMA_D64
+      ", %64, %65, p, 1, 1, 0, 0;\n"
       "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
-        "+f"(d[63])
+      : MIND4_WGMMA_D64_OPERANDS(d)
       : "l"(desc_a), "l"(desc_b), "r"(1));
 }
 
@@ -185,8 +148,8 @@ __global__ void __launch_bounds__(kWgThreads, 2)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kWgK / 16; ++kk)
-      wgmma_m64n128k16_bf16(acc, wg_desc(as_s + buf * kWgTileBytes + kk * 256),
-                            wg_desc(ws_s + buf * kWgTileBytes + kk * 256));
+      wgmma_m64n128k16_bf16(acc, wgmma_desc_interleaved(as_s + buf * kWgTileBytes + kk * 256),
+                            wgmma_desc_interleaved(ws_s + buf * kWgTileBytes + kk * 256));
     wgmma_commit();
     // While the tensor cores work. Stage (step + 2) % 3 was last read by step - 1's products
     // and stage (step + 1) % 3 by step - 2's, both waited for before this step's barrier.
@@ -195,7 +158,7 @@ __global__ void __launch_bounds__(kWgThreads, 2)
       expand_w((step + 1) % kWgStages);
       load_w(step + 2);
     }
-    wgmma_wait_all();
+    wgmma_wait<0>();
 #pragma unroll
     for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(acc[i])::"memory");
   }
