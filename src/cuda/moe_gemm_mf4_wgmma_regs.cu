@@ -27,10 +27,12 @@ constexpr int kRaTokens = 128;  // assignments per tile: wgmma's N
 constexpr int kRaCols = 128;    // weight rows per tile: two warpgroups of 64 (wgmma's M)
 constexpr int kRaK = 64;        // k per stage: two MXFP4 blocks
 constexpr int kRaThreads = 256;
-constexpr int kRaStages = 4;  // copies run kRaStages - 2 stages ahead of the products
 constexpr int kRaActBytes = kRaTokens * kRaK * 2;  // 16 KB, swizzled rows of 128 bytes
 constexpr int kRaWBytes = kRaCols * 32;            // packed: a row's two blocks
 constexpr int kRaScaleBytes = kRaCols * 8;         // two aligned words holding a row's two scales
+// Stages of tiles in shared memory: copies run kRaStages - 2 ahead of the products (five stages,
+// still two blocks a multiprocessor, measured no faster).
+constexpr int kRaStages = 4;
 constexpr size_t kRaSmemBytes =
     size_t(kRaStages) * (kRaActBytes + kRaWBytes + kRaScaleBytes) + 1024;  // + alignment slack
 
@@ -124,43 +126,48 @@ __global__ void __launch_bounds__(kRaThreads, 2)
   const int64_t expert_blocks = int64_t(N) * KB;  // blocks (and scales) of one expert
 
   // Activation copy: 128 rows x 8 chunks of 16 bytes a stage, 4 a thread; rows past the tile
-  // are zero-filled without a read (never stored).
+  // are zero-filled without a read (never stored). Addresses are made once; a stage only adds
+  // its offset (the step's address arithmetic was a third of its instructions).
   const int x_chunk = tid & 7;
+  const uint32_t xs_s = smem_addr(xs), ws_s = smem_addr(ws), ss_s = smem_addr(ss);
   const bf16* x_src[4];
+  uint32_t x_dst[4];
+  int x_bytes[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int r = (tid >> 3) + 32 * i, ga = row0 + min(r, rows - 1);
     x_src[i] = a + int64_t(a_rows ? a_rows[ga] : ga) * K + x_chunk * 8;
+    x_dst[i] = xs_s + swizzle128_offset(r, x_chunk);
+    x_bytes[i] = r < rows ? 16 : 0;
   }
   // Weight copy: thread = (row, which of the stage's two blocks); rows past N repeat row N-1.
   const int w_row = tid >> 1, w_half = tid & 1;
-  const int64_t w_block0 = int64_t(e) * expert_blocks + int64_t(min(n0 + w_row, N - 1)) * KB;
+  const uint8_t* w_src =
+      blocks + (int64_t(e) * expert_blocks + int64_t(min(n0 + w_row, N - 1)) * KB + w_half) * 16;
+  const uint32_t w_dst = ws_s + w_row * 32 + w_half * 16;
   // Scale copy: the two aligned 4-byte words from the one holding a row's first scale of the stage
   // (with an odd number of blocks a row, its second scale may sit in the next word); thread
   // (word, row), cut short at the expert's end.
   const int s_word = tid >> 7, s_rowi = tid & 127;
-  const int64_t s_row0 = int64_t(e) * expert_blocks + int64_t(min(n0 + s_rowi, N - 1)) * KB;
-  const int64_t s_end = int64_t(e + 1) * expert_blocks;
+  const uintptr_t s_row =
+      reinterpret_cast<uintptr_t>(scales) +
+      uintptr_t(int64_t(e) * expert_blocks + int64_t(min(n0 + s_rowi, N - 1)) * KB);
+  const uintptr_t s_end = reinterpret_cast<uintptr_t>(scales) + uintptr_t((e + 1) * expert_blocks);
+  const uint32_t s_dst = ss_s + s_rowi * 8 + s_word * 4;
   // One commit group per call, empty past the last stage (the wait counts stay uniform).
   auto copy_stage = [&](int step) {
     if (step < steps) {
-      const int buf = step % kRaStages;
-      const int k = step * kRaK + x_chunk * 8;
+      const uint32_t buf = step % kRaStages;
+      const bool k_in = step * kRaK + x_chunk * 8 < K;
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = (tid >> 3) + 32 * i;
-        cp_async16(xs + buf * kRaActBytes + swizzle128_offset(r, x_chunk),
-                   x_src[i] + (k < K ? step * kRaK : 0), k < K && r < rows ? 16 : 0);
-      }
-      const int kb = 2 * step + w_half;
-      cp_async16(ws + buf * kRaWBytes + w_row * 32 + w_half * 16,
-                 blocks + (w_block0 + min(kb, KB - 1)) * 16, kb < KB ? 16 : 0);
-      const int64_t word = ((s_row0 + 2 * step) & ~int64_t(3)) + 4 * s_word;
-      const int64_t left = s_end - word;
-      cp_async4(ss + buf * kRaScaleBytes + s_rowi * 8 + s_word * 4, scales + word,
-                int(left < 0   ? 0
-                    : left < 4 ? left
-                               : 4));
+      for (int i = 0; i < 4; ++i)
+        cp_async16(x_dst[i] + buf * kRaActBytes, x_src[i] + (k_in ? step * kRaK : 0),
+                   k_in ? x_bytes[i] : 0);
+      const bool kb_in = 2 * step + w_half < KB;
+      cp_async16(w_dst + buf * kRaWBytes, w_src + (kb_in ? step * 32 : 0), kb_in ? 16 : 0);
+      const uintptr_t word = ((s_row + 2 * step) & ~uintptr_t(3)) + 4 * s_word;
+      const int left = word >= s_end ? 0 : int(min(uintptr_t(4), s_end - word));
+      cp_async4(s_dst + buf * kRaScaleBytes, reinterpret_cast<const void*>(word), left);
     }
     cp_async_commit();
   };
@@ -171,23 +178,23 @@ __global__ void __launch_bounds__(kRaThreads, 2)
   // Byte t of two words side by side: the k pairs (2t, 2t + 1) and (2t + 8, 2t + 9) of a step
   // of 16.
   const uint32_t pick = uint32_t(t) | (uint32_t(4 + t) << 4);
-  const int64_t oA = int64_t(e) * expert_blocks + int64_t(min(n0 + rA, N - 1)) * KB;
-  const int64_t oB = int64_t(e) * expert_blocks + int64_t(min(n0 + rB, N - 1)) * KB;
+  // Where each row's scales start within their first aligned word (stage 0).
+  const int phaseA = int((int64_t(e) * expert_blocks + int64_t(min(n0 + rA, N - 1)) * KB) & 3);
+  const int phaseB = int((int64_t(e) * expert_blocks + int64_t(min(n0 + rB, N - 1)) * KB) & 3);
   // Decode stage `step` into the four A fragments (k steps of 16) of one register set.
   auto decode_stage = [&](int step, uint32_t(&af)[4][4]) {
     const int buf = step % kRaStages;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {  // row rA, then rB
       const int r = half ? rB : rA;
-      const int64_t o = (half ? oB : oA) + 2 * step;
       const uint4* src = reinterpret_cast<const uint4*>(ws + buf * kRaWBytes + r * 32);
       const uint2 sw2 = *reinterpret_cast<const uint2*>(ss + buf * kRaScaleBytes + r * 8);
       const uint64_t sw = uint64_t(sw2.x) | (uint64_t(sw2.y) << 32);
-      const int shift = int(o & 3) * 8;
+      const int shift = (((half ? phaseB : phaseA) + 2 * step) & 3) * 8;
 #pragma unroll
       for (int b = 0; b < 2; ++b) {  // the stage's two blocks
         const uint4 q = src[b];
-        const uint32_t s = 2 * step + b < KB ? (sw >> (shift + 8 * b)) & 0xFFu : 0u;
+        const uint32_t s = 2 * step + b < KB ? uint32_t(sw >> (shift + 8 * b)) & 0xFFu : 0u;
         const uint32_t s2 = scale_pair(s);
         decode_e2m1x4(prmt(q.x, q.y, pick), s2, af[2 * b][half], af[2 * b][2 + half]);
         decode_e2m1x4(prmt(q.z, q.w, pick), s2, af[2 * b + 1][half], af[2 * b + 1][2 + half]);
@@ -199,7 +206,6 @@ __global__ void __launch_bounds__(kRaThreads, 2)
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
   uint32_t af[2][4][4];
-  const uint32_t xs_s = smem_addr(xs);
 
   // At step s: wait for stage s's copies, start stage s + kRaStages - 2's (its buffer was last
   // read by step s - 2's products, finished before this barrier), decode stage s into register
