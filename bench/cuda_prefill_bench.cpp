@@ -49,18 +49,18 @@ void BM_CudaFlashPrefill(benchmark::State& state) {
 }
 BENCHMARK(BM_CudaFlashPrefill)->Arg(0)->Arg(128)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
-// The experts of one layer at prefill size: 2048 rows, 4 experts each. Args: 1 = mlp1 + SwiGLU,
+// The experts of one layer for B rows, 4 experts each. Args: 1 = mlp1 + SwiGLU,
 // 2 = mlp2 (the tile plan is made once, as a step shares it); routing 0 = spread evenly over the
 // 32 experts (256 rows each: whole tiles), 1 = each row's first expert drawn at random (uneven
 // counts and partial tiles, as a real step has); the kernel, 0 = mma.sync over 128 x 128 tiles,
 // 1 = warpgroup MMA, 2 = mma.sync over 128 x 256 tiles, 3 = mma.sync over 256 x 128 tiles,
-// 4 = warpgroup MMA with the weights decoded into registers.
-void BM_CudaMoeGemmPrefill(benchmark::State& state) {
+// 4 = warpgroup MMA with the weights decoded into registers, 5 = the skinny kernel (16-row tiles).
+void moe_gemm_layer(benchmark::State& state, int B) {
   if (!cb::gpu_present(state)) return;
-  const int B = 2048, A = B * kPbK, which = int(state.range(0));
+  const int A = B * kPbK, which = int(state.range(0));
   using V = mind4::cuda::MoeGemmVariant;
-  const V variant =
-      std::array{V::kMma, V::kWgmma, V::kMmaWide, V::kMmaTall, V::kWgmmaRegs}[state.range(2)];
+  const V variant = std::array{V::kMma,     V::kWgmma,     V::kMmaWide,
+                               V::kMmaTall, V::kWgmmaRegs, V::kSkinny}[state.range(2)];
   // Filling 400 MB of random weights takes seconds: once per process (never freed).
   struct Weights {
     DeviceBuffer b1, s1, b2, s2, bias1, bias2, x, act;
@@ -105,6 +105,10 @@ void BM_CudaMoeGemmPrefill(benchmark::State& state) {
   const double n = which == 1 ? 2.0 * kPbI : double(kPbH), k = which == 1 ? kPbH : kPbI;
   cb::set_flops_per_second(state, 2.0 * A * n * k);
 }
+// At prefill size: 2048 rows.
+void BM_CudaMoeGemmPrefill(benchmark::State& state) {
+  moe_gemm_layer(state, 2048);
+}
 BENCHMARK(BM_CudaMoeGemmPrefill)
     ->Args({1, 0, 0})
     ->Args({2, 0, 0})
@@ -126,6 +130,19 @@ BENCHMARK(BM_CudaMoeGemmPrefill)
     ->Args({2, 0, 4})
     ->Args({1, 1, 4})
     ->Args({2, 1, 4})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// At batched-decode size (args: which, routing as above, kernel, rows): 16 and 64 rows, about 2
+// and 8 an expert, where each expert's weights are read about once per layer (FLOP/s against the
+// matrix ceiling say little here; bytes/s is the figure: every expert's weights once).
+void BM_CudaMoeGemmBatched(benchmark::State& state) {
+  moe_gemm_layer(state, int(state.range(3)));
+  const double values = state.range(0) == 1 ? 2.0 * kPbI * kPbH : double(kPbH) * kPbI;
+  cb::set_bytes_per_second(state, kPbE * values * 17.0 / 32.0);  // 4 bits + a scale a 32
+}
+BENCHMARK(BM_CudaMoeGemmBatched)
+    ->ArgsProduct({{1, 2}, {1}, {4, 5}, {16, 64}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 

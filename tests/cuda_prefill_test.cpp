@@ -158,7 +158,7 @@ TEST_F(CudaPrefillTest, GroupedMxfp4GemmMatchesCpu) {
     // Every kernel (each with a plan of its own tile rows): the mma.sync ones everywhere, the
     // warpgroup-MMA one on Hopper.
     using V = cuda::MoeGemmVariant;
-    for (const V v : {V::kMma, V::kMmaWide, V::kMmaTall, V::kWgmma, V::kWgmmaRegs}) {
+    for (const V v : {V::kMma, V::kMmaWide, V::kMmaTall, V::kWgmma, V::kWgmmaRegs, V::kSkinny}) {
       if ((v == V::kWgmma || v == V::kWgmmaRegs) && !cuda::moe_gemm_wgmma_supported()) continue;
       const int tile_rows = cuda::moe_gemm_tile_rows(v);
       auto d_plan = poisoned(size_t(1 + 2 * cuda::moe_tile_plan_capacity(A, E, tile_rows)) * 4);
@@ -226,6 +226,8 @@ TEST_F(CudaPrefillTest, GroupedMxfp4GemmRejectsBadArguments) {
   EXPECT_EQ(cuda::moe_gemm_variant_named("mma-tall"), V::kMmaTall);
   EXPECT_EQ(cuda::moe_gemm_variant_named("wgmma-regs"), V::kWgmmaRegs);
   EXPECT_EQ(cuda::moe_gemm_tile_rows(V::kWgmmaRegs), 128);
+  EXPECT_EQ(cuda::moe_gemm_variant_named("skinny"), V::kSkinny);
+  EXPECT_EQ(cuda::moe_gemm_tile_rows(V::kSkinny), 16);
   EXPECT_EQ(cuda::moe_gemm_tile_rows(V::kMmaTall), 256);
   try {
     cuda::moe_gemm_variant_named("mma512");

@@ -54,6 +54,13 @@ constexpr int kExpertRowPad = 128;
 // its int8 activations took the 16-row steps' logits 3.1% of the largest logit away from HF's,
 // past the bf16 bound of 2% (docs/perf-notes.md, S7.10).
 constexpr int kQ8MaxTokens = 8;
+// Steps of 2 to this many rows an expert (tokens_hint; batched decode: 64 sequences over
+// gpt-oss-20b's 32 experts is 8) multiply the experts with the skinny grouped GEMM
+// (moe_gemm_mf4_skinny.cu: each weight read and decoded once per 16 rows), bf16 mode with MXFP4
+// experts: on an H100 b=16 1,177 -> 1,715 tok/s, b=64 2,670 -> 3,514, b=128 +6%; at one row an
+// expert (b=4: 940 against 738) the expert GEMVs stay. MIND4_CUDA_SKINNY=0 turns it off (for
+// comparisons). docs/perf-notes.md, S9.4.
+constexpr int kSkinnyMaxRows = 16;
 constexpr int kAttnPartialRows = 2048;  // capacity of the split-K buffer, in (row, split) pairs
 constexpr size_t kBlasWorkspace = size_t(32) << 20;
 
@@ -177,11 +184,22 @@ class CudaBackend final : public StepBackend {
       prefill_min_rows_ = kGroupedGemmMinRows;
     if (const char* v = std::getenv("MIND4_CUDA_PREFILL_MIN_ROWS"); v && std::atoi(v) > 0)
       prefill_min_rows_ = std::atoi(v);
+    // bf16 mode: the grouped MXFP4 GEMMs read the packed experts and need only a tile plan (its
+    // capacity here for the smallest tiles, the skinny kernel's); f32 mode (and bf16 experts) keep
+    // the expanded route.
+    const bool grouped_ok =
+        act_ == ActType::kBF16 && dm_.experts_mxfp4 && H % 32 == 0 && I % 32 == 0;
+    const char* sk = std::getenv("MIND4_CUDA_SKINNY");
+    skinny_ = grouped_ok && B >= 2 && !(sk && std::string(sk) == "0");
+    if (grouped_ok && B >= 2)
+      tile_plan_ = dev(
+          (1 + 2 * int64_t(cuda::moe_tile_plan_capacity(
+                       int(A), int(E), cuda::moe_gemm_tile_rows(cuda::MoeGemmVariant::kSkinny)))) *
+              4,
+          "cudaMalloc (expert tile plan)");
     if (B >= prefill_min_rows_) {
       tensor_route_ = true;
-      // bf16 mode: the grouped MXFP4 GEMM reads the packed experts (moe_gemm_mf4.cu) and needs
-      // only its tile plan; f32 mode (and bf16 experts) keep the expanded route.
-      grouped_gemm_ = act_ == ActType::kBF16 && dm_.experts_mxfp4 && H % 32 == 0 && I % 32 == 0;
+      grouped_gemm_ = grouped_ok;
       if (grouped_gemm_) {
         // On Hopper the wgmma kernel with the weights decoded into its register operand, elsewhere
         // the mma.sync one (the fastest of each, see docs/perf-notes.md);
@@ -191,10 +209,6 @@ class CudaBackend final : public StepBackend {
         gemm_variant_ = v && *v                            ? cuda::moe_gemm_variant_named(v)
                         : cuda::moe_gemm_wgmma_supported() ? cuda::MoeGemmVariant::kWgmmaRegs
                                                            : cuda::MoeGemmVariant::kMma;
-        const int tile_rows = cuda::moe_gemm_tile_rows(gemm_variant_);
-        tile_plan_ =
-            dev((1 + 2 * int64_t(cuda::moe_tile_plan_capacity(int(A), int(E), tile_rows))) * 4,
-                "cudaMalloc (prefill scratch)");
       } else {
         // Rows are padded per expert (kExpertRowPad) on the one-product-per-expert path.
         xg_ = dev((A + kExpertRowPad) * H * a, "cudaMalloc (prefill scratch)");
@@ -402,6 +416,7 @@ class CudaBackend final : public StepBackend {
     const int A = B * K, max_active = std::min(E, A);
     const bool tensor_route = B >= prefill_min_rows_ && tensor_route_;
     const int tokens_hint = (A + max_active - 1) / max_active;
+    const bool skinny = skinny_ && tokens_hint >= 2 && tokens_hint <= kSkinnyMaxRows;
     const int* tokens = meta_.data<int>();
     const int* pos = tokens + max_rows_;
     const int* slot = pos + max_rows_;
@@ -516,17 +531,17 @@ class CudaBackend final : public StepBackend {
         cuda::moe_group(topk_e_.data<int>(), A, K, E, groups_, s);
         mark("moe_group");
       }
-      if (dm_.experts_mxfp4 && tensor_route && grouped_gemm_) {
+      if (dm_.experts_mxfp4 && (skinny || (tensor_route && grouped_gemm_))) {
+        const cuda::MoeGemmVariant v = skinny ? cuda::MoeGemmVariant::kSkinny : gemm_variant_;
         const int* plan = tile_plan_.data<int>();
-        cuda::moe_tile_plan(groups_.offsets, E, cuda::moe_gemm_tile_rows(gemm_variant_),
-                            tile_plan_.data<int>(), s);
-        cuda::moe_mlp1_swiglu_mf4_gemm(gemm_variant_, act_, t, lw.mlp1_blocks, lw.mlp1_scales,
-                                       lw.mlp1_b, groups_, plan, A, E, H, I, c_.swiglu_limit,
-                                       act_buf_.data(), s);
+        cuda::moe_tile_plan(groups_.offsets, E, cuda::moe_gemm_tile_rows(v), tile_plan_.data<int>(),
+                            s);
+        cuda::moe_mlp1_swiglu_mf4_gemm(v, act_, t, lw.mlp1_blocks, lw.mlp1_scales, lw.mlp1_b,
+                                       groups_, plan, A, E, H, I, c_.swiglu_limit, act_buf_.data(),
+                                       s);
         mark("moe_mlp1_gemm");
-        cuda::moe_mlp2_mf4_gemm(gemm_variant_, act_, act_buf_.data(), lw.mlp2_blocks,
-                                lw.mlp2_scales, lw.mlp2_b, groups_, plan, A, E, H, I,
-                                y_.data<float>(), s);
+        cuda::moe_mlp2_mf4_gemm(v, act_, act_buf_.data(), lw.mlp2_blocks, lw.mlp2_scales, lw.mlp2_b,
+                                groups_, plan, A, E, H, I, y_.data<float>(), s);
         mark("moe_mlp2_gemm");
       } else if (dm_.experts_mxfp4 && tensor_route) {
         moe_expanded(lw, B);
@@ -636,7 +651,7 @@ class CudaBackend final : public StepBackend {
   DeviceBuffer k_cache_, v_cache_, x_, t32_, t_, qkv_, attn_, proj_, gate_, topk_e_, topk_w_,
       groups_buf_, act_buf_, y_, partial_, final_, logits_, meta_, blas_ws_, rope_;
   DeviceBuffer xg_, hbuf_, wbuf_, scores_, tile_plan_;  // tensor-core route (large steps) only
-  bool tensor_route_ = false, grouped_gemm_ = false, flash_prefill_ = false;
+  bool tensor_route_ = false, grouped_gemm_ = false, flash_prefill_ = false, skinny_ = false;
   cuda::MoeGemmVariant gemm_variant_ = cuda::MoeGemmVariant::kMma;
   DeviceBuffer xq_, xd_, aq_, ad_;  // int8 decode route (bf16 mode) only
   int q8_max_tokens_ = 1;           // the int8 route up to this many rows an expert

@@ -182,9 +182,11 @@ void moe_tile_plan(const int* offsets, int E, int tile_rows, int* plan, cudaStre
 // 128 x 256 (kMmaWide) or 256 x 128 (kMmaTall), or Hopper's warpgroup MMA: weights expanded into
 // shared memory (kWgmma, moe_gemm_mf4_wgmma.cu) or decoded into the register operand (kWgmmaRegs,
 // moe_gemm_mf4_wgmma_regs.cu); both refused off compute capability 9.x, see
-// moe_gemm_wgmma_supported. moe_gemm_variant_named: "mma", "mma256", "mma-tall", "wgmma" or
-// "wgmma-regs"; anything else throws, naming the value.
-enum class MoeGemmVariant { kMma, kMmaWide, kMmaTall, kWgmma, kWgmmaRegs };
+// moe_gemm_wgmma_supported. kSkinny (moe_gemm_mf4_skinny.cu) serves steps of a few rows an
+// expert (batched decode): tiles of 16 assignments, each warp streaming 16 weight rows into
+// mma.sync fragments. moe_gemm_variant_named: "mma", "mma256", "mma-tall", "wgmma", "wgmma-regs"
+// or "skinny"; anything else throws, naming the value.
+enum class MoeGemmVariant { kMma, kMmaWide, kMmaTall, kWgmma, kWgmmaRegs, kSkinny };
 MoeGemmVariant moe_gemm_variant_named(const std::string& name);
 int moe_gemm_tile_rows(MoeGemmVariant v);
 bool moe_gemm_wgmma_supported();

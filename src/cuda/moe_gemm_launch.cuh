@@ -50,6 +50,46 @@ __device__ __forceinline__ void moe_expand_mf4_block(uint4 wq, uint32_t wsc, con
   moe_expand_mf4_words<4>(words, wsc, lut, store);
 }
 
+// e2m1 decoding without a table, for the kernels that decode into MMA fragments in registers:
+// an e2m1 magnitude (3 bits) picks a byte out of an 8-byte pool with one prmt, so two prmt give
+// the high and low bytes of four bf16 values, two more interleave them into two bf16 pairs, and
+// two sign-replicating prmt plus an OR put the signs back. One bf16x2 multiply by the block's
+// power-of-two scale follows (exact, as in the table-driven expansion above).
+__device__ __forceinline__ uint32_t mf4_prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+}
+
+// Bytes 0 and 1 of x hold four e2m1 values (low nibble first): returns them as two bf16 pairs,
+// lo = (value 0, value 1) and hi = (value 2, value 3), each times the bf16x2 scale s2.
+__device__ __forceinline__ void mf4_decode4(uint32_t x, uint32_t s2, uint32_t& lo, uint32_t& hi) {
+  // bf16 of the magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6: high bytes, then low bytes, 8 a pool.
+  constexpr uint32_t kHi0 = 0x3F3F3F00u, kHi1 = 0x40404040u;
+  constexpr uint32_t kLo0 = 0xC0800000u, kLo1 = 0xC0804000u;
+  const uint32_t mag = x & 0x7777u;  // selector nibbles with the sign-replicate bit clear
+  const uint32_t hb = mf4_prmt(kHi0, kHi1, mag), lb = mf4_prmt(kLo0, kLo1, mag);
+  uint32_t v0 = mf4_prmt(lb, hb, 0x5140u), v1 = mf4_prmt(lb, hb, 0x7362u);
+  // Signs: bit 7 of byte 0 / 1 of x is value 1's / 3's; shifted by 4, value 0's / 2's. A selector
+  // nibble with bit 3 set replicates the chosen byte's top bit; the mask keeps bits 15 and 31.
+  const uint32_t xs = x << 4;
+  const uint32_t sg0 = mf4_prmt(xs, x, 0xC888u), sg1 = mf4_prmt(xs, x, 0xD999u);
+  v0 |= sg0 & 0x80008000u;
+  v1 |= sg1 & 0x80008000u;
+  const __nv_bfloat162 s = *reinterpret_cast<const __nv_bfloat162*>(&s2);
+  const __nv_bfloat162 r0 = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&v0), s);
+  const __nv_bfloat162 r1 = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&v1), s);
+  lo = *reinterpret_cast<const uint32_t*>(&r0);
+  hi = *reinterpret_cast<const uint32_t*>(&r1);
+}
+
+// The e8m0 scale byte s as a bf16 pair: 2^(s - 127) (s = 0: the subnormal 2^-127, as the CPU's
+// decode).
+__device__ __forceinline__ uint32_t mf4_scale_pair(uint32_t s) {
+  const uint32_t sb = s ? s << 7 : 0x40u;
+  return sb | (sb << 16);
+}
+
 // The clamped SwiGLU of gpt-oss on a (gate, linear) pair whose biases are already added.
 __device__ __forceinline__ float moe_swiglu(float gate, float lin, float limit) {
   gate = fminf(gate, limit);
@@ -89,6 +129,35 @@ __device__ __forceinline__ void moe_gemm_store(const float* a, const float* __re
   }
 }
 
+// The epilogue of the kernels that multiply weight rows x assignments (the weights as the A
+// operand): a lane's two accumulators d0, d1 are weight row n of expert e (its bias row eb) and the
+// tile's assignments tok, tok + 1 (rows past `rows`, and n past N, are not stored). For kSwiglu
+// the lanes l and l ^ 4 hold rows n and n ^ 1, mlp1's interleaved gate (even) and linear (odd)
+// rows: the even row's lane stores the pair's SwiGLU for assignment tok, the odd row's lane for
+// tok + 1 (out: act bf16 [*, N/2]); else out is f32 [*, N]. Every lane of the warp must call it.
+template <bool kSwiglu>
+__device__ __forceinline__ void moe_store_row_pair(float d0, float d1, const float* __restrict__ eb,
+                                                   int n, int N, int tok, int rows, int row0,
+                                                   float limit, void* __restrict__ out) {
+  const bool live = n < N;
+  if constexpr (kSwiglu) {
+    const bool even = (n & 1) == 0;
+    const int i = n >> 1;
+    const float other = __shfl_xor_sync(0xffffffffu, even ? d1 : d0, 4);
+    const int r = tok + (even ? 0 : 1);
+    if (live && r < rows) {
+      const float v = even ? moe_swiglu(d0 + eb[2 * i], other + eb[2 * i + 1], limit)
+                           : moe_swiglu(other + eb[2 * i], d1 + eb[2 * i + 1], limit);
+      static_cast<__nv_bfloat16*>(out)[int64_t(row0 + r) * (N / 2) + i] = __float2bfloat16(v);
+    }
+  } else {
+    if (!live) return;
+    float* y = static_cast<float*>(out);
+    if (tok < rows) y[int64_t(row0 + tok) * N + n] = d0 + eb[n];
+    if (tok + 1 < rows) y[int64_t(row0 + tok + 1) * N + n] = d1 + eb[n];
+  }
+}
+
 using MoeGemmKernelFn = void (*)(const __nv_bfloat16*, const int*, const uint8_t*, const uint8_t*,
                                  const float*, const int*, const int*, int, int, float, void*);
 
@@ -101,7 +170,9 @@ inline void launch_moe_gemm(MoeGemmKernelFn kernel, const char* name, size_t sme
                             const uint8_t* scales, const float* bias, const int* offsets,
                             const int* plan, int max_tiles, int N, int K, float limit, void* out,
                             cudaStream_t stream) {
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), name);
+  if (smem > 0)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+          name);
   const dim3 grid(unsigned(max_tiles), unsigned((N + cols - 1) / cols));
   kernel<<<grid, threads, smem, stream>>>(static_cast<const __nv_bfloat16*>(a), a_rows, blocks,
                                           scales, bias, offsets, plan, N, K, limit, out);
@@ -122,6 +193,8 @@ struct MoeGemmFamily {
 // moe_gemm_mf4_wgmma_regs.cu's.
 const MoeGemmFamily& moe_wgmma_family();
 const MoeGemmFamily& moe_wgmma_regs_family();
+// moe_gemm_mf4_skinny.cu's (few rows an expert; any card).
+const MoeGemmFamily& moe_skinny_family();
 
 // The public launchers of a family: argument checks, then the product over the tile plan.
 inline void moe_mlp1_grouped(const MoeGemmFamily& f, ActType t, const void* x,

@@ -248,6 +248,8 @@ const MoeGemmFamily& family_of(MoeGemmVariant v, const char* launcher) {
       MIND4_CUDA_ARG(moe_gemm_wgmma_supported(), launcher,
                      "the wgmma-regs kernel needs a Hopper (compute capability 9.x) card");
       return moe_wgmma_regs_family();
+    case MoeGemmVariant::kSkinny:
+      return moe_skinny_family();
   }
   MIND4_CUDA_ARG(false, launcher, "unknown kernel variant ", int(v));
   return kMmaFamily<128, 128>;
@@ -272,13 +274,14 @@ MoeGemmVariant moe_gemm_variant_named(const std::string& name) {
   if (name == "mma-tall") return MoeGemmVariant::kMmaTall;
   if (name == "wgmma") return MoeGemmVariant::kWgmma;
   if (name == "wgmma-regs") return MoeGemmVariant::kWgmmaRegs;
+  if (name == "skinny") return MoeGemmVariant::kSkinny;
   MIND4_CUDA_ARG(false, "moe_gemm_variant_named", "unknown grouped GEMM kernel '", name,
-                 "' (mma | mma256 | mma-tall | wgmma | wgmma-regs)");
+                 "' (mma | mma256 | mma-tall | wgmma | wgmma-regs | skinny)");
   return MoeGemmVariant::kMma;
 }
 
 int moe_gemm_tile_rows(MoeGemmVariant v) {
-  return v == MoeGemmVariant::kMmaTall ? 256 : 128;
+  return v == MoeGemmVariant::kMmaTall ? 256 : v == MoeGemmVariant::kSkinny ? 16 : 128;
 }
 
 void moe_mlp1_swiglu_mf4_gemm(MoeGemmVariant v, ActType t, const void* x, const uint8_t* blocks,

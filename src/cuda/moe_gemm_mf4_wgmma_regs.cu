@@ -8,11 +8,7 @@
 // instead of 16), and only the activations go through shared memory, in the 128-byte swizzle
 // that the tensor cores read at full rate. The decode of step s + 1 runs while the products of
 // step s are in flight (two register sets of A fragments), and the copies run stages ahead.
-//
-// Decoding without a table: an e2m1 magnitude (3 bits) picks a byte out of an 8-byte pool with
-// one prmt, so two prmt give the high and low bytes of four bf16 values, two more interleave them
-// into two bf16 pairs, and two sign-replicating prmt plus an OR put the signs back. One bf16x2
-// multiply by the block's power-of-two scale follows (exact, as in the other kernels).
+// The decode needs no table (mf4_decode4, moe_gemm_launch.cuh).
 #include <algorithm>
 
 #include "cuda/device_util.cuh"
@@ -37,41 +33,6 @@ constexpr size_t kRaSmemBytes =
     size_t(kRaStages) * (kRaActBytes + kRaWBytes + kRaScaleBytes) + 1024;  // + alignment slack
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
-
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
-  uint32_t d;
-  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-  return d;
-}
-
-// Bytes 0 and 1 of x hold four e2m1 values (low nibble first): returns them as two bf16 pairs,
-// lo = (value 0, value 1) and hi = (value 2, value 3), each times the bf16x2 scale s2.
-__device__ __forceinline__ void decode_e2m1x4(uint32_t x, uint32_t s2, uint32_t& lo, uint32_t& hi) {
-  // bf16 of the magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6: high bytes, then low bytes, 8 a pool.
-  constexpr uint32_t kHi0 = 0x3F3F3F00u, kHi1 = 0x40404040u;
-  constexpr uint32_t kLo0 = 0xC0800000u, kLo1 = 0xC0804000u;
-  const uint32_t mag = x & 0x7777u;  // selector nibbles with the sign-replicate bit clear
-  const uint32_t hb = prmt(kHi0, kHi1, mag), lb = prmt(kLo0, kLo1, mag);
-  uint32_t v0 = prmt(lb, hb, 0x5140u), v1 = prmt(lb, hb, 0x7362u);
-  // Signs: bit 7 of byte 0 / 1 of x is value 1's / 3's; shifted by 4, value 0's / 2's. A selector
-  // nibble with bit 3 set replicates the chosen byte's top bit; the mask keeps bits 15 and 31.
-  const uint32_t xs = x << 4;
-  const uint32_t sg0 = prmt(xs, x, 0xC888u), sg1 = prmt(xs, x, 0xD999u);
-  v0 |= sg0 & 0x80008000u;
-  v1 |= sg1 & 0x80008000u;
-  const __nv_bfloat162 s = *reinterpret_cast<const __nv_bfloat162*>(&s2);
-  const __nv_bfloat162 r0 = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&v0), s);
-  const __nv_bfloat162 r1 = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&v1), s);
-  lo = *reinterpret_cast<const uint32_t*>(&r0);
-  hi = *reinterpret_cast<const uint32_t*>(&r1);
-}
-
-// The e8m0 scale byte s as a bf16 pair: 2^(s - 127) (s = 0: the subnormal 2^-127, as the CPU's
-// decode).
-__device__ __forceinline__ uint32_t scale_pair(uint32_t s) {
-  const uint32_t sb = s ? s << 7 : 0x40u;
-  return sb | (sb << 16);
-}
 
 // d += A B over a step of 64 along k for one warpgroup, as four products of 16: A 64 x 16 bf16
 // from registers a[kk] (warp w of the group holds rows 16w .. 16w + 15 in the mma.m16n8k16 A
@@ -195,9 +156,9 @@ __global__ void __launch_bounds__(kRaThreads, 2)
       for (int b = 0; b < 2; ++b) {  // the stage's two blocks
         const uint4 q = src[b];
         const uint32_t s = 2 * step + b < KB ? uint32_t(sw >> (shift + 8 * b)) & 0xFFu : 0u;
-        const uint32_t s2 = scale_pair(s);
-        decode_e2m1x4(prmt(q.x, q.y, pick), s2, af[2 * b][half], af[2 * b][2 + half]);
-        decode_e2m1x4(prmt(q.z, q.w, pick), s2, af[2 * b + 1][half], af[2 * b + 1][2 + half]);
+        const uint32_t s2 = mf4_scale_pair(s);
+        mf4_decode4(mf4_prmt(q.x, q.y, pick), s2, af[2 * b][half], af[2 * b][2 + half]);
+        mf4_decode4(mf4_prmt(q.z, q.w, pick), s2, af[2 * b + 1][half], af[2 * b + 1][2 + half]);
       }
     }
   };
@@ -243,40 +204,11 @@ __global__ void __launch_bounds__(kRaThreads, 2)
   // 4j + {2, 3} the same for row rB.
   const float* eb = bias + int64_t(e) * N;
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int n = n0 + (half ? rB : rA);
-    if constexpr (kSwiglu) {
-      // Rows 2i (gate) and 2i + 1 (linear) sit in lanes l and l ^ 4: the even row's lane takes
-      // the pair's first assignment, the odd row's lane the second.
-      const bool even = (g & 1) == 0;
-      const int i = n >> 1;
-      const bool live = n < N;
-      const float bg = live ? eb[2 * i] : 0.0f, bl = live ? eb[2 * i + 1] : 0.0f;
-      bf16* act = static_cast<bf16*>(out);
+  for (int half = 0; half < 2; ++half)
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const float* d = acc + 4 * j + 2 * half;
-        const float other = __shfl_xor_sync(0xffffffffu, even ? d[1] : d[0], 4);
-        const int tok = 8 * j + 2 * t + (even ? 0 : 1);
-        if (live && tok < rows) {
-          const float v = even ? moe_swiglu(d[0] + bg, other + bl, limit)
-                               : moe_swiglu(other + bg, d[1] + bl, limit);
-          act[int64_t(row0 + tok) * (N / 2) + i] = __float2bfloat16(v);
-        }
-      }
-    } else {
-      if (n >= N) continue;
-      const float bn = eb[n];
-      float* y = static_cast<float*>(out);
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const int tok = 8 * j + 2 * t;
-        const float* d = acc + 4 * j + 2 * half;
-        if (tok < rows) y[int64_t(row0 + tok) * N + n] = d[0] + bn;
-        if (tok + 1 < rows) y[int64_t(row0 + tok + 1) * N + n] = d[1] + bn;
-      }
-    }
-  }
+    for (int j = 0; j < 16; ++j)
+      moe_store_row_pair<kSwiglu>(acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1], eb,
+                                  n0 + (half ? rB : rA), N, 8 * j + 2 * t, rows, row0, limit, out);
 #else
   __trap();  // built without sm_90a: the launcher refuses such devices
 #endif
