@@ -39,10 +39,12 @@ constexpr int kFusedRouterMaxRows = 16;
 // sequence's consecutive positions. MIND4_CUDA_PREFILL_MIN_ROWS overrides the threshold (tests run
 // small fixtures through it).
 constexpr int kPrefillMinRows = kGraphMaxRows + 1;
-// In bf16 mode with MXFP4 experts (the grouped GEMM's case) the tensor-core route starts lower:
-// from 32 rows on it beats the CUDA-core expert GEMVs even for decode steps (an H100, random
-// gpt-oss-20b: b=32 1,615 against 1,314 tok/s, b=64 2,567 against 1,055; b=16 998 against 1,189;
-// docs/perf-notes.md S8.11). Such steps run without a CUDA graph.
+// In bf16 mode with MXFP4 experts (the grouped GEMM's case) and the skinny expert GEMM turned off,
+// the tensor-core route starts lower: from 32 rows on it beats the CUDA-core expert GEMVs even for
+// decode steps (an H100, random gpt-oss-20b: b=32 1,615 against 1,314 tok/s, b=64 2,567 against
+// 1,055; docs/perf-notes.md S8.11). Such steps run without a CUDA graph. With the skinny GEMM
+// (the default) steps of up to kGraphMaxRows rows stay on the graph route, the experts going
+// through it: b=32 +4% over the tensor-core route (S9.5).
 constexpr int kGroupedGemmMinRows = 32;
 constexpr int64_t kMaxScoreBytes = int64_t(4) << 30;   // attention_prefill's score buffer cap
 constexpr int64_t kMaxExpandBytes = int64_t(3) << 30;  // all experts of a layer expanded at once
@@ -179,11 +181,6 @@ class CudaBackend final : public StepBackend {
     const char* fn = std::getenv("MIND4_CUDA_FOLD_NORMS");
     fold_norms_ = fused_decode_ && xq_.bytes() > 0 && !(fn && std::string(fn) == "0") &&
                   cuda::router_norm_group_supported(int(H)) && H % 8 == 0 && H <= 4096;
-    // Scratch of the tensor-core route, only for contexts whose steps can be that large.
-    if (act_ == ActType::kBF16 && dm_.experts_mxfp4 && H % 32 == 0 && I % 32 == 0)
-      prefill_min_rows_ = kGroupedGemmMinRows;
-    if (const char* v = std::getenv("MIND4_CUDA_PREFILL_MIN_ROWS"); v && std::atoi(v) > 0)
-      prefill_min_rows_ = std::atoi(v);
     // bf16 mode: the grouped MXFP4 GEMMs read the packed experts and need only a tile plan (its
     // capacity here for the smallest tiles, the skinny kernel's); f32 mode (and bf16 experts) keep
     // the expanded route.
@@ -197,6 +194,10 @@ class CudaBackend final : public StepBackend {
                        int(A), int(E), cuda::moe_gemm_tile_rows(cuda::MoeGemmVariant::kSkinny)))) *
               4,
           "cudaMalloc (expert tile plan)");
+    // Scratch of the tensor-core route, only for contexts whose steps can be that large.
+    if (grouped_ok && !skinny_) prefill_min_rows_ = kGroupedGemmMinRows;
+    if (const char* v = std::getenv("MIND4_CUDA_PREFILL_MIN_ROWS"); v && std::atoi(v) > 0)
+      prefill_min_rows_ = std::atoi(v);
     if (B >= prefill_min_rows_) {
       tensor_route_ = true;
       grouped_gemm_ = grouped_ok;
