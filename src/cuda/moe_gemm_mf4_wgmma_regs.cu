@@ -6,8 +6,11 @@
 // operand, which may come from registers. Each thread decodes exactly the e2m1 values of its own
 // A fragment straight from the packed bytes (copied into shared memory by cp.async, 4 KB a step
 // instead of 16), and only the activations go through shared memory, in the 128-byte swizzle
-// that the tensor cores read at full rate. The decode of step s + 1 runs while the products of
-// step s are in flight (two register sets of A fragments), and the copies run stages ahead.
+// that the tensor cores read at full rate. The copies run stages ahead. The step loop asks for the
+// decode of step s + 1 to run while step s's products are in flight (two register sets of A
+// fragments), but the compiler folds it to one set and ptxas serializes the products (C7513);
+// the versions that avoid that measured no faster (docs/perf-notes.md, S9.3): with four
+// warpgroups a multiprocessor the tensor cores are fed from the others while one decodes.
 // The decode needs no table (mf4_decode4, moe_gemm_launch.cuh).
 #include <algorithm>
 
@@ -186,8 +189,8 @@ __global__ void __launch_bounds__(kRaThreads, 2)
     wgmma_m64n128k64_rs(acc, af[p], desc);
     wgmma_commit();
     wgmma_wait<1>();
-    // Step s - 1's fragments stay live up to here: the compiler cannot see that the products
-    // read them after issue, and reusing their registers for step s's would serialize them.
+    // Step s - 1's fragments stay live up to here (the compiler cannot see that the products
+    // read them after issue); see the note at the top on what ptxas makes of the loop.
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
