@@ -183,7 +183,7 @@ void moe_tile_plan(const int* offsets, int E, int tile_rows, int* plan, cudaStre
 // shared memory (kWgmma, moe_gemm_mf4_wgmma.cu) or decoded into the register operand (kWgmmaRegs,
 // moe_gemm_mf4_wgmma_regs.cu); both refused off compute capability 9.x, see
 // moe_gemm_wgmma_supported. kSkinny (moe_gemm_mf4_skinny.cu) serves steps of a few rows an
-// expert (batched decode): tiles of 16 assignments, each warp streaming 16 weight rows into
+// expert (batched decode): tiles of 16 assignments, each warp streaming 32 weight rows into
 // mma.sync fragments. moe_gemm_variant_named: "mma", "mma256", "mma-tall", "wgmma", "wgmma-regs"
 // or "skinny"; anything else throws, naming the value.
 enum class MoeGemmVariant { kMma, kMmaWide, kMmaTall, kWgmma, kWgmmaRegs, kSkinny };
