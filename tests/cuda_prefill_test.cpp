@@ -115,16 +115,18 @@ double prefill_dot(const float* w, const float* x, int n) {
 TEST_F(CudaPrefillTest, GroupedMxfp4GemmMatchesCpu) {
   SCOPED_TRACE(seed);
   const ActType t = ActType::kBF16;
-  // (B, K, E, H, I): one row; experts with 0 rows (E > A); partial tiles; experts of several
-  // row tiles (about 320 rows each); k = 96 (a half step of 64 at the end); n = H = 160 (a partial
-  // column tile); the gpt-oss-20b shape.
-  for (auto [B, K, E, H, I] : {std::tuple{1, 4, 32, 128, 64},
-                               {3, 2, 16, 96, 96},
-                               {37, 4, 8, 160, 96},
-                               {320, 4, 4, 64, 128},
-                               {150, 1, 3, 256, 32},
-                               {48, 2, 4, 64, 64},
-                               {8, 4, 32, 2880, 2880}}) {
+  // (B, K, E, H, I, largest scale): one row; experts with 0 rows (E > A); partial tiles; experts
+  // of several row tiles (about 320 rows each); k = 96 (a half step of 64 at the end); n = H = 160
+  // (a partial column tile); block scales above 2^1 (e8m0 > 128: the skinny kernel's other
+  // decode); the gpt-oss-20b shape.
+  for (auto [B, K, E, H, I, s_hi] : {std::tuple{1, 4, 32, 128, 64, 126},
+                                     {3, 2, 16, 96, 96, 126},
+                                     {37, 4, 8, 160, 96, 126},
+                                     {320, 4, 4, 64, 128, 126},
+                                     {150, 1, 3, 256, 32, 126},
+                                     {48, 2, 4, 64, 64, 126},
+                                     {24, 4, 8, 64, 96, 131},
+                                     {8, 4, 32, 2880, 2880, 126}}) {
     const int A = B * K;
     // Route each row to K distinct random experts and group on the device.
     std::vector<int> experts;
@@ -143,9 +145,9 @@ TEST_F(CudaPrefillTest, GroupedMxfp4GemmMatchesCpu) {
 
     const auto x = rounded(normal(size_t(B) * H), t);
     const auto b1 = bytes(size_t(E) * 2 * I * H / 2, 0, 255),
-               s1 = bytes(size_t(E) * 2 * I * H / 32, 119, 126);
+               s1 = bytes(size_t(E) * 2 * I * H / 32, 119, s_hi);
     const auto b2 = bytes(size_t(E) * H * I / 2, 0, 255),
-               s2 = bytes(size_t(E) * H * I / 32, 119, 126);
+               s2 = bytes(size_t(E) * H * I / 32, 119, s_hi);
     const auto bias1 = normal(size_t(E) * 2 * I, 0.5f), bias2 = normal(size_t(E) * H, 0.5f);
     const float limit = 7.0f;
     auto d_x = upload(to_act(x, t));
