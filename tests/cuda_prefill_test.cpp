@@ -204,6 +204,32 @@ TEST_F(CudaPrefillTest, GroupedMxfp4GemmMatchesCpu) {
   }
 }
 
+// The tile plan against the host's walk of the same offsets: experts with no rows, more experts
+// than a warp's lanes (the device scans them 32 at a time), tiles of 16 and 128 rows.
+TEST_F(CudaPrefillTest, TilePlanListsEveryExpertsTilesInOrder) {
+  SCOPED_TRACE(seed);
+  for (const int E : {3, 32, 40, 128})
+    for (const int tile_rows : {16, 128}) {
+      std::vector<int> offsets(size_t(E) + 1, 0);
+      for (int e = 0; e < E; ++e)
+        offsets[size_t(e) + 1] = offsets[size_t(e)] + (rng() % 4 == 0 ? 0 : int(rng() % 300));
+      const int A = offsets[size_t(E)];
+      std::vector<int> want = {0};
+      for (int e = 0; e < E; ++e)
+        for (int r = offsets[size_t(e)]; r < offsets[size_t(e) + 1]; r += tile_rows) {
+          want.push_back(e);
+          want.push_back(r);
+          ++want[0];
+        }
+      auto d_off = upload(offsets);
+      const size_t n = size_t(1 + 2 * cuda::moe_tile_plan_capacity(A, E, tile_rows));
+      auto d_plan = poisoned(n * 4);
+      cuda::moe_tile_plan(d_off.data<int>(), E, tile_rows, d_plan.data<int>(), nullptr);
+      const auto got = download<int>(d_plan, want.size());
+      EXPECT_EQ(got, want) << "E = " << E << ", tile rows " << tile_rows;
+    }
+}
+
 TEST_F(CudaPrefillTest, GroupedMxfp4GemmRejectsBadArguments) {
   cuda::DeviceBuffer buf(4096);
   const cuda::MoeGroups g{buf.data<int>(), buf.data<int>(), buf.data<int>(), buf.data<int>(),
