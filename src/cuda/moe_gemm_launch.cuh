@@ -20,15 +20,22 @@ inline void check_moe_gemm_args(const char* launcher, ActType t, int A, int E, i
                  "A = ", A, ", E = ", E, ", H = ", H, ", I = ", I, " (H and I multiples of 32)");
 }
 
+// The e8m0 scale byte s as a bf16 pair: 2^(s - 127) (s = 0: the subnormal 2^-127, as the CPU's
+// decode).
+__device__ __forceinline__ uint32_t mf4_scale_pair(uint32_t s) {
+  const uint32_t sb = s ? s << 7 : 0x40u;
+  return sb | (sb << 16);
+}
+
 // Packed MXFP4 values expanded to bf16 in the kernels' weight tiles: kWords 32-bit words of one
 // block (4 for a whole block of 16 bytes, 32 e2m1 values; 2 for half of one) with the block's e8m0
-// scale wsc. lut turns each byte into two values, and one bf16x2 multiply applies the scale,
-// 2^(s - 127) as bf16 (s = 0: the subnormal 2^-127, as the CPU's decode; the product with an
-// e2m1 value is exact). store(q, word) receives the q-th 16 bytes (8 values) of the result.
+// scale wsc. lut turns each byte into two values, and one bf16x2 multiply applies the scale
+// (mf4_scale_pair; the product with an e2m1 value is exact). store(q, word) receives the q-th 16
+// bytes (8 values) of the result.
 template <int kWords, typename Store>
 __device__ __forceinline__ void moe_expand_mf4_words(const uint32_t* words, uint32_t wsc,
                                                      const uint32_t* lut, Store store) {
-  const uint32_t sb = wsc ? wsc << 7 : 0x40u, s2u = sb | (sb << 16);
+  const uint32_t s2u = mf4_scale_pair(wsc);
   const __nv_bfloat162 s2 = *reinterpret_cast<const __nv_bfloat162*>(&s2u);
 #pragma unroll
   for (int q = 0; q < kWords; ++q) {
@@ -81,13 +88,6 @@ __device__ __forceinline__ void mf4_decode4(uint32_t x, uint32_t s2, uint32_t& l
   const __nv_bfloat162 r1 = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&v1), s);
   lo = *reinterpret_cast<const uint32_t*>(&r0);
   hi = *reinterpret_cast<const uint32_t*>(&r1);
-}
-
-// The e8m0 scale byte s as a bf16 pair: 2^(s - 127) (s = 0: the subnormal 2^-127, as the CPU's
-// decode).
-__device__ __forceinline__ uint32_t mf4_scale_pair(uint32_t s) {
-  const uint32_t sb = s ? s << 7 : 0x40u;
-  return sb | (sb << 16);
 }
 
 // The clamped SwiGLU of gpt-oss on a (gate, linear) pair whose biases are already added.
