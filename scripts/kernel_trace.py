@@ -8,7 +8,30 @@ launched one), each kernel name's share of one launch: median time per launch, c
 and the median gap before it (negative: it overlapped the previous kernel, as PDL allows).
 Usage: scripts/kernel_trace.py trace.csv [--graph ID ...] [--top N] [--skip K]
 """
-import argparse, collections, csv, statistics
+import argparse, collections, csv, re, shutil, statistics, subprocess
+
+
+def short_names(names):
+    """Readable kernel names: demangled (c++filt, where installed), namespaces and arguments
+    dropped, template arguments kept (they tell a kernel's variants apart)."""
+    names = sorted(set(names))
+    plain = names
+    if shutil.which("c++filt"):
+        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True)
+        if out.returncode == 0 and len(out.stdout.splitlines()) == len(names):
+            plain = out.stdout.splitlines()
+    short = {}
+    for raw, p in zip(names, plain):
+        p = re.sub(r"\(anonymous namespace\)::|mind4::cuda::|void ", "", p)
+        depth, cut = 0, len(p)
+        for i, ch in enumerate(p):  # the argument list: the first "(" outside template brackets
+            depth += ch == "<"
+            depth -= ch == ">"
+            if ch == "(" and depth == 0:
+                cut = i
+                break
+        short[raw] = p[:cut][:72]
+    return short
 
 
 def load(path):
@@ -57,6 +80,7 @@ def main():
     if not launches:
         return
     chosen = a.graph or [max(launches, key=lambda g: len(launches[g]))]
+    short = short_names(k["name"] for g in chosen for st in launches[g].values() for k in st)
     for g in chosen:
         steps = [v for _, v in sorted(launches[g].items())][a.skip:] or list(launches[g].values())
         per_name = collections.defaultdict(lambda: {"t": [], "n": [], "gap": []})
@@ -64,7 +88,7 @@ def main():
             s = sorted(s, key=lambda k: k["start_ns"])
             t, n = collections.Counter(), collections.Counter()
             for prev, k in zip([None] + s[:-1], s):
-                name = k["name"].split("(")[0].split("<")[0][:56]
+                name = short[k["name"]]
                 t[name] += k["end_ns"] - k["start_ns"]
                 n[name] += 1
                 if prev is not None:
