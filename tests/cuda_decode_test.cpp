@@ -97,11 +97,13 @@ TEST_F(CudaDecodeTest, QkvRopeMatchesCpuAndFillsTheCache) {
   }
 }
 
-TEST_F(CudaDecodeTest, LinearResidualAddsProductAndBias) {
+TEST_F(CudaDecodeTest, LinearResidualAddsProductAndBiasAndLinearStoresIt) {
   SCOPED_TRACE(seed);
   const ActType t = ActType::kBF16;
-  // (N, K, B, bias): the out projection of gpt-oss-20b; odd N; K of 3 chunks; no bias.
+  // (N, K, B, bias): the out projection of gpt-oss-20b; odd N; K of 3 chunks; no bias; one row
+  // of a 201,088 x 2880 unembedding's shape cut to 20,011 rows.
   for (auto [N, K, B, with_bias] : {std::tuple{2880, 4096, 1, true},
+                                    {20011, 2880, 1, false},
                                     {2880, 4096, 4, true},
                                     {37, 24, 2, true},
                                     {130, 1288, 3, false}}) {
@@ -119,6 +121,13 @@ TEST_F(CudaDecodeTest, LinearResidualAddsProductAndBias) {
         want[size_t(r) * N + n] =
             resid[size_t(r) * N + n] + decode_dot(w, n, x, r, K) + (with_bias ? bias[n] : 0.0f);
     EXPECT_LT(rel_error(got, want), 1e-5) << "N=" << N << " K=" << K << " B=" << B;
+    // decode_linear: the product alone, stored (the unembedding of one row).
+    auto d_out = poisoned(size_t(B) * N * 4);
+    cuda::decode_linear(d_x.data(), d_w.data(), B, K, N, d_out.data<float>(), nullptr);
+    const auto stored = download<float>(d_out, size_t(B) * N);
+    for (int r = 0; r < B; ++r)
+      for (int n = 0; n < N; ++n) want[size_t(r) * N + n] = decode_dot(w, n, x, r, K);
+    EXPECT_LT(rel_error(stored, want), 1e-5) << "stored, N=" << N << " K=" << K << " B=" << B;
   }
 }
 

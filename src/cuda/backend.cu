@@ -157,10 +157,14 @@ class CudaBackend final : public StepBackend {
     // MIND4_CUDA_FUSED_DECODE=0 turns it off (for comparisons).
     const char* fd = std::getenv("MIND4_CUDA_FUSED_DECODE");
     fused_decode_ = !(fd && std::string(fd) == "0");
-    // MIND4_CUDA_PDL=1: the chain's kernels with programmatic dependent launches. Off by default:
-    // on an H100 they made decode at batch 1 slower (docs/perf-notes.md, v6).
+    // The chain's kernels with programmatic dependent launches (MIND4_CUDA_PDL=0 turns them off,
+    // for comparisons): +0.7% at batch 1 on an H100 (docs/perf-notes.md, S8.5 and S10.3).
     const char* pd = std::getenv("MIND4_CUDA_PDL");
-    pdl_decode_ = pd && std::string(pd) == "1";
+    pdl_decode_ = !(pd && std::string(pd) == "0");
+    // One logit row (decode at batch 1, the end of a prefill) in bf16: the unembedding through
+    // decode_linear instead of cuBLAS (MIND4_CUDA_GEMV_UNEMBEDDING=0 keeps cuBLAS).
+    const char* gu = std::getenv("MIND4_CUDA_GEMV_UNEMBEDDING");
+    gemv_unembedding_ = !(gu && std::string(gu) == "0");
     // Decode attention: one pass over each KV head for all its query heads
     // (attention_decode_gqa.cu; tensor cores in bf16 mode) where the shape allows;
     // MIND4_CUDA_DECODE_ATTN=cuda-cores keeps its CUDA-core kernel, =old the per-query-head
@@ -585,7 +589,10 @@ class CudaBackend final : public StepBackend {
       mark("final_norm");
     }
     cuda::gather_rows(act_, t, logit_rows, L, H, final_.data(), s);
-    cuda::linear(blas, act_, final_.data(), L, H, dm_.unembedding, V, logits_.data(), true);
+    if (gemv_unembedding_ && L == 1 && act_ == ActType::kBF16 && H % 8 == 0)
+      cuda::decode_linear(final_.data(), dm_.unembedding, 1, H, V, logits_.data<float>(), s);
+    else
+      cuda::linear(blas, act_, final_.data(), L, H, dm_.unembedding, V, logits_.data(), true);
     mark("unembedding");
   }
 
@@ -643,7 +650,8 @@ class CudaBackend final : public StepBackend {
   const ActType act_;
   int positions_ = 0, max_rows_ = 0, max_logit_rows_ = 0, max_slots_ = 0;
   bool to_host_ = true;
-  bool fused_decode_ = true, pdl_decode_ = false, gqa_decode_ = false, fold_norms_ = false;
+  bool fused_decode_ = true, pdl_decode_ = true, gemv_unembedding_ = true, gqa_decode_ = false,
+       fold_norms_ = false;
   cuda::DecodeAttnKernel decode_attn_kernel_ = cuda::DecodeAttnKernel::kTensorCores;
   int64_t kv_layer_elems_ = 0, sin_offset_ = 0, partial_capacity_ = 0, score_floats_ = 0;
   int prefill_min_rows_ = kPrefillMinRows;

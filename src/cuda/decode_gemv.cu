@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "cuda/device_util.cuh"
+#include "cuda/mma.cuh"
 #include "cuda/pdl.cuh"
 
 namespace mind4::cuda {
@@ -23,8 +24,8 @@ constexpr int kDgMaxRows = 4;  // step rows (decode batch)
 // wave; at 107 registers (two buffers) it took 1.2 waves and ran at 1.8 TB/s on an H100.
 constexpr int kDgChunk = 6;
 constexpr int kDgMinBlocks = 6;
-// The folded QKV product keeps its normed input row in shared memory (K * 2 bytes): up to 8 KB
-// leaves six blocks per multiprocessor their shared memory.
+// The folded QKV product keeps its normed input row and the norm's scale in shared memory (K * 6
+// bytes): up to 24 KB leaves six blocks per multiprocessor their shared memory.
 constexpr int kDgNormMaxK = 4096;
 
 __device__ __forceinline__ void dg_load(const uint4* w0, const uint4* w1, int c0, int K8,
@@ -159,12 +160,15 @@ __global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
 
 // RMSNorm of the f32 row x [K] times scale, rounded to bf16 into out (K / 8 16-byte chunks, shared
 // memory), by the whole block: residual_rmsnorm's arithmetic ((x * rstd) * scale), its sum of
-// squares in another order. Every thread of the block must call it.
+// squares in another order. scale is in shared memory, each thread's cp.async copies of it still
+// in flight (they complete before the block barrier between the two passes). Every thread of the
+// block must call it.
 __device__ __forceinline__ void dg_norm_row(const float* __restrict__ x,
                                             const float* __restrict__ scale, float eps, int K,
                                             uint2* __restrict__ out, float* partial) {
   const float4* x4 = reinterpret_cast<const float4*>(x);
   const float4* s4 = reinterpret_cast<const float4*>(scale);
+  cp_async_wait<0>();
   const int K4 = K / 4;
   float ss = 0.0f;
   for (int c = threadIdx.x; c < K4; c += blockDim.x) {
@@ -180,7 +184,7 @@ __device__ __forceinline__ void dg_norm_row(const float* __restrict__ x,
   const float rstd = rsqrtf(total / K + eps);
   auto bits = [](float v) { return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(v))); };
   for (int c = threadIdx.x; c < K4; c += blockDim.x) {
-    const float4 v = x4[c], sc = __ldg(s4 + c);
+    const float4 v = x4[c], sc = s4[c];
     out[c] = make_uint2(bits(v.x * rstd * sc.x) | bits(v.y * rstd * sc.y) << 16,
                         bits(v.z * rstd * sc.z) | bits(v.w * rstd * sc.w) << 16);
   }
@@ -197,8 +201,14 @@ __global__ void __launch_bounds__(kDgWarps * 32, kDgMinBlocks) decode_qkv_rope_n
     int D, const float* __restrict__ cos_table, const float* __restrict__ sin_table,
     const int* __restrict__ pos, const int* __restrict__ slot, __nv_bfloat16* __restrict__ qkv,
     __nv_bfloat16* __restrict__ k_cache, __nv_bfloat16* __restrict__ v_cache, int positions) {
-  extern __shared__ uint4 dg_normed_row[];  // [K / 8]: bf16 x8 (16-byte aligned for the loads)
+  // [K / 8] bf16 x8 (the normed row; 16-byte aligned for the loads), then the norm's scale [K]
+  // f32, copied in before the wait (a weight: the kernel before this one does not write it).
+  extern __shared__ uint4 dg_normed_row[];
   __shared__ float dg_partial[kDgWarps];
+  float* scale_s = reinterpret_cast<float*>(dg_normed_row + K / 8);
+  for (int c = threadIdx.x; c < K / 4; c += blockDim.x)
+    cp_async16(scale_s + 4 * c, norm_scale + 4 * c, 16);
+  cp_async_commit();
   const int half = D / 2, pairs = (NH + 2 * NKV) * half;
   const int p = blockIdx.x * kDgWarps + (threadIdx.x >> 5);
   const bool idle = p >= pairs;
@@ -208,7 +218,7 @@ __global__ void __launch_bounds__(kDgWarps * 32, kDgMinBlocks) decode_qkv_rope_n
   dg_two_rows(
       w, n0, n1,
       [&] {
-        dg_norm_row(x, norm_scale, eps, K, reinterpret_cast<uint2*>(dg_normed_row), dg_partial);
+        dg_norm_row(x, scale_s, eps, K, reinterpret_cast<uint2*>(dg_normed_row), dg_partial);
         return reinterpret_cast<const __nv_bfloat16*>(dg_normed_row);
       },
       1, K, acc);
@@ -217,13 +227,13 @@ __global__ void __launch_bounds__(kDgWarps * 32, kDgMinBlocks) decode_qkv_rope_n
                v_cache, positions);
 }
 
-// Warp p: rows 2p, 2p + 1; resid[r, n] += acc + bias[n].
+// Warp p: rows 2p, 2p + 1; resid[r, n] += acc + bias[n] (add), or out[r, n] = acc + bias[n].
 template <int MAXB>
 __global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
     decode_linear_residual_kernel(const __nv_bfloat16* __restrict__ x,
                                   const __nv_bfloat16* __restrict__ w,
                                   const float* __restrict__ bias, int B, int K, int N,
-                                  float* __restrict__ resid) {
+                                  float* __restrict__ resid, bool add) {
   const int p = blockIdx.x * kDgWarps + (threadIdx.x >> 5);
   if (2 * p >= N) {
     pdl_wait();
@@ -240,8 +250,8 @@ __global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
   for (int r = 0; r < MAXB; ++r)
     if (r == lane) v0 = acc[r][0], v1 = acc[r][1];
   float* row = resid + int64_t(lane) * N;
-  row[n0] += v0 + (bias ? bias[n0] : 0.0f);
-  if (n1 != n0) row[n1] += v1 + (bias ? bias[n1] : 0.0f);
+  row[n0] = (add ? row[n0] : 0.0f) + (v0 + (bias ? bias[n0] : 0.0f));
+  if (n1 != n0) row[n1] = (add ? row[n1] : 0.0f) + (v1 + (bias ? bias[n1] : 0.0f));
 }
 
 void decode_gemv_check(const char* launcher, const void* x, const void* w, int B, int K) {
@@ -287,22 +297,36 @@ void decode_qkv_rope_norm(const float* x, const float* norm_scale, float eps, co
                  " (even), positions = ", kv.positions);
   const int pairs = (NH + 2 * NKV) * (D / 2);
   launch_pdl("decode_qkv_rope_norm_bf16", decode_qkv_rope_norm_kernel,
-             dim3((pairs + kDgWarps - 1) / kDgWarps), dim3(kDgWarps * 32), size_t(K) * 2, stream, x,
+             dim3((pairs + kDgWarps - 1) / kDgWarps), dim3(kDgWarps * 32), size_t(K) * 6, stream, x,
              norm_scale, eps, static_cast<const __nv_bfloat16*>(w), bias, K, NH, NKV, D, cos_table,
              sin_table, pos, slot, static_cast<__nv_bfloat16*>(qkv),
              static_cast<__nv_bfloat16*>(kv.k), static_cast<__nv_bfloat16*>(kv.v), kv.positions);
 }
 
-void decode_linear_residual(const void* x, const void* w, const float* bias, int B, int K, int N,
-                            float* resid, cudaStream_t stream) {
-  decode_gemv_check("decode_linear_residual", x, w, B, K);
-  MIND4_CUDA_ARG(resid && N > 0, "decode_linear_residual", "null output or N = ", N);
+namespace {
+
+void launch_decode_linear(const char* launcher, const void* x, const void* w, const float* bias,
+                          int B, int K, int N, float* out, bool add, cudaStream_t stream) {
+  decode_gemv_check(launcher, x, w, B, K);
+  MIND4_CUDA_ARG(out && N > 0, launcher, "null output or N = ", N);
   const int warps = (N + 1) / 2;
-  launch_pdl("decode_linear_residual_bf16",
+  launch_pdl(add ? "decode_linear_residual_bf16" : "decode_linear_bf16",
              B == 1 ? decode_linear_residual_kernel<1> : decode_linear_residual_kernel<kDgMaxRows>,
              dim3((warps + kDgWarps - 1) / kDgWarps), dim3(kDgWarps * 32), 0, stream,
              static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w), bias, B, K,
-             N, resid);
+             N, out, add);
+}
+
+}  // namespace
+
+void decode_linear_residual(const void* x, const void* w, const float* bias, int B, int K, int N,
+                            float* resid, cudaStream_t stream) {
+  launch_decode_linear("decode_linear_residual", x, w, bias, B, K, N, resid, true, stream);
+}
+
+void decode_linear(const void* x, const void* w, int B, int K, int N, float* out,
+                   cudaStream_t stream) {
+  launch_decode_linear("decode_linear", x, w, nullptr, B, K, N, out, false, stream);
 }
 
 }  // namespace mind4::cuda

@@ -179,15 +179,17 @@ __global__ void __launch_bounds__(kRgThreads)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const float4* wr = reinterpret_cast<const float4*>(w + int64_t(e) * H);
   const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  float4 wv[kRgPre];
+  const float4* sc4 = reinterpret_cast<const float4*>(norm_scale);
+  // The weights and the norm's scale (neither written by the kernel before) before the wait.
+  float4 wv[kRgPre], scv[kRgPre];
 #pragma unroll
   for (int i = 0; i < kRgPre; ++i) {
     const int c = threadIdx.x + i * kRgThreads;
     wv[i] = c < H4 ? __ldg(wr + c) : zero;
+    scv[i] = c < H4 ? __ldg(sc4 + c) : zero;
   }
   pdl_wait();
   const float4* xr = reinterpret_cast<const float4*>(x + int64_t(r) * H);
-  const float4* sc4 = reinterpret_cast<const float4*>(norm_scale);
   float4 xv[kRgPre];
   float ss = 0.0f;
 #pragma unroll
@@ -201,7 +203,7 @@ __global__ void __launch_bounds__(kRgThreads)
 #pragma unroll
   for (int i = 0; i < kRgPre; ++i) {
     const int c = threadIdx.x + i * kRgThreads;
-    const float4 sc = c < H4 ? __ldg(sc4 + c) : zero;
+    const float4 sc = scv[i];
     // The normed value as residual_rmsnorm computes it: (x * rstd) * scale.
     const float n[4] = {xv[i].x * rstd * sc.x, xv[i].y * rstd * sc.y, xv[i].z * rstd * sc.z,
                         xv[i].w * rstd * sc.w};
