@@ -24,15 +24,24 @@ constexpr int kDgMaxRows = 4;  // step rows (decode batch)
 // wave; at 107 registers (two buffers) it took 1.2 waves and ran at 1.8 TB/s on an H100.
 constexpr int kDgChunk = 6;
 constexpr int kDgMinBlocks = 6;
+// At one row the linear products split each row pair's K over this many warps of a block (gpt-oss:
+// out K = 4096, 8 chunks a lane instead of 16; the unembedding's 2880): with a warp a pair the out
+// projection ran 360 blocks at 17% occupancy, three round trips of loads a warp (ncu on an H100).
+// Two warps measured +0.8% at batch 1, four +0.3% (docs/perf-notes.md, S10.4). The folded QKV
+// product keeps a warp a pair: split, its blocks (each norming the row first) took 1.6 waves and
+// 25 instead of 16 us.
+constexpr int kDgLinearParts = 2;
+
 // The folded QKV product keeps its normed input row and the norm's scale in shared memory (K * 6
 // bytes): up to 24 KB leaves six blocks per multiprocessor their shared memory.
 constexpr int kDgNormMaxK = 4096;
 
-__device__ __forceinline__ void dg_load(const uint4* w0, const uint4* w1, int c0, int K8,
+// Chunks c0 + step * i of both rows.
+__device__ __forceinline__ void dg_load(const uint4* w0, const uint4* w1, int c0, int step, int K8,
                                         uint4 (&a)[kDgChunk], uint4 (&b)[kDgChunk]) {
 #pragma unroll
   for (int i = 0; i < kDgChunk; ++i) {
-    const int c = c0 + 32 * i;
+    const int c = c0 + step * i;
     a[i] = c < K8 ? __ldg(w0 + c) : make_uint4(0, 0, 0, 0);
     b[i] = c < K8 ? __ldg(w1 + c) : make_uint4(0, 0, 0, 0);
   }
@@ -49,27 +58,30 @@ __device__ __forceinline__ float dg_dot8(const uint4& w, const float (&x)[8], fl
   return acc;
 }
 
-// acc[r][0/1] = rows n0, n1 of w [*, K] times rows r < B of x [B, K] (sums over the warp done).
-// pdl_wait() happens after the first weight loads are issued; then x_source() gives x (the
-// folded chain's QKV product norms its input there, while those loads are in flight).
-template <int MAXB, typename XSource>
+// acc[r][0/1] = rows n0, n1 of w [*, K] times rows r < B of x [B, K] (sums over the warp done),
+// over part `part` of Q: the 32-chunk groups g of a row with g % Q == part (Q > 1: several warps
+// share a row pair, so that each has at most kDgChunk chunks a row and lane, one round trip of
+// loads; dg_sum_parts adds their sums). pdl_wait() happens after the first weight loads are
+// issued; then x_source() gives x (the folded chain's QKV product norms its input there, while
+// those loads are in flight).
+template <int MAXB, int Q = 1, typename XSource>
 __device__ __forceinline__ void dg_two_rows(const __nv_bfloat16* __restrict__ w, int n0, int n1,
-                                            XSource&& x_source, int B, int K,
-                                            float (&acc)[MAXB][2]) {
-  const int lane = threadIdx.x & 31, K8 = K / 8;
+                                            XSource&& x_source, int B, int K, float (&acc)[MAXB][2],
+                                            int part = 0) {
+  const int lane = threadIdx.x & 31, K8 = K / 8, first = lane + 32 * part, step = 32 * Q;
   const uint4* w0 = reinterpret_cast<const uint4*>(w + int64_t(n0) * K);
   const uint4* w1 = reinterpret_cast<const uint4*>(w + int64_t(n1) * K);
 #pragma unroll
   for (int r = 0; r < MAXB; ++r) acc[r][0] = acc[r][1] = 0.0f;
   uint4 a[kDgChunk], b[kDgChunk];
-  dg_load(w0, w1, lane, K8, a, b);
+  dg_load(w0, w1, first, step, K8, a, b);
   pdl_wait();
   const uint4* xv = reinterpret_cast<const uint4*>(x_source());
-  for (int c0 = lane; c0 < K8; c0 += 32 * kDgChunk) {
-    if (c0 > lane) dg_load(w0, w1, c0, K8, a, b);
+  for (int c0 = first; c0 < K8; c0 += step * kDgChunk) {
+    if (c0 > first) dg_load(w0, w1, c0, step, K8, a, b);
 #pragma unroll
     for (int i = 0; i < kDgChunk; ++i) {
-      const int c = c0 + 32 * i;
+      const int c = c0 + step * i;
       if (c >= K8) break;
 #pragma unroll
       for (int r = 0; r < MAXB; ++r) {
@@ -91,6 +103,28 @@ __device__ __forceinline__ void dg_two_rows(const __nv_bfloat16* __restrict__ w,
   for (int r = 0; r < MAXB; ++r) {
     acc[r][0] = warp_sum(acc[r][0]);
     acc[r][1] = warp_sum(acc[r][1]);
+  }
+}
+
+// The Q warps w - w % Q .. that share a row pair: their sums added in part order, into every
+// lane of each of them. Every warp of the block must call it (a block barrier).
+template <int Q, int MAXB>
+__device__ __forceinline__ void dg_sum_parts(float (&acc)[MAXB][2]) {
+  if constexpr (Q > 1) {
+    __shared__ float parts[kDgWarps][MAXB][2];
+    const int warp = threadIdx.x >> 5, first = warp - warp % Q;
+    if ((threadIdx.x & 31) == 0)
+#pragma unroll
+      for (int r = 0; r < MAXB; ++r) parts[warp][r][0] = acc[r][0], parts[warp][r][1] = acc[r][1];
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < MAXB; ++r)
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        acc[r][k] = parts[first][r][k];
+#pragma unroll
+        for (int q = 1; q < Q; ++q) acc[r][k] += parts[first + q][r][k];
+      }
   }
 }
 
@@ -227,24 +261,28 @@ __global__ void __launch_bounds__(kDgWarps * 32, kDgMinBlocks) decode_qkv_rope_n
                v_cache, positions);
 }
 
-// Warp p: rows 2p, 2p + 1; resid[r, n] += acc + bias[n] (add), or out[r, n] = acc + bias[n].
-template <int MAXB>
+// Pair p of rows 2p, 2p + 1 (Q warps, parts of K): resid[r, n] += acc + bias[n] (add), or
+// out[r, n] = acc + bias[n].
+template <int MAXB, int Q>
 __global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
     decode_linear_residual_kernel(const __nv_bfloat16* __restrict__ x,
                                   const __nv_bfloat16* __restrict__ w,
                                   const float* __restrict__ bias, int B, int K, int N,
                                   float* __restrict__ resid, bool add) {
-  const int p = blockIdx.x * kDgWarps + (threadIdx.x >> 5);
-  if (2 * p >= N) {
+  const int warp = threadIdx.x >> 5;
+  const int p = blockIdx.x * (kDgWarps / Q) + warp / Q;
+  if (2 * p >= N && (Q == 1 || 2 * blockIdx.x * (kDgWarps / Q) >= N)) {  // the block's barrier
     pdl_wait();
     return;
   }
-  const int n0 = 2 * p, n1 = min(2 * p + 1, N - 1);  // odd N: the last warp's second row repeats
+  const int pp = 2 * p < N ? p : 0;  // a pair past N in a block that has work: pair 0, unwritten
+  const int n0 = 2 * pp, n1 = min(2 * pp + 1, N - 1);  // odd N: the last second row repeats
   float acc[MAXB][2];
-  dg_two_rows(
-      w, n0, n1, [x] { return x; }, B, K, acc);
+  dg_two_rows<MAXB, Q>(
+      w, n0, n1, [x] { return x; }, B, K, acc, warp % Q);
+  dg_sum_parts<Q>(acc);
   const int lane = threadIdx.x & 31;
-  if (lane >= B) return;
+  if (lane >= B || 2 * p >= N || warp % Q != 0) return;
   float v0 = 0.0f, v1 = 0.0f;
 #pragma unroll
   for (int r = 0; r < MAXB; ++r)
@@ -310,9 +348,12 @@ void launch_decode_linear(const char* launcher, const void* x, const void* w, co
   decode_gemv_check(launcher, x, w, B, K);
   MIND4_CUDA_ARG(out && N > 0, launcher, "null output or N = ", N);
   const int warps = (N + 1) / 2;
+  // One row: each row pair's K split over kDgLinearParts warps; a few rows: a warp a pair.
+  const int per_block = B == 1 ? kDgWarps / kDgLinearParts : kDgWarps;
   launch_pdl(add ? "decode_linear_residual_bf16" : "decode_linear_bf16",
-             B == 1 ? decode_linear_residual_kernel<1> : decode_linear_residual_kernel<kDgMaxRows>,
-             dim3((warps + kDgWarps - 1) / kDgWarps), dim3(kDgWarps * 32), 0, stream,
+             B == 1 ? decode_linear_residual_kernel<1, kDgLinearParts>
+                    : decode_linear_residual_kernel<kDgMaxRows, 1>,
+             dim3((warps + per_block - 1) / per_block), dim3(kDgWarps * 32), 0, stream,
              static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w), bias, B, K,
              N, out, add);
 }
