@@ -1,13 +1,15 @@
 // Dense products of a decode step (1-4 rows, bf16 weights and activations), with their
 // epilogues fused: the QKV projection adds its bias, rotates q and k by RoPE and stores k and v in
-// the cache; the out projection adds its bias into the f32 residual stream. cuBLAS measured
-// 1.8-2.7 TB/s on these shapes at one row and needs a separate epilogue kernel; here each
-// kernel also issues its first weight loads before waiting for the previous kernel (PDL), so the
-// weight stream starts while the attention or the norm before it is still finishing.
+// the cache; the out projection adds its bias into the f32 residual stream; at one row the same
+// kernel stores the unembedding's logits. cuBLAS measured 1.8-2.7 TB/s on these shapes at one row
+// and needs a separate epilogue kernel; here each kernel also issues its first weight loads before
+// waiting for the previous kernel (PDL), so the weight stream starts while the attention or the
+// norm before it is still finishing.
 //
-// A warp owns two output rows and a lane 16-byte chunks (8 weights) c = lane + 32 i of both.
-// Each lane loads kDgChunk chunks of both rows before computing on them. The QKV kernel's two rows
-// are a rotation pair (j, j + D/2) of one head, so the rotation happens in the warp that made them.
+// A warp owns two output rows and a lane 16-byte chunks (8 weights) c = lane + 32 i of both (at one
+// row the linear kernel gives a row pair two warps, each every other group of 32 chunks). Each
+// lane loads kDgChunk chunks of both rows before computing on them. The QKV kernel's two rows are
+// a rotation pair (j, j + D/2) of one head, so the rotation happens in the warp that made them.
 #include <cmath>
 
 #include "cuda/device_util.cuh"
