@@ -137,12 +137,13 @@ ModelConfig fold_rope_config(int NH, int NKV, int D) {
 TEST_F(CudaDecodeFoldTest, QkvRopeNormMatchesCpuNormThenProduct) {
   SCOPED_TRACE(seed);
   const ActType t = ActType::kBF16;
-  // (NH, NKV, D, K): gpt-oss-20b; a row of 5 chunks; a ragged last pass; the largest row; 21
-  // pairs (idle warps in the last block).
+  // (NH, NKV, D, K): gpt-oss-20b; a row of 5 chunks; a ragged last pass; the largest row; two
+  // passes whose last group holds one chunk; 21 pairs (idle warps in the last block).
   for (auto [NH, NKV, D, K] : {std::tuple{64, 8, 64, 2880},
                                {4, 2, 16, 40},
                                {6, 1, 12, 1032},
                                {8, 2, 32, 4096},
+                               {6, 1, 12, 2056},
                                {5, 1, 6, 16}}) {
     const ModelConfig c = fold_rope_config(NH, NKV, D);
     const int P = 50, S = 3, N = (NH + 2 * NKV) * D, W = NKV * D;
