@@ -212,8 +212,8 @@ TEST_F(CudaDecodeTest, RouterGroupMatchesCpuTopkAndGroups) {
 
 // One layer's decode chain after attention (out projection into the residual, norm, router,
 // experts, combine + next norm) captured in a CUDA graph with programmatic dependent launches
-// (MIND4_CUDA_PDL=1; the kernels without PDL support in between take ordinary edges), replayed
-// several times with fresh inputs: the same bits as plain launches on a stream.
+// (the backend's default; the kernels without PDL support in between take ordinary edges),
+// replayed several times with fresh inputs: the same bits as plain launches on a stream.
 TEST_F(CudaDecodeTest, PdlChainInAGraphMatchesPlainLaunches) {
   SCOPED_TRACE(seed);
   const ActType t = ActType::kBF16;
