@@ -115,7 +115,8 @@ void attention_decode_bench(benchmark::State& state, bool grouped,
   std::vector<int> pos(B, keys - 1), slot(B);
   for (int b = 0; b < B; ++b) slot[b] = b;
   auto d_pos = cb::upload(pos), d_slot = cb::upload(slot);
-  const int splits = grouped ? mind4::cuda::attention_decode_gqa_splits(B, kCbNKV, keys, 64)
+  const int splits = grouped ? mind4::cuda::attention_decode_gqa_splits(
+                                   B, kCbNKV, keys, 64, mind4::cuda::multiprocessor_count())
                              : mind4::cuda::attention_splits(B, kCbNH, keys, 64);
   DeviceBuffer partial(size_t(B) * kCbNH * splits * (kCbD + 2) * 4),
       out(size_t(B) * kCbNH * kCbD * 2);

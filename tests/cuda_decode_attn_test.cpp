@@ -63,8 +63,9 @@ struct CudaDecodeAttnTest : ::testing::TestWithParam<ActType>, RandomInputs {
     const auto vc = rounded(normal(size_t(c.S) * c.P * W), t);
     const auto sinks = normal(NH, 1.0f);
     const int max_keys = c.window ? std::min(c.window, c.P) : c.P;
-    const int splits =
-        c.splits ? c.splits : cuda::attention_decode_gqa_splits(B, NKV, max_keys, 64);
+    const int splits = c.splits ? c.splits
+                                : cuda::attention_decode_gqa_splits(B, NKV, max_keys, 64,
+                                                                    cuda::multiprocessor_count());
     const std::string what = describe(c, splits);
     const Inputs in{upload(to_act(qkv, t)), upload(to_act(kc, t)), upload(to_act(vc, t)),
                     upload(sinks),          upload(c.pos),         upload(c.slot)};
@@ -198,23 +199,27 @@ TEST_P(CudaDecodeAttnTest, RejectsUnsupportedShapes) {
   }
 }
 
-// The split count: enough blocks to fill an H100 where the keys allow it, never more splits than
-// the partial buffer holds, and never a split shorter than one 32-key tile per warp (128 keys).
+// The split count: enough blocks to fill the GPU (an H100 SXM's 132 multiprocessors, an H100
+// PCIe's 114) where the keys allow it, never more splits than the partial buffer holds, and never
+// a split shorter than one 32-key tile per warp (128 keys). Host arithmetic: runs without a GPU.
 TEST(CudaDecodeAttnSplits, FillTheGpuWithinTheBuffer) {
-  for (int B : {1, 2, 16, 64})
-    for (int keys : {1, 128, 129, 4096, 131072})
-      for (int cap : {1, 8, 64}) {
-        const int s = cuda::attention_decode_gqa_splits(B, 8, keys, cap);
-        EXPECT_GE(s, 1);
-        EXPECT_LE(s, cap);
-        EXPECT_LE(s, std::max(1, (keys + 127) / 128)) << B << " " << keys;
-        // The split is below its bound only when the GPU already has 2 waves of blocks or more.
-        if (s < std::min(cap, (keys + 127) / 128)) {
-          EXPECT_GE(B * 8 * s, 2 * 132) << B << " " << keys << " " << cap;
+  for (int sms : {132, 114})
+    for (int B : {1, 2, 16, 64})
+      for (int keys : {1, 128, 129, 4096, 131072})
+        for (int cap : {1, 8, 64}) {
+          const int s = cuda::attention_decode_gqa_splits(B, 8, keys, cap, sms);
+          EXPECT_GE(s, 1);
+          EXPECT_LE(s, cap);
+          EXPECT_LE(s, std::max(1, (keys + 127) / 128)) << B << " " << keys;
+          // The split is below its bound only when the GPU already has 2 waves of blocks or more.
+          if (s < std::min(cap, (keys + 127) / 128)) {
+            EXPECT_GE(B * 8 * s, 2 * sms) << sms << " " << B << " " << keys << " " << cap;
+          }
         }
-      }
-  EXPECT_EQ(cuda::attention_decode_gqa_splits(1, 8, 4096, 64), 32);
-  EXPECT_GE(64 * 8 * cuda::attention_decode_gqa_splits(64, 8, 4096, 64), 2 * 3 * 132);
+  EXPECT_EQ(cuda::attention_decode_gqa_splits(1, 8, 4096, 64, 132), 32);
+  EXPECT_EQ(cuda::attention_decode_gqa_splits(16, 8, 4096, 64, 132), 9);
+  EXPECT_EQ(cuda::attention_decode_gqa_splits(16, 8, 4096, 64, 114), 8);
+  EXPECT_GE(64 * 8 * cuda::attention_decode_gqa_splits(64, 8, 4096, 64, 132), 2 * 3 * 132);
 }
 
 INSTANTIATE_TEST_SUITE_P(Act, CudaDecodeAttnTest, ::testing::Values(ActType::kF32, ActType::kBF16),

@@ -420,11 +420,11 @@ bool attention_decode_gqa_supported(int NH, int NKV, int D) {
          (D & (D - 1)) == 0;
 }
 
-int attention_decode_gqa_splits(int B, int NKV, int max_keys, int max_splits) {
-  // About 1056 blocks (8 per multiprocessor of an H100: 2.7 waves at 3 resident blocks of the bf16
-  // D = 64 kernel), but no split shorter than one 32-key tile per warp of a block.
+int attention_decode_gqa_splits(int B, int NKV, int max_keys, int max_splits, int sms) {
+  // About 8 blocks per multiprocessor (2.7 waves at 3 resident blocks of the bf16 D = 64 kernel;
+  // 1056 on an H100 SXM), but no split shorter than one 32-key tile per warp of a block.
   const int blocks = std::max(1, B * NKV);
-  const int want = (132 * 8 + blocks - 1) / blocks;
+  const int want = (std::max(1, sms) * 8 + blocks - 1) / blocks;
   const int most = (max_keys + kGqaTileKeys * kGqaMaxWarps - 1) / (kGqaTileKeys * kGqaMaxWarps);
   return std::clamp(std::min(want, most), 1, std::max(1, max_splits));
 }

@@ -475,8 +475,9 @@ class CudaBackend final : public StepBackend {
       const bool windowed = window > 0;
       const int max_keys = windowed ? std::min(c_.sliding_window, positions_) : positions_;
       const int cap = int(std::min<int64_t>(64, partial_capacity_ / (int64_t(B) * NH * (D + 2))));
-      const int splits = gqa_decode_ ? cuda::attention_decode_gqa_splits(B, NKV, max_keys, cap)
-                                     : cuda::attention_splits(B, NH, max_keys, cap);
+      const int splits =
+          gqa_decode_ ? cuda::attention_decode_gqa_splits(B, NKV, max_keys, cap, multiprocessors_)
+                      : cuda::attention_splits(B, NH, max_keys, cap);
       if (tensor_route && run_slot >= 0 && flash_prefill_)
         cuda::attention_prefill_flash(act_, qkv_.data(), NH, NKV, D, kv, run_slot, pos0, lw.sinks,
                                       B, window, scale, attn_.data(), s);
@@ -649,6 +650,7 @@ class CudaBackend final : public StepBackend {
   const ModelConfig& c_;
   const ActType act_;
   int positions_ = 0, max_rows_ = 0, max_logit_rows_ = 0, max_slots_ = 0;
+  int multiprocessors_ = cuda::multiprocessor_count();
   bool to_host_ = true;
   bool fused_decode_ = true, pdl_decode_ = true, gemv_unembedding_ = true, gqa_decode_ = false,
        fold_norms_ = false;

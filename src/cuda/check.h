@@ -33,6 +33,8 @@ inline void check(cublasStatus_t s, const char* what) {
 void check_launch(const char* kernel);
 // Set while this thread captures a graph (no synchronisation is allowed then).
 extern thread_local bool capturing_graph;
+// The current device's multiprocessors (asked once per device and remembered).
+int multiprocessor_count();
 
 }  // namespace mind4::cuda
 

@@ -92,9 +92,10 @@ void attention_decode_gqa(ActType t, const void* qkv, int NH, int NKV, int D, Kv
                           const int* pos, const int* slot, const float* sinks, int B, int window,
                           float scale, int splits, float* partial, void* out, cudaStream_t stream,
                           DecodeAttnKernel which = DecodeAttnKernel::kTensorCores);
-// Splits for attention_decode_gqa: B * NKV * splits blocks fill an H100 for B rows over keys of up
-// to max_keys, given the partial buffer's capacity in splits.
-int attention_decode_gqa_splits(int B, int NKV, int max_keys, int max_splits);
+// Splits for attention_decode_gqa: B * NKV * splits blocks fill a GPU of `sms` multiprocessors
+// (check.h's multiprocessor_count()) for B rows over keys of up to max_keys, given the partial
+// buffer's capacity in splits.
+int attention_decode_gqa_splits(int B, int NKV, int max_keys, int max_splits, int sms);
 
 // ---- router.cu: per row, logits f32 [B, E] + bias -> the K largest (ties: lower index) ->
 // softmax over them: experts int [B, K], weights f32 [B, K], largest first. E <= 256.
