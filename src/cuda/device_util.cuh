@@ -47,6 +47,14 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// The clamped SwiGLU of gpt-oss on a (gate, linear) pair whose biases are already added (every
+// expert route's mlp1 epilogue).
+__device__ __forceinline__ float moe_swiglu(float gate, float lin, float limit) {
+  gate = fminf(gate, limit);
+  lin = fminf(fmaxf(lin, -limit), limit);
+  return gate / (1.0f + __expf(-1.702f * gate)) * (lin + 1.0f);
+}
+
 // Calls f(T{}) with T the element type of `t` (float or __nv_bfloat16).
 template <typename F>
 void dispatch_act(ActType t, F&& f) {

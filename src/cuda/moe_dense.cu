@@ -26,12 +26,9 @@ __global__ void moe_mlp1_swiglu_dense_kernel(const T* __restrict__ x, const T* _
   const int e = g.group_expert[a];
   const T* xr = x + int64_t(g.group_row[a]) * H;
   const T* wg = w1 + (int64_t(e) * 2 * I + 2 * p) * H;
-  const float gt = fminf(cuda_dense_dot(wg, xr, H, lane) + bias[int64_t(e) * 2 * I + 2 * p], limit);
-  const float ln = fminf(
-      fmaxf(cuda_dense_dot(wg + H, xr, H, lane) + bias[int64_t(e) * 2 * I + 2 * p + 1], -limit),
-      limit);
-  if (lane == 0)
-    act[int64_t(a) * I + p] = from_f32<T>(gt / (1.0f + __expf(-1.702f * gt)) * (ln + 1.0f));
+  const float gate = cuda_dense_dot(wg, xr, H, lane) + bias[int64_t(e) * 2 * I + 2 * p];
+  const float lin = cuda_dense_dot(wg + H, xr, H, lane) + bias[int64_t(e) * 2 * I + 2 * p + 1];
+  if (lane == 0) act[int64_t(a) * I + p] = from_f32<T>(moe_swiglu(gate, lin, limit));
 }
 
 template <typename T>

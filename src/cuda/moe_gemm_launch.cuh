@@ -90,13 +90,6 @@ __device__ __forceinline__ void mf4_decode4(uint32_t x, uint32_t s2, uint32_t& l
   hi = *reinterpret_cast<const uint32_t*>(&r1);
 }
 
-// The clamped SwiGLU of gpt-oss on a (gate, linear) pair whose biases are already added.
-__device__ __forceinline__ float moe_swiglu(float gate, float lin, float limit) {
-  gate = fminf(gate, limit);
-  lin = fminf(fmaxf(lin, -limit), limit);
-  return gate / (1.0f + __expf(-1.702f * gate)) * (lin + 1.0f);
-}
-
 // The kernels' epilogue for one lane's accumulators a[0..3]: rows r_lo and r_lo + 8 of the
 // tile (valid below `rows`), columns n and n + 1 of expert e's N. kSwiglu: out is act bf16
 // [*, N/2], the clamped SwiGLU of the (gate, linear) pair plus bias, lanes l and l ^ 1 (which hold

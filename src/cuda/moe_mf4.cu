@@ -125,9 +125,8 @@ __global__ void __launch_bounds__(kMf4Warps * 32)
           if constexpr (SWIGLU) {
 #pragma unroll
             for (int q = 0; q < kMf4RowsAtOnce / 2; ++q) {
-              const float gt = fminf(acc[tt][2 * q] + b[2 * q], limit);
-              const float ln = fminf(fmaxf(acc[tt][2 * q + 1] + b[2 * q + 1], -limit), limit);
-              const float v = gt / (1.0f + __expf(-1.702f * gt)) * (ln + 1.0f);
+              const float v =
+                  moe_swiglu(acc[tt][2 * q] + b[2 * q], acc[tt][2 * q + 1] + b[2 * q + 1], limit);
               act_out[a * (N / 2) + r0 / 2 + q] = from_f32<T>(v);
             }
           } else {
@@ -246,10 +245,8 @@ __global__ void __launch_bounds__(kMf4Warps * 32)
     if (lane == 0) {
       const float* b = bias + row0;
       if constexpr (SWIGLU) {
-        const float gt = fminf(acc[0] + b[0], limit);
-        const float ln = fminf(fmaxf(acc[1] + b[1], -limit), limit);
         act_out[a * (N / 2) + r0 / 2] =
-            from_f32<T>(gt / (1.0f + __expf(-1.702f * gt)) * (ln + 1.0f));
+            from_f32<T>(moe_swiglu(acc[0] + b[0], acc[1] + b[1], limit));
       } else {
 #pragma unroll
         for (int rr = 0; rr < kGemvRows; ++rr) y_out[a * N + r0 + rr] = acc[rr] + b[rr];
@@ -380,10 +377,8 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
         const int64_t a = a0 + t0 + tt;
         const float* b = bias + row0;
         if constexpr (SWIGLU) {
-          const float gt = fminf(acc[tt][0] + b[0], limit);
-          const float ln = fminf(fmaxf(acc[tt][1] + b[1], -limit), limit);
           act_out[a * (N / 2) + r0 / 2] =
-              __float2bfloat16_rn(gt / (1.0f + __expf(-1.702f * gt)) * (ln + 1.0f));
+              __float2bfloat16_rn(moe_swiglu(acc[tt][0] + b[0], acc[tt][1] + b[1], limit));
         } else {
 #pragma unroll
           for (int rr = 0; rr < kGemvRows; ++rr) y_out[a * N + r0 + rr] = acc[tt][rr] + b[rr];

@@ -67,9 +67,8 @@ __global__ void moe_bias_swiglu_kernel(const float* __restrict__ h, const float*
   const int64_t a = blockIdx.x;
   const float* b = bias + int64_t(group_expert[a]) * 2 * I;
   for (int p = threadIdx.x; p < I; p += blockDim.x) {
-    const float g = fminf(h[a * 2 * I + 2 * p] + b[2 * p], limit);
-    const float l = fminf(fmaxf(h[a * 2 * I + 2 * p + 1] + b[2 * p + 1], -limit), limit);
-    act[a * I + p] = from_f32<T>(g / (1.0f + __expf(-1.702f * g)) * (l + 1.0f));
+    act[a * I + p] = from_f32<T>(moe_swiglu(h[a * 2 * I + 2 * p] + b[2 * p],
+                                            h[a * 2 * I + 2 * p + 1] + b[2 * p + 1], limit));
   }
 }
 
