@@ -72,21 +72,10 @@ __global__ void __launch_bounds__(kStreamReadThreads)
   }
 }
 
-int multiprocessors() {
-  static const int sms = [] {
-    int dev = 0, n = 0;
-    check(cudaGetDevice(&dev), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev),
-          "cudaDeviceGetAttribute");
-    return n;
-  }();
-  return sms;
-}
-
 }  // namespace
 
 int stream_read_sink_words() {
-  return multiprocessors() * 8;
+  return multiprocessor_count() * 8;
 }
 
 void stream_read(const void* p, size_t bytes, unsigned* sink, cudaStream_t stream) {
