@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <span>
 #include <string>
@@ -289,6 +290,9 @@ TEST_F(CudaDecodeFoldTest, LaunchersRejectBadArguments) {
                                       b.data<float>(), b.data<float>(), 1, 4, nullptr, nullptr);
       },
       "moe_mlp2_mf4_q8_combine");
+  // The L2 prefetch: no address, an address the copy engine cannot take.
+  expect_error([&] { cuda::l2_prefetch(nullptr, 4096, nullptr); }, "l2_prefetch");
+  expect_error([&] { cuda::l2_prefetch(b.data<char>() + 8, 4096, nullptr); }, "l2_prefetch");
 }
 
 // The whole model, decoding token by token at one row (the folded chain, replayed from a CUDA
@@ -319,7 +323,18 @@ TEST_F(CudaDecodeFoldTest, FoldedChainMatchesSeparateLaunchesAndCpu) {
     return out;
   };
   const auto folded = decode(gpu_model);
-  setenv("MIND4_CUDA_FOLD_NORMS", "0", 1);  // read when a Context is made
+  // Without programmatic launches and without the out projection's L2 prefetch: the same bits
+  // (neither changes the arithmetic; with PDL the experts' second product reads the routing
+  // before its wait, which must still be this layer's).
+  setenv("MIND4_CUDA_PDL", "0", 1);  // read when a Context is made
+  setenv("MIND4_CUDA_L2_PREFETCH", "0", 1);
+  const auto plain = decode(gpu_model);
+  unsetenv("MIND4_CUDA_PDL");
+  unsetenv("MIND4_CUDA_L2_PREFETCH");
+  ASSERT_EQ(folded.size(), plain.size());
+  EXPECT_EQ(0, std::memcmp(folded.data(), plain.data(), folded.size() * sizeof(float)))
+      << "the folded chain's logits change with PDL or the L2 prefetch";
+  setenv("MIND4_CUDA_FOLD_NORMS", "0", 1);
   const auto separate = decode(gpu_model);
   unsetenv("MIND4_CUDA_FOLD_NORMS");
   const auto cpu = decode(cpu_model);

@@ -185,6 +185,11 @@ class CudaBackend final : public StepBackend {
     const char* fn = std::getenv("MIND4_CUDA_FOLD_NORMS");
     fold_norms_ = fused_decode_ && xq_.bytes() > 0 && !(fn && std::string(fn) == "0") &&
                   cuda::router_norm_group_supported(int(H)) && H % 8 == 0 && H <= 4096;
+    // At one row the out projection's weights are prefetched into L2 while the attention runs
+    // (l2_prefetch.cu): +2% at batch 1 on an H100 (docs/perf-notes.md, S11.1).
+    // MIND4_CUDA_L2_PREFETCH=0 turns it off (for comparisons).
+    const char* lp = std::getenv("MIND4_CUDA_L2_PREFETCH");
+    prefetch_out_ = !(lp && std::string(lp) == "0");
     // bf16 mode: the grouped MXFP4 GEMMs read the packed experts and need only a tile plan (its
     // capacity here for the smallest tiles, the skinny kernel's); f32 mode (and bf16 experts) keep
     // the expanded route.
@@ -444,7 +449,14 @@ class CudaBackend final : public StepBackend {
     const cuda::PdlScope pdl(fused && pdl_decode_);
     prof_.begin(s, B);
     auto mark = [&](const char* op) { prof_.mark(s, op); };
-
+    // The out projection's weights into L2 during the attention (one row), from a side stream
+    // that forks from the chain after the QKV product and joins it at the end of the step.
+    const bool prefetch_out = prefetch_out_ && fused_gemv;
+    auto prefetch = [&](const void* p, int64_t bytes) {
+      cuda::check(cudaEventRecord(fork_.get(), s), "cudaEventRecord (prefetch fork)");
+      cuda::check(cudaStreamWaitEvent(side_.get(), fork_.get()), "cudaStreamWaitEvent (fork)");
+      cuda::l2_prefetch(p, bytes, side_.get());
+    };
     cuda::embedding_gather(act_, dm_.embedding, tokens, B, H, x, s);
     // The router reads f32 activations whatever the dtype (t32: its own copy in bf16 mode).
     float* t32 = act_ == ActType::kF32 ? static_cast<float*>(t) : t32_.data<float>();
@@ -471,6 +483,7 @@ class CudaBackend final : public StepBackend {
                             s);
         mark("qkv_bias_rope");
       }
+      if (prefetch_out) prefetch(lw.out_w, int64_t(H) * NH * D * 2);
       const int window = layer_window(c_, l);
       const bool windowed = window > 0;
       const int max_keys = windowed ? std::min(c_.sliding_window, positions_) : positions_;
@@ -584,6 +597,10 @@ class CudaBackend final : public StepBackend {
                                 K, next_scale, B, H, kCudaRmsEps, t, nullptr, s);
       mark("moe_combine_norm");
     }
+    if (prefetch_out) {  // the side stream joins the step
+      cuda::check(cudaEventRecord(join_.get(), side_.get()), "cudaEventRecord (prefetch join)");
+      cuda::check(cudaStreamWaitEvent(s, join_.get()), "cudaStreamWaitEvent (join)");
+    }
     if (L == 0) return;
     if (fold) {  // the final norm (the folded chain's layers leave the residual un-normed)
       cuda::residual_rmsnorm(act_, x, nullptr, nullptr, dm_.norm, B, H, kCudaRmsEps, t, nullptr, s);
@@ -658,6 +675,9 @@ class CudaBackend final : public StepBackend {
   int64_t kv_layer_elems_ = 0, sin_offset_ = 0, partial_capacity_ = 0, score_floats_ = 0;
   int prefill_min_rows_ = kPrefillMinRows;
   cuda::Stream stream_;
+  cuda::Stream side_;  // the L2 prefetch beside the chain
+  cuda::Event fork_, join_;
+  bool prefetch_out_ = true;
   cuda::BlasHandle blas_;
   DeviceBuffer k_cache_, v_cache_, x_, t32_, t_, qkv_, attn_, proj_, gate_, topk_e_, topk_w_,
       groups_buf_, act_buf_, y_, partial_, final_, logits_, meta_, blas_ws_, rope_;

@@ -279,6 +279,11 @@ void router_group(const float* x, const float* w, const float* bias, int B, int 
                   float* logits, unsigned* done, int* experts, float* weights, MoeGroups g,
                   cudaStream_t stream);
 
+// ---- l2_prefetch.cu: asks L2 to fetch bytes [p, p + bytes) from memory (rounded down to whole
+// 16-byte units; p 16-byte aligned) for a later kernel; reads nothing into the multiprocessors and
+// writes nothing. A hint: on GPUs older than sm_90 it does nothing.
+void l2_prefetch(const void* p, int64_t bytes, cudaStream_t stream);
+
 // ---- The folded decode chain (one row, bf16, MXFP4 experts on the int8 route): the one-block
 // norm, quantization and combine launches folded into their neighbours.
 // router.cu: router_group with the norm before it: xn = RMSNorm(x f32 [B, H]) * norm_scale is

@@ -13,6 +13,7 @@
 #include <algorithm>
 
 #include "cuda/device_util.cuh"
+#include "cuda/pdl.cuh"
 
 namespace mind4::cuda {
 namespace {
@@ -173,13 +174,13 @@ constexpr int kGemvIters = 4;
 // Both decode GEMVs (float and int8 activations) start a pass the same way: every load of the
 // lane's blocks for this pass is issued before any is used (blocks past the row read as zero).
 // kRows consecutive weight rows from wrow (scales from srow).
-template <int kRows>
+template <int kRows, int ITERS = kGemvIters>
 __device__ __forceinline__ void mf4_gemv_issue_rows(const uint8_t* wrow, const uint8_t* srow,
                                                     int nb, int j0, int lane,
-                                                    uint4 (&w)[kGemvIters][kRows],
-                                                    uint32_t (&sc)[kGemvIters][kRows]) {
+                                                    uint4 (&w)[ITERS][kRows],
+                                                    uint32_t (&sc)[ITERS][kRows]) {
 #pragma unroll
-  for (int it = 0; it < kGemvIters; ++it) {
+  for (int it = 0; it < ITERS; ++it) {
     const int j = j0 + it * 32 + lane;
 #pragma unroll
     for (int rr = 0; rr < kRows; ++rr) {
@@ -321,6 +322,10 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
   const int64_t row0 = int64_t(e) * N + r0;
   const uint8_t* wrow = blocks + row0 * nb * 16;
   const uint8_t* srow = scales + row0 * nb;
+  // The first weight loads go out before the group's rows are read (each a round trip to L2).
+  uint4 w[kGemvIters][kGemvRows];
+  uint32_t sc[kGemvIters][kGemvRows];
+  mf4_gemv_issue_rows<kGemvRows>(wrow, srow, nb, 0, lane, w, sc);
   for (int t0 = 0; t0 < count; t0 += TOK) {
     const int nt = min(TOK, count - t0);
     int src[TOK];  // activation rows (32-bit: the addresses are recomputed, registers are scarce)
@@ -331,9 +336,7 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
     }
     float acc[TOK][kGemvRows] = {};
     for (int j0 = 0; j0 < nb; j0 += 32 * kGemvIters) {
-      uint4 w[kGemvIters][kGemvRows];
-      uint32_t sc[kGemvIters][kGemvRows];
-      mf4_gemv_issue_rows<kGemvRows>(wrow, srow, nb, j0, lane, w, sc);
+      if (t0 > 0 || j0 > 0) mf4_gemv_issue_rows<kGemvRows>(wrow, srow, nb, j0, lane, w, sc);
 #pragma unroll
       for (int it = 0; it < kGemvIters; ++it) {
         const int j = j0 + it * 32 + lane;
@@ -396,9 +399,10 @@ __global__ void __launch_bounds__(kMf4Warps * 32, TOK == 1 ? 6 : 4)
                             const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
                             const float* __restrict__ bias, MoeGroups g, int N, int Kd, float limit,
                             __nv_bfloat16* __restrict__ act_out, float* __restrict__ y_out) {
-  const int n_active = g.active[0];
+  pdl_wait();  // the grouping and the activations come from the kernels before
+  // Both reads in flight at once (active holds 1 + E values; past n_active e is not used).
+  const int n_active = g.active[0], e = g.active[1 + blockIdx.y];
   if (int(blockIdx.y) >= n_active) return;
-  const int e = g.active[1 + blockIdx.y];
   const int a0 = g.offsets[e], count = g.offsets[e + 1] - a0;
   const int nb = Kd / 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r0 = (blockIdx.x * kMf4Warps + warp) * kGemvRows;
@@ -406,6 +410,10 @@ __global__ void __launch_bounds__(kMf4Warps * 32, TOK == 1 ? 6 : 4)
     mf4_q8_gemv_rows<SWIGLU, TOK>(xq, xd, blocks, scales, bias, g, N, Kd, limit, act_out, y_out, e,
                                   a0, count, nb, lane, r0);
 }
+
+// Three passes of 32 blocks a lane, not four: gpt-oss's rows of 2880 (90 blocks) still take one
+// pass, and at four the kernel spilled at its 80 registers.
+constexpr int kCombineIters = 3;
 
 // mlp2 of the folded decode chain with the combine: warp (n, r) computes output n of every slot
 // s < K of residual row r (assignment a = assign_at[r, s], grouped; expert group_expert[a]), two
@@ -421,31 +429,42 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
     const uint8_t* __restrict__ scales, const float* __restrict__ bias, MoeGroups g, int N, int Kd,
     float* __restrict__ y_out, const float* __restrict__ weights, int K, float* __restrict__ x) {
   const int n = blockIdx.x * kMf4Warps + (threadIdx.x >> 5), r = blockIdx.y;
-  if (n >= N) return;
+  if (n >= N) {
+    pdl_wait();
+    return;
+  }
   const int nb = Kd / 32, lane = threadIdx.x & 31;
+  // Lane s < K holds slot s's assignment and expert (two dependent round trips to L2, once for
+  // all slots); each pair of slots takes them by shuffles.
+  const int slot_a = lane < K ? g.assign_at[r * K + lane] : 0;
+  const int slot_e = lane < K ? g.group_expert[slot_a] : 0;
   float m = 0.0f;
   for (int s0 = 0; s0 < K; s0 += 2) {
-    int a[2], e[2];
+    // Slot s0 + p's assignment and expert; past K: slot K - 1 again (not added). Taken again
+    // where used rather than held (at 80 registers holding them spilled).
+    auto slot_of = [&](int v, int p) { return __shfl_sync(0xffffffffu, v, min(s0 + p, K - 1)); };
+    int a[2];
 #pragma unroll
-    for (int p = 0; p < 2; ++p) {
-      a[p] = g.assign_at[r * K + min(s0 + p, K - 1)];  // past K: slot K - 1 again (not added)
-      e[p] = g.group_expert[a[p]];
-    }
+    for (int p = 0; p < 2; ++p) a[p] = slot_of(slot_a, p);
     float acc[2] = {0.0f, 0.0f};
-    for (int j0 = 0; j0 < nb; j0 += 32 * kGemvIters) {
-      uint4 w[kGemvIters][2];
-      uint32_t sc[kGemvIters][2];
+    for (int j0 = 0; j0 < nb; j0 += 32 * kCombineIters) {
+      uint4 w[kCombineIters][2];
+      uint32_t sc[kCombineIters][2];
 #pragma unroll
       for (int p = 0; p < 2; ++p) {
-        const int64_t row = int64_t(e[p]) * N + n;
-        uint4 wp[kGemvIters][1];
-        uint32_t sp[kGemvIters][1];
-        mf4_gemv_issue_rows<1>(blocks + row * nb * 16, scales + row * nb, nb, j0, lane, wp, sp);
+        const int64_t row = int64_t(slot_of(slot_e, p)) * N + n;
+        uint4 wp[kCombineIters][1];
+        uint32_t sp[kCombineIters][1];
+        mf4_gemv_issue_rows<1, kCombineIters>(blocks + row * nb * 16, scales + row * nb, nb, j0,
+                                              lane, wp, sp);
 #pragma unroll
-        for (int it = 0; it < kGemvIters; ++it) w[it][p] = wp[it][0], sc[it][p] = sp[it][0];
+        for (int it = 0; it < kCombineIters; ++it) w[it][p] = wp[it][0], sc[it][p] = sp[it][0];
       }
+      // The first weight loads are in flight before the wait: the routing they need was written
+      // by the router, which completed before the kernel before this one began (see the launcher).
+      if (s0 == 0 && j0 == 0) pdl_wait();
 #pragma unroll
-      for (int it = 0; it < kGemvIters; ++it) {
+      for (int it = 0; it < kCombineIters; ++it) {
         const int j = j0 + it * 32 + lane;
         if (j >= nb) break;
 #pragma unroll
@@ -461,7 +480,7 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
 #pragma unroll
     for (int p = 0; p < 2; ++p) {
       if (s0 + p >= K) break;
-      const float y = warp_sum(acc[p]) + bias[int64_t(e[p]) * N + n];
+      const float y = warp_sum(acc[p]) + bias[int64_t(slot_of(slot_e, p)) * N + n];
       if (lane == 0) y_out[int64_t(a[p]) * N + n] = y;
       m += weights[r * K + s0 + p] * y;
     }
@@ -547,8 +566,9 @@ void launch_q8_gemv(const int8_t* xq, const float* xd, const uint8_t* blocks, co
   const int rows_per_block = kMf4Warps * kGemvRows;
   const dim3 grid((N + rows_per_block - 1) / rows_per_block, max_active);
   auto go = [&](auto kernel) {
-    kernel<<<grid, kMf4Warps * 32, 0, stream>>>(xq, xd, blocks, scales, bias, g, N, Kd, limit,
-                                                act_out, y_out);
+    launch_pdl(SWIGLU ? "moe_mlp1_swiglu_bf16_q8a_mf4w" : "moe_mlp2_f32_q8a_mf4w", kernel, grid,
+               dim3(kMf4Warps * 32), 0, stream, xq, xd, blocks, scales, bias, g, N, Kd, limit,
+               act_out, y_out);
   };
   if (tokens_hint <= 1)
     go(moe_mf4w_q8_gemv_kernel<SWIGLU, 1>);
@@ -570,7 +590,6 @@ void moe_mlp1_swiglu_mf4_q8(ActType t, const int8_t* xq, const float* xd, const 
   if (max_active == 0) return;
   launch_q8_gemv<true>(xq, xd, blocks, scales, bias, g, max_active, tokens_hint, 2 * I, H, limit,
                        static_cast<__nv_bfloat16*>(act_out), nullptr, stream);
-  check_launch("moe_mlp1_swiglu_bf16_q8a_mf4w");
 }
 
 void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
@@ -581,7 +600,6 @@ void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
   if (max_active == 0) return;
   launch_q8_gemv<false>(aq, ad, blocks, scales, bias, g, max_active, tokens_hint, H, I, 0.0f,
                         nullptr, y, stream);
-  check_launch("moe_mlp2_f32_q8a_mf4w");
 }
 
 void moe_mlp2_mf4_q8_combine(const int8_t* aq, const float* ad, const uint8_t* blocks,
@@ -591,13 +609,15 @@ void moe_mlp2_mf4_q8_combine(const int8_t* aq, const float* ad, const uint8_t* b
   moe_mf4_check("moe_mlp2_mf4_q8_combine", aq, blocks, scales, bias, g, max_active, H, I);
   MIND4_CUDA_ARG(ad && y && weights && x && g.assign_at && g.group_expert,
                  "moe_mlp2_mf4_q8_combine", "null pointer");
-  MIND4_CUDA_ARG(B >= 1 && B <= 65535 && K >= 1 && max_active >= 1, "moe_mlp2_mf4_q8_combine",
-                 "B = ", B, " (1 to 65535), K = ", K, ", max_active = ", max_active,
-                 " (each at least 1)");
-  moe_mf4w_q8_mlp2_combine_kernel<<<dim3((H + kMf4Warps - 1) / kMf4Warps, B), kMf4Warps * 32, 0,
-                                    stream>>>(aq, ad, blocks, scales, bias, g, H, I, y, weights, K,
-                                              x);
-  check_launch("moe_mlp2_combine_f32_q8a_mf4w");
+  MIND4_CUDA_ARG(B >= 1 && B <= 65535 && K >= 1 && K <= 32 && max_active >= 1,
+                 "moe_mlp2_mf4_q8_combine", "B = ", B, " (1 to 65535), K = ", K,
+                 " (1 to 32: a lane a slot), max_active = ", max_active, " (at least 1)");
+  // With PDL the kernel reads the routing (g) before it waits: the grouping must come from a
+  // kernel at least two launches earlier (the folded chain: router, mlp1, quantization, this),
+  // since a chain kernel lets the next launch only after its own wait.
+  launch_pdl("moe_mlp2_combine_f32_q8a_mf4w", moe_mf4w_q8_mlp2_combine_kernel,
+             dim3((H + kMf4Warps - 1) / kMf4Warps, B), dim3(kMf4Warps * 32), 0, stream, aq, ad,
+             blocks, scales, bias, g, H, I, y, weights, K, x);
 }
 
 }  // namespace mind4::cuda
