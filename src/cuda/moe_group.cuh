@@ -40,10 +40,11 @@ __device__ __forceinline__ void moe_group_block(const int* experts, int A, int K
 // moe_group_block's result for one row of K distinct experts out of E <= 32, by one warp: every
 // chosen expert holds exactly one assignment, so its offset is the number of chosen experts below
 // it (a ballot and a popcount), and the fill order cannot differ. The decode router's last block
-// spent about half of its time in the general sort's barriers and serial prefix sum.
-__device__ __forceinline__ void moe_group_one_row(const int* experts, int K, int E, MoeGroups g) {
+// spent about half of its time in the general sort's barriers and serial prefix sum. mine: slot
+// `lane`'s expert in lanes below K (from the top-k's registers, not read back from memory).
+__device__ __forceinline__ void moe_group_one_row(int mine, int K, int E, MoeGroups g) {
   const int lane = threadIdx.x & 31;
-  const int mine = lane < K ? experts[lane] : -1;  // slot `lane`'s expert
+  if (lane >= K) mine = -1;
   bool chosen = false;
   for (int s = 0; s < K; ++s) chosen |= __shfl_sync(0xffffffffu, mine, s) == lane;
   const unsigned mask = __ballot_sync(0xffffffffu, chosen && lane < E);

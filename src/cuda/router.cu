@@ -14,10 +14,11 @@ constexpr int kRouterMaxPerLane = 8;
 
 // One warp: bias + the K largest of a row of E logits + the softmax over them (largest first).
 // Logits are read through L2 (__ldcg): in the fused router they were written by other blocks.
-__device__ __forceinline__ void router_topk_row(const float* __restrict__ row,
-                                                const float* __restrict__ bias, int E, int K,
-                                                int* __restrict__ experts,
-                                                float* __restrict__ weights) {
+// Returns slot `lane`'s expert in lanes below K (what lane 0 writes to experts).
+__device__ __forceinline__ int router_topk_row(const float* __restrict__ row,
+                                               const float* __restrict__ bias, int E, int K,
+                                               int* __restrict__ experts,
+                                               float* __restrict__ weights) {
   const int lane = threadIdx.x & 31;
   float v[kRouterMaxPerLane];
 #pragma unroll
@@ -25,7 +26,8 @@ __device__ __forceinline__ void router_topk_row(const float* __restrict__ row,
     const int e = i * 32 + lane;
     v[i] = e < E ? __ldcg(row + e) + bias[e] : -INFINITY;
   }
-  float top = 0.0f, sum = 0.0f, mine = 0.0f;  // lane s keeps slot s's logit
+  float top = 0.0f, sum = 0.0f, mine = 0.0f;  // lane s keeps slot s's logit and expert
+  int mine_e = -1;
   for (int s = 0; s < K; ++s) {
     float best = -INFINITY;
     int best_e = INT32_MAX;
@@ -44,11 +46,12 @@ __device__ __forceinline__ void router_topk_row(const float* __restrict__ row,
     for (int i = 0; i < kRouterMaxPerLane; ++i)
       if (i * 32 + lane == best_e) v[i] = -INFINITY;
     if (s == 0) top = best;
-    if (lane == s) mine = best;
+    if (lane == s) mine = best, mine_e = best_e;
     if (lane == 0) experts[s] = best_e;
     sum += expf(best - top);
   }
   if (lane < K) weights[lane] = expf(mine - top) / sum;
+  return mine_e;
 }
 
 __global__ void router_topk_softmax_kernel(const float* __restrict__ logits,
@@ -94,9 +97,7 @@ __device__ __forceinline__ void router_group_finish(float s, int r, int e,
   __threadfence();
   if (B == 1 && E <= 32) {  // decode at one row: one warp, no block barriers (see the helper)
     if (threadIdx.x < 32) {
-      router_topk_row(logits, bias, E, K, experts, weights);
-      __syncwarp();  // lane 0's expert ids are visible to the warp
-      moe_group_one_row(experts, K, E, g);
+      moe_group_one_row(router_topk_row(logits, bias, E, K, experts, weights), K, E, g);
       if (threadIdx.x == 0) *done = 0u;
     }
     return;
