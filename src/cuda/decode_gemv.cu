@@ -35,7 +35,7 @@ constexpr int kDgMinBlocks = 6;
 constexpr int kDgLinearParts = 2;
 
 // The folded QKV product keeps its normed input row and the norm's scale in shared memory (K * 6
-// bytes): up to 24 KB leaves six blocks per multiprocessor their shared memory.
+// bytes): up to 24 KB, which leaves each of its resident blocks its shared memory.
 constexpr int kDgNormMaxK = 4096;
 
 // Chunks c0 + step * i of both rows.
@@ -199,6 +199,7 @@ __global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
 // squares in another order. scale is in shared memory, each thread's cp.async copies of it still
 // in flight (they complete before the block barrier between the two passes). Every thread of the
 // block must call it.
+template <int WARPS>
 __device__ __forceinline__ void dg_norm_row(const float* __restrict__ x,
                                             const float* __restrict__ scale, float eps, int K,
                                             uint2* __restrict__ out, float* partial) {
@@ -216,7 +217,7 @@ __device__ __forceinline__ void dg_norm_row(const float* __restrict__ x,
   __syncthreads();
   float total = 0.0f;
 #pragma unroll
-  for (int i = 0; i < kDgWarps; ++i) total += partial[i];
+  for (int i = 0; i < WARPS; ++i) total += partial[i];
   const float rstd = rsqrtf(total / K + eps);
   auto bits = [](float v) { return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(v))); };
   for (int c = threadIdx.x; c < K4; c += blockDim.x) {
@@ -227,26 +228,37 @@ __device__ __forceinline__ void dg_norm_row(const float* __restrict__ x,
   __syncthreads();
 }
 
+// Warps (row pairs) a block of the folded QKV product: every block reads the residual row (11 KB
+// of f32 from L2) and norms it before its products, and with 4 warps (640 blocks) that read was
+// the kernel's largest stall (ncu: 35% of the warp samples waited on it, against 16% on the
+// weights). 8 warps halve the blocks (320, still one wave at 3 blocks a multiprocessor): the
+// product 17.0 -> 13.9 us, decode at batch 1 +4% on an H100; 6 measured alike, 10 and 12 less
+// (docs/perf-notes.md, S11.4).
+constexpr int kDgNormWarps = 8;
+
 // decode_qkv_rope_kernel at one row, the norm before it folded in: each block norms the residual
 // row into shared memory (5.6 KB for gpt-oss; every block reads the 11 KB row from L2) while its
 // first weight loads are in flight. Warps past the last pair take pair 0's rows (the block's
 // barriers need every warp) and write nothing.
-__global__ void __launch_bounds__(kDgWarps * 32, kDgMinBlocks) decode_qkv_rope_norm_kernel(
-    const float* __restrict__ x, const float* __restrict__ norm_scale, float eps,
-    const __nv_bfloat16* __restrict__ w, const float* __restrict__ bias, int K, int NH, int NKV,
-    int D, const float* __restrict__ cos_table, const float* __restrict__ sin_table,
-    const int* __restrict__ pos, const int* __restrict__ slot, __nv_bfloat16* __restrict__ qkv,
-    __nv_bfloat16* __restrict__ k_cache, __nv_bfloat16* __restrict__ v_cache, int positions) {
+__global__ void __launch_bounds__(kDgNormWarps * 32, kDgMinBlocks* kDgWarps / kDgNormWarps)
+    decode_qkv_rope_norm_kernel(const float* __restrict__ x, const float* __restrict__ norm_scale,
+                                float eps, const __nv_bfloat16* __restrict__ w,
+                                const float* __restrict__ bias, int K, int NH, int NKV, int D,
+                                const float* __restrict__ cos_table,
+                                const float* __restrict__ sin_table, const int* __restrict__ pos,
+                                const int* __restrict__ slot, __nv_bfloat16* __restrict__ qkv,
+                                __nv_bfloat16* __restrict__ k_cache,
+                                __nv_bfloat16* __restrict__ v_cache, int positions) {
   // [K / 8] bf16 x8 (the normed row; 16-byte aligned for the loads), then the norm's scale [K]
   // f32, copied in before the wait (a weight: the kernel before this one does not write it).
   extern __shared__ uint4 dg_normed_row[];
-  __shared__ float dg_partial[kDgWarps];
+  __shared__ float dg_partial[kDgNormWarps];
   float* scale_s = reinterpret_cast<float*>(dg_normed_row + K / 8);
   for (int c = threadIdx.x; c < K / 4; c += blockDim.x)
     cp_async16(scale_s + 4 * c, norm_scale + 4 * c, 16);
   cp_async_commit();
   const int half = D / 2, pairs = (NH + 2 * NKV) * half;
-  const int p = blockIdx.x * kDgWarps + (threadIdx.x >> 5);
+  const int p = blockIdx.x * kDgNormWarps + (threadIdx.x >> 5);
   const bool idle = p >= pairs;
   const int pp = idle ? 0 : p;
   const int h = pp / half, j = pp % half, n0 = h * D + j, n1 = n0 + half;
@@ -254,7 +266,8 @@ __global__ void __launch_bounds__(kDgWarps * 32, kDgMinBlocks) decode_qkv_rope_n
   dg_two_rows(
       w, n0, n1,
       [&] {
-        dg_norm_row(x, scale_s, eps, K, reinterpret_cast<uint2*>(dg_normed_row), dg_partial);
+        dg_norm_row<kDgNormWarps>(x, scale_s, eps, K, reinterpret_cast<uint2*>(dg_normed_row),
+                                  dg_partial);
         return reinterpret_cast<const __nv_bfloat16*>(dg_normed_row);
       },
       1, K, acc);
@@ -337,9 +350,9 @@ void decode_qkv_rope_norm(const float* x, const float* norm_scale, float eps, co
                  " (even), positions = ", kv.positions);
   const int pairs = (NH + 2 * NKV) * (D / 2);
   launch_pdl("decode_qkv_rope_norm_bf16", decode_qkv_rope_norm_kernel,
-             dim3((pairs + kDgWarps - 1) / kDgWarps), dim3(kDgWarps * 32), size_t(K) * 6, stream, x,
-             norm_scale, eps, static_cast<const __nv_bfloat16*>(w), bias, K, NH, NKV, D, cos_table,
-             sin_table, pos, slot, static_cast<__nv_bfloat16*>(qkv),
+             dim3((pairs + kDgNormWarps - 1) / kDgNormWarps), dim3(kDgNormWarps * 32),
+             size_t(K) * 6, stream, x, norm_scale, eps, static_cast<const __nv_bfloat16*>(w), bias,
+             K, NH, NKV, D, cos_table, sin_table, pos, slot, static_cast<__nv_bfloat16*>(qkv),
              static_cast<__nv_bfloat16*>(kv.k), static_cast<__nv_bfloat16*>(kv.v), kv.positions);
 }
 
