@@ -200,22 +200,25 @@ TEST_P(CudaDecodeAttnTest, RejectsUnsupportedShapes) {
 }
 
 // The split count: enough blocks to fill the GPU (an H100 SXM's 132 multiprocessors, an H100
-// PCIe's 114) where the keys allow it, never more splits than the partial buffer holds, and never
-// a split shorter than one 32-key tile per warp (128 keys). Host arithmetic: runs without a GPU.
+// PCIe's 114) where the keys allow it, never more splits than the partial buffer holds, never a
+// split shorter than one 32-key tile per warp (128 keys), and one split up to 256 keys (no
+// combine kernel). Host arithmetic: runs without a GPU.
 TEST(CudaDecodeAttnSplits, FillTheGpuWithinTheBuffer) {
   for (int sms : {132, 114})
     for (int B : {1, 2, 16, 64})
-      for (int keys : {1, 128, 129, 4096, 131072})
+      for (int keys : {1, 128, 129, 256, 257, 4096, 131072})
         for (int cap : {1, 8, 64}) {
           const int s = cuda::attention_decode_gqa_splits(B, 8, keys, cap, sms);
           EXPECT_GE(s, 1);
           EXPECT_LE(s, cap);
           EXPECT_LE(s, std::max(1, (keys + 127) / 128)) << B << " " << keys;
           // The split is below its bound only when the GPU already has 2 waves of blocks or more.
-          if (s < std::min(cap, (keys + 127) / 128)) {
+          if (keys <= 256) EXPECT_EQ(s, 1) << keys;
+          if (keys > 256 && s < std::min(cap, (keys + 127) / 128)) {
             EXPECT_GE(B * 8 * s, 2 * sms) << sms << " " << B << " " << keys << " " << cap;
           }
         }
+  EXPECT_EQ(cuda::attention_decode_gqa_splits(1, 8, 257, 64, 132), 3);
   EXPECT_EQ(cuda::attention_decode_gqa_splits(1, 8, 4096, 64, 132), 32);
   EXPECT_EQ(cuda::attention_decode_gqa_splits(16, 8, 4096, 64, 132), 9);
   EXPECT_EQ(cuda::attention_decode_gqa_splits(16, 8, 4096, 64, 114), 8);

@@ -230,6 +230,41 @@ TEST(CudaContext, SequencesBatchedTogetherMatchTheCpuLineAlone) {
   EXPECT_LE(worst, 1e-3 * cuda_max_abs(lc));
 }
 
+// One sequence decoded from graphs across the decode attention's key bounds (the step's longest
+// row rounded up to 256, 512, ...: each bound its own graph and split count) matches the CPU line
+// at every step.
+TEST(CudaContext, DecodeAcrossKeyBoundsMatchesTheCpuLine) {
+  MIND4_REQUIRE_GPU();
+  const std::string dir = cuda_fixture_dir("yarn_mxfp4_gqa");
+  Config cpu_cfg;
+  cpu_cfg.paths.checkpoint = dir;
+  auto cpu_model = Model::load(cpu_cfg);
+  auto gpu_model = Model::load(cuda_config(dir, ActivationDType::kFloat32));
+  const int V = cpu_model->config().vocab_size, prompt_len = 250, steps = 270;
+  std::vector<int> tokens(steps);
+  for (int i = 0; i < steps; ++i) tokens[i] = (i * 37 + 11) % V;
+  Context gpu(gpu_model, {.context_length = 600});
+  Context cpu(cpu_model, {.context_length = 600});
+  const int g = gpu.new_sequence(), c = cpu.new_sequence();
+  const std::span<const int> prompt(tokens.data(), prompt_len);
+  gpu.append(g, prompt);
+  cpu.append(c, prompt);
+  double worst = 0, top = 0;
+  for (int i = prompt_len; i <= steps; ++i) {
+    gpu.process();
+    cpu.process();
+    auto lg = gpu.logits(g), lc = cpu.logits(c);
+    for (int v = 0; v < V; ++v) {
+      worst = std::max(worst, double(std::abs(lg[v] - lc[v])));
+      top = std::max(top, double(std::abs(lc[v])));
+    }
+    if (i == steps) break;
+    gpu.append(g, std::span<const int>(&tokens[i], 1));
+    cpu.append(c, std::span<const int>(&tokens[i], 1));
+  }
+  EXPECT_LE(worst, 1e-3 * top);
+}
+
 TEST(CudaModel, Float16ActivationsAreRefusedClearly) {
   MIND4_REQUIRE_GPU();
   try {

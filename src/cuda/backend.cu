@@ -39,6 +39,9 @@ constexpr int kFusedRouterMaxRows = 16;
 // sequence's consecutive positions. MIND4_CUDA_PREFILL_MIN_ROWS overrides the threshold (tests run
 // small fixtures through it).
 constexpr int kPrefillMinRows = kGraphMaxRows + 1;
+// The smallest key bound of a decode step (see forward): up to it the decode attention runs one
+// split (attention_decode_gqa_splits).
+constexpr int kMinKeyBound = 256;
 // In bf16 mode with MXFP4 experts (the grouped GEMM's case) and the skinny expert GEMM turned off,
 // the tensor-core route starts lower: from 32 rows on it beats the CUDA-core expert GEMVs even for
 // decode steps (an H100, random gpt-oss-20b: b=32 1,615 against 1,314 tok/s, b=64 2,567 against
@@ -268,8 +271,17 @@ class CudaBackend final : public StepBackend {
     cuda::check(cudaMemcpyAsync(meta_.data(), h, size_t(3 * max_rows_ + 2 * max_logit_rows_) * 4,
                                 cudaMemcpyHostToDevice, s),
                 "cudaMemcpyAsync (step rows)");
+    // The full-attention layers' keys are bounded by the step's longest row, rounded up to a
+    // power of two (at least kMinKeyBound), rather than by the cache: the decode attention's split
+    // count follows it, so a short context runs one split and no combine kernel. Each bound gets
+    // its own graph (about log2(context / kMinKeyBound) of them a shape).
+    int longest = 1;
+    for (const StepRow& row : rows) longest = std::max(longest, row.pos + 1);
+    int bound_log2 = 0;
+    while ((kMinKeyBound << bound_log2) < longest) ++bound_log2;
+    key_bound_ = std::min(positions_, kMinKeyBound << bound_log2);
     if (B <= kGraphMaxRows && B < prefill_min_rows_ && !prof_.on()) {
-      const int64_t key = int64_t(B) * (kGraphMaxRows + 1) + L;
+      const int64_t key = (int64_t(B) * (kGraphMaxRows + 1) + L) * 32 + bound_log2;
       auto it = graphs_.find(key);
       if (it != graphs_.end()) {
         it->second.launch(s);
@@ -486,7 +498,7 @@ class CudaBackend final : public StepBackend {
       if (prefetch_out) prefetch(lw.out_w, int64_t(H) * NH * D * 2);
       const int window = layer_window(c_, l);
       const bool windowed = window > 0;
-      const int max_keys = windowed ? std::min(c_.sliding_window, positions_) : positions_;
+      const int max_keys = windowed ? std::min(c_.sliding_window, key_bound_) : key_bound_;
       const int cap = int(std::min<int64_t>(64, partial_capacity_ / (int64_t(B) * NH * (D + 2))));
       const int splits =
           gqa_decode_ ? cuda::attention_decode_gqa_splits(B, NKV, max_keys, cap, multiprocessors_)
@@ -667,6 +679,7 @@ class CudaBackend final : public StepBackend {
   const ModelConfig& c_;
   const ActType act_;
   int positions_ = 0, max_rows_ = 0, max_logit_rows_ = 0, max_slots_ = 0;
+  int key_bound_ = 0;  // keys of the current step's longest row, rounded up (see forward)
   int multiprocessors_ = cuda::multiprocessor_count();
   bool to_host_ = true;
   bool fused_decode_ = true, pdl_decode_ = true, gemv_unembedding_ = true, gqa_decode_ = false,

@@ -94,7 +94,7 @@ void attention_decode_gqa(ActType t, const void* qkv, int NH, int NKV, int D, Kv
                           DecodeAttnKernel which = DecodeAttnKernel::kTensorCores);
 // Splits for attention_decode_gqa: B * NKV * splits blocks fill a GPU of `sms` multiprocessors
 // (check.h's multiprocessor_count()) for B rows over keys of up to max_keys, given the partial
-// buffer's capacity in splits.
+// buffer's capacity in splits; one split (no combine) for up to 256 keys.
 int attention_decode_gqa_splits(int B, int NKV, int max_keys, int max_splits, int sms);
 
 // ---- router.cu: per row, logits f32 [B, E] + bias -> the K largest (ties: lower index) ->
