@@ -130,14 +130,33 @@ __device__ __forceinline__ void dg_sum_parts(float (&acc)[MAXB][2]) {
   }
 }
 
+// The QKV epilogue's inputs of warp pair (h, j) for row `lane` (lanes below B): the bias, the
+// row's position and slot. Read before the products, so that only the rotation tables' round trip
+// (they need the position) ends the kernel: the bias is a weight and the positions and slots are
+// the step's inputs, copied in before the step's first kernel.
+struct DgQkvInputs {
+  float b0 = 0.0f, b1 = 0.0f;
+  int pos = 0, slot = 0;
+};
+__device__ __forceinline__ DgQkvInputs dg_qkv_inputs(int h, int j, int B, int D,
+                                                     const float* __restrict__ bias,
+                                                     const int* __restrict__ pos,
+                                                     const int* __restrict__ slot) {
+  const int lane = threadIdx.x & 31, n0 = h * D + j;
+  DgQkvInputs in;
+  if (lane < B) in = {bias[n0], bias[n0 + D / 2], pos[lane], slot[lane]};
+  return in;
+}
+
 // The QKV epilogue of warp pair (h, j): bias, RoPE of q and k, q into qkv, k and v into the cache.
 template <int MAXB>
-__device__ __forceinline__ void dg_qkv_store(
-    const float (&acc)[MAXB][2], int h, int j, int B, int NH, int NKV, int D,
-    const float* __restrict__ bias, const float* __restrict__ cos_table,
-    const float* __restrict__ sin_table, const int* __restrict__ pos, const int* __restrict__ slot,
-    __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ k_cache,
-    __nv_bfloat16* __restrict__ v_cache, int positions) {
+__device__ __forceinline__ void dg_qkv_store(const float (&acc)[MAXB][2], const DgQkvInputs& in,
+                                             int h, int j, int B, int NH, int NKV, int D,
+                                             const float* __restrict__ cos_table,
+                                             const float* __restrict__ sin_table,
+                                             __nv_bfloat16* __restrict__ qkv,
+                                             __nv_bfloat16* __restrict__ k_cache,
+                                             __nv_bfloat16* __restrict__ v_cache, int positions) {
   const int half = D / 2, n0 = h * D + j, n1 = n0 + half;
   const int lane = threadIdx.x & 31;
   if (lane >= B) return;
@@ -146,10 +165,10 @@ __device__ __forceinline__ void dg_qkv_store(
 #pragma unroll
   for (int r = 0; r < MAXB; ++r)
     if (r == lane) v0 = acc[r][0], v1 = acc[r][1];
-  v0 += bias[n0];
-  v1 += bias[n1];
-  const int r = lane, ps = pos[r];
-  const int64_t width = int64_t(NKV) * D, at = (int64_t(slot[r]) * positions + ps) * width;
+  v0 += in.b0;
+  v1 += in.b1;
+  const int r = lane, ps = in.pos;
+  const int64_t width = int64_t(NKV) * D, at = (int64_t(in.slot) * positions + ps) * width;
   if (h < NH + NKV) {
     const float c = cos_table[int64_t(ps) * half + j], s = sin_table[int64_t(ps) * half + j];
     const float y0 = v0 * c - v1 * s, y1 = v1 * c + v0 * s;
@@ -190,8 +209,10 @@ __global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
   float acc[MAXB][2];
   dg_two_rows(
       w, n0, n1, [x] { return x; }, B, K, acc);
-  dg_qkv_store(acc, h, j, B, NH, NKV, D, bias, cos_table, sin_table, pos, slot, qkv, k_cache,
-               v_cache, positions);
+  // The inputs after the products here: read before them, the one-row kernel spilled.
+  const DgQkvInputs in = dg_qkv_inputs(h, j, B, D, bias, pos, slot);
+  dg_qkv_store(acc, in, h, j, B, NH, NKV, D, cos_table, sin_table, qkv, k_cache, v_cache,
+               positions);
 }
 
 // RMSNorm of the f32 row x [K] times scale, rounded to bf16 into out (K / 8 16-byte chunks, shared
@@ -262,6 +283,7 @@ __global__ void __launch_bounds__(kDgNormWarps * 32, kDgMinBlocks* kDgWarps / kD
   const bool idle = p >= pairs;
   const int pp = idle ? 0 : p;
   const int h = pp / half, j = pp % half, n0 = h * D + j, n1 = n0 + half;
+  const DgQkvInputs in = dg_qkv_inputs(h, j, idle ? 0 : 1, D, bias, pos, slot);
   float acc[1][2];
   dg_two_rows(
       w, n0, n1,
@@ -272,8 +294,8 @@ __global__ void __launch_bounds__(kDgNormWarps * 32, kDgMinBlocks* kDgWarps / kD
       },
       1, K, acc);
   if (idle) return;
-  dg_qkv_store(acc, h, j, 1, NH, NKV, D, bias, cos_table, sin_table, pos, slot, qkv, k_cache,
-               v_cache, positions);
+  dg_qkv_store(acc, in, h, j, 1, NH, NKV, D, cos_table, sin_table, qkv, k_cache, v_cache,
+               positions);
 }
 
 // Pair p of rows 2p, 2p + 1 (Q warps, parts of K): resid[r, n] += acc + bias[n] (add), or
@@ -292,19 +314,29 @@ __global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
   }
   const int pp = 2 * p < N ? p : 0;  // a pair past N in a block that has work: pair 0, unwritten
   const int n0 = 2 * pp, n1 = min(2 * pp + 1, N - 1);  // odd N: the last second row repeats
+  // The epilogue's inputs are read first, so that their round trips overlap the weights' instead
+  // of ending the kernel: the bias is a weight, and the residual row was last written at least
+  // three launches before this one (the chain's QKV product and attention come between; with PDL
+  // a kernel launches only after the one before it has waited, see pdl.cuh).
+  const int lane = threadIdx.x & 31;
+  const bool stores = lane < B && 2 * p < N && warp % Q == 0;
+  float* row = resid + int64_t(lane) * N;
+  float old0 = 0.0f, old1 = 0.0f, b0 = 0.0f, b1 = 0.0f;
+  if (stores) {
+    if (add) old0 = row[n0], old1 = row[n1];
+    if (bias) b0 = bias[n0], b1 = bias[n1];
+  }
   float acc[MAXB][2];
   dg_two_rows<MAXB, Q>(
       w, n0, n1, [x] { return x; }, B, K, acc, warp % Q);
   dg_sum_parts<Q>(acc);
-  const int lane = threadIdx.x & 31;
-  if (lane >= B || 2 * p >= N || warp % Q != 0) return;
+  if (!stores) return;
   float v0 = 0.0f, v1 = 0.0f;
 #pragma unroll
   for (int r = 0; r < MAXB; ++r)
     if (r == lane) v0 = acc[r][0], v1 = acc[r][1];
-  float* row = resid + int64_t(lane) * N;
-  row[n0] = (add ? row[n0] : 0.0f) + (v0 + (bias ? bias[n0] : 0.0f));
-  if (n1 != n0) row[n1] = (add ? row[n1] : 0.0f) + (v1 + (bias ? bias[n1] : 0.0f));
+  row[n0] = old0 + (v0 + b0);
+  if (n1 != n0) row[n1] = old1 + (v1 + b1);
 }
 
 void decode_gemv_check(const char* launcher, const void* x, const void* w, int B, int K) {

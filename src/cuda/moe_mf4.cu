@@ -326,6 +326,10 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
   uint4 w[kGemvIters][kGemvRows];
   uint32_t sc[kGemvIters][kGemvRows];
   mf4_gemv_issue_rows<kGemvRows>(wrow, srow, nb, 0, lane, w, sc);
+  // The bias too (lane 0 adds it), so that its round trip does not end the warp's work.
+  float b[kGemvRows];
+#pragma unroll
+  for (int rr = 0; rr < kGemvRows; ++rr) b[rr] = lane == 0 ? bias[row0 + rr] : 0.0f;
   for (int t0 = 0; t0 < count; t0 += TOK) {
     const int nt = min(TOK, count - t0);
     int src[TOK];  // activation rows (32-bit: the addresses are recomputed, registers are scarce)
@@ -378,7 +382,6 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
       for (int rr = 0; rr < kGemvRows; ++rr) acc[tt][rr] = warp_sum(acc[tt][rr]);
       if (lane == 0) {
         const int64_t a = a0 + t0 + tt;
-        const float* b = bias + row0;
         if constexpr (SWIGLU) {
           act_out[a * (N / 2) + r0 / 2] =
               __float2bfloat16_rn(moe_swiglu(acc[tt][0] + b[0], acc[tt][1] + b[1], limit));
@@ -438,6 +441,9 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
   // all slots); each pair of slots takes them by shuffles.
   const int slot_a = lane < K ? g.assign_at[r * K + lane] : 0;
   const int slot_e = lane < K ? g.group_expert[slot_a] : 0;
+  // The residual value this warp adds to, read now rather than at the end: the out projection
+  // wrote it four launches before this one (router, mlp1 and the quantization come between).
+  const float x_old = lane == 0 ? x[int64_t(r) * N + n] : 0.0f;
   float m = 0.0f;
   for (int s0 = 0; s0 < K; s0 += 2) {
     // Slot s0 + p's assignment and expert; past K: slot K - 1 again (not added). Taken again
@@ -446,7 +452,7 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
     int a[2];
 #pragma unroll
     for (int p = 0; p < 2; ++p) a[p] = slot_of(slot_a, p);
-    float acc[2] = {0.0f, 0.0f};
+    float acc[2] = {0.0f, 0.0f}, b[2];
     for (int j0 = 0; j0 < nb; j0 += 32 * kCombineIters) {
       uint4 w[kCombineIters][2];
       uint32_t sc[kCombineIters][2];
@@ -459,6 +465,8 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
                                               lane, wp, sp);
 #pragma unroll
         for (int it = 0; it < kCombineIters; ++it) w[it][p] = wp[it][0], sc[it][p] = sp[it][0];
+        // The bias of this slot's row with the first loads (lane 0 adds it), not at the end.
+        if (j0 == 0) b[p] = lane == 0 ? bias[row] : 0.0f;
       }
       // The first weight loads are in flight before the wait: the routing they need was written
       // by the router, which completed before the kernel before this one began (see the launcher).
@@ -480,12 +488,12 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
 #pragma unroll
     for (int p = 0; p < 2; ++p) {
       if (s0 + p >= K) break;
-      const float y = warp_sum(acc[p]) + bias[int64_t(slot_of(slot_e, p)) * N + n];
+      const float y = warp_sum(acc[p]) + b[p];
       if (lane == 0) y_out[int64_t(a[p]) * N + n] = y;
       m += weights[r * K + s0 + p] * y;
     }
   }
-  if (lane == 0) x[int64_t(r) * N + n] += m;
+  if (lane == 0) x[int64_t(r) * N + n] = x_old + m;
 }
 
 template <typename T, bool SWIGLU>
