@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "io/checkpoint.h"
@@ -167,15 +168,19 @@ INSTANTIATE_TEST_SUITE_P(HfTransformers, CudaFixture, ::testing::ValuesIn(cuda_f
                                                                                         : "bf16");
                          });
 
+// The GQA fixture on the CPU line and on the CUDA line in f32 (the Context tests' pair).
+std::pair<std::shared_ptr<const Model>, std::shared_ptr<const Model>> gqa_fixture_on_both_lines() {
+  const std::string dir = cuda_fixture_dir("yarn_mxfp4_gqa");
+  Config cpu_cfg;
+  cpu_cfg.paths.checkpoint = dir;
+  return {Model::load(cpu_cfg), Model::load(cuda_config(dir, ActivationDType::kFloat32))};
+}
+
 // Three sequences of different lengths share steps (prefill cut into steps of 5 rows, then
 // batched decode steps replayed from graphs) and each must match the CPU line run alone.
 TEST(CudaContext, SequencesBatchedTogetherMatchTheCpuLineAlone) {
   MIND4_REQUIRE_GPU();
-  const std::string dir = cuda_fixture_dir("yarn_mxfp4_gqa");
-  Config cpu_cfg;
-  cpu_cfg.paths.checkpoint = dir;
-  auto cpu_model = Model::load(cpu_cfg);
-  auto gpu_model = Model::load(cuda_config(dir, ActivationDType::kFloat32));
+  const auto [cpu_model, gpu_model] = gqa_fixture_on_both_lines();
   const int V = cpu_model->config().vocab_size;
   const std::vector<std::vector<int>> prompts = {{1, 2, 3, 4, 5, 6, 7}, {9}, {11, 12, 13, 14}};
   const int steps = 6;
@@ -235,11 +240,7 @@ TEST(CudaContext, SequencesBatchedTogetherMatchTheCpuLineAlone) {
 // at every step.
 TEST(CudaContext, DecodeAcrossKeyBoundsMatchesTheCpuLine) {
   MIND4_REQUIRE_GPU();
-  const std::string dir = cuda_fixture_dir("yarn_mxfp4_gqa");
-  Config cpu_cfg;
-  cpu_cfg.paths.checkpoint = dir;
-  auto cpu_model = Model::load(cpu_cfg);
-  auto gpu_model = Model::load(cuda_config(dir, ActivationDType::kFloat32));
+  const auto [cpu_model, gpu_model] = gqa_fixture_on_both_lines();
   const int V = cpu_model->config().vocab_size, prompt_len = 250, steps = 270;
   std::vector<int> tokens(steps);
   for (int i = 0; i < steps; ++i) tokens[i] = (i * 37 + 11) % V;

@@ -2,14 +2,17 @@
 // boundary costs a drain of the last blocks plus a launch; with PDL the next kernel's blocks are
 // launched while the previous kernel still runs, do what does not depend on it (issue weight
 // loads, compute addresses) and then wait in pdl_wait() until the previous grid has completed and
-// its writes are visible. A kernel of this chain must call pdl_wait() in every block before it
-// reads or writes any buffer that an earlier kernel of the step touches; that also keeps the
-// chain transitive (a grid completes only after all its blocks waited). pdl_wait() is also where
-// a block lets the next kernel launch: only after its own wait, so at most one grid waits beside
-// the running one. (Letting it launch at the start of the kernel, as v6 did, let the whole chain
-// launch ahead, every grid waiting on the one before, their blocks taking the multiprocessors'
-// warp slots from the kernel that runs: 5-7% slower; docs/perf-notes.md.) Outside a PDL launch
-// both instructions are no-ops, so the same kernels serve every route.
+// its writes are visible. A kernel of this chain must call pdl_wait() in every block, and before
+// it reads what the kernel just before it writes or writes what that kernel reads or writes; that
+// also keeps the chain transitive (a grid completes only after all its blocks waited).
+// pdl_wait() is also where a block lets the next kernel launch: only after its own wait, so at
+// most one grid waits beside the running one, and a kernel launches only after the one two before
+// it has completed. What that kernel or an earlier one wrote may therefore be read before the wait
+// (the decode GEMVs read their residual, bias and routing so). (Letting the next kernel launch at
+// the start, as v6 did, let the whole chain launch ahead, every grid waiting on the one before,
+// their blocks taking the multiprocessors' warp slots from the kernel that runs: 5-7% slower;
+// docs/perf-notes.md.) Outside a PDL launch both instructions are no-ops, so the same kernels
+// serve every route.
 #pragma once
 
 #include <cuda_runtime.h>
