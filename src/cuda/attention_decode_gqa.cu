@@ -20,6 +20,7 @@
 // are rounded up to 1 or 8 at compile time (GM); heads past G compute on zeros, unwritten.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "cuda/device_util.cuh"
 #include "cuda/flash_tile.cuh"
@@ -258,25 +259,34 @@ __global__ void __launch_bounds__(kGqaMaxWarps * 32)
   }
 }
 
-// bf16 mode: the same attention on tensor cores, one warp per block. The G query heads of the
-// KV head are the rows of one m16n8k16 tile (rows past G are zero and never stored), so a 64-key
-// tile costs 32 MMAs for the scores and 32 for the values (flash_tile.cuh, as in prefill), where
-// the CUDA-core kernel above spends about 3,800 dependent instructions a warp on 128 keys (ncu,
-// session 7: that chain, not memory, is its 10 us at short contexts).
+// bf16 mode: the same attention on tensor cores, one warp per block (four for short rows, see
+// kMmaShortWarps). The G query heads of the KV head are the rows of one m16n8k16 tile (rows past G
+// are zero and never stored), so a 64-key tile costs 32 MMAs for the scores and 32 for the values
+// (flash_tile.cuh, as in prefill), where the CUDA-core kernel above spends about 3,800 dependent
+// instructions a warp on 128 keys (ncu, session 7: that chain, not memory, is its 10 us at short
+// contexts).
 constexpr int kMmaTileKeys = 64;
 
 template <int DP>
 constexpr int mma_stride() {
   return DP + 8;  // 16 bytes of padding: the eight rows of an ldmatrix in distinct banks
 }
-template <int DP>
+// Two stages of K and V tiles for each of the block's W warps.
+template <int DP, int W>
 constexpr size_t mma_smem_bytes() {
-  return size_t(4) * kMmaTileKeys * mma_stride<DP>() * sizeof(__nv_bfloat16);
+  return size_t(4) * W * kMmaTileKeys * mma_stride<DP>() * sizeof(__nv_bfloat16);
 }
+// Warps a block when a row's keys fit one split (at most a few tiles) and the blocks fit one to a
+// multiprocessor: each walks every kMmaShortWarps-th 64-key tile with its own stages and the
+// warps' (max, sum, acc) are merged at the end, so that the tiles are worked on side by side
+// (+0.65% at batch 1 on an H100, perf-notes S11.8). Otherwise a block keeps one warp: a block of
+// four takes 147 KB of shared memory at D = 64, one a multiprocessor, and at 64 rows (512
+// blocks) that cost 2.3%.
+constexpr int kMmaShortWarps = 4;
 
-// DP: D rounded up to 32, 64 or 128 (dimensions >= D are zero in Q and K).
-template <int DP>
-__global__ void __launch_bounds__(32)
+// DP: D rounded up to 32, 64 or 128 (dimensions >= D are zero in Q and K); W warps a block.
+template <int DP, int W>
+__global__ void __launch_bounds__(32 * W)
     attention_decode_mma_kernel(const __nv_bfloat16* __restrict__ qkv, int NH, int NKV, int D,
                                 const __nv_bfloat16* __restrict__ kc,
                                 const __nv_bfloat16* __restrict__ vc, int positions,
@@ -287,10 +297,13 @@ __global__ void __launch_bounds__(32)
   using bf16 = __nv_bfloat16;
   constexpr int S = mma_stride<DP>(), KT = kMmaTileKeys;
   extern __shared__ __align__(16) unsigned char mma_smem[];
-  bf16* ks = reinterpret_cast<bf16*>(mma_smem);  // [2][KT][S]
-  bf16* vs = ks + 2 * KT * S;                    // [2][KT][S]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  auto warp_tiles = [&](int w) {
+    return reinterpret_cast<bf16*>(mma_smem) + int64_t(w) * 4 * KT * S;
+  };
+  bf16* ks = warp_tiles(warp);  // [2][KT][S]
+  bf16* vs = ks + 2 * KT * S;   // [2][KT][S]
   pdl_wait();
-  const int lane = threadIdx.x;
   const int r = blockIdx.x / NKV, kvh = blockIdx.x % NKV, G = NH / NKV;
   const int c2 = 2 * (lane & 3), fr0 = lane >> 2, fr1 = fr0 + 8;  // this lane's two heads
 
@@ -309,20 +322,63 @@ __global__ void __launch_bounds__(32)
   const bf16* k0 = kc + int64_t(slot[r]) * positions * width + int64_t(kvh) * D;
   const bf16* v0 = vc + int64_t(slot[r]) * positions * width + int64_t(kvh) * D;
   const int n_tiles = end > begin ? (end - begin + KT - 1) / KT : 0;
-  auto load_tile = [&](int j) {  // keys past the split are zero-filled
-    flash_load_kv_tile<DP, KT, S>(ks, vs, k0, v0, width, D, begin + j * KT, end, j & 1, lane, 32);
+  auto load_tile = [&](int t, int stage) {  // keys past the split are zero-filled
+    flash_load_kv_tile<DP, KT, S>(ks, vs, k0, v0, width, D, begin + t * KT, end, stage, lane, 32);
   };
 
+  // This warp's tiles t = warp, warp + W, ..., double-buffered in its own stages. Every head sees
+  // the split's keys [begin, end): only the last tile needs the mask.
   FlashRowState<DP> st;
-  // Every head sees the split's keys [begin, end): only the last tile needs the mask.
-  flash_walk_tiles(
-      n_tiles, load_tile,
-      [&](int j) {
-        flash_tile_forward<DP, KT>(ks + (j & 1) * KT * S, vs + (j & 1) * KT * S, S, qf,
-                                   begin + j * KT, begin, end - 1, begin, end - 1, begin, end - 1,
-                                   scale_log2, st);
-      },
-      st);
+  if (warp < n_tiles) load_tile(warp, 0);
+  for (int t = warp, i = 0; t < n_tiles; t += W, ++i) {
+    if (t + W < n_tiles) {
+      load_tile(t + W, (i + 1) & 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncwarp();
+    flash_tile_forward<DP, KT>(ks + (i & 1) * KT * S, vs + (i & 1) * KT * S, S, qf, begin + t * KT,
+                               begin, end - 1, begin, end - 1, begin, end - 1, scale_log2, st);
+    __syncwarp();  // the next iteration's copy refills this stage
+  }
+#pragma unroll
+  for (int o = 1; o <= 2; o <<= 1) {  // each row's sum across the four lanes of its quad
+    st.l0 += __shfl_xor_sync(0xffffffffu, st.l0, o);
+    st.l1 += __shfl_xor_sync(0xffffffffu, st.l1, o);
+  }
+  if constexpr (W > 1) {
+    // Warps past the first leave their state over their own tiles (no copy targets them any
+    // more) and warp 0 merges it, each row rescaled to the larger maximum. A warp without tiles
+    // has m = -inf, l = 0 and acc = 0, weight 0; warp 0 always has keys.
+    constexpr int kState = 4 + DP / 2;  // floats a lane: m0, m1, l0, l1, acc
+    if (warp > 0) {
+      float* mine = reinterpret_cast<float*>(ks) + lane * kState;
+      mine[0] = st.m0, mine[1] = st.m1, mine[2] = st.l0, mine[3] = st.l1;
+#pragma unroll
+      for (int dt = 0; dt < DP / 8; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) mine[4 + 4 * dt + e] = st.acc[dt][e];
+    }
+    __syncthreads();
+    if (warp > 0) return;
+    for (int w = 1; w < W; ++w) {
+      const float* o = reinterpret_cast<const float*>(warp_tiles(w)) + lane * kState;
+      const float M0 = fmaxf(st.m0, o[0]), M1 = fmaxf(st.m1, o[1]);
+      const float a0 = flash_exp2(st.m0 - M0), b0 = flash_exp2(o[0] - M0);
+      const float a1 = flash_exp2(st.m1 - M1), b1 = flash_exp2(o[1] - M1);
+      st.m0 = M0, st.m1 = M1;
+      st.l0 = st.l0 * a0 + o[2] * b0;
+      st.l1 = st.l1 * a1 + o[3] * b1;
+#pragma unroll
+      for (int dt = 0; dt < DP / 8; ++dt) {
+        st.acc[dt][0] = st.acc[dt][0] * a0 + o[4 + 4 * dt] * b0;
+        st.acc[dt][1] = st.acc[dt][1] * a0 + o[5 + 4 * dt] * b0;
+        st.acc[dt][2] = st.acc[dt][2] * a1 + o[6 + 4 * dt] * b1;
+        st.acc[dt][3] = st.acc[dt][3] * a1 + o[7 + 4 * dt] * b1;
+      }
+    }
+  }
 
   auto store_row = [&](int f, float m, float l, int e0) {
     if (f >= G) return;
@@ -450,22 +506,30 @@ void attention_decode_gqa(ActType t, const void* qkv, int NH, int NKV, int D, Kv
   if (B == 0) return;
   const dim3 grid(unsigned(int64_t(B) * NKV), unsigned(splits));
   if (which == DecodeAttnKernel::kTensorCores && t == ActType::kBF16) {
-    auto launch_mma = [&](auto kernel, size_t smem) {
+    auto launch_mma = [&](auto kernel, size_t smem, int warps) {
       if (smem > 48 * 1024)
         check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
               "cudaFuncSetAttribute(attention_decode_mma)");
-      launch_pdl("attention_decode_mma_bf16", kernel, grid, dim3(32), smem, stream,
+      launch_pdl("attention_decode_mma_bf16", kernel, grid, dim3(32 * warps), smem, stream,
                  static_cast<const __nv_bfloat16*>(qkv), NH, NKV, D,
                  static_cast<const __nv_bfloat16*>(kv.k), static_cast<const __nv_bfloat16*>(kv.v),
                  kv.positions, pos, slot, sinks, window, scale * kLog2e, splits, partial,
                  static_cast<__nv_bfloat16*>(out));
     };
+    auto launch_dp = [&](auto dp) {
+      constexpr int DP = decltype(dp)::value;
+      if (splits == 1 && int64_t(B) * NKV <= multiprocessor_count())
+        launch_mma(attention_decode_mma_kernel<DP, kMmaShortWarps>,
+                   mma_smem_bytes<DP, kMmaShortWarps>(), kMmaShortWarps);
+      else
+        launch_mma(attention_decode_mma_kernel<DP, 1>, mma_smem_bytes<DP, 1>(), 1);
+    };
     if (D <= 32)
-      launch_mma(attention_decode_mma_kernel<32>, mma_smem_bytes<32>());
+      launch_dp(std::integral_constant<int, 32>{});
     else if (D <= 64)
-      launch_mma(attention_decode_mma_kernel<64>, mma_smem_bytes<64>());
+      launch_dp(std::integral_constant<int, 64>{});
     else
-      launch_mma(attention_decode_mma_kernel<128>, mma_smem_bytes<128>());
+      launch_dp(std::integral_constant<int, 128>{});
   } else {
     attention_decode_cuda_cores(t, qkv, NH, NKV, D, kv, pos, slot, sinks, B, window, scale, splits,
                                 partial, out, stream, grid);
