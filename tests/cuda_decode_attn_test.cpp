@@ -170,6 +170,9 @@ TEST_P(CudaDecodeAttnTest, HeadShapes) {
                         Shape{4, 4, 16}, Shape{16, 2, 128}, Shape{2, 2, 128}, Shape{8, 1, 16}}) {
     check({s.NH, s.NKV, s.D, P, 3, 0, {0, 1, 399, 250, 17}, {0, 1, 2, 2, 0}, 0});
     check({s.NH, s.NKV, s.D, P, 3, 100, {0, 99, 100, 399, 250}, {2, 1, 0, 2, 1}, 3, 3.0f});
+    // One split (the window keeps every row within 256 keys): in bf16 the tensor-core kernel
+    // shares each row's tiles among the warps of its block.
+    check({s.NH, s.NKV, s.D, P, 3, 200, {0, 130, 199, 399, 250}, {2, 1, 0, 2, 1}, 0});
   }
 }
 

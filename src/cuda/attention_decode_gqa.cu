@@ -259,8 +259,8 @@ __global__ void __launch_bounds__(kGqaMaxWarps * 32)
   }
 }
 
-// bf16 mode: the same attention on tensor cores, one warp per block (four for short rows, see
-// kMmaShortWarps). The G query heads of the KV head are the rows of one m16n8k16 tile (rows past G
+// bf16 mode: the same attention on tensor cores, one warp per block (more for short rows, see
+// mma_short_warps). The G query heads of the KV head are the rows of one m16n8k16 tile (rows past G
 // are zero and never stored), so a 64-key tile costs 32 MMAs for the scores and 32 for the values
 // (flash_tile.cuh, as in prefill), where the CUDA-core kernel above spends about 3,800 dependent
 // instructions a warp on 128 keys (ncu, session 7: that chain, not memory, is its 10 us at short
@@ -277,12 +277,16 @@ constexpr size_t mma_smem_bytes() {
   return size_t(4) * W * kMmaTileKeys * mma_stride<DP>() * sizeof(__nv_bfloat16);
 }
 // Warps a block when a row's keys fit one split (at most a few tiles) and the blocks fit one to a
-// multiprocessor: each walks every kMmaShortWarps-th 64-key tile with its own stages and the
-// warps' (max, sum, acc) are merged at the end, so that the tiles are worked on side by side
-// (+0.65% at batch 1 on an H100, perf-notes S11.8). Otherwise a block keeps one warp: a block of
-// four takes 147 KB of shared memory at D = 64, one a multiprocessor, and at 64 rows (512
-// blocks) that cost 2.3%.
-constexpr int kMmaShortWarps = 4;
+// multiprocessor: each walks every W-th 64-key tile with its own stages and the warps' (max, sum,
+// acc) are merged at the end, so that the tiles are worked on side by side (+0.7-0.9% at batch 1
+// on an H100, perf-notes S11.8). Otherwise a block keeps one warp: a block of four takes 147 KB of
+// shared memory at D = 64, one a multiprocessor, and at 64 rows (512 blocks) that cost 2.3%.
+// Four warps at DP = 64 (gpt-oss), the shape measured and run on a GPU; other head sizes keep one
+// warp for now (at D = 128 four warps would also pass kGqaSmemBudget).
+template <int DP>
+constexpr int mma_short_warps() {
+  return DP == 64 ? 4 : 1;
+}
 
 // DP: D rounded up to 32, 64 or 128 (dimensions >= D are zero in Q and K); W warps a block.
 template <int DP, int W>
@@ -518,9 +522,9 @@ void attention_decode_gqa(ActType t, const void* qkv, int NH, int NKV, int D, Kv
     };
     auto launch_dp = [&](auto dp) {
       constexpr int DP = decltype(dp)::value;
-      if (splits == 1 && int64_t(B) * NKV <= multiprocessor_count())
-        launch_mma(attention_decode_mma_kernel<DP, kMmaShortWarps>,
-                   mma_smem_bytes<DP, kMmaShortWarps>(), kMmaShortWarps);
+      constexpr int W = mma_short_warps<DP>();
+      if (W > 1 && splits == 1 && int64_t(B) * NKV <= multiprocessor_count())
+        launch_mma(attention_decode_mma_kernel<DP, W>, mma_smem_bytes<DP, W>(), W);
       else
         launch_mma(attention_decode_mma_kernel<DP, 1>, mma_smem_bytes<DP, 1>(), 1);
     };
