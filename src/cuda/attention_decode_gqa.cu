@@ -326,31 +326,23 @@ __global__ void __launch_bounds__(32 * W)
   const bf16* k0 = kc + int64_t(slot[r]) * positions * width + int64_t(kvh) * D;
   const bf16* v0 = vc + int64_t(slot[r]) * positions * width + int64_t(kvh) * D;
   const int n_tiles = end > begin ? (end - begin + KT - 1) / KT : 0;
-  auto load_tile = [&](int t, int stage) {  // keys past the split are zero-filled
-    flash_load_kv_tile<DP, KT, S>(ks, vs, k0, v0, width, D, begin + t * KT, end, stage, lane, 32);
-  };
-
-  // This warp's tiles t = warp, warp + W, ..., double-buffered in its own stages. Every head sees
+  // This warp's tiles t = warp + W i, double-buffered in its own stages (i & 1). Every head sees
   // the split's keys [begin, end): only the last tile needs the mask.
+  const int my_tiles = n_tiles > warp ? (n_tiles - warp + W - 1) / W : 0;
+  auto tile_of = [&](int i) { return warp + W * i; };
   FlashRowState<DP> st;
-  if (warp < n_tiles) load_tile(warp, 0);
-  for (int t = warp, i = 0; t < n_tiles; t += W, ++i) {
-    if (t + W < n_tiles) {
-      load_tile(t + W, (i + 1) & 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncwarp();
-    flash_tile_forward<DP, KT>(ks + (i & 1) * KT * S, vs + (i & 1) * KT * S, S, qf, begin + t * KT,
-                               begin, end - 1, begin, end - 1, begin, end - 1, scale_log2, st);
-    __syncwarp();  // the next iteration's copy refills this stage
-  }
-#pragma unroll
-  for (int o = 1; o <= 2; o <<= 1) {  // each row's sum across the four lanes of its quad
-    st.l0 += __shfl_xor_sync(0xffffffffu, st.l0, o);
-    st.l1 += __shfl_xor_sync(0xffffffffu, st.l1, o);
-  }
+  flash_walk_tiles<true>(
+      my_tiles,
+      [&](int i) {  // keys past the split are zero-filled
+        flash_load_kv_tile<DP, KT, S>(ks, vs, k0, v0, width, D, begin + tile_of(i) * KT, end, i & 1,
+                                      lane, 32);
+      },
+      [&](int i) {
+        flash_tile_forward<DP, KT>(ks + (i & 1) * KT * S, vs + (i & 1) * KT * S, S, qf,
+                                   begin + tile_of(i) * KT, begin, end - 1, begin, end - 1, begin,
+                                   end - 1, scale_log2, st);
+      },
+      st);
   if constexpr (W > 1) {
     // Warps past the first leave their state over their own tiles (no copy targets them any
     // more) and warp 0 merges it, each row rescaled to the larger maximum. A warp without tiles

@@ -279,21 +279,22 @@ class CudaBackend final : public StepBackend {
     for (const StepRow& row : rows) longest = std::max(longest, row.pos + 1);
     int bound_log2 = 0;
     while ((kMinKeyBound << bound_log2) < longest) ++bound_log2;
-    key_bound_ = std::min(positions_, kMinKeyBound << bound_log2);
+    const int key_bound = std::min(positions_, kMinKeyBound << bound_log2);
     if (B <= kGraphMaxRows && B < prefill_min_rows_ && !prof_.on()) {
       const int64_t key = (int64_t(B) * (kGraphMaxRows + 1) + L) * 32 + bound_log2;
       auto it = graphs_.find(key);
       if (it != graphs_.end()) {
         it->second.launch(s);
       } else if (++seen_[key] < 2) {
-        run_layers(B, L, -1, 0);  // first time: eager (sets kernel attributes, warms cuBLAS)
+        run_layers(B, L, key_bound, -1,
+                   0);  // first time: eager (sets kernel attributes, warms cuBLAS)
       } else {
         cudaGraph_t g = nullptr;
         cuda::check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal),
                     "cudaStreamBeginCapture");
         cuda::capturing_graph = true;
         try {
-          run_layers(B, L, -1, 0);
+          run_layers(B, L, key_bound, -1, 0);
         } catch (...) {
           cuda::capturing_graph = false;
           cudaStreamEndCapture(s, &g);
@@ -306,7 +307,7 @@ class CudaBackend final : public StepBackend {
         pos->second.launch(s);
       }
     } else {
-      run_layers(B, L, run_slot, rows[0].pos);
+      run_layers(B, L, key_bound, run_slot, rows[0].pos);
     }
     if (L > 0)
       cuda::store_logit_rows(logits_.data<float>(),
@@ -428,8 +429,9 @@ class CudaBackend final : public StepBackend {
 
   // Every launch of one step; no allocation. Below prefill_min_rows_ rows no synchronisation
   // either (graph-capturable); at or above it the expert route reads the experts' row counts back.
-  // run_slot >= 0: the rows are positions pos0 .. pos0 + B - 1 of that slot.
-  void run_layers(int B, int L, int run_slot, int pos0) {
+  // run_slot >= 0: the rows are positions pos0 .. pos0 + B - 1 of that slot. key_bound: keys of
+  // the longest row, rounded up (see forward).
+  void run_layers(int B, int L, int key_bound, int run_slot, int pos0) {
     cudaStream_t s = stream_.get();
     cublasHandle_t blas = blas_.get();
     const int H = c_.hidden_size, D = c_.head_dim, NH = c_.num_attention_heads,
@@ -498,7 +500,7 @@ class CudaBackend final : public StepBackend {
       if (prefetch_out) prefetch(lw.out_w, int64_t(H) * NH * D * 2);
       const int window = layer_window(c_, l);
       const bool windowed = window > 0;
-      const int max_keys = windowed ? std::min(c_.sliding_window, key_bound_) : key_bound_;
+      const int max_keys = windowed ? std::min(c_.sliding_window, key_bound) : key_bound;
       const int cap = int(std::min<int64_t>(64, partial_capacity_ / (int64_t(B) * NH * (D + 2))));
       const int splits =
           gqa_decode_ ? cuda::attention_decode_gqa_splits(B, NKV, max_keys, cap, multiprocessors_)
@@ -679,7 +681,6 @@ class CudaBackend final : public StepBackend {
   const ModelConfig& c_;
   const ActType act_;
   int positions_ = 0, max_rows_ = 0, max_logit_rows_ = 0, max_slots_ = 0;
-  int key_bound_ = 0;  // keys of the current step's longest row, rounded up (see forward)
   int multiprocessors_ = cuda::multiprocessor_count();
   bool to_host_ = true;
   bool fused_decode_ = true, pdl_decode_ = true, gemv_unembedding_ = true, gqa_decode_ = false,

@@ -172,9 +172,16 @@ __device__ __forceinline__ void flash_load_kv_tile(__nv_bfloat16* ks, __nv_bfloa
 // The key tiles of a block, double-buffered in shared memory: load_tile(j) issues tile j's copies
 // (one commit group), use_tile(j) works on it once it has landed, and tile j + 1 is in flight
 // meanwhile. Then each row's sum l (kept by the four lanes of a quad) is completed across them.
-template <int DP, typename Load, typename Use>
+// kWarpOwnTiles: each warp walks tiles of its own (its own stages), so only the warp synchronises.
+template <bool kWarpOwnTiles = false, int DP, typename Load, typename Use>
 __device__ __forceinline__ void flash_walk_tiles(int n_tiles, Load load_tile, Use use_tile,
                                                  FlashRowState<DP>& st) {
+  auto sync = [] {
+    if constexpr (kWarpOwnTiles)
+      __syncwarp();
+    else
+      __syncthreads();
+  };
   float &l0 = st.l0, &l1 = st.l1;
   if (n_tiles > 0) load_tile(0);
   for (int j = 0; j < n_tiles; ++j) {
@@ -184,9 +191,9 @@ __device__ __forceinline__ void flash_walk_tiles(int n_tiles, Load load_tile, Us
     } else {
       cp_async_wait<0>();
     }
-    __syncthreads();
+    sync();
     use_tile(j);
-    __syncthreads();  // the next iteration's copy refills this stage
+    sync();  // the next iteration's copy refills this stage
   }
   l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
   l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
