@@ -5,7 +5,9 @@ For every captured graph: how often it was launched and its median span (first k
 last kernel's end), busy time (the union of its kernels' intervals) and idle time (span - busy:
 launch gaps and drains between kernels). Then, for the graphs asked for (default: the most
 launched one), each kernel name's share of one launch: median time per launch, count per launch,
-and the median gap before it (negative: it overlapped the previous kernel, as PDL allows).
+the median gap before it (negative: it overlapped the previous kernel, as PDL allows) and the median
+step it adds to the chain (its end minus the previous kernel's end: with PDL on, what it costs the
+critical path of a chain of dependent kernels).
 Usage: scripts/kernel_trace.py trace.csv [--graph ID ...] [--top N] [--skip K]
 """
 import argparse, collections, csv, re, shutil, statistics, subprocess
@@ -83,7 +85,7 @@ def main():
     short = short_names(k["name"] for g in chosen for st in launches[g].values() for k in st)
     for g in chosen:
         steps = [v for _, v in sorted(launches[g].items())][a.skip:] or list(launches[g].values())
-        per_name = collections.defaultdict(lambda: {"t": [], "n": [], "gap": []})
+        per_name = collections.defaultdict(lambda: {"t": [], "n": [], "gap": [], "step": []})
         for s in steps:
             s = sorted(s, key=lambda k: k["start_ns"])
             t, n = collections.Counter(), collections.Counter()
@@ -93,17 +95,19 @@ def main():
                 n[name] += 1
                 if prev is not None:
                     per_name[name]["gap"].append(k["start_ns"] - prev["end_ns"])
+                    per_name[name]["step"].append(k["end_ns"] - prev["end_ns"])
             for name in t:
                 per_name[name]["t"].append(t[name])
                 per_name[name]["n"].append(n[name])
         span = statistics.median(max(k["end_ns"] for k in s) - min(k["start_ns"] for k in s) for s in steps)
         print(f"\ngraph {g}: {len(steps)} launches after {a.skip} left out, median span {span/1e3:.1f} us")
-        print(f"{'us/launch':>9} {'share':>6} {'count':>5} {'us each':>8} {'gap us':>7}  kernel")
+        print(f"{'us/launch':>9} {'share':>6} {'count':>5} {'us each':>8} {'gap us':>7} {'step us':>7}  kernel")
         ranked = sorted(per_name.items(), key=lambda kv: -statistics.median(kv[1]["t"]))
         for name, v in ranked[: a.top]:
             t, n = statistics.median(v["t"]), statistics.median(v["n"])
             gap = statistics.median(v["gap"]) / 1e3 if v["gap"] else float("nan")
-            print(f"{t/1e3:>9.1f} {100*t/span:>5.1f}% {n:>5.0f} {t/1e3/max(n,1):>8.2f} {gap:>7.2f}  {name}")
+            step = statistics.median(v["step"]) / 1e3 if v["step"] else float("nan")
+            print(f"{t/1e3:>9.1f} {100*t/span:>5.1f}% {n:>5.0f} {t/1e3/max(n,1):>8.2f} {gap:>7.2f} {step:>7.2f}  {name}")
 
 
 if __name__ == "__main__":
