@@ -61,7 +61,9 @@ TEST_F(CudaDecodeFoldTest, RouterNormGroupNormsQuantizesAndRoutes) {
   cuda::DeviceBuffer done(4);
   cuda::check(cudaMemset(done.data(), 0, 4), "test memset");
   // (B, E, K, H): gpt-oss-20b; fewer experts than 128-value chunks of the row (each block writes
-  // several); more experts than chunks; the largest row; one int8 block; several rows.
+  // several); more experts than chunks; the largest row; one int8 block; several rows. One row of
+  // at most 32 experts takes the cluster kernel (one expert, an odd count, blocks without experts,
+  // a partial chunk), 33 the 32-block kernel.
   int rows_checked = 0;
   for (auto [B, E, K, H] : {std::tuple{1, 32, 4, 2880},
                             {1, 5, 3, 2880},
@@ -69,6 +71,9 @@ TEST_F(CudaDecodeFoldTest, RouterNormGroupNormsQuantizesAndRoutes) {
                             {1, 32, 4, 4096},
                             {3, 7, 2, 32},
                             {4, 40, 4, 96},
+                            {1, 1, 1, 32},
+                            {1, 13, 2, 160},
+                            {1, 33, 4, 2880},
                             {1, 32, 4, 2880}}) {
     const auto x = normal(size_t(B) * H, 2.0f), scale = normal(H, 0.3f, 1.0f);
     const auto w = normal(size_t(E) * H, 1.0f / std::sqrt(float(H)));

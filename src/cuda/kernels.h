@@ -289,7 +289,8 @@ void l2_prefetch(const void* p, int64_t bytes, cudaStream_t stream);
 // router.cu: router_group with the norm before it: xn = RMSNorm(x f32 [B, H]) * norm_scale is
 // computed by every block; t_out bf16 [B, H] = xn, (q_out int8 [B, H], d_out f32 [B, H / 32]) =
 // quantize_q8_32 of t_out, and logits/experts/weights/groups as router_group computes them from
-// xn in f32. H % 32 == 0 and H <= 4096 (router_norm_group_supported).
+// xn in f32. H % 32 == 0 and H <= 4096 (router_norm_group_supported). One row of at most 32
+// experts runs as one cluster of 8 blocks (done is not used), other steps as E x B blocks.
 bool router_norm_group_supported(int H);
 void router_norm_group(const float* x, const float* norm_scale, float eps, const float* w,
                        const float* bias, int B, int H, int E, int K, float* logits, unsigned* done,

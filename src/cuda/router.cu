@@ -2,6 +2,8 @@
 // to 8 of the E <= 256 logits; k rounds of a warp-wide arg-max pick the experts (ties go to the
 // lower index, as on the CPU line). For small steps (decode) router_group does the router's
 // product, this epilogue and the grouping by expert in one launch.
+#include <cooperative_groups.h>
+
 #include <cmath>
 
 #include "cuda/moe_group.cuh"
@@ -12,19 +14,18 @@ namespace {
 
 constexpr int kRouterMaxPerLane = 8;
 
-// One warp: bias + the K largest of a row of E logits + the softmax over them (largest first).
-// Logits are read through L2 (__ldcg): in the fused router they were written by other blocks.
-// Returns slot `lane`'s expert in lanes below K (what lane 0 writes to experts).
-__device__ __forceinline__ int router_topk_row(const float* __restrict__ row,
-                                               const float* __restrict__ bias, int E, int K,
-                                               int* __restrict__ experts,
-                                               float* __restrict__ weights) {
+// One warp: the K largest of a row of E biased logits (value(e)) + the softmax over them (largest
+// first). Returns slot `lane`'s expert in lanes below K (what lane 0 writes to experts).
+template <typename Value>
+__device__ __forceinline__ int router_topk_pick(Value value, int E, int K,
+                                                int* __restrict__ experts,
+                                                float* __restrict__ weights) {
   const int lane = threadIdx.x & 31;
   float v[kRouterMaxPerLane];
 #pragma unroll
   for (int i = 0; i < kRouterMaxPerLane; ++i) {
     const int e = i * 32 + lane;
-    v[i] = e < E ? __ldcg(row + e) + bias[e] : -INFINITY;
+    v[i] = e < E ? value(e) : -INFINITY;
   }
   float top = 0.0f, sum = 0.0f, mine = 0.0f;  // lane s keeps slot s's logit and expert
   int mine_e = -1;
@@ -52,6 +53,15 @@ __device__ __forceinline__ int router_topk_row(const float* __restrict__ row,
   }
   if (lane < K) weights[lane] = expf(mine - top) / sum;
   return mine_e;
+}
+
+// router_topk_pick of logits in global memory plus bias. Read through L2 (__ldcg): in the fused
+// router they were written by other blocks.
+__device__ __forceinline__ int router_topk_row(const float* __restrict__ row,
+                                               const float* __restrict__ bias, int E, int K,
+                                               int* __restrict__ experts,
+                                               float* __restrict__ weights) {
+  return router_topk_pick([&](int e) { return __ldcg(row + e) + bias[e]; }, E, K, experts, weights);
 }
 
 __global__ void router_topk_softmax_kernel(const float* __restrict__ logits,
@@ -167,6 +177,37 @@ __device__ __forceinline__ uint2 rn_pack_bf16x4(const __nv_bfloat16 (&b)[4]) {
   return make_uint2(bits(b[0]) | bits(b[1]) << 16, bits(b[2]) | bits(b[3]) << 16);
 }
 
+// Normed values 4c .. 4c + 3 of row r (n, f32) as bf16 into t_out and as quantize_q8_32's int8
+// blocks into q_out and d_out. Called by a whole warp for 128 consecutive values (chunk c / 32 of
+// the row; 8 lanes an int8 block); lanes past the row (c >= H / 4) write nothing. H % 32 == 0, so
+// an int8 block lies wholly inside or wholly past the row.
+__device__ __forceinline__ void rn_write_q8(const float (&n)[4], int c, int r, int H,
+                                            __nv_bfloat16* __restrict__ t_out,
+                                            int8_t* __restrict__ q_out, float* __restrict__ d_out) {
+  __nv_bfloat16 b[4];
+  float amax = 0.0f;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    b[k] = __float2bfloat16_rn(n[k]);
+    amax = fmaxf(amax, fabsf(__bfloat162float(b[k])));
+  }
+#pragma unroll
+  for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  if (c >= H / 4) return;
+  // quantize_q8_32's arithmetic on the bf16 value: d = max / 127, q = round(v / d).
+  const float d = amax / 127.0f;
+  uint32_t q = 0;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int qi = d > 0.0f ? __float2int_rn(__bfloat162float(b[k]) / d) : 0;
+    q |= uint32_t(uint8_t(int8_t(qi))) << (8 * k);
+  }
+  const int64_t at = int64_t(r) * H + 4 * int64_t(c);
+  *reinterpret_cast<uint2*>(t_out + at) = rn_pack_bf16x4(b);
+  *reinterpret_cast<uint32_t*>(q_out + at) = q;
+  if ((threadIdx.x & 7) == 0) d_out[int64_t(r) * (H / 32) + c / 8] = d;
+}
+
 __global__ void __launch_bounds__(kRgThreads)
     router_norm_group_kernel(const float* __restrict__ x, const float* __restrict__ norm_scale,
                              float eps, const float* __restrict__ w, const float* __restrict__ bias,
@@ -176,8 +217,7 @@ __global__ void __launch_bounds__(kRgThreads)
                              __nv_bfloat16* __restrict__ t_out, int8_t* __restrict__ q_out,
                              float* __restrict__ d_out) {
   __shared__ float partial[kRgThreads / 32];
-  const int e = blockIdx.x, r = blockIdx.y, H4 = H / 4;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int e = blockIdx.x, r = blockIdx.y, H4 = H / 4, warp = threadIdx.x >> 5;
   const float4* wr = reinterpret_cast<const float4*>(w + int64_t(e) * H);
   const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   const float4* sc4 = reinterpret_cast<const float4*>(norm_scale);
@@ -213,31 +253,108 @@ __global__ void __launch_bounds__(kRgThreads)
     // the chunks ch with ch % E == e (a warp-uniform test; H % 32 == 0, so an int8 block lies
     // wholly inside or wholly past the row).
     const int ch = i * (kRgThreads / 32) + warp;
-    if (ch % E != e) continue;
-    __nv_bfloat16 b[4];
-    float amax = 0.0f;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      b[k] = __float2bfloat16_rn(n[k]);
-      amax = fmaxf(amax, fabsf(__bfloat162float(b[k])));
-    }
-#pragma unroll
-    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    if (c >= H4) continue;
-    // quantize_q8_32's arithmetic on the bf16 value: d = max / 127, q = round(v / d).
-    const float d = amax / 127.0f;
-    uint32_t q = 0;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const int qi = d > 0.0f ? __float2int_rn(__bfloat162float(b[k]) / d) : 0;
-      q |= uint32_t(uint8_t(int8_t(qi))) << (8 * k);
-    }
-    const int64_t at = int64_t(r) * H + 4 * int64_t(c);
-    *reinterpret_cast<uint2*>(t_out + at) = rn_pack_bf16x4(b);
-    *reinterpret_cast<uint32_t*>(q_out + at) = q;
-    if ((lane & 7) == 0) d_out[int64_t(r) * (H / 32) + c / 8] = d;
+    if (ch % E == e) rn_write_q8(n, c, r, H, t_out, q_out, d_out);
   }
   router_group_finish(s, r, e, bias, B, E, K, logits, done, experts, weights, g);
+}
+
+// The folded router of one row as a cluster of kRcBlocks blocks (decode at batch 1): block c
+// holds experts c, c + kRcBlocks, ... (at most kRcExperts; weights and the norm's scale in
+// registers, loaded before the PDL wait), norms the row itself, writes its chunks of the normed row
+// as router_norm_group_kernel does, and puts its logits (plus bias) into block 0's shared memory;
+// block 0 waits at the cluster barrier and takes the top-k and the grouping. No fence, atomic or
+// read back through L2 as in the 32-block kernel's last-block handover: 6.2 -> 5.4 us a layer on
+// an H100 (docs/perf-notes.md, S12.2). A logit is rstd * sum(w * x * scale) here, the 32-block
+// kernel's sum(w * (x * rstd * scale)) rounded in another order.
+constexpr int kRcBlocks = 8;  // the portable cluster size
+constexpr int kRcThreads = 256;
+constexpr int kRcPre = 4;      // float4 of the row a thread: H <= 4096
+constexpr int kRcExperts = 4;  // experts a block: E <= 32
+
+__global__ void __cluster_dims__(kRcBlocks, 1, 1) __launch_bounds__(kRcThreads)
+    router_norm_group_cluster_kernel(const float* __restrict__ x,
+                                     const float* __restrict__ norm_scale, float eps,
+                                     const float* __restrict__ w, const float* __restrict__ bias,
+                                     int H, int E, int K, float* __restrict__ logits,
+                                     int* __restrict__ experts, float* __restrict__ weights,
+                                     MoeGroups g, __nv_bfloat16* __restrict__ t_out,
+                                     int8_t* __restrict__ q_out, float* __restrict__ d_out) {
+  constexpr int kWarps = kRcThreads / 32;
+  __shared__ float partial[kWarps][1 + kRcExperts];
+  __shared__ float row_logits[kRcBlocks * kRcExperts];  // block 0's: every block's, biased
+  const int rank = blockIdx.x, H4 = H / 4;              // the grid is one cluster
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  const float4* sc4 = reinterpret_cast<const float4*>(norm_scale);
+  float4 wv[kRcExperts][kRcPre], scv[kRcPre];
+#pragma unroll
+  for (int i = 0; i < kRcPre; ++i) {
+    const int c = threadIdx.x + i * kRcThreads;
+    scv[i] = c < H4 ? __ldg(sc4 + c) : zero;
+#pragma unroll
+    for (int j = 0; j < kRcExperts; ++j) {
+      const int e = rank + j * kRcBlocks;
+      wv[j][i] =
+          e < E && c < H4 ? __ldg(reinterpret_cast<const float4*>(w + int64_t(e) * H) + c) : zero;
+    }
+  }
+  const int my_e = rank + int(threadIdx.x) * kRcBlocks;  // thread j < kRcExperts: expert j's
+  const float my_bias = threadIdx.x < kRcExperts && my_e < E ? bias[my_e] : 0.0f;
+  pdl_wait();
+  const float4* xr = reinterpret_cast<const float4*>(x);
+  float4 xv[kRcPre];
+#pragma unroll
+  for (int i = 0; i < kRcPre; ++i) {
+    const int c = threadIdx.x + i * kRcThreads;
+    xv[i] = c < H4 ? xr[c] : zero;
+  }
+  float ss = 0.0f, dot[kRcExperts] = {};
+#pragma unroll
+  for (int i = 0; i < kRcPre; ++i) {
+    const float4 a = xv[i], sc = scv[i];
+    ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+    const float4 xs = make_float4(a.x * sc.x, a.y * sc.y, a.z * sc.z, a.w * sc.w);
+#pragma unroll
+    for (int j = 0; j < kRcExperts; ++j)
+      dot[j] += wv[j][i].x * xs.x + wv[j][i].y * xs.y + wv[j][i].z * xs.z + wv[j][i].w * xs.w;
+  }
+  ss = warp_sum(ss);
+#pragma unroll
+  for (int j = 0; j < kRcExperts; ++j) dot[j] = warp_sum(dot[j]);
+  if (lane == 0) {
+    partial[warp][0] = ss;
+#pragma unroll
+    for (int j = 0; j < kRcExperts; ++j) partial[warp][1 + j] = dot[j];
+  }
+  __syncthreads();
+  float total = 0.0f;  // every thread adds the warps' partials in one order
+#pragma unroll
+  for (int v = 0; v < kWarps; ++v) total += partial[v][0];
+  const float rstd = rsqrtf(total / H + eps);
+  if (threadIdx.x < kRcExperts && my_e < E) {
+    float t = 0.0f;
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) t += partial[v][1 + threadIdx.x];
+    const float logit = rstd * t;
+    logits[my_e] = logit;
+    cooperative_groups::this_cluster().map_shared_rank(row_logits, 0)[my_e] = logit + my_bias;
+  }
+  // Arrive (releasing the logits written into block 0), then the chunks of the normed row
+  // (chunk i * kWarps + warp belongs to block chunk % kRcBlocks) while the others arrive.
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#pragma unroll
+  for (int i = 0; i < kRcPre; ++i) {
+    const int c = threadIdx.x + i * kRcThreads, ch = i * kWarps + warp;
+    if (ch % kRcBlocks != rank || (ch * 32) >= H4) continue;  // warp-uniform
+    const float4 a = xv[i], sc = scv[i];
+    const float n[4] = {a.x * rstd * sc.x, a.y * rstd * sc.y, a.z * rstd * sc.z, a.w * rstd * sc.w};
+    rn_write_q8(n, c, 0, H, t_out, q_out, d_out);
+  }
+  if (rank != 0) return;  // nothing reads the other blocks' shared memory
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+  if (warp == 0)
+    moe_group_one_row(
+        router_topk_pick([&](int e) { return row_logits[e]; }, E, K, experts, weights), K, E, g);
 }
 
 }  // namespace
@@ -298,6 +415,12 @@ void router_norm_group(const float* x, const float* norm_scale, float eps, const
                      !misaligned(t_out, 8) && !misaligned(q_out, 4),
                  "router_norm_group",
                  "x, norm_scale and w must be 16-byte aligned, t_out 8-byte, q_out 4-byte");
+  if (B == 1 && E <= kRcBlocks * kRcExperts) {
+    launch_pdl("router_norm_group_cluster_f32", router_norm_group_cluster_kernel, dim3(kRcBlocks),
+               dim3(kRcThreads), 0, stream, x, norm_scale, eps, w, bias, H, E, K, logits, experts,
+               weights, g, static_cast<__nv_bfloat16*>(t_out), q_out, d_out);
+    return;
+  }
   launch_pdl("router_norm_group_f32", router_norm_group_kernel, dim3(E, B), dim3(kRgThreads), 0,
              stream, x, norm_scale, eps, w, bias, B, H, E, K, logits, done, experts, weights, g,
              static_cast<__nv_bfloat16*>(t_out), q_out, d_out);
