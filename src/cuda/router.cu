@@ -2,8 +2,6 @@
 // to 8 of the E <= 256 logits; k rounds of a warp-wide arg-max pick the experts (ties go to the
 // lower index, as on the CPU line). For small steps (decode) router_group does the router's
 // product, this epilogue and the grouping by expert in one launch.
-#include <cooperative_groups.h>
-
 #include <cmath>
 
 #include "cuda/moe_group.cuh"
@@ -15,43 +13,71 @@ namespace {
 constexpr int kRouterMaxPerLane = 8;
 
 // One warp: the K largest of a row of E biased logits (value(e)) + the softmax over them (largest
-// first). Returns slot `lane`'s expert in lanes below K (what lane 0 writes to experts).
+// first; ties go to the lower index, as on the CPU line). Returns slot `lane`'s expert in lanes
+// below K, which write experts and weights.
 template <typename Value>
 __device__ __forceinline__ int router_topk_pick(Value value, int E, int K,
                                                 int* __restrict__ experts,
                                                 float* __restrict__ weights) {
   const int lane = threadIdx.x & 31;
-  float v[kRouterMaxPerLane];
-#pragma unroll
-  for (int i = 0; i < kRouterMaxPerLane; ++i) {
-    const int e = i * 32 + lane;
-    v[i] = e < E ? value(e) : -INFINITY;
-  }
   float top = 0.0f, sum = 0.0f, mine = 0.0f;  // lane s keeps slot s's logit and expert
   int mine_e = -1;
-  for (int s = 0; s < K; ++s) {
-    float best = -INFINITY;
-    int best_e = INT32_MAX;
+  if (E <= 32) {
+    // One logit a lane: each lane counts the logits ranked before its own (32 independent
+    // shuffles), then slot s is the lane of rank s. K rounds of a warp-wide arg-max are K chains
+    // of ten dependent shuffles (about 0.6 us of a decode layer's router on an H100).
+    const float v = lane < E ? value(lane) : -INFINITY;
+    int rank = 0;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      const float o = __shfl_sync(0xffffffffu, v, j);
+      rank += o > v || (o == v && j < lane);
+    }
+    // Lane s < K takes the lane of rank s (K independent ballots), then the softmax's sum adds
+    // the slots in order, as the arg-max rounds below do.
+    int at = 0;
+    for (int s = 0; s < K; ++s) {
+      const unsigned m = __ballot_sync(0xffffffffu, rank == s);
+      if (lane == s) at = __ffs(m) - 1;
+    }
+    mine = __shfl_sync(0xffffffffu, v, at);
+    mine_e = lane < K ? at : -1;
+    top = __shfl_sync(0xffffffffu, mine, 0);
+    const float ex = expf(mine - top);
+    for (int s = 0; s < K; ++s) sum += __shfl_sync(0xffffffffu, ex, s);
+  } else {
+    auto take = [&](int s, float best, int best_e) {  // slot s, in slot order
+      if (s == 0) top = best;
+      if (lane == s) mine = best, mine_e = best_e;
+      sum += expf(best - top);
+    };
+    float v[kRouterMaxPerLane];
 #pragma unroll
     for (int i = 0; i < kRouterMaxPerLane; ++i) {
       const int e = i * 32 + lane;
-      if (e < E && (v[i] > best || (v[i] == best && e < best_e))) best = v[i], best_e = e;
+      v[i] = e < E ? value(e) : -INFINITY;
     }
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oe = __shfl_xor_sync(0xffffffffu, best_e, o);
-      if (ob > best || (ob == best && oe < best_e)) best = ob, best_e = oe;
-    }
-    // Remove the winner from its lane's set (-inf never wins against a real logit again; E >= K).
+    for (int s = 0; s < K; ++s) {
+      float best = -INFINITY;
+      int best_e = INT32_MAX;
 #pragma unroll
-    for (int i = 0; i < kRouterMaxPerLane; ++i)
-      if (i * 32 + lane == best_e) v[i] = -INFINITY;
-    if (s == 0) top = best;
-    if (lane == s) mine = best, mine_e = best_e;
-    if (lane == 0) experts[s] = best_e;
-    sum += expf(best - top);
+      for (int i = 0; i < kRouterMaxPerLane; ++i) {
+        const int e = i * 32 + lane;
+        if (e < E && (v[i] > best || (v[i] == best && e < best_e))) best = v[i], best_e = e;
+      }
+      for (int o = 16; o > 0; o >>= 1) {
+        const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oe = __shfl_xor_sync(0xffffffffu, best_e, o);
+        if (ob > best || (ob == best && oe < best_e)) best = ob, best_e = oe;
+      }
+      // Remove the winner from its lane's set (-inf never wins against a real logit; E >= K).
+#pragma unroll
+      for (int i = 0; i < kRouterMaxPerLane; ++i)
+        if (i * 32 + lane == best_e) v[i] = -INFINITY;
+      take(s, best, best_e);
+    }
   }
-  if (lane < K) weights[lane] = expf(mine - top) / sum;
+  if (lane < K) experts[lane] = mine_e, weights[lane] = expf(mine - top) / sum;
   return mine_e;
 }
 
@@ -282,8 +308,20 @@ __global__ void __cluster_dims__(kRcBlocks, 1, 1) __launch_bounds__(kRcThreads)
   constexpr int kWarps = kRcThreads / 32;
   __shared__ float partial[kWarps][1 + kRcExperts];
   __shared__ float row_logits[kRcBlocks * kRcExperts];  // block 0's: every block's, biased
+  __shared__ alignas(8) uint64_t logits_in;             // block 0's: complete once E are in
   const int rank = blockIdx.x, H4 = H / 4;              // the grid is one cluster
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  // Block 0's barrier expects E logits (4 bytes each, stored by st.async from every block); the
+  // cluster barrier (arrive now, wait before the first store) makes its initialisation visible.
+  const uint32_t logits_in_at = static_cast<uint32_t>(__cvta_generic_to_shared(&logits_in));
+  if (rank == 0 && threadIdx.x == 0)
+    asm volatile(
+        "mbarrier.init.shared::cta.b64 [%0], 1;\n"
+        "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
+        "fence.mbarrier_init.release.cluster;" ::"r"(logits_in_at),
+        "r"(4 * E)
+        : "memory");
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
   const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   const float4* sc4 = reinterpret_cast<const float4*>(norm_scale);
   float4 wv[kRcExperts][kRcPre], scv[kRcPre];
@@ -331,30 +369,44 @@ __global__ void __cluster_dims__(kRcBlocks, 1, 1) __launch_bounds__(kRcThreads)
 #pragma unroll
   for (int v = 0; v < kWarps; ++v) total += partial[v][0];
   const float rstd = rsqrtf(total / H + eps);
+  float my_logit = 0.0f;
   if (threadIdx.x < kRcExperts && my_e < E) {
     float t = 0.0f;
 #pragma unroll
     for (int v = 0; v < kWarps; ++v) t += partial[v][1 + threadIdx.x];
-    const float logit = rstd * t;
-    logits[my_e] = logit;
-    cooperative_groups::this_cluster().map_shared_rank(row_logits, 0)[my_e] = logit + my_bias;
+    my_logit = rstd * t;
   }
-  // Arrive (releasing the logits written into block 0), then the chunks of the normed row
-  // (chunk i * kWarps + warp belongs to block chunk % kRcBlocks) while the others arrive.
-  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+  asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+  if (threadIdx.x < kRcExperts && my_e < E) {
+    // Into block 0's row_logits[my_e], counted by its barrier: no fence, no cluster barrier
+    // (a release barrier there cost about 0.8 us).
+    uint32_t to = static_cast<uint32_t>(__cvta_generic_to_shared(row_logits + my_e)), bar;
+    asm volatile("mapa.shared::cluster.u32 %0, %0, 0;" : "+r"(to));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, 0;" : "=r"(bar) : "r"(logits_in_at));
+    asm volatile(
+        "st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(to),
+        "r"(__float_as_uint(my_logit + my_bias)), "r"(bar)
+        : "memory");
+    logits[my_e] = my_logit;
+  }
+  // The chunks of the normed row while block 0 picks the experts (chunk i * kWarps + warp belongs
+  // to block 1 + chunk % (kRcBlocks - 1)).
 #pragma unroll
   for (int i = 0; i < kRcPre; ++i) {
     const int c = threadIdx.x + i * kRcThreads, ch = i * kWarps + warp;
-    if (ch % kRcBlocks != rank || (ch * 32) >= H4) continue;  // warp-uniform
+    if (rank == 0 || 1 + ch % (kRcBlocks - 1) != rank || (ch * 32) >= H4) continue;  // uniform
     const float4 a = xv[i], sc = scv[i];
     const float n[4] = {a.x * rstd * sc.x, a.y * rstd * sc.y, a.z * rstd * sc.z, a.w * rstd * sc.w};
     rn_write_q8(n, c, 0, H, t_out, q_out, d_out);
   }
-  if (rank != 0) return;  // nothing reads the other blocks' shared memory
-  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-  if (warp == 0)
-    moe_group_one_row(
-        router_topk_pick([&](int e) { return row_logits[e]; }, E, K, experts, weights), K, E, g);
+  if (rank != 0 || warp != 0) return;  // nothing reads the other blocks' shared memory
+  asm volatile(
+      "{\n.reg .pred done;\nwait_logits:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], 0;\n"
+      "@!done bra wait_logits;\n}" ::"r"(logits_in_at)
+      : "memory");
+  moe_group_one_row(router_topk_pick([&](int e) { return row_logits[e]; }, E, K, experts, weights),
+                    K, E, g);
 }
 
 }  // namespace
