@@ -178,9 +178,10 @@ class CudaBackend final : public StepBackend {
     decode_attn_kernel_ = da && std::string(da) == "cuda-cores"
                               ? cuda::DecodeAttnKernel::kCudaCores
                               : cuda::DecodeAttnKernel::kTensorCores;
-    router_done_ = dev(4, "cudaMalloc (router counter)");
-    // Zeroed on the step stream, ahead of every kernel that uses it.
-    cuda::check(cudaMemsetAsync(router_done_.data(), 0, 4, stream_.get()),
+    // router_group's block counter, then moe_mlp2_mf4_q8_combine's two (the folded chain).
+    step_counters_ = dev(12, "cudaMalloc (router counter)");
+    // Zeroed on the step stream, ahead of every kernel that uses them.
+    cuda::check(cudaMemsetAsync(step_counters_.data(), 0, 12, stream_.get()),
                 "cudaMemsetAsync (router counter)");
     // The folded decode chain (one row on the int8 expert route, see run_layers): the norms,
     // the first quantization and the experts' combine move into the neighbouring kernels.
@@ -523,7 +524,7 @@ class CudaBackend final : public StepBackend {
         cuda::decode_linear_residual(attn_.data(), lw.out_w, lw.out_b, B, NH * D, H, x, s);
         mark("out_gemv_residual");
         cuda::router_norm_group(x, lw.mlp_norm, kCudaRmsEps, lw.gate_w, lw.gate_b, B, H, E, K,
-                                gate_.data<float>(), router_done_.data<unsigned>(),
+                                gate_.data<float>(), step_counters_.data<unsigned>(),
                                 topk_e_.data<int>(), topk_w_.data<float>(), groups_, t,
                                 xq_.data<int8_t>(), xd_.data<float>(), s);
         mark("norm_router_group_q8");
@@ -531,10 +532,11 @@ class CudaBackend final : public StepBackend {
                                      lw.mlp1_scales, lw.mlp1_b, groups_, max_active, tokens_hint, H,
                                      I, c_.swiglu_limit, act_buf_.data(), s);
         mark("moe_mlp1_swiglu_q8");
-        cuda::quantize_q8_32(act_, act_buf_.data(), A, I, aq_.data<int8_t>(), ad_.data<float>(), s);
+        // The second product quantizes mlp1's output itself (no quantization launch between).
         cuda::moe_mlp2_mf4_q8_combine(aq_.data<int8_t>(), ad_.data<float>(), lw.mlp2_blocks,
                                       lw.mlp2_scales, lw.mlp2_b, groups_, max_active, H, I,
-                                      y_.data<float>(), topk_w_.data<float>(), B, K, x, s);
+                                      y_.data<float>(), topk_w_.data<float>(), B, K, x, s,
+                                      act_buf_.data(), step_counters_.data<unsigned>() + 1);
         mark("moe_mlp2_q8_combine");
         continue;
       }
@@ -552,7 +554,7 @@ class CudaBackend final : public StepBackend {
       mark("residual_norm");
       if (fused && B <= kFusedRouterMaxRows) {
         cuda::router_group(t32, lw.gate_w, lw.gate_b, B, H, E, K, gate_.data<float>(),
-                           router_done_.data<unsigned>(), topk_e_.data<int>(),
+                           step_counters_.data<unsigned>(), topk_e_.data<int>(),
                            topk_w_.data<float>(), groups_, s);
         mark("router_group");
       } else {
@@ -700,7 +702,7 @@ class CudaBackend final : public StepBackend {
   cuda::MoeGemmVariant gemm_variant_ = cuda::MoeGemmVariant::kMma;
   DeviceBuffer xq_, xd_, aq_, ad_;  // int8 decode route (bf16 mode) only
   int q8_max_tokens_ = 1;           // the int8 route up to this many rows an expert
-  DeviceBuffer router_done_;        // router_group's block counter (fused decode)
+  DeviceBuffer step_counters_;      // block counters: router_group, mlp2's quantization
   // GPU sampling: each slot's last logits, the jobs and results, and (penalties only, grown on
   // first use) the (token, count) pairs and the penalised rows.
   DeviceBuffer slot_logits_, sample_jobs_, sample_out_, pen_dev_, work_;

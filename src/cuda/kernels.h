@@ -306,9 +306,13 @@ void decode_qkv_rope_norm(const float* x, const float* norm_scale, float eps, co
 // residual as moe_combine_rmsnorm adds it (x f32 [B, H] += sum_s weights[r, s] * y[assign_at[r,
 // s]], slots in order), without the norm; one warp computes every slot of one output (decode: a few
 // rows).
-void moe_mlp2_mf4_q8_combine(const int8_t* aq, const float* ad, const uint8_t* blocks,
-                             const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
-                             int H, int I, float* y, const float* weights, int B, int K, float* x,
-                             cudaStream_t stream);
+// With act (bf16 [B * K, I], mlp1's output, assignment rows) the kernel first quantizes it into
+// aq, ad itself, as quantize_q8_32 does, in its first blocks, which the product blocks wait for
+// through ready (two unsigned of device memory, 0 before the first call and left 0): it follows
+// mlp1 without a quantization launch between. Without act, aq and ad are its input.
+void moe_mlp2_mf4_q8_combine(int8_t* aq, float* ad, const uint8_t* blocks, const uint8_t* scales,
+                             const float* bias, MoeGroups g, int max_active, int H, int I, float* y,
+                             const float* weights, int B, int K, float* x, cudaStream_t stream,
+                             const void* act = nullptr, unsigned* ready = nullptr);
 
 }  // namespace mind4::cuda

@@ -427,13 +427,73 @@ constexpr int kCombineIters = 3;
 // multiplied per expert and let the last block of each output tile add the combine (a counter,
 // two fences, y read back through L2) took 13.9 us a layer at batch 1 on the H100, against 7.5 us
 // for a kernel that only reads those 17.7 MB (docs/perf-notes.md, S8.9).
+// With act (mlp1's bf16 output) the first kQuantBlocks(A, Kd) blocks (low indices: a block is
+// dispatched no later than those after it, so they run whatever the others do) quantize it into
+// xq, xd as quantize_q8_32 does, each adding 1 to ready[0] when its part is written; the product
+// blocks issue their first weight loads, wait for the kernel before (mlp1) and then for ready[0]
+// to count every quantizing block. So the kernel follows mlp1 directly: its blocks start, and
+// issue their weights, during mlp1's last wave instead of after a separate quantization launch.
+// The last product block past the wait sets both counters back to 0 (ready[1] counts them).
+constexpr int kQuantPerWarp = 4;  // int8 blocks of 32 values a warp quantizes
+
+__host__ __device__ constexpr int mlp2_quant_blocks(int A, int Kd) {
+  const int per_block = kMf4Warps * kQuantPerWarp;
+  return (A * (Kd / 32) + per_block - 1) / per_block;
+}
+
+__device__ __forceinline__ void mlp2_quantize_part(const __nv_bfloat16* __restrict__ act, int A,
+                                                   int Kd, int8_t* __restrict__ xq,
+                                                   float* __restrict__ xd,
+                                                   unsigned* __restrict__ ready) {
+  const int lane = threadIdx.x & 31, nblocks = A * (Kd / 32);
+  const int first = (blockIdx.x * kMf4Warps + (threadIdx.x >> 5)) * kQuantPerWarp;
+  float v[kQuantPerWarp];
+#pragma unroll
+  for (int i = 0; i < kQuantPerWarp; ++i)
+    v[i] = first + i < nblocks ? __bfloat162float(act[int64_t(first + i) * 32 + lane]) : 0.0f;
+#pragma unroll
+  for (int i = 0; i < kQuantPerWarp; ++i) {
+    if (first + i >= nblocks) break;
+    const float scale = warp_max(fabsf(v[i])) / 127.0f;
+    xq[int64_t(first + i) * 32 + lane] = int8_t(scale > 0.0f ? __float2int_rn(v[i] / scale) : 0);
+    if (lane == 0) xd[first + i] = scale;
+  }
+  __syncthreads();  // the block's part is written
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(ready, 1u);
+  }
+}
+
+// A product block waits until every quantizing block has counted itself in ready[0].
+__device__ __forceinline__ void mlp2_wait_quantized(unsigned* __restrict__ ready, int nq,
+                                                    unsigned product_blocks) {
+  if (threadIdx.x == 0) {
+    unsigned seen;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(ready) : "memory");
+    } while (seen < unsigned(nq));
+    if (atomicAdd(ready + 1, 1u) == product_blocks - 1) ready[0] = 0u, ready[1] = 0u;
+  }
+  __syncthreads();
+}
+
 __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_kernel(
-    const int8_t* __restrict__ xq, const float* __restrict__ xd, const uint8_t* __restrict__ blocks,
+    int8_t* __restrict__ xq, float* __restrict__ xd, const uint8_t* __restrict__ blocks,
     const uint8_t* __restrict__ scales, const float* __restrict__ bias, MoeGroups g, int N, int Kd,
-    float* __restrict__ y_out, const float* __restrict__ weights, int K, float* __restrict__ x) {
-  const int n = blockIdx.x * kMf4Warps + (threadIdx.x >> 5), r = blockIdx.y;
+    float* __restrict__ y_out, const float* __restrict__ weights, int K, float* __restrict__ x,
+    const __nv_bfloat16* __restrict__ act, unsigned* __restrict__ ready) {
+  const int nq = act ? mlp2_quant_blocks(gridDim.y * K, Kd) : 0;
+  if (int(blockIdx.x) < nq) {  // a quantizing block (row 0 of the grid only)
+    pdl_wait();
+    if (blockIdx.y == 0) mlp2_quantize_part(act, gridDim.y * K, Kd, xq, xd, ready);
+    return;
+  }
+  const unsigned product_blocks = (gridDim.x - nq) * gridDim.y;
+  const int n = (blockIdx.x - nq) * kMf4Warps + (threadIdx.x >> 5), r = blockIdx.y;
   if (n >= N) {
     pdl_wait();
+    if (act) mlp2_wait_quantized(ready, nq, product_blocks);
     return;
   }
   const int nb = Kd / 32, lane = threadIdx.x & 31;
@@ -470,7 +530,10 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
       }
       // The first weight loads are in flight before the wait: the routing they need was written
       // by the router, which completed before the kernel before this one began (see the launcher).
-      if (s0 == 0 && j0 == 0) pdl_wait();
+      if (s0 == 0 && j0 == 0) {
+        pdl_wait();
+        if (act) mlp2_wait_quantized(ready, nq, product_blocks);
+      }
 #pragma unroll
       for (int it = 0; it < kCombineIters; ++it) {
         const int j = j0 + it * 32 + lane;
@@ -610,22 +673,24 @@ void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
                         nullptr, y, stream);
 }
 
-void moe_mlp2_mf4_q8_combine(const int8_t* aq, const float* ad, const uint8_t* blocks,
-                             const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
-                             int H, int I, float* y, const float* weights, int B, int K, float* x,
-                             cudaStream_t stream) {
+void moe_mlp2_mf4_q8_combine(int8_t* aq, float* ad, const uint8_t* blocks, const uint8_t* scales,
+                             const float* bias, MoeGroups g, int max_active, int H, int I, float* y,
+                             const float* weights, int B, int K, float* x, cudaStream_t stream,
+                             const void* act, unsigned* ready) {
   moe_mf4_check("moe_mlp2_mf4_q8_combine", aq, blocks, scales, bias, g, max_active, H, I);
-  MIND4_CUDA_ARG(ad && y && weights && x && g.assign_at && g.group_expert,
+  MIND4_CUDA_ARG(ad && y && weights && x && g.assign_at && g.group_expert && (!act || ready),
                  "moe_mlp2_mf4_q8_combine", "null pointer");
   MIND4_CUDA_ARG(B >= 1 && B <= 65535 && K >= 1 && K <= 32 && max_active >= 1,
                  "moe_mlp2_mf4_q8_combine", "B = ", B, " (1 to 65535), K = ", K,
                  " (1 to 32: a lane a slot), max_active = ", max_active, " (at least 1)");
   // With PDL the kernel reads the routing (g) before it waits: the grouping must come from a
-  // kernel at least two launches earlier (the folded chain: router, mlp1, quantization, this),
-  // since a chain kernel lets the next launch only after its own wait.
+  // kernel at least two launches earlier (the folded chain: router, mlp1, this), since a chain
+  // kernel lets the next launch only after its own wait.
+  const int nq = act ? mlp2_quant_blocks(B * K, I) : 0;
   launch_pdl("moe_mlp2_combine_f32_q8a_mf4w", moe_mf4w_q8_mlp2_combine_kernel,
-             dim3((H + kMf4Warps - 1) / kMf4Warps, B), dim3(kMf4Warps * 32), 0, stream, aq, ad,
-             blocks, scales, bias, g, H, I, y, weights, K, x);
+             dim3(nq + (H + kMf4Warps - 1) / kMf4Warps, B), dim3(kMf4Warps * 32), 0, stream, aq, ad,
+             blocks, scales, bias, g, H, I, y, weights, K, x,
+             static_cast<const __nv_bfloat16*>(act), ready);
 }
 
 }  // namespace mind4::cuda
