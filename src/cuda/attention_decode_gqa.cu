@@ -307,17 +307,12 @@ __global__ void __launch_bounds__(32 * W)
   };
   bf16* ks = warp_tiles(warp);  // [2][KT][S]
   bf16* vs = ks + 2 * KT * S;   // [2][KT][S]
-  pdl_wait();
   const int r = blockIdx.x / NKV, kvh = blockIdx.x % NKV, G = NH / NKV;
   const int c2 = 2 * (lane & 3), fr0 = lane >> 2, fr1 = fr0 + 8;  // this lane's two heads
 
-  uint32_t qf[DP / 16][4];
-  const bf16* qrow = qkv + int64_t(r) * (NH + 2 * NKV) * D + int64_t(kvh) * G * D;
-  flash_q_fragments<DP>(qf, fr0, fr1, c2, [&](int f, int d) -> uint32_t {
-    return f < G && d < D ? *reinterpret_cast<const uint32_t*>(qrow + int64_t(f) * D + d) : 0u;
-  });
-
-  // The split's keys, as in the CUDA-core kernel (chunks of at least 128 keys).
+  // The split's keys, as in the CUDA-core kernel (chunks of at least 128 keys). The position and
+  // slot are the step's inputs, written before its first kernel, so they are read before the PDL
+  // wait.
   const int p = pos[r];
   const int first = window > 0 ? max(0, p - window + 1) : 0;
   const int n = p - first + 1, chunk = max((n + splits - 1) / splits, 2 * KT);
@@ -330,12 +325,41 @@ __global__ void __launch_bounds__(32 * W)
   // the split's keys [begin, end): only the last tile needs the mask.
   const int my_tiles = n_tiles > warp ? (n_tiles - warp + W - 1) / W : 0;
   auto tile_of = [&](int i) { return warp + W * i; };
+  // The keys before p were written by earlier steps: the warp's first tile is copied before the
+  // wait but for key p (zeros for now), which the QKV product before this kernel writes; it is
+  // put in after the wait. The cache's round trip then overlaps the QKV product's end.
+  const int t0 = begin + warp * KT;
+  if (my_tiles > 0)
+    flash_load_kv_tile<DP, KT, S>(ks, vs, k0, v0, width, D, t0, min(end, p), 0, lane, 32);
+  pdl_wait();
+  if (my_tiles > 0 && p >= t0 && p < min(end, t0 + KT)) {
+    constexpr int kChunks = DP / 8;  // 16-byte chunks of a row: K in lanes below kChunks, then V
+    cp_async_wait<0>();              // the early copy's zeros for row p have landed
+    const int ch = lane % kChunks;
+    if (lane < 2 * kChunks && ch * 8 < D) {
+      const bool is_v = lane >= kChunks;
+      const uint4 kv =
+          __ldcg(reinterpret_cast<const uint4*>((is_v ? v0 : k0) + int64_t(p) * width + ch * 8));
+      *reinterpret_cast<uint4*>((is_v ? vs : ks) + (p - t0) * S + ch * 8) = kv;
+    }
+    __syncwarp();
+  }
+
+  uint32_t qf[DP / 16][4];
+  const bf16* qrow = qkv + int64_t(r) * (NH + 2 * NKV) * D + int64_t(kvh) * G * D;
+  flash_q_fragments<DP>(qf, fr0, fr1, c2, [&](int f, int d) -> uint32_t {
+    return f < G && d < D ? *reinterpret_cast<const uint32_t*>(qrow + int64_t(f) * D + d) : 0u;
+  });
+
   FlashRowState<DP> st;
   flash_walk_tiles<true>(
       my_tiles,
-      [&](int i) {  // keys past the split are zero-filled
-        flash_load_kv_tile<DP, KT, S>(ks, vs, k0, v0, width, D, begin + tile_of(i) * KT, end, i & 1,
-                                      lane, 32);
+      [&](int i) {  // keys past the split are zero-filled; tile 0 was copied before the wait
+        if (i == 0)
+          cp_async_commit();  // an empty group: the walk counts one a tile
+        else
+          flash_load_kv_tile<DP, KT, S>(ks, vs, k0, v0, width, D, begin + tile_of(i) * KT, end,
+                                        i & 1, lane, 32);
       },
       [&](int i) {
         flash_tile_forward<DP, KT>(ks + (i & 1) * KT * S, vs + (i & 1) * KT * S, S, qf,
