@@ -457,8 +457,9 @@ class CudaBackend final : public StepBackend {
     const bool fused_gemv =
         fused && act_ == ActType::kBF16 && B == 1 && H % 8 == 0 && (NH * D) % 8 == 0;
     // The folded chain: per layer the QKV product norms its own input, the router norms and
-    // quantizes the experts' input, and the second expert product adds the combine into the
-    // residual; 7 launches instead of 10 (docs/perf-notes.md, CUDA decode, session 5).
+    // quantizes the experts' input, and the second expert product quantizes its input and adds
+    // the combine into the residual; 6 launches instead of 10 (docs/perf-notes.md, CUDA decode,
+    // session 5, and S12.4).
     const bool fold = fold_norms_ && fused_gemv && B <= kFusedRouterMaxRows && dm_.experts_mxfp4 &&
                       tokens_hint <= 1;
     const cuda::PdlScope pdl(fused && pdl_decode_);
