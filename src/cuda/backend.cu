@@ -179,10 +179,10 @@ class CudaBackend final : public StepBackend {
                               ? cuda::DecodeAttnKernel::kCudaCores
                               : cuda::DecodeAttnKernel::kTensorCores;
     // router_group's block counter, then moe_mlp2_mf4_q8_combine's two (the folded chain).
-    step_counters_ = dev(12, "cudaMalloc (router counter)");
+    step_counters_ = dev(12, "cudaMalloc (step counters)");
     // Zeroed on the step stream, ahead of every kernel that uses them.
     cuda::check(cudaMemsetAsync(step_counters_.data(), 0, 12, stream_.get()),
-                "cudaMemsetAsync (router counter)");
+                "cudaMemsetAsync (step counters)");
     // The folded decode chain (one row on the int8 expert route, see run_layers): the norms,
     // the first quantization and the experts' combine move into the neighbouring kernels.
     // MIND4_CUDA_FOLD_NORMS=0 keeps the separate launches (for comparisons).

@@ -427,7 +427,7 @@ constexpr int kCombineIters = 3;
 // multiplied per expert and let the last block of each output tile add the combine (a counter,
 // two fences, y read back through L2) took 13.9 us a layer at batch 1 on the H100, against 7.5 us
 // for a kernel that only reads those 17.7 MB (docs/perf-notes.md, S8.9).
-// With act (mlp1's bf16 output) the first kQuantBlocks(A, Kd) blocks (low indices: a block is
+// With act (mlp1's bf16 output) the first mlp2_quant_blocks(A, Kd) blocks (low indices: a block is
 // dispatched no later than those after it, so they run whatever the others do) quantize it into
 // xq, xd as quantize_q8_32 does, each adding 1 to ready[0] when its part is written; the product
 // blocks issue their first weight loads, wait for the kernel before (mlp1) and then for ready[0]
@@ -502,7 +502,7 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
   const int slot_a = lane < K ? g.assign_at[r * K + lane] : 0;
   const int slot_e = lane < K ? g.group_expert[slot_a] : 0;
   // The residual value this warp adds to, read now rather than at the end: the out projection
-  // wrote it four launches before this one (router, mlp1 and the quantization come between).
+  // wrote it three launches before this one (the router and mlp1 come between).
   const float x_old = lane == 0 ? x[int64_t(r) * N + n] : 0.0f;
   float m = 0.0f;
   for (int s0 = 0; s0 < K; s0 += 2) {

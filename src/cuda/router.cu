@@ -286,12 +286,14 @@ __global__ void __launch_bounds__(kRgThreads)
 
 // The folded router of one row as a cluster of kRcBlocks blocks (decode at batch 1): block c
 // holds experts c, c + kRcBlocks, ... (at most kRcExperts; weights and the norm's scale in
-// registers, loaded before the PDL wait), norms the row itself, writes its chunks of the normed row
-// as router_norm_group_kernel does, and puts its logits (plus bias) into block 0's shared memory;
-// block 0 waits at the cluster barrier and takes the top-k and the grouping. No fence, atomic or
-// read back through L2 as in the 32-block kernel's last-block handover: 6.2 -> 5.4 us a layer on
-// an H100 (docs/perf-notes.md, S12.2). A logit is rstd * sum(w * x * scale) here, the 32-block
-// kernel's sum(w * (x * rstd * scale)) rounded in another order.
+// registers, loaded before the PDL wait), norms the row itself and stores its logits (plus bias)
+// into block 0's shared memory with st.async, counted by an mbarrier there; blocks 1 .. 7 then
+// write the chunks of the normed row as router_norm_group_kernel does, while block 0 waits on its
+// mbarrier and takes the top-k and the grouping. No fence, atomic or read back through L2 as in
+// the 32-block kernel's last-block handover, and no release barrier (it waited for the block's
+// earlier stores): the router's step 6.2 -> 3.4 us a layer on an H100 (docs/perf-notes.md,
+// S12.2-S12.3). A logit is rstd * sum(w * x * scale) here, the 32-block kernel's
+// sum(w * (x * rstd * scale)) rounded in another order.
 constexpr int kRcBlocks = 8;  // the portable cluster size
 constexpr int kRcThreads = 256;
 constexpr int kRcPre = 4;      // float4 of the row a thread: H <= 4096
