@@ -47,6 +47,16 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// The int8 activations of the decode route (quantize_q8_32 and the kernels that quantize their own
+// input): a block of 32 values has the scale d = max |v| / 127, and a value the step round(v / d)
+// (0 in an all-zero block).
+__device__ __forceinline__ float q8_scale(float amax) {
+  return amax / 127.0f;
+}
+__device__ __forceinline__ int q8_round(float v, float d) {
+  return d > 0.0f ? __float2int_rn(v / d) : 0;
+}
+
 // The clamped SwiGLU of gpt-oss on a (gate, linear) pair whose biases are already added (every
 // expert route's mlp1 epilogue).
 __device__ __forceinline__ float moe_swiglu(float gate, float lin, float limit) {

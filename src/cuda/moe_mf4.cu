@@ -454,8 +454,8 @@ __device__ __forceinline__ void mlp2_quantize_part(const __nv_bfloat16* __restri
 #pragma unroll
   for (int i = 0; i < kQuantPerWarp; ++i) {
     if (first + i >= nblocks) break;
-    const float scale = warp_max(fabsf(v[i])) / 127.0f;
-    xq[int64_t(first + i) * 32 + lane] = int8_t(scale > 0.0f ? __float2int_rn(v[i] / scale) : 0);
+    const float scale = q8_scale(warp_max(fabsf(v[i])));
+    xq[int64_t(first + i) * 32 + lane] = int8_t(q8_round(v[i], scale));
     if (lane == 0) xd[first + i] = scale;
   }
   __syncthreads();  // the block's part is written

@@ -14,9 +14,8 @@ __global__ void quantize_q8_32_kernel(const T* __restrict__ x, int64_t nblocks,
   pdl_wait();
   if (blk >= nblocks) return;  // whole warps leave together (blockDim is a multiple of 32)
   const float v = to_f32(x[blk * 32 + lane]);
-  const float amax = warp_max(fabsf(v));
-  const float scale = amax / 127.0f;
-  q[blk * 32 + lane] = int8_t(scale > 0.0f ? __float2int_rn(v / scale) : 0);
+  const float scale = q8_scale(warp_max(fabsf(v)));
+  q[blk * 32 + lane] = int8_t(q8_round(v, scale));
   if (lane == 0) d[blk] = scale;
 }
 

@@ -220,14 +220,12 @@ __device__ __forceinline__ void rn_write_q8(const float (&n)[4], int c, int r, i
 #pragma unroll
   for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
   if (c >= H / 4) return;
-  // quantize_q8_32's arithmetic on the bf16 value: d = max / 127, q = round(v / d).
-  const float d = amax / 127.0f;
+  // quantize_q8_32's arithmetic on the bf16 value.
+  const float d = q8_scale(amax);
   uint32_t q = 0;
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const int qi = d > 0.0f ? __float2int_rn(__bfloat162float(b[k]) / d) : 0;
-    q |= uint32_t(uint8_t(int8_t(qi))) << (8 * k);
-  }
+  for (int k = 0; k < 4; ++k)
+    q |= uint32_t(uint8_t(int8_t(q8_round(__bfloat162float(b[k]), d)))) << (8 * k);
   const int64_t at = int64_t(r) * H + 4 * int64_t(c);
   *reinterpret_cast<uint2*>(t_out + at) = rn_pack_bf16x4(b);
   *reinterpret_cast<uint32_t*>(q_out + at) = q;
