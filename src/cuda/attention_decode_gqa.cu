@@ -328,7 +328,7 @@ __global__ void __launch_bounds__(32 * W)
   // The keys before p were written by earlier steps: the warp's first tile is copied before the
   // wait but for key p (zeros for now), which the QKV product before this kernel writes; it is
   // put in after the wait. The cache's round trip then overlaps the QKV product's end.
-  const int t0 = begin + warp * KT;
+  const int t0 = begin + tile_of(0) * KT;
   if (my_tiles > 0)
     flash_load_kv_tile<DP, KT, S>(ks, vs, k0, v0, width, D, t0, min(end, p), 0, lane, 32);
   pdl_wait();
