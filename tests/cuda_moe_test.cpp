@@ -184,10 +184,12 @@ TEST_P(CudaMoeTest, Mxfp4Int8DecodeRouteMatchesCpu) {
   SCOPED_TRACE(seed);
   if (GetParam() != ActType::kBF16) GTEST_SKIP() << "the int8 route serves bf16 mode only";
   const ActType t = ActType::kBF16;
-  // Shapes: gpt-oss-20b at one row; small odd shapes; batched decode (16 and 64 rows over 32
-  // experts, 40 rows over 4: groups of 2 and 4 rows an expert with remainders).
+  // Shapes: gpt-oss-20b at one row; small odd shapes; 4 rows over 8 experts (one row an expert
+  // for most, two for some); batched decode (16 and 64 rows over 32 experts, 40 rows over 4:
+  // groups of 2 and 4 rows an expert with remainders).
   for (auto [B, K, E, H, I] : {std::tuple{1, 4, 32, 2880, 2880},
                                {1, 2, 4, 64, 96},
+                               {4, 2, 8, 256, 128},
                                {3, 1, 8, 32, 4160},
                                {2, 3, 7, 160, 32},
                                {16, 4, 32, 2880, 2880},

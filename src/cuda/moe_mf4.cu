@@ -165,11 +165,13 @@ __device__ __forceinline__ void mf4_load_x32(const __nv_bfloat16* p, float* v) {
 
 // Decode (about one row per expert): no staging in shared memory and no block-wide barrier. A
 // warp owns kGemvRows weight rows; each lane first issues the 16-byte loads of all the blocks it
-// will need (up to kGemvIters per row; 4 x 32 blocks cover rows of 4096 weights in one pass),
-// then computes: ncu showed the version that loaded one block at a time stalled on each load
-// with 28% of DRAM bandwidth in use. Activations come straight from global memory (L1-resident).
+// will need (up to kGemvIters per row; 3 x 32 blocks cover gpt-oss's rows of 2880 weights in one
+// pass), then computes: ncu showed the version that loaded one block at a time stalled on each
+// load with 28% of DRAM bandwidth in use. Activations come straight from global memory
+// (L1-resident). Passes of four blocks a lane spilled in mlp2's combine kernel at its 80
+// registers, and were slower in mlp1 too (docs/perf-notes.md, S13.2).
 constexpr int kGemvRows = 2;  // one (gate, linear) pair in mlp1
-constexpr int kGemvIters = 4;
+constexpr int kGemvIters = 3;
 
 // Both decode GEMVs (float and int8 activations) start a pass the same way: every load of the
 // lane's blocks for this pass is issued before any is used (blocks past the row read as zero).
@@ -277,18 +279,41 @@ __device__ __forceinline__ void mf4_block_to_i8(const uint4& w, int (&wi)[8]) {
   }
 }
 
-// 32 weights (16 bytes) times 32 int8 activations: 8 dp4a, each word converted just before use.
+// PTX prmt in its default mode, where a selector nibble with its top bit set yields the sign of
+// the byte it selects (0x00 or 0xff) instead of the byte (CUDA's __byte_perm documents 3-bit
+// selectors only). The selector is the low 16 bits of sel.
+__device__ __forceinline__ uint32_t prmt_sign_mode(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
+// Four nibbles (the low 16 bits of v) as int8: the doubled magnitude of each whose sign bit is
+// clear, 0 for each whose sign bit is set (the table's bytes are all non-negative, so prmt's sign
+// mode yields 0x00 for them).
+__device__ __forceinline__ int mf4_nonnegative_i8x4(uint32_t v) {
+  return int(prmt_sign_mode(0x03020100u, 0x0C080604u, v));
+}
+
+// 32 weights (16 bytes) times 32 int8 activations. Each group of four nibbles is looked up twice,
+// as it is (its non-negative weights) and with its sign bits flipped (its negative weights'
+// magnitudes), and the dot product is the difference of the two dp4a sums. Three ALU instructions
+// a group of four weights instead of the six of mf4_nibbles_to_i8x4, for a second dp4a (another
+// pipe): the ALU pipe, not memory, bounded the decode GEMVs (docs/perf-notes.md, S13.1). The sum
+// is the same integer.
 __device__ __forceinline__ int mf4_dot_q8(const uint4& w, const int4& xa, const int4& xb) {
-  int s = 0;
-  s = __dp4a(mf4_nibbles_to_i8x4(w.x & 0xffffu), xa.x, s);
-  s = __dp4a(mf4_nibbles_to_i8x4(w.x >> 16), xa.y, s);
-  s = __dp4a(mf4_nibbles_to_i8x4(w.y & 0xffffu), xa.z, s);
-  s = __dp4a(mf4_nibbles_to_i8x4(w.y >> 16), xa.w, s);
-  s = __dp4a(mf4_nibbles_to_i8x4(w.z & 0xffffu), xb.x, s);
-  s = __dp4a(mf4_nibbles_to_i8x4(w.z >> 16), xb.y, s);
-  s = __dp4a(mf4_nibbles_to_i8x4(w.w & 0xffffu), xb.z, s);
-  s = __dp4a(mf4_nibbles_to_i8x4(w.w >> 16), xb.w, s);
-  return s;
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+  const int x[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+  int pos = 0, neg = 0;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const uint32_t v = words[q], flipped = v ^ 0x88888888u;
+    pos = __dp4a(mf4_nonnegative_i8x4(v), x[2 * q], pos);
+    neg = __dp4a(mf4_nonnegative_i8x4(flipped), x[2 * q], neg);
+    pos = __dp4a(mf4_nonnegative_i8x4(v >> 16), x[2 * q + 1], pos);
+    neg = __dp4a(mf4_nonnegative_i8x4(flipped >> 16), x[2 * q + 1], neg);
+  }
+  return pos - neg;
 }
 
 // 32 int8 weights times 32 int8 activations: 8 dp4a.
@@ -307,7 +332,7 @@ __device__ __forceinline__ int mf4_dot_i8(const int (&wi)[8], const int4& xa, co
 
 // The decode GEMV on int8 activations (bf16 mode): the float version spends its time in the
 // shared-memory pipe (a table lookup per weight, 64 bytes of bf16 activations per 16 bytes of
-// weights); here a weight costs about 1.5 integer instructions and activations 32 bytes.
+// weights); here a weight costs about 0.9 integer instructions and activations 32 bytes.
 
 // The rows r0, r0 + 1 of expert e for its count assignments from a0 (one warp), TOK assignments
 // at a time: a weight is loaded and turned into int8 once for the group and multiplied with each
@@ -414,10 +439,6 @@ __global__ void __launch_bounds__(kMf4Warps * 32, TOK == 1 ? 6 : 4)
                                   a0, count, nb, lane, r0);
 }
 
-// Three passes of 32 blocks a lane, not four: gpt-oss's rows of 2880 (90 blocks) still take one
-// pass, and at four the kernel spilled at its 80 registers.
-constexpr int kCombineIters = 3;
-
 // mlp2 of the folded decode chain with the combine: warp (n, r) computes output n of every slot
 // s < K of residual row r (assignment a = assign_at[r, s], grouped; expert group_expert[a]), two
 // slots at a time with all their weight loads in flight, writes y[a, n] = the product + bias, and
@@ -513,18 +534,17 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
 #pragma unroll
     for (int p = 0; p < 2; ++p) a[p] = slot_of(slot_a, p);
     float acc[2] = {0.0f, 0.0f}, b[2];
-    for (int j0 = 0; j0 < nb; j0 += 32 * kCombineIters) {
-      uint4 w[kCombineIters][2];
-      uint32_t sc[kCombineIters][2];
+    for (int j0 = 0; j0 < nb; j0 += 32 * kGemvIters) {
+      uint4 w[kGemvIters][2];
+      uint32_t sc[kGemvIters][2];
 #pragma unroll
       for (int p = 0; p < 2; ++p) {
         const int64_t row = int64_t(slot_of(slot_e, p)) * N + n;
-        uint4 wp[kCombineIters][1];
-        uint32_t sp[kCombineIters][1];
-        mf4_gemv_issue_rows<1, kCombineIters>(blocks + row * nb * 16, scales + row * nb, nb, j0,
-                                              lane, wp, sp);
+        uint4 wp[kGemvIters][1];
+        uint32_t sp[kGemvIters][1];
+        mf4_gemv_issue_rows<1>(blocks + row * nb * 16, scales + row * nb, nb, j0, lane, wp, sp);
 #pragma unroll
-        for (int it = 0; it < kCombineIters; ++it) w[it][p] = wp[it][0], sc[it][p] = sp[it][0];
+        for (int it = 0; it < kGemvIters; ++it) w[it][p] = wp[it][0], sc[it][p] = sp[it][0];
         // The bias of this slot's row with the first loads (lane 0 adds it), not at the end.
         if (j0 == 0) b[p] = lane == 0 ? bias[row] : 0.0f;
       }
@@ -535,7 +555,7 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
         if (act) mlp2_wait_quantized(ready, nq, product_blocks);
       }
 #pragma unroll
-      for (int it = 0; it < kCombineIters; ++it) {
+      for (int it = 0; it < kGemvIters; ++it) {
         const int j = j0 + it * 32 + lane;
         if (j >= nb) break;
 #pragma unroll
