@@ -332,7 +332,7 @@ __device__ __forceinline__ int mf4_dot_i8(const int (&wi)[8], const int4& xa, co
 
 // The decode GEMV on int8 activations (bf16 mode): the float version spends its time in the
 // shared-memory pipe (a table lookup per weight, 64 bytes of bf16 activations per 16 bytes of
-// weights); here a weight costs about 0.9 integer instructions and activations 32 bytes.
+// weights); here a weight costs about 0.9 ALU instructions and half a dp4a, activations 32 bytes.
 
 // The rows r0, r0 + 1 of expert e for its count assignments from a0 (one warp), TOK assignments
 // at a time: a weight is loaded and turned into int8 once for the group and multiplied with each
