@@ -286,9 +286,8 @@ class CudaBackend final : public StepBackend {
       auto it = graphs_.find(key);
       if (it != graphs_.end()) {
         it->second.launch(s);
-      } else if (++seen_[key] < 2) {
-        run_layers(B, L, key_bound, -1,
-                   0);  // first time: eager (sets kernel attributes, warms cuBLAS)
+      } else if (++seen_[key] < 2) {  // first time: eager (sets kernel attributes, warms cuBLAS)
+        run_layers(B, L, key_bound, -1, 0);
       } else {
         cudaGraph_t g = nullptr;
         cuda::check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal),

@@ -176,13 +176,13 @@ constexpr int kGemvIters = 3;
 // Both decode GEMVs (float and int8 activations) start a pass the same way: every load of the
 // lane's blocks for this pass is issued before any is used (blocks past the row read as zero).
 // kRows consecutive weight rows from wrow (scales from srow).
-template <int kRows, int ITERS = kGemvIters>
+template <int kRows>
 __device__ __forceinline__ void mf4_gemv_issue_rows(const uint8_t* wrow, const uint8_t* srow,
                                                     int nb, int j0, int lane,
-                                                    uint4 (&w)[ITERS][kRows],
-                                                    uint32_t (&sc)[ITERS][kRows]) {
+                                                    uint4 (&w)[kGemvIters][kRows],
+                                                    uint32_t (&sc)[kGemvIters][kRows]) {
 #pragma unroll
-  for (int it = 0; it < ITERS; ++it) {
+  for (int it = 0; it < kGemvIters; ++it) {
     const int j = j0 + it * 32 + lane;
 #pragma unroll
     for (int rr = 0; rr < kRows; ++rr) {

@@ -296,6 +296,8 @@ constexpr int kRcBlocks = 8;  // the portable cluster size
 constexpr int kRcThreads = 256;
 constexpr int kRcPre = 4;      // float4 of the row a thread: H <= 4096
 constexpr int kRcExperts = 4;  // experts a block: E <= 32
+static_assert(kRcPre * kRcThreads * 4 >= kRnMaxH,
+              "the cluster router holds every row router_norm_group accepts");
 
 __global__ void __cluster_dims__(kRcBlocks, 1, 1) __launch_bounds__(kRcThreads)
     router_norm_group_cluster_kernel(const float* __restrict__ x,
