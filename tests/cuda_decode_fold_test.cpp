@@ -39,6 +39,7 @@ constexpr float kFoldEps = 1e-5f;
 
 struct CudaDecodeFoldTest : ::testing::Test, RandomInputs {
   void SetUp() override { MIND4_REQUIRE_GPU(); }
+  void check_qkv_rope_norm(bool embed);
 };
 
 // The CPU line's norm of each of B rows of x [B, H].
@@ -140,7 +141,10 @@ ModelConfig fold_rope_config(int NH, int NKV, int D) {
   return c;
 }
 
-TEST_F(CudaDecodeFoldTest, QkvRopeNormMatchesCpuNormThenProduct) {
+// The folded QKV product against the CPU's norm, product and rotation. embed: the input row is
+// row `token` of a bf16 embedding table (the first layer's gather folded in), and the kernel must
+// also leave that row in f32 in the (poisoned) residual.
+void CudaDecodeFoldTest::check_qkv_rope_norm(bool embed) {
   SCOPED_TRACE(seed);
   const ActType t = ActType::kBF16;
   // (NH, NKV, D, K): gpt-oss-20b; a row of 5 chunks; a ragged last pass; the largest row; two
@@ -155,11 +159,19 @@ TEST_F(CudaDecodeFoldTest, QkvRopeNormMatchesCpuNormThenProduct) {
     const int P = 50, S = 3, N = (NH + 2 * NKV) * D, W = NKV * D;
     std::vector<float> cos_t(size_t(P) * D / 2), sin_t(cos_t.size());
     cpu::rope_tables(c, P, cos_t.data(), sin_t.data());
-    const auto x = normal(K, 3.0f), scale = normal(K, 0.3f, 1.0f);
+    const int vocab = 37, token = int(rng() % vocab);
+    const auto table = rounded(normal(size_t(vocab) * K, 3.0f), t);
+    const auto x = embed ? std::vector<float>(table.begin() + size_t(token) * K,
+                                              table.begin() + size_t(token + 1) * K)
+                         : normal(K, 3.0f);
+    const auto scale = normal(K, 0.3f, 1.0f);
     const auto w = rounded(normal(size_t(N) * K, 1.0f / std::sqrt(float(K))), t);
     const auto bias = normal(N, 0.1f);
     const std::vector<int> pos = {int(rng() % P)}, slot = {int(rng() % S)};
-    auto d_x = upload(x), d_scale = upload(scale), d_w = upload(to_act(w, t));
+    auto d_x = embed ? poisoned(size_t(K) * 4) : upload(x);
+    auto d_scale = upload(scale), d_w = upload(to_act(w, t));
+    auto d_table = upload(to_act(table, t));
+    auto d_token = upload(std::vector<int>{token});
     auto d_bias = upload(bias), d_cos = upload(cos_t), d_sin = upload(sin_t);
     auto d_pos = upload(pos), d_slot = upload(slot);
     auto d_qkv = poisoned(size_t(N) * 2);
@@ -167,7 +179,12 @@ TEST_F(CudaDecodeFoldTest, QkvRopeNormMatchesCpuNormThenProduct) {
     cuda::decode_qkv_rope_norm(d_x.data<float>(), d_scale.data<float>(), kFoldEps, d_w.data(),
                                d_bias.data<float>(), K, NH, NKV, D, d_cos.data<float>(),
                                d_sin.data<float>(), d_pos.data<int>(), d_slot.data<int>(),
-                               d_qkv.data(), {d_k.data(), d_v.data(), P}, nullptr);
+                               d_qkv.data(), {d_k.data(), d_v.data(), P}, nullptr,
+                               embed ? d_table.data() : nullptr, d_token.data<int>());
+    if (embed) {
+      const auto x_out = download<float>(d_x, size_t(K));
+      for (int i = 0; i < K; ++i) ASSERT_EQ(x_out[i], x[i]) << "residual element " << i;
+    }
     const auto q_out = download_act(d_qkv, size_t(N), t);
     const auto k = download_act(d_k, size_t(S) * P * W, t);
     const auto v = download_act(d_v, size_t(S) * P * W, t);
@@ -189,6 +206,14 @@ TEST_F(CudaDecodeFoldTest, QkvRopeNormMatchesCpuNormThenProduct) {
     EXPECT_LT(rel_error(k_got, k_want), 4e-3) << "NH=" << NH << " K=" << K;
     EXPECT_LT(rel_error(v_got, v_want), 4e-3) << "NH=" << NH << " K=" << K;
   }
+}
+
+TEST_F(CudaDecodeFoldTest, QkvRopeNormMatchesCpuNormThenProduct) {
+  check_qkv_rope_norm(false);
+}
+
+TEST_F(CudaDecodeFoldTest, QkvRopeNormGathersTheEmbeddingRowAtTheFirstLayer) {
+  check_qkv_rope_norm(true);
 }
 
 TEST_F(CudaDecodeFoldTest, Mlp2CombineAddsTheWeightedExpertsToTheResidual) {
@@ -316,6 +341,15 @@ TEST_F(CudaDecodeFoldTest, LaunchersRejectBadArguments) {
                                    b.data<float>(), 4104, 4, 2, 16, b.data<float>(),
                                    b.data<float>(), b.data<int>(), b.data<int>(), b.data(),
                                    {b.data(), b.data(), 4}, nullptr);
+      },
+      "decode_qkv_rope_norm");
+  // An embedding table without the token to gather.
+  expect_error(
+      [&] {
+        cuda::decode_qkv_rope_norm(b.data<float>(), b.data<float>(), kFoldEps, b.data(),
+                                   b.data<float>(), 64, 4, 2, 16, b.data<float>(), b.data<float>(),
+                                   b.data<int>(), b.data<int>(), b.data(), {b.data(), b.data(), 4},
+                                   nullptr, b.data(), nullptr);
       },
       "decode_qkv_rope_norm");
   expect_error(

@@ -309,10 +309,6 @@ class CudaBackend final : public StepBackend {
     } else {
       run_layers(B, L, key_bound, run_slot, rows[0].pos);
     }
-    if (L > 0)
-      cuda::store_logit_rows(logits_.data<float>(),
-                             meta_.data<int>() + 3 * max_rows_ + max_logit_rows_, L, V,
-                             slot_logits_.data<float>(), s);
     if (L > 0 && to_host_)
       cuda::check(cudaMemcpyAsync(logits_host_.data(), logits_.data(), size_t(L) * V * 4,
                                   cudaMemcpyDeviceToHost, s),
@@ -472,7 +468,8 @@ class CudaBackend final : public StepBackend {
       cuda::check(cudaStreamWaitEvent(side_.get(), fork_.get()), "cudaStreamWaitEvent (fork)");
       cuda::l2_prefetch(p, bytes, side_.get());
     };
-    cuda::embedding_gather(act_, dm_.embedding, tokens, B, H, x, s);
+    // The folded chain's first QKV product gathers its own input row (no launch for it here).
+    if (!fold) cuda::embedding_gather(act_, dm_.embedding, tokens, B, H, x, s);
     // The router reads f32 activations whatever the dtype (t32: its own copy in bf16 mode).
     float* t32 = act_ == ActType::kF32 ? static_cast<float*>(t) : t32_.data<float>();
     float* t32_out = act_ == ActType::kF32 ? nullptr : t32;
@@ -485,7 +482,8 @@ class CudaBackend final : public StepBackend {
       const cuda::KvLayer kv = kv_layer(l);
       if (fold) {
         cuda::decode_qkv_rope_norm(x, lw.attn_norm, kCudaRmsEps, lw.qkv_w, lw.qkv_b, H, NH, NKV, D,
-                                   cos_t, sin_t, pos, slot, qkv_.data(), kv, s);
+                                   cos_t, sin_t, pos, slot, qkv_.data(), kv, s,
+                                   l == 0 ? dm_.embedding : nullptr, tokens);
         mark("norm_qkv_gemv_rope");
       } else if (fused_gemv) {
         cuda::decode_qkv_rope(t, lw.qkv_w, lw.qkv_b, B, H, NH, NKV, D, cos_t, sin_t, pos, slot,
@@ -622,12 +620,21 @@ class CudaBackend final : public StepBackend {
       cuda::residual_rmsnorm(act_, x, nullptr, nullptr, dm_.norm, B, H, kCudaRmsEps, t, nullptr, s);
       mark("final_norm");
     }
-    cuda::gather_rows(act_, t, logit_rows, L, H, final_.data(), s);
+    // One row: it is the logit row, and the unembedding reads it where the norm left it.
+    const void* final_rows = t;
+    if (B > 1) {
+      cuda::gather_rows(act_, t, logit_rows, L, H, final_.data(), s);
+      final_rows = final_.data();
+    }
     if (gemv_unembedding_ && L == 1 && act_ == ActType::kBF16 && H % 8 == 0)
-      cuda::decode_linear(final_.data(), dm_.unembedding, 1, H, V, logits_.data<float>(), s);
+      cuda::decode_linear(final_rows, dm_.unembedding, 1, H, V, logits_.data<float>(), s);
     else
-      cuda::linear(blas, act_, final_.data(), L, H, dm_.unembedding, V, logits_.data(), true);
+      cuda::linear(blas, act_, final_rows, L, H, dm_.unembedding, V, logits_.data(), true);
     mark("unembedding");
+    // Inside the step (and its graph): each slot's last logit row into the per-slot store.
+    cuda::store_logit_rows(logits_.data<float>(), logit_rows + max_logit_rows_, L, V,
+                           slot_logits_.data<float>(), s);
+    mark("store_logits");
   }
 
   // The experts of a large step on tensor cores: each active expert's matrices expanded to the

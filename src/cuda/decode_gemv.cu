@@ -215,22 +215,37 @@ __global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
                positions);
 }
 
-// RMSNorm of the f32 row x [K] times scale, rounded to bf16 into out (K / 8 16-byte chunks, shared
-// memory), by the whole block: residual_rmsnorm's arithmetic ((x * rstd) * scale), its sum of
-// squares in another order. scale is in shared memory, each thread's cp.async copies of it still
-// in flight (they complete before the block barrier between the two passes). Every thread of the
-// block must call it.
-template <int WARPS>
-__device__ __forceinline__ void dg_norm_row(const float* __restrict__ x,
-                                            const float* __restrict__ scale, float eps, int K,
-                                            uint2* __restrict__ out, float* partial) {
-  const float4* x4 = reinterpret_cast<const float4*>(x);
+// Four consecutive values of the row a norm reads: the f32 residual, or at the first layer a bf16
+// row of the embedding table (embedding_gather's f32 values, which the residual then holds).
+struct DgRowF32 {
+  const float4* x4;
+  __device__ float4 operator()(int c) const { return x4[c]; }
+};
+struct DgRowBf16 {
+  const uint2* row;
+  __device__ float4 operator()(int c) const {
+    const uint2 u = row[c];
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
+                       __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
+  }
+};
+
+// RMSNorm of the row [K] that `row` reads, times scale, rounded to bf16 into out (K / 8 16-byte
+// chunks, shared memory), by the whole block: residual_rmsnorm's arithmetic ((x * rstd) * scale),
+// its sum of squares in another order. copy_to (when set) receives the row in f32. scale is in
+// shared memory, each thread's cp.async copies of it still in flight (they complete before the
+// block barrier between the two passes). Every thread of the block must call it.
+template <int WARPS, typename Row>
+__device__ __forceinline__ void dg_norm_row(Row row, const float* __restrict__ scale, float eps,
+                                            int K, uint2* __restrict__ out, float* partial,
+                                            float* __restrict__ copy_to) {
   const float4* s4 = reinterpret_cast<const float4*>(scale);
   cp_async_wait<0>();
   const int K4 = K / 4;
   float ss = 0.0f;
   for (int c = threadIdx.x; c < K4; c += blockDim.x) {
-    const float4 v = x4[c];
+    const float4 v = row(c);
+    if (copy_to) reinterpret_cast<float4*>(copy_to)[c] = v;
     ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
   }
   ss = warp_sum(ss);
@@ -242,7 +257,7 @@ __device__ __forceinline__ void dg_norm_row(const float* __restrict__ x,
   const float rstd = rsqrtf(total / K + eps);
   auto bits = [](float v) { return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(v))); };
   for (int c = threadIdx.x; c < K4; c += blockDim.x) {
-    const float4 v = x4[c], sc = s4[c];
+    const float4 v = row(c), sc = s4[c];
     out[c] = make_uint2(bits(v.x * rstd * sc.x) | bits(v.y * rstd * sc.y) << 16,
                         bits(v.z * rstd * sc.z) | bits(v.w * rstd * sc.w) << 16);
   }
@@ -260,9 +275,13 @@ constexpr int kDgNormWarps = 8;
 // decode_qkv_rope_kernel at one row, the norm before it folded in: each block norms the residual
 // row into shared memory (5.6 KB for gpt-oss; every block reads the 11 KB row from L2) while its
 // first weight loads are in flight. Warps past the last pair take pair 0's rows (the block's
-// barriers need every warp) and write nothing.
+// barriers need every warp) and write nothing. EMBED (the first layer): the row is the token's
+// row of the embedding table, and block 0 also writes it into the residual x, so that the step
+// needs no gather launch before this one.
+template <bool EMBED>
 __global__ void __launch_bounds__(kDgNormWarps * 32, kDgMinBlocks* kDgWarps / kDgNormWarps)
-    decode_qkv_rope_norm_kernel(const float* __restrict__ x, const float* __restrict__ norm_scale,
+    decode_qkv_rope_norm_kernel(float* __restrict__ x, const __nv_bfloat16* __restrict__ embedding,
+                                const int* __restrict__ token, const float* __restrict__ norm_scale,
                                 float eps, const __nv_bfloat16* __restrict__ w,
                                 const float* __restrict__ bias, int K, int NH, int NKV, int D,
                                 const float* __restrict__ cos_table,
@@ -284,12 +303,20 @@ __global__ void __launch_bounds__(kDgNormWarps * 32, kDgMinBlocks* kDgWarps / kD
   const int pp = idle ? 0 : p;
   const int h = pp / half, j = pp % half, n0 = h * D + j, n1 = n0 + half;
   const DgQkvInputs in = dg_qkv_inputs(h, j, idle ? 0 : 1, D, bias, pos, slot);
+  // The token is the step's input, copied in before its first kernel.
+  const int tok = EMBED ? *token : 0;
   float acc[1][2];
   dg_two_rows(
       w, n0, n1,
       [&] {
-        dg_norm_row<kDgNormWarps>(x, scale_s, eps, K, reinterpret_cast<uint2*>(dg_normed_row),
-                                  dg_partial);
+        uint2* out = reinterpret_cast<uint2*>(dg_normed_row);
+        if constexpr (EMBED)
+          dg_norm_row<kDgNormWarps>(
+              DgRowBf16{reinterpret_cast<const uint2*>(embedding + int64_t(tok) * K)}, scale_s, eps,
+              K, out, dg_partial, blockIdx.x == 0 ? x : nullptr);
+        else
+          dg_norm_row<kDgNormWarps>(DgRowF32{reinterpret_cast<const float4*>(x)}, scale_s, eps, K,
+                                    out, dg_partial, nullptr);
         return reinterpret_cast<const __nv_bfloat16*>(dg_normed_row);
       },
       1, K, acc);
@@ -316,8 +343,9 @@ __global__ void __launch_bounds__(kDgWarps * 32, MAXB == 1 ? kDgMinBlocks : 1)
   const int n0 = 2 * pp, n1 = min(2 * pp + 1, N - 1);  // odd N: the last second row repeats
   // The epilogue's inputs are read first, so that their round trips overlap the weights' instead
   // of ending the kernel: the bias is a weight, and the residual row was last written at least
-  // three launches before this one (the chain's QKV product and attention come between; with PDL
-  // a kernel launches only after the one before it has waited, see pdl.cuh).
+  // two launches before this one (the attention comes between; at the first layer the QKV
+  // product gathers the row, later ones read it): with PDL a kernel launches only after the one
+  // two before it has completed, see pdl.cuh.
   const int lane = threadIdx.x & 31;
   const bool stores = lane < B && 2 * p < N && warp % Q == 0;
   float* row = resid + int64_t(lane) * N;
@@ -367,11 +395,14 @@ void decode_qkv_rope(const void* x, const void* w, const float* bias, int B, int
              static_cast<__nv_bfloat16*>(kv.k), static_cast<__nv_bfloat16*>(kv.v), kv.positions);
 }
 
-void decode_qkv_rope_norm(const float* x, const float* norm_scale, float eps, const void* w,
+void decode_qkv_rope_norm(float* x, const float* norm_scale, float eps, const void* w,
                           const float* bias, int K, int NH, int NKV, int D, const float* cos_table,
                           const float* sin_table, const int* pos, const int* slot, void* qkv,
-                          KvLayer kv, cudaStream_t stream) {
+                          KvLayer kv, cudaStream_t stream, const void* embedding,
+                          const int* token) {
   decode_gemv_check("decode_qkv_rope_norm", x, w, 1, K);
+  MIND4_CUDA_ARG(!embedding || (token && reinterpret_cast<uintptr_t>(embedding) % 8 == 0),
+                 "decode_qkv_rope_norm", "an embedding table needs the token and 8-byte alignment");
   MIND4_CUDA_ARG(norm_scale && bias && cos_table && sin_table && pos && slot && qkv && kv.k && kv.v,
                  "decode_qkv_rope_norm", "null pointer");
   MIND4_CUDA_ARG(reinterpret_cast<uintptr_t>(norm_scale) % 16 == 0 && eps > 0 && K <= kDgNormMaxK,
@@ -381,10 +412,12 @@ void decode_qkv_rope_norm(const float* x, const float* norm_scale, float eps, co
                  "decode_qkv_rope_norm", "NH = ", NH, ", NKV = ", NKV, ", D = ", D,
                  " (even), positions = ", kv.positions);
   const int pairs = (NH + 2 * NKV) * (D / 2);
-  launch_pdl("decode_qkv_rope_norm_bf16", decode_qkv_rope_norm_kernel,
+  launch_pdl(embedding ? "decode_qkv_rope_norm_embedding_bf16" : "decode_qkv_rope_norm_bf16",
+             embedding ? decode_qkv_rope_norm_kernel<true> : decode_qkv_rope_norm_kernel<false>,
              dim3((pairs + kDgNormWarps - 1) / kDgNormWarps), dim3(kDgNormWarps * 32),
-             size_t(K) * 6, stream, x, norm_scale, eps, static_cast<const __nv_bfloat16*>(w), bias,
-             K, NH, NKV, D, cos_table, sin_table, pos, slot, static_cast<__nv_bfloat16*>(qkv),
+             size_t(K) * 6, stream, x, static_cast<const __nv_bfloat16*>(embedding), token,
+             norm_scale, eps, static_cast<const __nv_bfloat16*>(w), bias, K, NH, NKV, D, cos_table,
+             sin_table, pos, slot, static_cast<__nv_bfloat16*>(qkv),
              static_cast<__nv_bfloat16*>(kv.k), static_cast<__nv_bfloat16*>(kv.v), kv.positions);
 }
 

@@ -297,11 +297,14 @@ void router_norm_group(const float* x, const float* norm_scale, float eps, const
                        int* experts, float* weights, MoeGroups g, void* t_out, int8_t* q_out,
                        float* d_out, cudaStream_t stream);
 // decode_gemv.cu: decode_qkv_rope at one row whose input is RMSNorm(x f32 [1, K]) * norm_scale,
-// rounded to bf16: every block norms the row itself (no norm launch before it).
-void decode_qkv_rope_norm(const float* x, const float* norm_scale, float eps, const void* w,
+// rounded to bf16: every block norms the row itself (no norm launch before it). With an embedding
+// table (bf16 [vocab, K]) the row is instead that table's row of token[0], which the kernel also
+// writes into x in f32 (embedding_gather's result): the first layer gathers its own input.
+void decode_qkv_rope_norm(float* x, const float* norm_scale, float eps, const void* w,
                           const float* bias, int K, int NH, int NKV, int D, const float* cos_table,
                           const float* sin_table, const int* pos, const int* slot, void* qkv,
-                          KvLayer kv, cudaStream_t stream);
+                          KvLayer kv, cudaStream_t stream, const void* embedding = nullptr,
+                          const int* token = nullptr);
 // moe_mf4.cu: moe_mlp2_mf4_q8 (y as it writes it), then the experts' weighted sum joins the
 // residual as moe_combine_rmsnorm adds it (x f32 [B, H] += sum_s weights[r, s] * y[assign_at[r,
 // s]], slots in order), without the norm; one warp computes every slot of one output (decode: a few
