@@ -25,6 +25,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mind4/model.h"
@@ -233,6 +234,35 @@ TEST(CudaSamplingErrors, BadLogitsAreReportedPerJob) {
   EXPECT_EQ(out[1].status, cuda::kSampleAllMasked);
   EXPECT_EQ(out[2].status, cuda::kSampleOk);
   EXPECT_EQ(out[2].kept, V);  // all equal: every token kept
+}
+
+// store_logit_rows: rows go to their slots exactly, rows marked -1 nowhere, other slots keep
+// their bytes; 16-byte words (V % 4 == 0, aligned) and floats (odd V, or a store 4 bytes off).
+TEST(CudaLogitStore, CopiesEachRowToItsSlot) {
+  MIND4_REQUIRE_GPU();
+  std::mt19937 rng(20261126);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (auto [V, offset] : {std::pair{201088, 0}, {1001, 0}, {1000, 1}, {4, 0}}) {
+    const int L = 3, slots = 5;
+    std::vector<float> logits(size_t(L) * V);
+    for (float& v : logits) v = normal(rng);
+    const std::vector<int> dest = {3, -1, 0};
+    auto d_logits = upload(logits);
+    auto d_dest = upload(dest);
+    auto d_store = poisoned((size_t(slots) * V + offset) * 4);
+    float* store = d_store.data<float>() + offset;
+    cuda::store_logit_rows(d_logits.data<float>(), d_dest.data<int>(), L, V, store, nullptr);
+    const auto got = download<float>(d_store, size_t(slots) * V + offset);
+    for (int slot = 0; slot < slots; ++slot)
+      for (int i = 0; i < V; ++i) {
+        const float g = got[offset + size_t(slot) * V + i];
+        const int row = slot == 3 ? 0 : slot == 0 ? 2 : -1;
+        if (row >= 0)
+          ASSERT_EQ(g, logits[size_t(row) * V + i]) << "V=" << V << " slot " << slot << " i " << i;
+        else
+          ASSERT_TRUE(std::isnan(g)) << "V=" << V << " untouched slot " << slot << " i " << i;
+      }
+  }
 }
 
 // Context::sample on the CUDA line against the CPU Sampler on the same context's logits.

@@ -468,15 +468,15 @@ class CudaBackend final : public StepBackend {
       cuda::check(cudaStreamWaitEvent(side_.get(), fork_.get()), "cudaStreamWaitEvent (fork)");
       cuda::l2_prefetch(p, bytes, side_.get());
     };
-    // The folded chain's first QKV product gathers its own input row (no launch for it here).
-    if (!fold) cuda::embedding_gather(act_, dm_.embedding, tokens, B, H, x, s);
     // The router reads f32 activations whatever the dtype (t32: its own copy in bf16 mode).
     float* t32 = act_ == ActType::kF32 ? static_cast<float*>(t) : t32_.data<float>();
     float* t32_out = act_ == ActType::kF32 ? nullptr : t32;
-    if (!fold)
+    if (!fold) {  // the folded chain's first QKV product gathers and norms its own input row
+      cuda::embedding_gather(act_, dm_.embedding, tokens, B, H, x, s);
       cuda::residual_rmsnorm(act_, x, nullptr, nullptr, dm_.layers[0].attn_norm, B, H, kCudaRmsEps,
                              t, nullptr, s);
-    mark("embedding+norm");
+      mark("embedding+norm");
+    }
     for (int l = 0; l < c_.num_hidden_layers; ++l) {
       const cuda::DeviceLayer& lw = dm_.layers[l];
       const cuda::KvLayer kv = kv_layer(l);
