@@ -266,6 +266,47 @@ TEST(CudaContext, DecodeAcrossKeyBoundsMatchesTheCpuLine) {
   EXPECT_LE(worst, 1e-3 * top);
 }
 
+// With the logits left on the GPU, process() returns before its step has run, and the host
+// prepares the next step meanwhile: steps queued back to back (two sequences, a release and a
+// reused slot among them, nothing read in between) end with the CPU line's logits.
+TEST(CudaContext, StepsQueuedWithoutWaitingMatchTheCpuLine) {
+  MIND4_REQUIRE_GPU();
+  const auto [cpu_model, gpu_model] = gqa_fixture_on_both_lines();
+  const int V = cpu_model->config().vocab_size, steps = 40;
+  Context gpu(gpu_model, {.context_length = 64, .max_sequences = 2, .host_logits = false});
+  Context cpu(cpu_model, {.context_length = 64, .max_sequences = 2});
+  int g[2], c[2];
+  auto start = [&](int i, int first) {
+    g[i] = gpu.new_sequence();
+    c[i] = cpu.new_sequence();
+    const std::vector<int> prompt = {first, (first * 5 + 1) % V, (first * 11 + 2) % V};
+    gpu.append(g[i], prompt);
+    cpu.append(c[i], prompt);
+  };
+  start(0, 4);
+  start(1, 9);
+  for (int s = 0; s < steps; ++s) {
+    if (s == steps / 2) {  // the slot freed and taken again while earlier steps may still run
+      gpu.release(g[1]);
+      cpu.release(c[1]);
+      start(1, 17);
+    }
+    const int i = s % 3 == 0 ? 1 : 0;  // one sequence a step, the other now and then
+    const int next = (s * 53 + i * 29 + 5) % V;
+    gpu.append(g[i], std::span<const int>(&next, 1));
+    cpu.append(c[i], std::span<const int>(&next, 1));
+    gpu.process();
+    cpu.process();
+  }
+  gpu.synchronize();
+  for (int i = 0; i < 2; ++i) {
+    auto lg = gpu.logits(g[i]), lc = cpu.logits(c[i]);
+    double worst = 0;
+    for (int v = 0; v < V; ++v) worst = std::max(worst, double(std::abs(lg[v] - lc[v])));
+    EXPECT_LE(worst, 1e-3 * cuda_max_abs(lc)) << "sequence " << i;
+  }
+}
+
 TEST(CudaModel, Float16ActivationsAreRefusedClearly) {
   MIND4_REQUIRE_GPU();
   try {

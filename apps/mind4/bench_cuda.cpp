@@ -133,12 +133,16 @@ void run(const CudaBenchArgs& o) {
     int64_t kv_bytes = 0;
     for (int r = 0; r < o.runs; ++r) {
       kv_bytes = 0;
+      // process() returns once a step is queued (the logits stay on the GPU), so the host
+      // prepares each step while the one before runs; the run ends when the GPU is done.
+      ctx.synchronize();
       auto t0 = std::chrono::steady_clock::now();
       for (int i = 0; i < o.decode_tokens; ++i) {
         kv_bytes += visible_keys(c, ctx.processed(seqs[0])) * 2 * c.num_key_value_heads *
                     c.head_dim * act_bytes;
         step();
       }
+      ctx.synchronize();
       times.push_back(bench_seconds_since(t0));
     }
     const double t = median(times), tps = double(b) * o.decode_tokens / t;
@@ -193,8 +197,10 @@ void run(const CudaBenchArgs& o) {
         for (int w = 0; w < warm; ++w) step();
         std::vector<double> times;
         for (int r = 0; r < o.runs; ++r) {
+          ctx.synchronize();
           auto t0 = std::chrono::steady_clock::now();
           for (int i = 0; i < o.decode_tokens; ++i) step();
+          ctx.synchronize();
           times.push_back(bench_seconds_since(t0));
         }
         const double t = median(times);

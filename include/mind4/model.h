@@ -120,8 +120,15 @@ class Context {
   void append(int seq, std::span<const int> tokens);
   // One batched forward over every queued token of every sequence (weight rows read once per
   // step for all rows of all sequences). Afterwards logits(s) is the last position's logits of
-  // each sequence that had queued tokens. No-op when nothing is queued.
+  // each sequence that had queued tokens. No-op when nothing is queued. On the CUDA line with
+  // host_logits = false it returns once the steps are queued (see synchronize()).
   void process();
+  // Waits until the GPU has finished every queued step. On the CUDA line, process() returns
+  // without waiting when the logits stay on the GPU (host_logits = false), so that the host
+  // prepares and queues the next step while this one runs; whatever reads results (logits(),
+  // sample()) waits by itself, so only a caller timing the GPU's work needs this. The CPU line
+  // returns at once. A GPU fault in a queued step is reported here (or by the next read).
+  void synchronize();
 
   // Logits (vocab_size floats) of the last position processed for seq; kInvalidArgument when
   // seq is unknown or has not been processed yet. Valid until the next process() or release().

@@ -122,6 +122,7 @@ void Generator::sync_prompt(std::span<const int> prompt, GenerateStats& stats) {
   stats.reused_tokens = int(common);
   ctx_->append(seq_, prompt.subspan(common));
   ctx_->process();
+  ctx_->synchronize();  // the prefill's time is the GPU's too (process() need not wait for it)
 }
 
 GenerateStats Generator::generate(std::span<const int> prompt, const GenerateLimits& limits,

@@ -17,9 +17,12 @@ class StepBackend {
   virtual ~StepBackend() = default;
   // One forward step over rows (at most options.max_batch_tokens). Writes K/V of every row into
   // the backend's cache; returns the logits [logit_rows.size(), V] of the rows named, in host
-  // memory, valid until the next call.
+  // memory, valid until the next call (an empty span when the logits stay in device memory).
   virtual std::span<const float> forward(std::span<const StepRow> rows,
                                          std::span<const int> logit_rows) = 0;
+  // Waits for the steps forward() queued and did not wait for (a line that keeps its logits in
+  // device memory may return before the step ends when they are not copied to the host).
+  virtual void finish() {}
   // Host threads the backend computes with (the CPU line's pool; 1 for the CUDA line).
   virtual int threads() const = 0;
 

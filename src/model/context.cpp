@@ -196,6 +196,10 @@ void Context::process() {
   }
 }
 
+void Context::synchronize() {
+  impl_->backend->finish();
+}
+
 std::span<const float> Context::logits(int seq) const {
   Impl& m = *impl_;  // a lazy copy from the device store may fill last_logits
   const int slot = m.slot_of(seq, "logits");
