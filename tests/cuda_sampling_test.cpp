@@ -154,60 +154,73 @@ TEST_P(CudaSampling, AgreesWithTheCpuSamplerOnRandomLogits) {
     auto d_logits = upload(logits);
     auto d_jobs = upload(jobs);
     auto d_pairs = upload(pairs.empty() ? std::vector<int>{0, 0} : pairs);
-    auto d_work = poisoned(size_t(kJobs) * V * 4);
-    auto d_out = poisoned(kJobs * sizeof(cuda::SampleOut));
-    cuda::sample_tokens(d_logits.data<float>(), V, d_jobs.data<cuda::SampleJob>(), kJobs,
-                        d_pairs.data<int2>(), p, d_work.data<float>(),
-                        d_out.data<cuda::SampleOut>(), nullptr);
-    const auto out = download<cuda::SampleOut>(d_out, kJobs);
-
-    for (int j = 0; j < kJobs; ++j) {
-      const std::vector<float> row(logits.begin() + int64_t(j) * V,
-                                   logits.begin() + int64_t(j + 1) * V);
-      ASSERT_EQ(out[j].status, cuda::kSampleOk) << "job " << j;
-      const int tok = out[j].token;
-      ASSERT_TRUE(tok >= 0 && tok < V) << "job " << j << " token " << tok;
-      SamplingConfig sc = c;
-      sc.seed = jobs[j].seed;
-      Sampler cpu(sc);
-      std::vector<double> probs(V);
-      cpu.distribution(row, history[j], probs);
-      int kept = 0;
-      for (double q : probs) kept += q > 0.0;
-      EXPECT_GT(probs[tok], 0.0) << "job " << j << ": token " << tok << " is outside the kept set";
-      EXPECT_EQ(out[j].kept, kept) << "job " << j;
-      cpu.set_step(jobs[j].step);
-      const int cpu_tok = cpu.sample(row, history[j]);
-      if (p.greedy) {
-        EXPECT_EQ(tok, cpu_tok) << "job " << j;
-      } else {
-        const double u = Sampler::uniform_at(jobs[j].seed, jobs[j].step);
-        double lo = 0.0;
-        for (int i = 0; i < tok; ++i) lo += probs[i];
-        const double hi = lo + probs[tok];
-        EXPECT_TRUE(u >= lo - kTol && u <= hi + kTol)
-            << "job " << j << ": u = " << u << " outside [" << lo << ", " << hi << ") of token "
-            << tok;
-        if (c.top_k == 0 && c.top_p >= 1.0f) {
-          const bool near_edge = std::abs(u - lo) < kTol || std::abs(u - hi) < kTol;
-          if (tok != cpu_tok && near_edge)
-            ++excused;
-          else
-            EXPECT_EQ(tok, cpu_tok) << "job " << j << ": u = " << u;
-          same_token += tok == cpu_tok;
-        }
+    // A job's blocks: one, the portable cluster of 8, the largest, and the launcher's own choice;
+    // the tokens must not depend on it (exact integer masses), the logprobs only in rounding.
+    std::vector<cuda::SampleOut> first_out;
+    for (const int ranks : {1, 8, cuda::sample_max_ranks(), 0}) {
+      SCOPED_TRACE("ranks " + std::to_string(ranks));
+      auto d_work = poisoned(size_t(kJobs) * V * 4);
+      auto d_out = poisoned(kJobs * sizeof(cuda::SampleOut));
+      cuda::sample_tokens(d_logits.data<float>(), V, d_jobs.data<cuda::SampleJob>(), kJobs,
+                          d_pairs.data<int2>(), p, d_work.data<float>(),
+                          d_out.data<cuda::SampleOut>(), nullptr, ranks);
+      const auto out = download<cuda::SampleOut>(d_out, kJobs);
+      if (first_out.empty()) first_out = out;
+      for (int j = 0; j < kJobs; ++j) {
+        EXPECT_EQ(out[j].token, first_out[j].token)
+            << "job " << j << ": another token than one block drew";
+        EXPECT_EQ(out[j].kept, first_out[j].kept) << "job " << j;
       }
-      // The logprob in double.
-      std::vector<float> processed(V);
-      cpu.processed_logits(row, history[j], processed);
-      double ref = 0.0;
-      if (tc.mode == LogprobMode::kRaw)
-        ref = ref_log_softmax(row, 1.0, tok);
-      else if (tc.mode == LogprobMode::kProcessed)
-        ref = ref_log_softmax(processed, 1.0, tok);
-      else
-        ref = p.greedy ? 0.0 : std::log(probs[tok]);
-      EXPECT_NEAR(out[j].logprob, ref, 2e-4 + 1e-5 * std::abs(ref)) << "job " << j;
+
+      for (int j = 0; j < kJobs; ++j) {
+        const std::vector<float> row(logits.begin() + int64_t(j) * V,
+                                     logits.begin() + int64_t(j + 1) * V);
+        ASSERT_EQ(out[j].status, cuda::kSampleOk) << "job " << j;
+        const int tok = out[j].token;
+        ASSERT_TRUE(tok >= 0 && tok < V) << "job " << j << " token " << tok;
+        SamplingConfig sc = c;
+        sc.seed = jobs[j].seed;
+        Sampler cpu(sc);
+        std::vector<double> probs(V);
+        cpu.distribution(row, history[j], probs);
+        int kept = 0;
+        for (double q : probs) kept += q > 0.0;
+        EXPECT_GT(probs[tok], 0.0)
+            << "job " << j << ": token " << tok << " is outside the kept set";
+        EXPECT_EQ(out[j].kept, kept) << "job " << j;
+        cpu.set_step(jobs[j].step);
+        const int cpu_tok = cpu.sample(row, history[j]);
+        if (p.greedy) {
+          EXPECT_EQ(tok, cpu_tok) << "job " << j;
+        } else {
+          const double u = Sampler::uniform_at(jobs[j].seed, jobs[j].step);
+          double lo = 0.0;
+          for (int i = 0; i < tok; ++i) lo += probs[i];
+          const double hi = lo + probs[tok];
+          EXPECT_TRUE(u >= lo - kTol && u <= hi + kTol)
+              << "job " << j << ": u = " << u << " outside [" << lo << ", " << hi << ") of token "
+              << tok;
+          if (c.top_k == 0 && c.top_p >= 1.0f) {
+            const bool near_edge = std::abs(u - lo) < kTol || std::abs(u - hi) < kTol;
+            if (tok != cpu_tok && near_edge)
+              ++excused;
+            else
+              EXPECT_EQ(tok, cpu_tok) << "job " << j << ": u = " << u;
+            same_token += tok == cpu_tok;
+          }
+        }
+        // The logprob in double.
+        std::vector<float> processed(V);
+        cpu.processed_logits(row, history[j], processed);
+        double ref = 0.0;
+        if (tc.mode == LogprobMode::kRaw)
+          ref = ref_log_softmax(row, 1.0, tok);
+        else if (tc.mode == LogprobMode::kProcessed)
+          ref = ref_log_softmax(processed, 1.0, tok);
+        else
+          ref = p.greedy ? 0.0 : std::log(probs[tok]);
+        EXPECT_NEAR(out[j].logprob, ref, 2e-4 + 1e-5 * std::abs(ref)) << "job " << j;
+      }
     }
   }
   EXPECT_GT(same_token, 0);

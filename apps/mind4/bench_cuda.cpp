@@ -166,7 +166,7 @@ void run(const CudaBenchArgs& o) {
     mind4::SamplingConfig sc;
     sc.temperature = 1.0f;
     sc.top_p = 0.9f;
-    for (int b : o.batch_sizes) {
+    for (int b : sizes) {
       for (const bool gpu : {false, true}) {
         const int warm = 3, ctx_len = o.decode_context + warm + o.runs * o.decode_tokens;
         mind4::Context ctx(model, {.context_length = ctx_len,

@@ -244,9 +244,14 @@ struct SampleOut {
 };
 // jobs SampleJob [n] and out SampleOut [n] in device memory; penalties int2 [*] (token, count)
 // with each token at most once per job; work f32 [n, V] scratch, needed only when some job has
-// penalty pairs (may be null otherwise).
+// penalty pairs (may be null otherwise). Each job runs on a cluster of `ranks` blocks (0: as
+// many as fill the card once, up to sample_max_ranks()), each over a slice of the vocabulary; the
+// token drawn does not depend on it (the masses are exact integer sums).
 void sample_tokens(const float* logits, int V, const SampleJob* jobs, int n, const int2* penalties,
-                   const SampleParams& params, float* work, SampleOut* out, cudaStream_t stream);
+                   const SampleParams& params, float* work, SampleOut* out, cudaStream_t stream,
+                   int ranks = 0);
+// The largest cluster sample_tokens spreads a job over on this card: 16, or the portable 8.
+int sample_max_ranks();
 // store[dest_slot[i]] = logits row i (f32 [L, V]) for i < L; rows with dest_slot -1 are skipped
 // (a context's per-slot store of each sequence's last logits).
 void store_logit_rows(const float* logits, const int* dest_slot, int L, int V, float* store,

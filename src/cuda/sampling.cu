@@ -1,6 +1,7 @@
-// Token sampling on the GPU: one block per sequence turns a row of logits into the next token and
-// its logprob, so that only those (16 bytes a sequence, with a status) come back to the host
-// instead of the row (800 KB at vocabulary 201088). The order of operations is the CPU sampler's
+// Token sampling on the GPU: a cluster of blocks per sequence (each over a slice of the
+// vocabulary, every reduction over the whole cluster through distributed shared memory) turns a
+// row of logits into the next token and its logprob, so that only those (16 bytes a sequence,
+// with a status) come back to the host instead of the row (800 KB at vocabulary 201088). The order of operations is the CPU sampler's
 // (sampler.h): penalties, temperature, top-k, top-p, min-p, then the draw with the same Philox
 // counter.
 //
@@ -22,6 +23,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include <cooperative_groups.h>
+
 #include "cuda/device_util.cuh"
 #include "sampler/philox.h"
 #include "sampler/sampler_math.h"
@@ -29,10 +32,13 @@
 namespace mind4::cuda {
 namespace {
 
+namespace cg = cooperative_groups;
+
 constexpr int kSampleThreads = 1024;
 constexpr int kStoreThreads = 256;  // store_logit_rows
 constexpr int kSampleWarps = kSampleThreads / 32;
 constexpr int kSampleMaxTiles = 256;
+constexpr int kSampleMaxRanks = 16;                  // blocks (a cluster) a job is spread over
 constexpr double kSampleFxScale = 17592186044416.0;  // 2^44
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -69,14 +75,24 @@ __device__ __forceinline__ uint64_t sample_fx(float e) {
 }
 
 struct SampleShared {
-  uint32_t count[256];
-  unsigned long long mass[256];  // fixed point
+  uint32_t count[256];  // this block's histogram of a radix pass
+  unsigned long long mass[256];
+  uint32_t all_count[256];  // the job's (every block of its cluster) histogram
+  unsigned long long all_mass[256];
   unsigned long long tile[kSampleMaxTiles];
   alignas(8) unsigned char red[kSampleWarps * 8];
+  alignas(8) unsigned char share[8];  // this block's part of a reduction over the cluster
+  alignas(8) unsigned char gathered[kSampleMaxRanks * 8];  // every block's part, in rank order
   int found;
   int digit;
   unsigned long long above;
   unsigned long long total;
+};
+
+// The blocks of one job: a cluster of `ranks` blocks, block `rank` owning the slice [lo, hi) of
+// the vocabulary (contiguous, so that id order across blocks is rank order).
+struct SampleGroup {
+  int rank, ranks, lo, hi;
 };
 
 // A reduction over the block in a fixed order (the same bits every run). Every thread gets the
@@ -90,6 +106,36 @@ __device__ T sample_block_reduce(T v, Op op, SampleShared& sh) {
   __syncthreads();
   T r = scratch[0];
   for (int i = 1; i < kSampleWarps; ++i) r = op(r, scratch[i]);
+  return r;
+}
+
+// Each block's value v (the same in all its threads) as every block of the job sees it: the
+// result's [k] is rank k's, k < ranks (in shared memory, valid until the next gather).
+template <typename T>
+__device__ const T* sample_gather(T v, SampleShared& sh, const SampleGroup& g) {
+  T* got = reinterpret_cast<T*>(sh.gathered);
+  if (g.ranks == 1) {
+    __syncthreads();  // the last gather's readers are done
+    if (threadIdx.x == 0) got[0] = v;
+    __syncthreads();
+    return got;
+  }
+  cg::cluster_group cluster = cg::this_cluster();
+  T* mine = reinterpret_cast<T*>(sh.share);
+  if (threadIdx.x == 0) *mine = v;
+  cluster.sync();  // also: this block's readers of the last gather are done
+  if (int(threadIdx.x) < g.ranks) got[threadIdx.x] = *cluster.map_shared_rank(mine, threadIdx.x);
+  cluster.sync();  // every block has read before any writes its part again
+  return got;
+}
+
+// A reduction over the job's blocks: each block's in a fixed order, then the blocks' in rank
+// order, so that the bits do not depend on how the blocks were scheduled.
+template <typename T, typename Op>
+__device__ T sample_reduce(T v, Op op, SampleShared& sh, const SampleGroup& g) {
+  const T* part = sample_gather(sample_block_reduce(v, op, sh), sh, g);
+  T r = part[0];
+  for (int k = 1; k < g.ranks; ++k) r = op(r, part[k]);
   return r;
 }
 
@@ -109,16 +155,18 @@ struct SampleMaxInt {
   __device__ int operator()(int a, int b) const { return max(a, b); }
 };
 
-// The id of the n-th (1-based) token, in id order, for which pred holds; INT32_MAX when fewer.
+// The id of the n-th (1-based) token of [lo, hi), in id order, for which pred holds; INT32_MAX
+// when fewer. The block's threads all call it.
 template <typename Pred>
-__device__ int sample_nth(int V, int n, Pred pred, SampleShared& sh) {
+__device__ int sample_nth_in(int lo, int hi, int n, Pred pred, SampleShared& sh) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   int* counts = reinterpret_cast<int*>(sh.red);
   int seen = 0;
+  __syncthreads();
   if (threadIdx.x == 0) sh.found = INT32_MAX;
-  for (int base = 0; base < V; base += kSampleThreads) {
+  for (int base = lo; base < hi; base += kSampleThreads) {
     const int i = base + int(threadIdx.x);
-    const bool p = i < V && pred(i);
+    const bool p = i < hi && pred(i);
     const unsigned b = __ballot_sync(kFull, p);
     __syncthreads();
     if (lane == 0) counts[warp] = __popc(b);
@@ -134,6 +182,21 @@ __device__ int sample_nth(int V, int n, Pred pred, SampleShared& sh) {
   }
   __syncthreads();
   return sh.found;
+}
+
+// The same over the job's whole vocabulary: each block counts its slice, and the block whose
+// slice holds the n-th looks for it there.
+template <typename Pred>
+__device__ int sample_nth(int n, Pred pred, SampleShared& sh, const SampleGroup& g) {
+  int mine = 0;
+  for (int i = g.lo + int(threadIdx.x); i < g.hi; i += kSampleThreads) mine += pred(i) ? 1 : 0;
+  const int* part = sample_gather(sample_block_reduce(mine, SampleSum{}, sh), sh, g);
+  int before = 0;
+  for (int k = 0; k < g.rank; ++k) before += part[k];
+  const int found = n > before && n <= before + part[g.rank]
+                        ? sample_nth_in(g.lo, g.hi, n - before, pred, sh)
+                        : INT32_MAX;
+  return sample_reduce(found, SampleMin{}, sh, g);
 }
 
 // Adds one token (when valid) to bin d of top-p's radix histogram: count and fixed-point mass. The
@@ -156,6 +219,39 @@ __device__ void sample_hist_add(bool valid, uint32_t d, unsigned long long fx, S
   }
 }
 
+// Zeroes the block's histogram before a radix pass.
+__device__ void sample_hist_clear(SampleShared& sh) {
+  for (int d = threadIdx.x; d < 256; d += kSampleThreads) sh.count[d] = 0, sh.mass[d] = 0;
+  __syncthreads();
+}
+
+// The job's histogram (all_count, all_mass: the sum of its blocks' in rank order, the same in every
+// block) once each block has filled its own. Integer sums: exact in any order.
+__device__ void sample_hist_merge(SampleShared& sh, const SampleGroup& g) {
+  cg::cluster_group cluster = cg::this_cluster();
+  if (g.ranks > 1)
+    cluster.sync();
+  else
+    __syncthreads();
+  for (int d = threadIdx.x; d < 256; d += kSampleThreads) {
+    uint32_t c = 0;
+    unsigned long long m = 0;
+#pragma unroll
+    for (int k = 0; k < kSampleMaxRanks; ++k) {
+      if (k >= g.ranks) break;
+      c += g.ranks == 1 ? sh.count[d] : *cluster.map_shared_rank(&sh.count[d], k);
+      m += g.ranks == 1 ? sh.mass[d] : *cluster.map_shared_rank(&sh.mass[d], k);
+    }
+    sh.all_count[d] = c;
+    sh.all_mass[d] = m;
+  }
+  // Every block has read the others' histograms before any clears its own for the next pass.
+  if (g.ranks > 1)
+    cluster.sync();
+  else
+    __syncthreads();
+}
+
 // An inclusive scan over the block in thread order.
 __device__ unsigned long long sample_block_scan(unsigned long long v, SampleShared& sh) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -171,12 +267,19 @@ __device__ unsigned long long sample_block_scan(unsigned long long v, SampleShar
   return v;
 }
 
+// One job a cluster of gridDim.x / jobs blocks (a job's work spread over several multiprocessors:
+// with one block a job, one sequence took 0.75 ms at top-p 0.9, more than a third of a decode step
+// at batch 1). Every reduction is over the whole cluster; each block loops over its own slice.
 __global__ void __launch_bounds__(kSampleThreads)
     sample_kernel(const float* __restrict__ logits, int V, const SampleJob* __restrict__ jobs,
                   const int2* __restrict__ penalties, SampleParams p, float* __restrict__ work,
                   SampleOut* __restrict__ out) {
   __shared__ SampleShared sh;
-  const SampleJob job = jobs[blockIdx.x];
+  const int ranks = int(cg::this_cluster().num_blocks());
+  const int job_index = int(blockIdx.x) / ranks;
+  const int rank = int(blockIdx.x) % ranks, slice = (V + ranks - 1) / ranks;
+  const SampleGroup g{rank, ranks, min(V, rank * slice), min(V, (rank + 1) * slice)};
+  const SampleJob job = jobs[job_index];
   const int tid = int(threadIdx.x);
   const float* raw = logits + job.row * int64_t(V);
   const bool penalised = job.pen_end > job.pen_begin;
@@ -186,22 +289,24 @@ __global__ void __launch_bounds__(kSampleThreads)
   // Raw logits: NaN and +inf are rejected (as the CPU sampler does); the raw maximum serves kRaw.
   float raw_max = -INFINITY;
   int bad = 0;
-  for (int i = tid; i < V; i += kSampleThreads) {
+  for (int i = g.lo + tid; i < g.hi; i += kSampleThreads) {
     const float x = raw[i];
     bad |= !(x < INFINITY);
     raw_max = fmaxf(raw_max, x);
   }
-  bad = sample_block_reduce(bad, SampleSum{}, sh);
-  raw_max = sample_block_reduce(raw_max, SampleMax{}, sh);
+  bad = sample_reduce(bad, SampleSum{}, sh, g);
+  raw_max = sample_reduce(raw_max, SampleMax{}, sh, g);
   if (bad) result.status = kSampleBadLogit;
 
   if (penalised && !bad) {
-    float* row = work + int64_t(blockIdx.x) * V;
-    for (int i = tid; i < V; i += kSampleThreads) row[i] = raw[i];
+    // Each block penalises its slice of the job's row.
+    float* row = work + int64_t(job_index) * V;
+    for (int i = g.lo + tid; i < g.hi; i += kSampleThreads) row[i] = raw[i];
     __syncthreads();
     int overflow = 0;
     for (int j = job.pen_begin + tid; j < job.pen_end; j += kSampleThreads) {
       const int2 pc = penalties[j];  // (token, count): each token once
+      if (pc.x < g.lo || pc.x >= g.hi) continue;
       float x = row[pc.x];
       if (p.repetition_penalty != 1.0f)
         x = x > 0.0f ? __fdiv_rn(x, p.repetition_penalty) : __fmul_rn(x, p.repetition_penalty);
@@ -209,17 +314,19 @@ __global__ void __launch_bounds__(kSampleThreads)
       overflow |= isnan(x) || x == INFINITY;
       row[pc.x] = x;
     }
-    if (sample_block_reduce(overflow, SampleSum{}, sh)) result.status = kSamplePenaltyOverflow;
+    // (The reduction's barriers also make the block's row visible to the others: the logprob
+    // below may read the sampled token from another block's slice.)
+    if (sample_reduce(overflow, SampleSum{}, sh, g)) result.status = kSamplePenaltyOverflow;
     w = row;
   }
   float max = -INFINITY;
   if (result.status == kSampleOk) {
-    for (int i = tid; i < V; i += kSampleThreads) max = fmaxf(max, w[i]);
-    max = sample_block_reduce(max, SampleMax{}, sh);
+    for (int i = g.lo + tid; i < g.hi; i += kSampleThreads) max = fmaxf(max, w[i]);
+    max = sample_reduce(max, SampleMax{}, sh, g);
     if (max == -INFINITY) result.status = kSampleAllMasked;
   }
-  if (result.status != kSampleOk) {
-    if (tid == 0) out[blockIdx.x] = result;
+  if (result.status != kSampleOk) {  // the same status in every block of the job
+    if (tid == 0 && rank == 0) out[job_index] = result;
     return;
   }
   const float inv_t = p.inv_temperature;
@@ -230,18 +337,19 @@ __global__ void __launch_bounds__(kSampleThreads)
   if (p.logprob_mode != 2) {
     double s = 0.0;
     if (p.logprob_mode == 0)
-      for (int i = tid; i < V; i += kSampleThreads) s += sample_exp(__fsub_rn(raw[i], raw_max));
+      for (int i = g.lo + tid; i < g.hi; i += kSampleThreads)
+        s += sample_exp(__fsub_rn(raw[i], raw_max));
     else
-      for (int i = tid; i < V; i += kSampleThreads) s += weight(i);
-    s = sample_block_reduce(s, SampleSum{}, sh);
+      for (int i = g.lo + tid; i < g.hi; i += kSampleThreads) s += weight(i);
+    s = sample_reduce(s, SampleSum{}, sh, g);
     log_norm = p.logprob_mode == 0 ? log(s) + double(raw_max) : log(s) + double(inv_t) * max;
   }
 
   if (p.greedy) {
     int first = INT32_MAX;
-    for (int i = tid; i < V; i += kSampleThreads)
+    for (int i = g.lo + tid; i < g.hi; i += kSampleThreads)
       if (w[i] == max) first = min(first, i);
-    result.token = sample_block_reduce(first, SampleMin{}, sh);
+    result.token = sample_reduce(first, SampleMin{}, sh, g);
     result.kept = 1;
   } else {
     // The cut: tokens with key > cut_key, or key == cut_key and id <= cut_id. all: no cut yet.
@@ -255,21 +363,21 @@ __global__ void __launch_bounds__(kSampleThreads)
       uint32_t prefix = 0, mask = 0;
       int above = 0;
       for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int d = tid; d < 256; d += kSampleThreads) sh.count[d] = 0;
-        __syncthreads();
-        for (int base = 0; base < V; base += kSampleThreads) {
+        sample_hist_clear(sh);
+        for (int base = g.lo; base < g.hi; base += kSampleThreads) {
           const int i = base + tid;
-          const uint32_t key = i < V ? sample_key(w[i]) : 0u;
-          const bool valid = i < V && (key & mask) == prefix;
+          const uint32_t key = i < g.hi ? sample_key(w[i]) : 0u;
+          const bool valid = i < g.hi && (key & mask) == prefix;
           // Plain 32-bit shared atomics: measured faster here than the warp pre-sum that the
           // 64-bit masses of top-p need (top-k 50 + top-p 0.9, 64 sequences, H200: 0.80 against
           // 0.96 ms).
           if (valid) atomicAdd(&sh.count[(key >> shift) & 255u], 1u);
         }
-        __syncthreads();
+        sample_hist_merge(sh, g);
         if (tid == 0) {
           int d = 255;
-          for (; d > 0 && above + int(sh.count[d]) < p.top_k; --d) above += int(sh.count[d]);
+          for (; d > 0 && above + int(sh.all_count[d]) < p.top_k; --d)
+            above += int(sh.all_count[d]);
           sh.digit = d;
           sh.above = above;
         }
@@ -278,20 +386,19 @@ __global__ void __launch_bounds__(kSampleThreads)
         mask |= 255u << shift;
         above = int(sh.above);
       }
-      const int ties = int(sh.count[sh.digit]), need = p.top_k - above;
-      __syncthreads();
+      const int ties = int(sh.all_count[sh.digit]), need = p.top_k - above;
       const uint32_t k_key = prefix;
       cut_id = need < ties ? sample_nth(
-                                 V, need, [&](int i) { return sample_key(w[i]) == k_key; }, sh)
+                                 need, [&](int i) { return sample_key(w[i]) == k_key; }, sh, g)
                            : INT32_MAX;
       cut_key = prefix;
       all = false;
     }
     if (p.top_p < 1.0f) {
       unsigned long long m = 0;
-      for (int i = tid; i < V; i += kSampleThreads)
+      for (int i = g.lo + tid; i < g.hi; i += kSampleThreads)
         if (member(i, sample_key(w[i]))) m += sample_fx(weight(i));
-      m = sample_block_reduce(m, SampleSum{}, sh);
+      m = sample_reduce(m, SampleSum{}, sh, g);
       const double target = double(p.top_p) * double(m);
       // Tokens below (1 - top_p) * m / n (n: the set's size) weigh less than (1 - top_p) * m
       // together, so the tokens above hold at least top_p of the mass and the boundary is among
@@ -302,12 +409,11 @@ __global__ void __launch_bounds__(kSampleThreads)
       uint32_t prefix = 0, mask = 0;
       unsigned long long above = 0;
       for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int d = tid; d < 256; d += kSampleThreads) sh.count[d] = 0, sh.mass[d] = 0;
-        __syncthreads();
-        for (int base = 0; base < V; base += kSampleThreads) {
+        sample_hist_clear(sh);
+        for (int base = g.lo; base < g.hi; base += kSampleThreads) {
           const int i = base + tid;
-          const uint32_t key = i < V ? sample_key(w[i]) : 0u;
-          bool valid = i < V && (key & mask) == prefix && member(i, key);
+          const uint32_t key = i < g.hi ? sample_key(w[i]) : 0u;
+          bool valid = i < g.hi && (key & mask) == prefix && member(i, key);
           const unsigned long long fx = valid ? sample_fx(weight(i)) : 0ull;
           valid = valid && fx >= tau;
           const uint32_t d = (key >> shift) & 255u;
@@ -318,7 +424,7 @@ __global__ void __launch_bounds__(kSampleThreads)
             atomicAdd(&sh.mass[d], fx);
           }
         }
-        __syncthreads();
+        sample_hist_merge(sh, g);
         if (tid == 0) {
           // The digit where the mass, walked in descending order, reaches the target; integer
           // sums make every sub-bucket total its bucket's, so it is always reached (the lowest
@@ -326,11 +432,11 @@ __global__ void __launch_bounds__(kSampleThreads)
           int d = 255, last = -1;
           unsigned long long a = above, a_last = above;
           for (; d >= 0; --d) {
-            if (sh.count[d] == 0) continue;
+            if (sh.all_count[d] == 0) continue;
             last = d;
             a_last = a;
-            if (double(a + sh.mass[d]) >= target) break;
-            a += sh.mass[d];
+            if (double(a + sh.all_mass[d]) >= target) break;
+            a += sh.all_mass[d];
           }
           if (d < 0) d = last, a = a_last;
           sh.digit = d;
@@ -343,12 +449,11 @@ __global__ void __launch_bounds__(kSampleThreads)
       }
       // Tokens of the boundary logit share one weight f: keep them (in id order) while the mass
       // before each is below the target; the crossing one is kept, and at least one in all.
-      const int ties = int(sh.count[sh.digit]);
-      __syncthreads();
+      const int ties = int(sh.all_count[sh.digit]);
       int tie_id = 0;
-      for (int i = tid; i < V; i += kSampleThreads)
+      for (int i = g.lo + tid; i < g.hi; i += kSampleThreads)
         if (sample_key(w[i]) == prefix) tie_id = i;
-      tie_id = sample_block_reduce(tie_id, SampleMaxInt{}, sh);
+      tie_id = sample_reduce(tie_id, SampleMaxInt{}, sh, g);
       const unsigned long long f = sample_fx(weight(tie_id));
       auto reaches = [&](int n) { return double(above + (unsigned long long)n * f) >= target; };
       int n = ties;
@@ -366,8 +471,8 @@ __global__ void __launch_bounds__(kSampleThreads)
       if (n < ties) {
         const uint32_t p_key = prefix;
         cut_id = sample_nth(
-            V, n, [&](int i) { return sample_key(w[i]) == p_key && (!prev_same || i <= prev_id); },
-            sh);
+            n, [&](int i) { return sample_key(w[i]) == p_key && (!prev_same || i <= prev_id); }, sh,
+            g);
       } else {
         cut_id = prev_same ? prev_id : INT32_MAX;
       }
@@ -383,66 +488,82 @@ __global__ void __launch_bounds__(kSampleThreads)
     const philox::Counter c{uint32_t(job.step), uint32_t(job.step >> 32), 0u, 0u};
     const philox::Counter r = philox::block(c, philox::key_from_seed(job.seed));
     const double u = philox::uniform_f64(r[0], r[1]);
-    // Tiles of kSampleThreads * per consecutive tokens; their masses first, one warp a tile.
-    const int per = (V + kSampleThreads * kSampleMaxTiles - 1) / (kSampleThreads * kSampleMaxTiles);
-    const int tile = kSampleThreads * per, n_tiles = (V + tile - 1) / tile;
+    // Tiles of kSampleThreads * per consecutive tokens of the block's slice; their masses first,
+    // one warp a tile.
+    const int len = g.hi - g.lo;
+    const int per =
+        len > 0 ? (len + kSampleThreads * kSampleMaxTiles - 1) / (kSampleThreads * kSampleMaxTiles)
+                : 1;
+    const int tile = kSampleThreads * per, n_tiles = (len + tile - 1) / tile;
     const int warp = tid >> 5, lane = tid & 31;
     for (int t = warp; t < n_tiles; t += kSampleWarps) {
       unsigned long long s = 0;
-      const int end = min(V, (t + 1) * tile);
-      for (int i = t * tile + lane; i < end; i += 32) s += kept_fx(i);
+      const int end = min(g.hi, g.lo + (t + 1) * tile);
+      for (int i = g.lo + t * tile + lane; i < end; i += 32) s += kept_fx(i);
       for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(kFull, s, o);
       if (lane == 0) sh.tile[t] = s;
     }
     __syncthreads();
-    if (tid == 0) {
-      unsigned long long total = 0;
-      for (int t = 0; t < n_tiles; ++t) total += sh.tile[t];
-      unsigned long long target = (unsigned long long)(u * double(total));
-      if (target >= total) target = total - 1;  // total >= 2^44: the top token is always kept
-      unsigned long long cum = 0;
-      int t = 0;
-      while (t + 1 < n_tiles && cum + sh.tile[t] <= target) cum += sh.tile[t++];
-      sh.digit = t;
-      sh.above = target - cum;  // the target inside tile t
-      sh.total = total;
+    unsigned long long slice_mass = 0;
+    for (int t = 0; t < n_tiles; ++t) slice_mass += sh.tile[t];
+    // The job's total and the mass of the slices before this block's (exact integer sums).
+    const unsigned long long* part = sample_gather(slice_mass, sh, g);
+    unsigned long long total = 0, before = 0;
+    for (int k = 0; k < ranks; ++k) {
+      if (k < rank) before += part[k];
+      total += part[k];
     }
-    __syncthreads();
-    const int t = sh.digit;
-    const unsigned long long inside = sh.above;
-    const int begin = t * tile + tid * per;
-    unsigned long long mine = 0;
-    for (int i = begin; i < min(V, begin + per); ++i) mine += kept_fx(i);
-    unsigned long long cum = sample_block_scan(mine, sh) - mine;
-    __syncthreads();
-    if (tid == 0) sh.found = -1;
-    __syncthreads();
-    if (cum <= inside && inside < cum + mine) {
-      for (int i = begin; i < min(V, begin + per); ++i) {
-        const unsigned long long v = kept_fx(i);
-        if (v > 0 && inside < cum + v) {
-          sh.found = i;
-          break;
-        }
-        cum += v;
+    unsigned long long target = (unsigned long long)(u * double(total));
+    if (target >= total) target = total - 1;  // total >= 2^44: the top token is always kept
+    int found = -1;
+    if (target >= before && target < before + slice_mass) {  // the block holding the draw
+      if (tid == 0) {
+        unsigned long long cum = before;
+        int t = 0;
+        while (t + 1 < n_tiles && cum + sh.tile[t] <= target) cum += sh.tile[t++];
+        sh.digit = t;
+        sh.above = target - cum;  // the target inside tile t
       }
+      __syncthreads();
+      const int t = sh.digit;
+      const unsigned long long inside = sh.above;
+      const int begin = g.lo + t * tile + tid * per;
+      const int end = min(g.hi, begin + per);
+      unsigned long long mine = 0;
+      for (int i = begin; i < end; ++i) mine += kept_fx(i);
+      unsigned long long cum = sample_block_scan(mine, sh) - mine;
+      __syncthreads();
+      if (tid == 0) sh.found = -1;
+      __syncthreads();
+      if (cum <= inside && inside < cum + mine) {
+        for (int i = begin; i < end; ++i) {
+          const unsigned long long v = kept_fx(i);
+          if (v > 0 && inside < cum + v) {
+            sh.found = i;
+            break;
+          }
+          cum += v;
+        }
+      }
+      __syncthreads();
+      found = sh.found;
     }
-    __syncthreads();
-    result.token = sh.found;
+    result.token = sample_reduce(found, SampleMaxInt{}, sh, g);
     // Kept tokens and their mass in double (for kSampling), over the same set.
     int kept = 0;
     double kept_mass = 0.0;
-    for (int i = tid; i < V; i += kSampleThreads) {
+    for (int i = g.lo + tid; i < g.hi; i += kSampleThreads) {
       const float e = weight(i);
       if (e > 0.0f && e >= min_p && member(i, sample_key(w[i]))) {
         ++kept;
         kept_mass += e;
       }
     }
-    result.kept = sample_block_reduce(kept, SampleSum{}, sh);
-    kept_mass = sample_block_reduce(kept_mass, SampleSum{}, sh);
+    result.kept = sample_reduce(kept, SampleSum{}, sh, g);
+    kept_mass = sample_reduce(kept_mass, SampleSum{}, sh, g);
     if (p.logprob_mode == 2) log_norm = log(kept_mass);
   }
+  if (tid != 0 || rank != 0) return;
   const int tok = result.token;
   if (p.logprob_mode == 0)
     result.logprob = float(double(raw[tok]) - log_norm);
@@ -450,7 +571,7 @@ __global__ void __launch_bounds__(kSampleThreads)
     result.logprob = float(double(inv_t) * w[tok] - log_norm);
   else
     result.logprob = p.greedy ? 0.0f : float(log(double(weight(tok))) - log_norm);
-  if (tid == 0) out[blockIdx.x] = result;
+  out[job_index] = result;
 }
 
 // Row y of logits into slot dest[y] of the store (dest < 0: not stored), in 16-byte words (V % 4
@@ -492,14 +613,64 @@ void store_logit_rows(const float* logits, const int* dest_slot, int L, int V, f
   check_launch("store_logit_rows_kernel");
 }
 
+int sample_max_ranks() {
+  static const int ranks = [] {
+    // 16 blocks a cluster is beyond the portable 8: allowed where the card can place one.
+    if (cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
+        cudaSuccess) {
+      cudaGetLastError();
+      return 8;
+    }
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(kSampleMaxRanks);
+    cfg.blockDim = dim3(kSampleThreads);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = kSampleMaxRanks;
+    attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, sample_kernel, &cfg) != cudaSuccess) {
+      cudaGetLastError();
+      clusters = 0;
+    }
+    return clusters > 0 ? kSampleMaxRanks : 8;
+  }();
+  return ranks;
+}
+
 void sample_tokens(const float* logits, int V, const SampleJob* jobs, int n, const int2* penalties,
-                   const SampleParams& params, float* work, SampleOut* out, cudaStream_t stream) {
+                   const SampleParams& params, float* work, SampleOut* out, cudaStream_t stream,
+                   int ranks) {
   MIND4_CUDA_ARG(logits && jobs && out, "sample_tokens", "null pointer");
   MIND4_CUDA_ARG(V > 0 && n >= 0, "sample_tokens", "V = ", V, ", n = ", n);
   MIND4_CUDA_ARG(params.logprob_mode >= 0 && params.logprob_mode <= 2, "sample_tokens",
                  "logprob_mode = ", params.logprob_mode);
+  const int max_ranks = sample_max_ranks();
+  MIND4_CUDA_ARG(ranks >= 0 && ranks <= max_ranks, "sample_tokens", "ranks = ", ranks, " (0 to ",
+                 max_ranks, ")");
   if (n == 0) return;
-  sample_kernel<<<n, kSampleThreads, 0, stream>>>(logits, V, jobs, penalties, params, work, out);
+  if (ranks == 0) {
+    // As many blocks a job as fill the multiprocessors once (one 1024-thread block each), at
+    // most one for every 4096 tokens.
+    ranks = 1;
+    while (2 * ranks <= max_ranks && 2 * ranks * n <= multiprocessor_count() &&
+           2 * ranks * 4096 <= V)
+      ranks *= 2;
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(unsigned(n) * unsigned(ranks));
+  cfg.blockDim = dim3(kSampleThreads);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = unsigned(ranks);
+  attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  check(cudaLaunchKernelEx(&cfg, sample_kernel, logits, V, jobs, penalties, params, work, out),
+        "sample_kernel");
   check_launch("sample_kernel");
 }
 
