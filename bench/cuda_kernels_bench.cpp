@@ -185,28 +185,40 @@ BENCHMARK(BM_CudaRmsNorm)
 // Sampling on the GPU: n sequences of o200k logits, temperature 1 with top-p 0.9 (arg 1 = 0) or
 // top-k 50 + top-p 0.9 (arg 1 = 1). Bytes: the logits once (the floor a sampler cannot beat; the
 // kernel makes several passes, mostly from L2).
+// Args: sequences, the config (0: T=1 top-p 0.9, 1: top-k 50 + top-p 0.9, 2: greedy, 3: T=1
+// without a cut, the project's default), the blocks a sequence (0: the launcher's choice).
 void BM_CudaSampling(benchmark::State& state) {
   if (!cb::gpu_present(state)) return;
-  const int n = int(state.range(0));
+  const int n = int(state.range(0)), config = int(state.range(1)), ranks = int(state.range(2));
   auto logits = cb::random_f32(size_t(n) * kCbV, 2.5f, 41, Dist::kNormal);
   std::vector<mind4::cuda::SampleJob> jobs(n);
   for (int j = 0; j < n; ++j) jobs[j] = {j, 42, uint64_t(j), 0, 0};
   auto d_jobs = cb::upload(jobs);
   DeviceBuffer out(size_t(n) * sizeof(mind4::cuda::SampleOut));
   mind4::cuda::SampleParams p;
-  p.top_p = 0.9f;
-  p.top_k = state.range(1) ? 50 : 0;
+  p.top_p = config <= 1 ? 0.9f : 1.0f;
+  p.top_k = config == 1 ? 50 : 0;
+  p.greedy = config == 2;
   cb::time_launches(state, 5, [&] {
     mind4::cuda::sample_tokens(logits.data<float>(), kCbV, d_jobs.data<mind4::cuda::SampleJob>(), n,
-                               nullptr, p, nullptr, out.data<mind4::cuda::SampleOut>(), nullptr);
+                               nullptr, p, nullptr, out.data<mind4::cuda::SampleOut>(), nullptr,
+                               ranks);
   });
   cb::set_bytes_per_second(state, double(n) * kCbV * 4);
 }
 BENCHMARK(BM_CudaSampling)
-    ->Args({1, 0})
-    ->Args({16, 0})
-    ->Args({64, 0})
-    ->Args({64, 1})
+    ->Args({1, 0, 0})
+    ->Args({1, 0, 1})
+    ->Args({1, 0, 8})
+    ->Args({1, 1, 0})
+    ->Args({1, 2, 0})
+    ->Args({1, 2, 1})
+    ->Args({1, 3, 0})
+    ->Args({1, 3, 1})
+    ->Args({16, 0, 0})
+    ->Args({64, 0, 0})
+    ->Args({64, 0, 1})
+    ->Args({64, 1, 0})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 

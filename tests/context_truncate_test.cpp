@@ -2,6 +2,7 @@
 // also when the sliding window (8 here) reaches back across the cut.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "mind4/model.h"
@@ -35,6 +36,12 @@ TEST(ContextTruncate, CutAndReprocessedMatchesAFreshSequence) {
   int s = ctx.new_sequence();
   ctx.append(s, first);
   ctx.process();
+  // Dropping only queued tokens keeps the last processed token's logits.
+  const std::vector<float> last(ctx.logits(s).begin(), ctx.logits(s).end());
+  ctx.append(s, std::vector<int>{5, 6, 7});
+  ctx.truncate(s, 40);
+  EXPECT_EQ(ctx.processed(s), 40);
+  EXPECT_TRUE(std::ranges::equal(ctx.logits(s), last));
   // Keep 25 tokens (past the window of 8), then go on differently.
   ctx.truncate(s, 25);
   EXPECT_EQ(ctx.processed(s), 25);

@@ -330,6 +330,121 @@ TEST(CudaSamplingContext, ContextSampleMatchesTheCpuSampler) {
   EXPECT_THROW(ctx.sample(req, g, LogprobMode::kRaw, std::span<SampledToken>()), Error);
 }
 
+// Context::append_sampled on the CUDA line: each token is drawn on the GPU into its own step's
+// input. The draws must be sample()'s and the CPU Sampler's on the logits before them, the steps
+// must see the
+// drawn tokens (the logits afterwards are the CPU line's, fed the same tokens), and the tokens
+// must not depend on whether the host reads anything between steps.
+TEST(CudaSamplingContext, TokensDrawnIntoTheirStepsMatchTheCpuLine) {
+  MIND4_REQUIRE_GPU();
+  Config cfg;
+  cfg.paths.checkpoint = std::string(MIND4_SOURCE_DIR) + "/tests/fixtures/yarn_mxfp4_gqa";
+  auto cpu_model = Model::load(cfg);
+  cfg.execution.backend = Backend::kCuda;
+  cfg.execution.dtype = ActivationDType::kFloat32;
+  auto gpu_model = Model::load(cfg);
+  const int V = gpu_model->config().vocab_size, S = 3, steps = 12;
+  // No top-k or top-p: with them the CPU sampler walks its kept tokens in another order than
+  // the GPU (the same law, not the same sample; docs/cuda.md), so the tokens would differ.
+  SamplingConfig c;
+  c.temperature = 0.9f;
+  c.min_p = 0.02f;
+  auto prompt = [&](int s) {
+    std::vector<int> p;
+    for (int i = 0; i < 4 + s; ++i) p.push_back((i * 29 + s * 11 + 2) % V);
+    return p;
+  };
+  // Phase 1: the logits read before each draw, the CPU Sampler as the reference.
+  Context gpu(gpu_model, {.context_length = 64, .max_sequences = S, .host_logits = false});
+  Context cpu(cpu_model, {.context_length = 64, .max_sequences = S});
+  std::vector<int> g, h;
+  for (int s = 0; s < S; ++s) {
+    g.push_back(gpu.new_sequence());
+    h.push_back(cpu.new_sequence());
+    gpu.append(g[s], prompt(s));
+    cpu.append(h[s], prompt(s));
+  }
+  gpu.process();
+  cpu.process();
+  std::vector<std::vector<int>> drawn_tokens(S);
+  for (int step = 0; step < steps; ++step) {
+    std::vector<SampleRequest> req;
+    std::vector<SampleResult> ref(S);
+    for (int s = 0; s < S; ++s) {
+      req.push_back({g[s], 5 + uint64_t(s), uint64_t(step)});
+      SamplingConfig sc = c;
+      sc.seed = req[s].seed;
+      Sampler sampler(sc);
+      sampler.set_step(req[s].step);
+      ref[s] =
+          sampler.sample_with_logprobs(gpu.logits(g[s]), gpu.tokens(g[s]), 0, LogprobMode::kRaw);
+    }
+    std::vector<SampledToken> sampled(S);
+    gpu.sample(req, c, LogprobMode::kRaw, sampled);
+    gpu.append_sampled(req, c, LogprobMode::kRaw);
+    gpu.process();
+    for (int s = 0; s < S; ++s) {
+      const SampledToken t = gpu.drawn(g[s]);
+      EXPECT_EQ(sampled[s].token, ref[s].token) << "sample(): seq " << s << " step " << step;
+      EXPECT_EQ(t.token, sampled[s].token) << "seq " << s << " step " << step;
+      EXPECT_EQ(t.token, ref[s].token) << "seq " << s << " step " << step;
+      EXPECT_NEAR(t.logprob, ref[s].logprob, 1e-4) << "seq " << s << " step " << step;
+      EXPECT_EQ(gpu.tokens(g[s]).back(), t.token);
+      EXPECT_EQ(gpu.processed(g[s]), int(gpu.tokens(g[s]).size()));
+      drawn_tokens[s].push_back(t.token);
+      cpu.append(h[s], std::span<const int>(&t.token, 1));
+    }
+    cpu.process();
+  }
+  for (int s = 0; s < S; ++s) {
+    auto lg = gpu.logits(g[s]), lc = cpu.logits(h[s]);
+    double worst = 0, top = 0;
+    for (int v = 0; v < V; ++v) {
+      worst = std::max(worst, double(std::abs(lg[v] - lc[v])));
+      top = std::max(top, double(std::abs(lc[v])));
+    }
+    EXPECT_LE(worst, 1e-3 * top) << "seq " << s;
+  }
+  // Phase 2: nothing read between steps but the drawn tokens (the GPU runs ahead of the host);
+  // the same draws (seeds and steps) as phase 1 must come out.
+  Context ahead(gpu_model, {.context_length = 64, .max_sequences = S, .host_logits = false});
+  std::vector<int> a;
+  for (int s = 0; s < S; ++s) {
+    a.push_back(ahead.new_sequence());
+    ahead.append(a[s], prompt(s));
+  }
+  ahead.process();
+  for (int step = 0; step < steps; ++step) {
+    std::vector<SampleRequest> req;
+    for (int s = 0; s < S; ++s) req.push_back({a[s], 5 + uint64_t(s), uint64_t(step)});
+    ahead.append_sampled(req, c, LogprobMode::kRaw);
+    ahead.process();
+    for (int s = 0; s < S; ++s)
+      EXPECT_EQ(ahead.drawn(a[s]).token, drawn_tokens[s][step]) << "seq " << s << " step " << step;
+  }
+  // Misuse is named, and a draw truncated away before or after its step leaves no trace.
+  std::vector<SampleRequest> one = {{a[0], 1, 0}};
+  EXPECT_THROW(ahead.drawn(a[0]), Error);  // already taken
+  ahead.append_sampled(one, c, LogprobMode::kRaw);
+  EXPECT_THROW(ahead.append_sampled(one, c, LogprobMode::kRaw), Error);  // not processed yet
+  const int before = int(ahead.tokens(a[1]).size());
+  ahead.truncate(a[0], int(ahead.processed(a[0])));  // the queued draw goes, the logits stay
+  EXPECT_THROW(ahead.drawn(a[0]), Error);
+  ahead.append_sampled(one, c, LogprobMode::kRaw);
+  ahead.process();
+  const int length = int(ahead.processed(a[0]));
+  ahead.truncate(a[0], length - 1);  // drawn and run, never taken
+  EXPECT_EQ(int(ahead.tokens(a[0]).size()), length - 1);
+  EXPECT_EQ(int(ahead.tokens(a[1]).size()), before);
+  const int extra = 3;
+  ahead.append(a[0], std::span<const int>(&extra, 1));
+  EXPECT_THROW(ahead.append_sampled(one, c, LogprobMode::kRaw), Error);  // a queued token
+  ahead.process();
+  ahead.append_sampled(one, c, LogprobMode::kRaw);
+  ahead.process();
+  EXPECT_EQ(ahead.tokens(a[0]).back(), ahead.drawn(a[0]).token);
+}
+
 #else
 
 TEST(CudaSampling, SkippedWithoutTheCudaLine) {
@@ -392,6 +507,37 @@ TEST(ContextSample, CpuLineRunsTheSamplerWithEachRequestsSeedAndStep) {
   EXPECT_THROW(ctx.sample(unprocessed, a, LogprobMode::kRaw, one), Error);
   ctx.release(fresh);
   EXPECT_THROW(ctx.sample(unprocessed, a, LogprobMode::kRaw, one), Error);
+}
+
+// Context::append_sampled on the CPU line draws at once: the token sample() gives, appended.
+TEST(ContextSample, AppendSampledOnTheCpuLineIsSampleThenAppend) {
+  Config cfg;
+  cfg.paths.checkpoint = std::string(MIND4_SOURCE_DIR) + "/tests/fixtures/yarn_mxfp4_gqa";
+  auto model = Model::load(cfg);
+  Context ctx(model, {.context_length = 16});
+  const int seq = ctx.new_sequence();
+  const std::vector<int> prompt = {3, 14, 15, 9};
+  ctx.append(seq, prompt);
+  ctx.process();
+  EXPECT_FALSE(ctx.draws_on_device());
+  SamplingConfig c;
+  c.temperature = 0.7f;
+  c.top_k = 40;
+  const std::vector<SampleRequest> req = {{seq, 21, 4}};
+  std::vector<SampledToken> want(1);
+  ctx.sample(req, c, LogprobMode::kSampling, want);
+  ctx.append_sampled(req, c, LogprobMode::kSampling);
+  EXPECT_EQ(ctx.tokens(seq).back(), want[0].token);
+  EXPECT_EQ(ctx.processed(seq), int(prompt.size()));  // queued, for the next process()
+  const SampledToken got = ctx.drawn(seq);
+  EXPECT_EQ(got.token, want[0].token);
+  EXPECT_EQ(got.logprob, want[0].logprob);
+  EXPECT_THROW(ctx.drawn(seq), Error);
+  EXPECT_THROW(ctx.append_sampled(req, c, LogprobMode::kSampling), Error);  // a queued token
+  ctx.process();
+  ctx.append(seq, std::vector<int>(16 - ctx.tokens(seq).size(), 1));  // the context is full
+  ctx.process();
+  EXPECT_THROW(ctx.append_sampled(req, c, LogprobMode::kSampling), Error);  // would not fit
 }
 
 }  // namespace

@@ -160,8 +160,8 @@ void run(const CudaBenchArgs& o) {
     j["decode"].push_back(d);
   }
 
-  // Batched decode that samples its tokens: the host sampler over downloaded logits (one Sampler
-  // per sequence) against Context::sample with the logits left on the GPU.
+  // Decode that samples its tokens: the host sampler over downloaded logits (one Sampler per
+  // sequence) against draws on the GPU into the next step (Context::append_sampled).
   if (o.sampling) {
     mind4::SamplingConfig sc;
     sc.temperature = 1.0f;
@@ -186,13 +186,17 @@ void run(const CudaBenchArgs& o) {
         std::vector<mind4::SampledToken> got(b);
         auto step = [&] {
           if (gpu) {
-            ctx.sample(req, sc, mind4::LogprobMode::kSampling, got);
+            // As generate runs: each token drawn on the GPU into its own step, which is queued
+            // before the host learns the token.
+            ctx.append_sampled(req, sc, mind4::LogprobMode::kSampling);
+            ctx.process();
+            for (int i = 0; i < b; ++i) got[i] = ctx.drawn(seqs[i]);
             for (auto& r : req) ++r.step;
           } else {
             for (int i = 0; i < b; ++i) got[i].token = samplers[i].sample(ctx.logits(seqs[i]), {});
+            for (int i = 0; i < b; ++i) ctx.append(seqs[i], std::span<const int>(&got[i].token, 1));
+            ctx.process();
           }
-          for (int i = 0; i < b; ++i) ctx.append(seqs[i], std::span<const int>(&got[i].token, 1));
-          ctx.process();
         };
         for (int w = 0; w < warm; ++w) step();
         std::vector<double> times;

@@ -136,14 +136,16 @@ class Context {
   // Logits [n, vocab_size] of the n positions of seq processed by the last process() (row i =
   // i-th of them). kInvalidArgument unless options.keep_all_logits.
   std::span<const float> all_logits(int seq) const;
-  // Every token of seq: processed ones followed by queued ones.
+  // Every token of seq: processed ones followed by queued ones (a token append_sampled() drew is
+  // waited for).
   std::span<const int> tokens(int seq) const;
   int processed(int seq) const;  // positions in the KV cache
   // Keeps the first `length` tokens of seq (processed or queued) and forgets the rest, so that a
   // conversation that changed after some point (an edited or dropped message) is processed again
   // only from there. The KV rows past `length` are overwritten as new tokens are processed.
-  // logits(seq) is unavailable until the next process(). kInvalidArgument for an unknown id or a
-  // length outside [0, tokens(seq).size()].
+  // When processed tokens go, logits(seq) is unavailable until the next process() (dropping only
+  // queued tokens keeps it). kInvalidArgument for an unknown id or a length outside
+  // [0, tokens(seq).size()].
   void truncate(int seq, int length);
   // Frees seq's slot (its KV memory returns to the pool); kInvalidArgument for an unknown id.
   void release(int seq);
@@ -159,6 +161,26 @@ class Context {
   // max_sequences, or logits the Sampler rejects (NaN, +inf, all masked).
   void sample(std::span<const SampleRequest> requests, const SamplingConfig& config,
               LogprobMode mode, std::span<SampledToken> out);
+  // sample() and append() in one, without the token coming to the host first: on the CUDA line
+  // the next process() draws each requested sequence's token on the GPU, writes it into its own
+  // step's input and runs that step, all queued at once; drawn(seq) then returns the token as
+  // soon as its draw is done, while the step may still run. A generation loop thus queues the
+  // step of token n before it learns token n, and the GPU does not wait for the host between
+  // tokens (chat::Generator runs so). With penalties, and on the CPU line, the token is drawn
+  // now (the penalties count tokens on the host). Errors as sample(), and kInvalidArgument for a
+  // sequence with queued tokens (its logits are not its last token's yet) or when the draws of
+  // an earlier append_sampled() have not been through process() yet; kContextOverflow when the
+  // token would not fit.
+  void append_sampled(std::span<const SampleRequest> requests, const SamplingConfig& config,
+                      LogprobMode mode);
+  // The token append_sampled() drew for seq (waiting for its draw). kInvalidArgument when seq
+  // has none since its last drawn(), truncate() or release(); a draw the sampler rejects (NaN or
+  // +inf logits, all masked) is reported here as sample() reports it, and its token is dropped
+  // from the sequence (with any token appended after it).
+  SampledToken drawn(int seq);
+  // Whether append_sampled() leaves its draws to the device (the CUDA line; without penalties):
+  // only then does a loop gain from queueing a token's step before it knows the token.
+  bool draws_on_device() const;
 
   const Model& model() const;
   const ContextOptions& options() const;

@@ -148,6 +148,9 @@ GenerateStats Generator::generate(std::span<const int> prompt, const GenerateLim
     stats.text += event.text;
     if (on_token) on_token(event);
   };
+  // The next token's draw and its forward step are queued on the Context (append_sampled): the
+  // host learns token n while the step of token n runs, so the GPU does not wait for it.
+  bool queued = false;
   for (;;) {
     if (limits.cancel && limits.cancel->load(std::memory_order_relaxed)) {
       stats.stop = StopCause::kCancelled;
@@ -157,7 +160,13 @@ GenerateStats Generator::generate(std::span<const int> prompt, const GenerateLim
       stats.stop = StopCause::kMaxTokens;
       break;
     }
-    if (limits.logprobs > 0) {
+    if (queued) {
+      const SampledToken drawn = ctx_->drawn(seq_);
+      queued = false;
+      sampled.token = drawn.token;
+      sampled.logprob = drawn.logprob;
+      sampled.top.clear();
+    } else if (limits.logprobs > 0) {
       // Top alternatives need the whole row on the host.
       sampler_.sample_with_logprobs(ctx_->logits(seq_), history_, limits.logprobs,
                                     LogprobMode::kRaw, sampled);
@@ -206,13 +215,34 @@ GenerateStats Generator::generate(std::span<const int> prompt, const GenerateLim
       stats.stop = StopCause::kMaxTokens;
       break;
     }
-    if (ctx_->processed(seq_) + 1 > context_length_) {
-      stats.stop = StopCause::kContextFull;
-      break;
+    if (ctx_->processed(seq_) < int(history_.size())) {  // not drawn into its step
+      if (ctx_->processed(seq_) + 1 > context_length_) {
+        stats.stop = StopCause::kContextFull;
+        break;
+      }
+      ctx_->append(seq_, std::span<const int>(&token, 1));
+      ctx_->process();
     }
-    ctx_->append(seq_, std::span<const int>(&token, 1));
-    ctx_->process();
+    // The next token drawn into its own step on the GPU, unless it is the last one wanted (it
+    // needs no step) or would not fit (the next turn samples it as before and stops), or the top
+    // alternatives are wanted (the host needs the whole row), or penalties are on (they count the
+    // tokens on the host).
+    const SamplingConfig& sc = sampler_.config();
+    const bool penalties = sc.repetition_penalty != 1.0f || sc.presence_penalty != 0.0f ||
+                           sc.frequency_penalty != 0.0f;
+    if (ctx_->draws_on_device() && !penalties && limits.logprobs == 0 &&
+        stats.generated + 1 < limits.max_new_tokens &&
+        ctx_->processed(seq_) + 1 <= context_length_) {
+      const SampleRequest request{seq_, sampler_.config().seed, sampler_.step()};
+      ctx_->append_sampled(std::span<const SampleRequest>(&request, 1), sampler_.config(),
+                           LogprobMode::kRaw);
+      sampler_.set_step(request.step + 1);
+      ctx_->process();
+      queued = true;
+    }
   }
+  // A token drawn into a step but never taken (a cancel) leaves the sequence again.
+  if (queued) ctx_->truncate(seq_, int(history_.size()));
   if (stats.generated > 0) stats.decode_s = seconds_between(first, last);
   pending += utf8.flush();
   if (!pending.empty() && stats.stop != StopCause::kStopString) {

@@ -87,8 +87,9 @@ class CudaBackend final : public StepBackend {
     const int64_t scratch = 2 * B * H * 4 + B * (2 * H + QKV + NH * D) * a + B * E * 4 + A * 8 +
                             (2 * E + 2) * 4 + A * 12 + (A + kExpertRowPad) * (I * a + H * 4) +
                             partial_floats * 4 + L * H * a + L * V * 4 + S * V * 4 +
-                            2 * (3 * B + 2 * L) * 4 + 2 * positions_ * (D / 2) * 4 +
-                            int64_t(kBlasWorkspace);
+                            2 * (3 * B + 2 * L) * 4 +
+                            2 * S * int64_t(sizeof(cuda::SampleJob) + sizeof(cuda::SampleOut)) +
+                            2 * positions_ * (D / 2) * 4 + int64_t(kBlasWorkspace);
     size_t free_b = 0, total_b = 0;
     cuda::check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
     MIND4_CHECK(size_t(kv_bytes + scratch) <= free_b, Status::kOutOfMemory,
@@ -114,10 +115,14 @@ class CudaBackend final : public StepBackend {
     partial_ = dev(partial_floats * 4, "cudaMalloc (scratch)");
     final_ = dev(std::max<int64_t>(L, 1) * H * a, "cudaMalloc (scratch)");
     logits_ = dev(std::max<int64_t>(L, 1) * V * 4, "cudaMalloc (logits)");
+    const size_t draw_bytes = size_t(S) * (sizeof(cuda::SampleJob) + sizeof(cuda::SampleOut));
     for (RowTable& t : tables_) {
       t.dev = dev((3 * B + 2 * L) * 4, "cudaMalloc (step rows)");
       t.host = cuda::PinnedBuffer(size_t(3 * B + 2 * L) * 4);
+      t.draw_dev = dev(int64_t(draw_bytes), "cudaMalloc (drawn tokens)");
+      t.draw_host = cuda::PinnedBuffer(draw_bytes);
     }
+    draws_.resize(size_t(S));
     slot_logits_ = dev(S * V * 4, "cudaMalloc (per-sequence logits)");
     sample_jobs_ = dev(S * int64_t(sizeof(cuda::SampleJob)), "cudaMalloc (sampling)");
     sample_out_ = dev(S * int64_t(sizeof(cuda::SampleOut)), "cudaMalloc (sampling)");
@@ -247,7 +252,10 @@ class CudaBackend final : public StepBackend {
   }
 
   // Steps may still be queued (forward() need not wait): their buffers must outlive them.
-  ~CudaBackend() override { cudaStreamSynchronize(stream_.get()); }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_.get());
+    cudaStreamSynchronize(download_.get());
+  }
 
   std::span<const float> forward(std::span<const StepRow> rows,
                                  std::span<const int> logit_rows) override {
@@ -260,11 +268,27 @@ class CudaBackend final : public StepBackend {
     turn_ ^= 1;
     RowTable& table = tables_[turn_];
     cuda::check(cudaEventSynchronize(table.done.get()), "a forward step (cudaEventSynchronize)");
+    keep_draw_results(turn_);
     int* h = table.host.data<int>();
+    auto* draw_jobs = table.draw_host.data<cuda::SampleJob>();
+    int draws = 0;
     for (int r = 0; r < B; ++r) {
       h[r] = rows[r].token;
       h[max_rows_ + r] = rows[r].pos;
       h[2 * max_rows_ + r] = rows[r].slot;
+      if (rows[r].token != kDrawnToken) continue;
+      // The queued draw of this row's slot runs before the step and writes the token here.
+      auto it = std::find_if(queued_.begin(), queued_.end(),
+                             [&](const cuda::SampleJob& j) { return j.row == rows[r].slot; });
+      MIND4_CHECK(it != queued_.end(), Status::kInternal, "CudaBackend: row ", r,
+                  " waits for a draw that is not queued");
+      h[r] = 0;
+      draw_jobs[draws] = *it;
+      draw_jobs[draws].dest = r;
+      draws_[it->row] = {DrawState::kLaunched, turn_, draws, {}};
+      table.draw_slots.push_back(int(it->row));
+      queued_.erase(it);
+      ++draws;
     }
     for (int i = 0; i < L; ++i) h[3 * max_rows_ + i] = logit_rows[i];
     // Each slot's last logit row of the step goes to the per-slot store (keep_all_logits steps
@@ -286,8 +310,29 @@ class CudaBackend final : public StepBackend {
         cudaMemcpyAsync(table.dev.data(), h, size_t(3 * max_rows_ + 2 * max_logit_rows_) * 4,
                         cudaMemcpyHostToDevice, upload_.get()),
         "cudaMemcpyAsync (step rows)");
+    auto* draw_jobs_dev = table.draw_dev.data<cuda::SampleJob>();
+    auto* draw_out_dev = reinterpret_cast<cuda::SampleOut*>(draw_jobs_dev + max_slots_);
+    if (draws > 0)
+      cuda::check(cudaMemcpyAsync(draw_jobs_dev, draw_jobs, size_t(draws) * sizeof(cuda::SampleJob),
+                                  cudaMemcpyHostToDevice, upload_.get()),
+                  "cudaMemcpyAsync (draws)");
     cuda::check(cudaEventRecord(table.ready.get(), upload_.get()), "cudaEventRecord (step rows)");
     cuda::check(cudaStreamWaitEvent(s, table.ready.get()), "cudaStreamWaitEvent (step rows)");
+    if (draws > 0) {
+      // The draws from the slots' last logits, each token into its row; the results go down
+      // beside the step, so that the host learns them while the step runs.
+      cuda::sample_tokens(slot_logits_.data<float>(), V, draw_jobs_dev, draws, nullptr,
+                          draw_params_, nullptr, draw_out_dev, s, 0, table.dev.data<int>());
+      cuda::check(cudaEventRecord(table.sampled.get(), s), "cudaEventRecord (draws)");
+      cuda::check(cudaStreamWaitEvent(download_.get(), table.sampled.get()),
+                  "cudaStreamWaitEvent (draws)");
+      auto* draw_out_host = reinterpret_cast<cuda::SampleOut*>(draw_jobs + max_slots_);
+      cuda::check(
+          cudaMemcpyAsync(draw_out_host, draw_out_dev, size_t(draws) * sizeof(cuda::SampleOut),
+                          cudaMemcpyDeviceToHost, download_.get()),
+          "cudaMemcpyAsync (drawn tokens)");
+      cuda::check(cudaEventRecord(table.drawn.get(), download_.get()), "cudaEventRecord (draws)");
+    }
     // The full-attention layers' keys are bounded by the step's longest row, rounded up to a
     // power of two (at least kMinKeyBound), rather than by the cache: the decode attention's split
     // count follows it, so a short context runs one split and no combine kernel. Each bound gets
@@ -338,6 +383,35 @@ class CudaBackend final : public StepBackend {
     return {logits_host_.data<float>(), size_t(L) * V};
   }
 
+  static cuda::SampleParams sample_params(const SamplingConfig& config, LogprobMode mode) {
+    cuda::SampleParams p;
+    // As the CPU sampler: a temperature so small that 1/T overflows can only pick the argmax.
+    p.greedy = config.temperature == 0.0f || !std::isfinite(1.0f / config.temperature);
+    p.inv_temperature = p.greedy ? 1.0f : 1.0f / config.temperature;
+    p.top_k = config.top_k;
+    p.top_p = config.top_p;
+    p.min_p = config.min_p;
+    p.repetition_penalty = config.repetition_penalty;
+    p.presence_penalty = config.presence_penalty;
+    p.frequency_penalty = config.frequency_penalty;
+    p.logprob_mode = mode == LogprobMode::kRaw ? 0 : mode == LogprobMode::kProcessed ? 1 : 2;
+    return p;
+  }
+
+  // A draw's result with the CPU sampler's errors, per sequence.
+  SampledToken checked_draw(const cuda::SampleOut& o, int slot) const {
+    const int V = c_.vocab_size;
+    MIND4_CHECK(o.status != cuda::kSampleBadLogit, Status::kInvalidArgument,
+                "sampler: the logits of KV slot ", slot, " hold NaN or +inf");
+    MIND4_CHECK(o.status != cuda::kSampleAllMasked, Status::kInvalidArgument,
+                "sampler: every token is masked (all ", V, " logits are -inf)");
+    MIND4_CHECK(o.status != cuda::kSamplePenaltyOverflow, Status::kInvalidArgument,
+                "sampler: the penalties push a logit of KV slot ", slot, " out of range");
+    MIND4_CHECK(o.status == cuda::kSampleOk && o.token >= 0 && o.token < V, Status::kInternal,
+                "sample_tokens: status ", o.status, ", token ", o.token);
+    return {o.token, o.logprob};
+  }
+
   void finish() override {
     cuda::check(cudaStreamSynchronize(stream_.get()),
                 "the queued forward steps (cudaStreamSynchronize)");
@@ -360,23 +434,18 @@ class CudaBackend final : public StepBackend {
 
   void sample(std::span<const SlotSample> jobs, const SamplingConfig& config, LogprobMode mode,
               std::span<SampledToken> out) override {
+    run_sample(jobs, sample_params(config, mode), out);
+  }
+
+  // sample() with its parameters made: the jobs up, one kernel, the tokens down.
+  void run_sample(std::span<const SlotSample> jobs, const cuda::SampleParams& p,
+                  std::span<SampledToken> out) {
     const int n = int(jobs.size()), V = c_.vocab_size;
     MIND4_CHECK(n <= max_slots_, Status::kInternal, "CudaBackend::sample: ", n, " jobs for ",
                 max_slots_, " slots");
     if (n == 0) return;
-    cuda::SampleParams p;
-    // As the CPU sampler: a temperature so small that 1/T overflows can only pick the argmax.
-    p.greedy = config.temperature == 0.0f || !std::isfinite(1.0f / config.temperature);
-    p.inv_temperature = p.greedy ? 1.0f : 1.0f / config.temperature;
-    p.top_k = config.top_k;
-    p.top_p = config.top_p;
-    p.min_p = config.min_p;
-    p.repetition_penalty = config.repetition_penalty;
-    p.presence_penalty = config.presence_penalty;
-    p.frequency_penalty = config.frequency_penalty;
-    p.logprob_mode = mode == LogprobMode::kRaw ? 0 : mode == LogprobMode::kProcessed ? 1 : 2;
-    const bool penalties = config.repetition_penalty != 1.0f || config.presence_penalty != 0.0f ||
-                           config.frequency_penalty != 0.0f;
+    const bool penalties =
+        p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
     auto* host_jobs = sample_host_.data<cuda::SampleJob>();
     auto* host_out = reinterpret_cast<cuda::SampleOut*>(host_jobs + max_slots_);
     // Penalties: each job's history as (token, count) pairs, counted on the host (a pass over the
@@ -425,19 +494,63 @@ class CudaBackend final : public StepBackend {
                                 cudaMemcpyDeviceToHost, s),
                 "cudaMemcpyAsync (sampled tokens)");
     cuda::check(cudaStreamSynchronize(s), "sampling (cudaStreamSynchronize)");
-    for (int i = 0; i < n; ++i) {
-      const cuda::SampleOut& o = host_out[i];
-      // The CPU sampler's errors, per sequence.
-      MIND4_CHECK(o.status != cuda::kSampleBadLogit, Status::kInvalidArgument,
-                  "sampler: the logits of KV slot ", jobs[i].slot, " hold NaN or +inf");
-      MIND4_CHECK(o.status != cuda::kSampleAllMasked, Status::kInvalidArgument,
-                  "sampler: every token is masked (all ", V, " logits are -inf)");
-      MIND4_CHECK(o.status != cuda::kSamplePenaltyOverflow, Status::kInvalidArgument,
-                  "sampler: the penalties push a logit of KV slot ", jobs[i].slot, " out of range");
-      MIND4_CHECK(o.status == cuda::kSampleOk && o.token >= 0 && o.token < V, Status::kInternal,
-                  "sample_tokens: status ", o.status, ", token ", o.token);
-      out[i] = {o.token, o.logprob};
+    for (int i = 0; i < n; ++i) out[i] = checked_draw(host_out[i], jobs[i].slot);
+  }
+
+  bool draws_on_device() const override { return true; }
+
+  void queue_draws(std::span<const SlotSample> jobs, const SamplingConfig& config,
+                   LogprobMode mode) override {
+    MIND4_CHECK(queued_.empty(), Status::kInternal, "CudaBackend: draws queued twice");
+    draw_params_ = sample_params(config, mode);
+    for (const SlotSample& j : jobs) {
+      MIND4_CHECK(j.history.empty(), Status::kInternal,
+                  "CudaBackend: a queued draw with penalties");
+      queued_.push_back({j.slot, j.seed, j.step, 0, 0});
+      draws_[j.slot] = {DrawState::kQueued, 0, 0, {}};
     }
+  }
+
+  SampledToken take_drawn(int slot) override {
+    Draw& d = draws_[slot];
+    MIND4_CHECK(d.state != DrawState::kNone, Status::kInternal, "CudaBackend: no draw for slot ",
+                slot);
+    if (d.state == DrawState::kQueued) {  // no step has run it: run it now, as sample() would
+      auto it = std::find_if(queued_.begin(), queued_.end(),
+                             [&](const cuda::SampleJob& j) { return j.row == slot; });
+      const SlotSample job{slot, it->seed, it->step, {}};
+      queued_.erase(it);
+      d.state = DrawState::kNone;
+      SampledToken t;
+      run_sample(std::span<const SlotSample>(&job, 1), draw_params_,
+                 std::span<SampledToken>(&t, 1));
+      return t;
+    }
+    if (d.state == DrawState::kLaunched) keep_draw_results(d.table);
+    d.state = DrawState::kNone;
+    return checked_draw(d.out, slot);
+  }
+
+  // Before a row table is reused: the results of its draws not taken yet move to draws_ (their
+  // pinned copies are about to be overwritten).
+  void keep_draw_results(int turn) {
+    RowTable& t = tables_[turn];
+    if (t.draw_slots.empty()) return;
+    cuda::check(cudaEventSynchronize(t.drawn.get()), "a drawn token (cudaEventSynchronize)");
+    const auto* results =
+        reinterpret_cast<const cuda::SampleOut*>(t.draw_host.data<cuda::SampleJob>() + max_slots_);
+    for (int slot : t.draw_slots) {
+      Draw& d = draws_[slot];
+      if (d.state != DrawState::kLaunched || d.table != turn) continue;
+      d.out = results[d.index];
+      d.state = DrawState::kReady;
+    }
+    t.draw_slots.clear();
+  }
+
+  void cancel_draw(int slot) override {
+    std::erase_if(queued_, [&](const cuda::SampleJob& j) { return j.row == slot; });
+    draws_[slot].state = DrawState::kNone;
   }
 
  private:
@@ -746,10 +859,29 @@ class CudaBackend final : public StepBackend {
     cuda::PinnedBuffer host;
     cuda::Event ready;  // uploaded (on upload_)
     cuda::Event done;   // the step that read it has completed
+    // The draws run before the step (Context::append_sampled): jobs and results, here and on
+    // the device, and the slots whose results are here.
+    DeviceBuffer draw_dev;
+    cuda::PinnedBuffer draw_host;
+    cuda::Event sampled;  // the draws have run (on the step's stream)
+    cuda::Event drawn;    // their results are in draw_host (on download_)
+    std::vector<int> draw_slots;
   };
   RowTable tables_[2];
   int turn_ = 0;
   cuda::Stream upload_;
+  cuda::Stream download_;  // drawn tokens to the host, beside the step
+  // Context::append_sampled's draws: queued_ until the forward() whose rows take them runs them
+  // (SampleJob.row holds the slot); then each slot's state, where its result is.
+  enum class DrawState { kNone, kQueued, kLaunched, kReady };
+  struct Draw {
+    DrawState state = DrawState::kNone;
+    int table = 0, index = 0;  // kLaunched: tables_[table]'s result index
+    cuda::SampleOut out{};     // kReady
+  };
+  std::vector<cuda::SampleJob> queued_;
+  std::vector<Draw> draws_;
+  cuda::SampleParams draw_params_;
   cuda::MoeGroups groups_{};
   std::map<int64_t, cuda::Graph> graphs_;
   std::map<int64_t, int> seen_;

@@ -229,6 +229,7 @@ struct SampleJob {
   int64_t row;  // the logits row
   uint64_t seed, step;
   int pen_begin, pen_end;  // this job's (token, count) pairs in `penalties`; empty = none
+  int dest = -1;           // tokens_out[dest] = the token (0 after a sampler error); -1: none
 };
 enum SampleStatus : int {
   kSampleOk = 0,
@@ -246,10 +247,11 @@ struct SampleOut {
 // with each token at most once per job; work f32 [n, V] scratch, needed only when some job has
 // penalty pairs (may be null otherwise). Each job runs on a cluster of `ranks` blocks (0: as
 // many as fill the card once, up to sample_max_ranks()), each over a slice of the vocabulary; the
-// token drawn does not depend on it (the masses are exact integer sums).
+// token drawn does not depend on it (the masses are exact integer sums). tokens_out (with the
+// jobs' dest): where the tokens also go, such as the next step's row table.
 void sample_tokens(const float* logits, int V, const SampleJob* jobs, int n, const int2* penalties,
                    const SampleParams& params, float* work, SampleOut* out, cudaStream_t stream,
-                   int ranks = 0);
+                   int ranks = 0, int* tokens_out = nullptr);
 // The largest cluster sample_tokens spreads a job over on this card: 16, or the portable 8.
 int sample_max_ranks();
 // store[dest_slot[i]] = logits row i (f32 [L, V]) for i < L; rows with dest_slot -1 are skipped

@@ -1,9 +1,9 @@
 // Token sampling on the GPU: a cluster of blocks per sequence (each over a slice of the
 // vocabulary, every reduction over the whole cluster through distributed shared memory) turns a
 // row of logits into the next token and its logprob, so that only those (16 bytes a sequence,
-// with a status) come back to the host instead of the row (800 KB at vocabulary 201088). The order of operations is the CPU sampler's
-// (sampler.h): penalties, temperature, top-k, top-p, min-p, then the draw with the same Philox
-// counter.
+// with a status) come back to the host instead of the row (800 KB at vocabulary 201088). The order
+// of operations is the CPU sampler's (sampler.h): penalties, temperature, top-k, top-p, min-p, then
+// the draw with the same Philox counter.
 //
 // The vocabulary is never sorted. The kept set is always a prefix of the strict order (processed
 // logit descending, then token id ascending), so it is described by a cut: a logit (as an
@@ -273,7 +273,7 @@ __device__ unsigned long long sample_block_scan(unsigned long long v, SampleShar
 __global__ void __launch_bounds__(kSampleThreads)
     sample_kernel(const float* __restrict__ logits, int V, const SampleJob* __restrict__ jobs,
                   const int2* __restrict__ penalties, SampleParams p, float* __restrict__ work,
-                  SampleOut* __restrict__ out) {
+                  SampleOut* __restrict__ out, int* __restrict__ tokens_out) {
   __shared__ SampleShared sh;
   const int ranks = int(cg::this_cluster().num_blocks());
   const int job_index = int(blockIdx.x) / ranks;
@@ -326,7 +326,10 @@ __global__ void __launch_bounds__(kSampleThreads)
     if (max == -INFINITY) result.status = kSampleAllMasked;
   }
   if (result.status != kSampleOk) {  // the same status in every block of the job
-    if (tid == 0 && rank == 0) out[job_index] = result;
+    if (tid == 0 && rank == 0) {
+      out[job_index] = result;
+      if (tokens_out && job.dest >= 0) tokens_out[job.dest] = 0;  // a valid id for the step
+    }
     return;
   }
   const float inv_t = p.inv_temperature;
@@ -572,6 +575,7 @@ __global__ void __launch_bounds__(kSampleThreads)
   else
     result.logprob = p.greedy ? 0.0f : float(log(double(weight(tok))) - log_norm);
   out[job_index] = result;
+  if (tokens_out && job.dest >= 0) tokens_out[job.dest] = tok;
 }
 
 // Row y of logits into slot dest[y] of the store (dest < 0: not stored), in 16-byte words (V % 4
@@ -642,7 +646,7 @@ int sample_max_ranks() {
 
 void sample_tokens(const float* logits, int V, const SampleJob* jobs, int n, const int2* penalties,
                    const SampleParams& params, float* work, SampleOut* out, cudaStream_t stream,
-                   int ranks) {
+                   int ranks, int* tokens_out) {
   MIND4_CUDA_ARG(logits && jobs && out, "sample_tokens", "null pointer");
   MIND4_CUDA_ARG(V > 0 && n >= 0, "sample_tokens", "V = ", V, ", n = ", n);
   MIND4_CUDA_ARG(params.logprob_mode >= 0 && params.logprob_mode <= 2, "sample_tokens",
@@ -669,7 +673,8 @@ void sample_tokens(const float* logits, int V, const SampleJob* jobs, int n, con
   attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  check(cudaLaunchKernelEx(&cfg, sample_kernel, logits, V, jobs, penalties, params, work, out),
+  check(cudaLaunchKernelEx(&cfg, sample_kernel, logits, V, jobs, penalties, params, work, out,
+                           tokens_out),
         "sample_kernel");
   check_launch("sample_kernel");
 }

@@ -42,7 +42,22 @@ class StepBackend {
   };
   virtual void sample(std::span<const SlotSample> jobs, const SamplingConfig& config,
                       LogprobMode mode, std::span<SampledToken> out);
+
+  // ---- lines that draw a token into the next step on the device (Context::append_sampled).
+  virtual bool draws_on_device() const { return false; }
+  // Queues one draw a job (no penalties): the forward() whose rows hold the job's slot with
+  // token kDrawnToken runs it first and feeds its token to that row.
+  virtual void queue_draws(std::span<const SlotSample> jobs, const SamplingConfig& config,
+                           LogprobMode mode);
+  // The token drawn for slot, waiting for it (a draw no forward() has run yet runs now); a
+  // sampler error throws as sample() does. The slot's draw is then forgotten.
+  virtual SampledToken take_drawn(int slot);
+  // Forgets the slot's draw, run or not.
+  virtual void cancel_draw(int) {}
 };
+
+// A step row's token that a queued draw provides (see queue_draws).
+constexpr int kDrawnToken = -1;
 
 // max_logit_rows: the most rows whose logits one step may want.
 std::unique_ptr<StepBackend> make_cpu_backend(const Model::Impl& model,

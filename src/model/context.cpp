@@ -25,6 +25,11 @@ struct Sequence {
   bool host_logits = false;       // last_logits holds them (else only the backend's device store)
   int all_rows = 0;               // rows in all_logits from the last process()
   std::vector<float> all_logits;  // [all_rows, V] (keep_all_logits only)
+  // append_sampled(): the drawn token's index in tokens while the backend still has it (the
+  // token there is kDrawnToken), and the draw once known.
+  int draw_at = -1;
+  bool has_drawn = false;
+  SampledToken drawn;
 };
 }  // namespace context_detail
 using context_detail::Sequence;
@@ -43,6 +48,8 @@ struct Context::Impl {
   // sample() on the CPU line: one Sampler, rebuilt when the config (seed aside) changes.
   std::unique_ptr<Sampler> sampler;
   std::vector<StepBackend::SlotSample> slot_samples;
+  std::vector<SampledToken> drawn_now;  // append_sampled() drawing at once
+  int draws_queued = 0;                 // draws of append_sampled() that await process()
 
   Impl(std::shared_ptr<const Model> m, ContextOptions o) : model(std::move(m)), options(o) {}
 
@@ -53,6 +60,31 @@ struct Context::Impl {
                 Status::kInvalidArgument, what, ": sequence ", seq,
                 " is not a live sequence of this context (never created or released)");
     return slot;
+  }
+
+  // Brings a draw of append_sampled() still in the backend into the sequence's tokens.
+  void resolve_draw(int slot) {
+    Sequence& s = seqs[slot];
+    if (s.draw_at < 0) return;
+    try {
+      s.drawn = backend->take_drawn(slot);
+    } catch (const Error&) {  // the token never existed: drop it and what came after
+      s.tokens.resize(size_t(s.draw_at));
+      s.processed = std::min(s.processed, s.draw_at);
+      s.has_logits = s.host_logits = s.has_drawn = false;
+      s.draw_at = -1;
+      throw;
+    }
+    s.tokens[size_t(s.draw_at)] = s.drawn.token;
+    s.draw_at = -1;
+  }
+
+  // Forgets the sequence's draw (truncated away, or the sequence released).
+  void drop_draw(int slot) {
+    Sequence& s = seqs[slot];
+    if (s.draw_at >= 0) backend->cancel_draw(slot);
+    s.draw_at = -1;
+    s.has_drawn = false;
   }
 };
 
@@ -109,6 +141,8 @@ int Context::new_sequence() {
     s.has_logits = false;
     s.host_logits = false;
     s.all_rows = 0;
+    s.draw_at = -1;
+    s.has_drawn = false;
     return s.generation * m.options.max_sequences + slot;
   }
   throw Error(Status::kOutOfMemory,
@@ -178,6 +212,7 @@ void Context::process() {
       }
     }
     const std::span<const float> step_logits = m.backend->forward(m.rows, m.logit_rows);
+    for (const StepRow& row : m.rows) m.draws_queued -= row.token == kDrawnToken ? 1 : 0;
     for (size_t i = 0; i < m.logit_rows.size(); ++i) {
       Sequence& s = m.seqs[m.logit_dest[i]];
       const float* src = step_logits.empty() ? nullptr : step_logits.data() + int64_t(i) * V;
@@ -236,6 +271,7 @@ void Context::sample(std::span<const SampleRequest> requests, const SamplingConf
     const int slot = m.slot_of(r.seq, "sample");
     MIND4_CHECK(m.seqs[slot].has_logits, Status::kInvalidArgument, "sample: sequence ", r.seq,
                 " has not been processed yet (append tokens, then call process())");
+    m.resolve_draw(slot);  // the penalties count its tokens
   }
   if (m.device_logits) {
     m.slot_samples.clear();
@@ -261,6 +297,71 @@ void Context::sample(std::span<const SampleRequest> requests, const SamplingConf
   }
 }
 
+void Context::append_sampled(std::span<const SampleRequest> requests, const SamplingConfig& config,
+                             LogprobMode mode) {
+  Impl& m = *impl_;
+  Sampler::validate(config);
+  MIND4_CHECK(requests.size() <= size_t(m.options.max_sequences), Status::kInvalidArgument,
+              "append_sampled: ", requests.size(),
+              " requests in one call; at most max_sequences = ", m.options.max_sequences);
+  MIND4_CHECK(m.draws_queued == 0, Status::kInvalidArgument,
+              "append_sampled: the tokens drawn by the last append_sampled() are still queued; "
+              "call process() first");
+  for (const SampleRequest& r : requests) {
+    const int slot = m.slot_of(r.seq, "append_sampled");
+    Sequence& s = m.seqs[slot];
+    MIND4_CHECK(s.has_logits, Status::kInvalidArgument, "append_sampled: sequence ", r.seq,
+                " has not been processed yet (append tokens, then call process())");
+    MIND4_CHECK(int(s.tokens.size()) == s.processed, Status::kInvalidArgument,
+                "append_sampled: sequence ", r.seq, " has ", int(s.tokens.size()) - s.processed,
+                " queued tokens; call process() first (the draw needs their logits)");
+    MIND4_CHECK(int(s.tokens.size()) < m.options.context_length, Status::kContextOverflow,
+                "append_sampled: sequence ", r.seq, " has ", s.tokens.size(),
+                " tokens; one more would exceed context_length ", m.options.context_length);
+    m.resolve_draw(slot);
+  }
+  const bool penalties = config.repetition_penalty != 1.0f || config.presence_penalty != 0.0f ||
+                         config.frequency_penalty != 0.0f;
+  if (!m.backend->draws_on_device() || penalties) {
+    m.drawn_now.resize(requests.size());
+    sample(requests, config, mode, m.drawn_now);
+    for (size_t i = 0; i < requests.size(); ++i) {
+      Sequence& s = m.seqs[m.slot_of(requests[i].seq, "append_sampled")];
+      s.tokens.push_back(m.drawn_now[i].token);
+      s.drawn = m.drawn_now[i];
+      s.has_drawn = true;
+    }
+    return;
+  }
+  m.slot_samples.clear();
+  for (const SampleRequest& r : requests)
+    m.slot_samples.push_back({m.slot_of(r.seq, "append_sampled"), r.seed, r.step, {}});
+  m.backend->queue_draws(m.slot_samples, config, mode);
+  for (const StepBackend::SlotSample& j : m.slot_samples) {
+    Sequence& s = m.seqs[j.slot];
+    s.draw_at = int(s.tokens.size());
+    s.tokens.push_back(kDrawnToken);
+    s.has_drawn = true;
+  }
+  m.draws_queued = int(requests.size());
+}
+
+bool Context::draws_on_device() const {
+  return impl_->backend->draws_on_device();
+}
+
+SampledToken Context::drawn(int seq) {
+  Impl& m = *impl_;
+  const int slot = m.slot_of(seq, "drawn");
+  Sequence& s = m.seqs[slot];
+  MIND4_CHECK(s.has_drawn, Status::kInvalidArgument, "drawn: sequence ", seq,
+              " has no token drawn by append_sampled() since the last drawn(), truncate() or "
+              "release()");
+  m.resolve_draw(slot);
+  s.has_drawn = false;
+  return s.drawn;
+}
+
 void StepBackend::download_logits(int, float*) {
   throw Error(Status::kInternal, "StepBackend: this line keeps no logits on a device");
 }
@@ -268,6 +369,14 @@ void StepBackend::download_logits(int, float*) {
 void StepBackend::sample(std::span<const SlotSample>, const SamplingConfig&, LogprobMode,
                          std::span<SampledToken>) {
   throw Error(Status::kInternal, "StepBackend: this line does not sample on a device");
+}
+
+void StepBackend::queue_draws(std::span<const SlotSample>, const SamplingConfig&, LogprobMode) {
+  throw Error(Status::kInternal, "StepBackend: this line does not draw into its steps");
+}
+
+SampledToken StepBackend::take_drawn(int) {
+  throw Error(Status::kInternal, "StepBackend: this line does not draw into its steps");
 }
 
 std::span<const float> Context::all_logits(int seq) const {
@@ -280,7 +389,9 @@ std::span<const float> Context::all_logits(int seq) const {
 }
 
 std::span<const int> Context::tokens(int seq) const {
-  const Sequence& s = impl_->seqs[impl_->slot_of(seq, "tokens")];
+  const int slot = impl_->slot_of(seq, "tokens");
+  impl_->resolve_draw(slot);
+  const Sequence& s = impl_->seqs[slot];
   return {s.tokens.data(), s.tokens.size()};
 }
 
@@ -289,21 +400,32 @@ int Context::processed(int seq) const {
 }
 
 void Context::truncate(int seq, int length) {
-  Sequence& s = impl_->seqs[impl_->slot_of(seq, "truncate")];
+  const int slot = impl_->slot_of(seq, "truncate");
+  Sequence& s = impl_->seqs[slot];
   MIND4_CHECK(length >= 0 && length <= int(s.tokens.size()), Status::kInvalidArgument,
               "truncate: sequence ", seq, " has ", s.tokens.size(), " tokens; cannot keep ",
               length);
+  if (s.draw_at >= length) {
+    if (s.processed <= s.draw_at) --impl_->draws_queued;  // its step will never run
+    impl_->drop_draw(slot);
+  }
+  s.has_drawn = false;
   s.tokens.resize(size_t(length));
   // Attention reads the cache only up to each row's own position, so rows past `length` need no
   // clearing: they are rewritten before anything reads them again.
-  s.processed = std::min(s.processed, length);
-  s.has_logits = false;
-  s.host_logits = false;
-  s.all_rows = 0;
+  if (length < s.processed) {  // the last processed token's logits are gone with it
+    s.processed = length;
+    s.has_logits = false;
+    s.host_logits = false;
+    s.all_rows = 0;
+  }
 }
 
 void Context::release(int seq) {
-  Sequence& s = impl_->seqs[impl_->slot_of(seq, "release")];
+  const int slot = impl_->slot_of(seq, "release");
+  Sequence& s = impl_->seqs[slot];
+  if (s.draw_at >= 0 && s.processed <= s.draw_at) --impl_->draws_queued;
+  impl_->drop_draw(slot);
   s.active = false;
   s.generation = (s.generation + 1) % (INT32_MAX / impl_->options.max_sequences);
   s.tokens.clear();
