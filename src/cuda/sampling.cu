@@ -39,6 +39,7 @@ constexpr int kStoreThreads = 256;  // store_logit_rows
 constexpr int kSampleWarps = kSampleThreads / 32;
 constexpr int kSampleMaxTiles = 256;
 constexpr int kSampleMaxRanks = 16;                  // blocks (a cluster) a job is spread over
+constexpr int kSampleShareBytes = 32;                // the most a block contributes to one exchange
 constexpr double kSampleFxScale = 17592186044416.0;  // 2^44
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -81,8 +82,9 @@ struct SampleShared {
   unsigned long long all_mass[256];
   unsigned long long tile[kSampleMaxTiles];
   alignas(8) unsigned char red[kSampleWarps * 8];
-  alignas(8) unsigned char share[8];  // this block's part of a reduction over the cluster
-  alignas(8) unsigned char gathered[kSampleMaxRanks * 8];  // every block's part, in rank order
+  alignas(8) unsigned char share[kSampleShareBytes];  // this block's part of a reduction
+  alignas(
+      8) unsigned char gathered[kSampleMaxRanks * kSampleShareBytes];  // every block's, in order
   int found;
   int digit;
   unsigned long long above;
@@ -113,6 +115,7 @@ __device__ T sample_block_reduce(T v, Op op, SampleShared& sh) {
 // result's [k] is rank k's, k < ranks (in shared memory, valid until the next gather).
 template <typename T>
 __device__ const T* sample_gather(T v, SampleShared& sh, const SampleGroup& g) {
+  static_assert(sizeof(T) <= kSampleShareBytes && alignof(T) <= 8);
   T* got = reinterpret_cast<T*>(sh.gathered);
   if (g.ranks == 1) {
     __syncthreads();  // the last gather's readers are done
@@ -287,17 +290,29 @@ __global__ void __launch_bounds__(kSampleThreads)
   SampleOut result{-1, 0.0f, kSampleOk, 0};
 
   // Raw logits: NaN and +inf are rejected (as the CPU sampler does); the raw maximum serves kRaw.
-  float raw_max = -INFINITY;
-  int bad = 0;
+  // Each thread also notes where its own maximum first occurs: without penalties that is where
+  // greedy looks, so greedy needs no second pass. (Fewer passes and exchanges: each exchange is
+  // two cluster barriers, which at 16 blocks cost about as much as a pass, S15.4.)
+  float thread_max = -INFINITY;
+  int bad = 0, first_max = INT32_MAX;
   for (int i = g.lo + tid; i < g.hi; i += kSampleThreads) {
     const float x = raw[i];
     bad |= !(x < INFINITY);
-    raw_max = fmaxf(raw_max, x);
+    if (x > thread_max) thread_max = x, first_max = i;
   }
-  bad = sample_reduce(bad, SampleSum{}, sh, g);
-  raw_max = sample_reduce(raw_max, SampleMax{}, sh, g);
+  struct Start {
+    float raw_max;
+    int bad;
+  };
+  const Start* start = sample_gather(Start{sample_block_reduce(thread_max, SampleMax{}, sh),
+                                           sample_block_reduce(bad, SampleSum{}, sh)},
+                                     sh, g);
+  float raw_max = start[0].raw_max;
+  bad = start[0].bad;
+  for (int k = 1; k < ranks; ++k) raw_max = fmaxf(raw_max, start[k].raw_max), bad += start[k].bad;
   if (bad) result.status = kSampleBadLogit;
 
+  float max = raw_max;  // of w: the raw logits unless penalised
   if (penalised && !bad) {
     // Each block penalises its slice of the job's row.
     float* row = work + int64_t(job_index) * V;
@@ -318,13 +333,13 @@ __global__ void __launch_bounds__(kSampleThreads)
     // below may read the sampled token from another block's slice.)
     if (sample_reduce(overflow, SampleSum{}, sh, g)) result.status = kSamplePenaltyOverflow;
     w = row;
+    max = -INFINITY;
+    if (result.status == kSampleOk) {
+      for (int i = g.lo + tid; i < g.hi; i += kSampleThreads) max = fmaxf(max, w[i]);
+      max = sample_reduce(max, SampleMax{}, sh, g);
+    }
   }
-  float max = -INFINITY;
-  if (result.status == kSampleOk) {
-    for (int i = g.lo + tid; i < g.hi; i += kSampleThreads) max = fmaxf(max, w[i]);
-    max = sample_reduce(max, SampleMax{}, sh, g);
-    if (max == -INFINITY) result.status = kSampleAllMasked;
-  }
+  if (result.status == kSampleOk && max == -INFINITY) result.status = kSampleAllMasked;
   if (result.status != kSampleOk) {  // the same status in every block of the job
     if (tid == 0 && rank == 0) {
       out[job_index] = result;
@@ -335,25 +350,39 @@ __global__ void __launch_bounds__(kSampleThreads)
   const float inv_t = p.inv_temperature;
   auto weight = [&](int i) { return sample_exp(__fmul_rn(__fsub_rn(w[i], max), inv_t)); };
 
-  // Log-normalisers of the distributions kRaw and kProcessed describe.
+  // The normaliser of the distribution kRaw or kProcessed describes, over every token (added up
+  // in the draw's pass when there is one).
+  auto norm_term = [&](int i) {
+    return p.logprob_mode == 0 ? double(sample_exp(__fsub_rn(raw[i], raw_max))) : double(weight(i));
+  };
+  auto log_norm_of = [&](double sum) {
+    return p.logprob_mode == 0 ? log(sum) + double(raw_max) : log(sum) + double(inv_t) * max;
+  };
   double log_norm = 0.0;
-  if (p.logprob_mode != 2) {
-    double s = 0.0;
-    if (p.logprob_mode == 0)
-      for (int i = g.lo + tid; i < g.hi; i += kSampleThreads)
-        s += sample_exp(__fsub_rn(raw[i], raw_max));
-    else
-      for (int i = g.lo + tid; i < g.hi; i += kSampleThreads) s += weight(i);
-    s = sample_reduce(s, SampleSum{}, sh, g);
-    log_norm = p.logprob_mode == 0 ? log(s) + double(raw_max) : log(s) + double(inv_t) * max;
-  }
 
   if (p.greedy) {
     int first = INT32_MAX;
-    for (int i = g.lo + tid; i < g.hi; i += kSampleThreads)
-      if (w[i] == max) first = min(first, i);
-    result.token = sample_reduce(first, SampleMin{}, sh, g);
+    if (!penalised)
+      first = thread_max == max ? first_max : INT32_MAX;
+    else
+      for (int i = g.lo + tid; i < g.hi; i += kSampleThreads)
+        if (w[i] == max) first = min(first, i);
+    double sum = 0.0;
+    if (p.logprob_mode != 2)
+      for (int i = g.lo + tid; i < g.hi; i += kSampleThreads) sum += norm_term(i);
+    struct Greedy {
+      double sum;
+      int first;
+    };
+    const Greedy* part = sample_gather(Greedy{sample_block_reduce(sum, SampleSum{}, sh),
+                                              sample_block_reduce(first, SampleMin{}, sh)},
+                                       sh, g);
+    sum = part[0].sum;
+    first = part[0].first;
+    for (int k = 1; k < ranks; ++k) sum += part[k].sum, first = min(first, part[k].first);
+    result.token = first;
     result.kept = 1;
+    if (p.logprob_mode != 2) log_norm = log_norm_of(sum);
   } else {
     // The cut: tokens with key > cut_key, or key == cut_key and id <= cut_id. all: no cut yet.
     bool all = true;
@@ -498,24 +527,53 @@ __global__ void __launch_bounds__(kSampleThreads)
         len > 0 ? (len + kSampleThreads * kSampleMaxTiles - 1) / (kSampleThreads * kSampleMaxTiles)
                 : 1;
     const int tile = kSampleThreads * per, n_tiles = (len + tile - 1) / tile;
-    const int warp = tid >> 5, lane = tid & 31;
-    for (int t = warp; t < n_tiles; t += kSampleWarps) {
-      unsigned long long s = 0;
-      const int end = min(g.hi, g.lo + (t + 1) * tile);
-      for (int i = g.lo + t * tile + lane; i < end; i += 32) s += kept_fx(i);
-      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(kFull, s, o);
-      if (lane == 0) sh.tile[t] = s;
+    // One pass: each tile's kept mass in fixed point (for the draw), the kept tokens' count and
+    // mass in double (kSampling's normaliser, over the same set) and kRaw's or kProcessed's sum.
+    for (int t = tid; t < n_tiles; t += kSampleThreads) sh.tile[t] = 0;
+    __syncthreads();
+    const int lane = tid & 31;
+    int kept = 0;
+    double kept_mass = 0.0, sum = 0.0;
+    for (int base = g.lo; base < g.hi; base += kSampleThreads) {
+      const int i = base + tid;
+      unsigned long long fx = 0;
+      if (i < g.hi) {
+        const float e = weight(i);
+        if (member(i, sample_key(w[i])) && e >= min_p) {
+          fx = sample_fx(e);
+          if (e > 0.0f) ++kept, kept_mass += e;
+        }
+        if (p.logprob_mode != 2) sum += norm_term(i);
+      }
+      for (int o = 16; o > 0; o >>= 1) fx += __shfl_xor_sync(kFull, fx, o);
+      // A tile holds whole rounds of the block's threads.
+      if (lane == 0 && fx > 0) atomicAdd(&sh.tile[(base - g.lo) / tile], fx);
     }
     __syncthreads();
     unsigned long long slice_mass = 0;
     for (int t = 0; t < n_tiles; ++t) slice_mass += sh.tile[t];
+    struct Draw {
+      unsigned long long mass;
+      double kept_mass, sum;
+      int kept;
+    };
+    const Draw* part = sample_gather(
+        Draw{slice_mass, sample_block_reduce(kept_mass, SampleSum{}, sh),
+             sample_block_reduce(sum, SampleSum{}, sh), sample_block_reduce(kept, SampleSum{}, sh)},
+        sh, g);
     // The job's total and the mass of the slices before this block's (exact integer sums).
-    const unsigned long long* part = sample_gather(slice_mass, sh, g);
     unsigned long long total = 0, before = 0;
+    kept = 0;
+    kept_mass = sum = 0.0;
     for (int k = 0; k < ranks; ++k) {
-      if (k < rank) before += part[k];
-      total += part[k];
+      if (k < rank) before += part[k].mass;
+      total += part[k].mass;
+      kept_mass += part[k].kept_mass;
+      sum += part[k].sum;
+      kept += part[k].kept;
     }
+    result.kept = kept;
+    log_norm = p.logprob_mode == 2 ? log(kept_mass) : log_norm_of(sum);
     unsigned long long target = (unsigned long long)(u * double(total));
     if (target >= total) target = total - 1;  // total >= 2^44: the top token is always kept
     int found = -1;
@@ -552,19 +610,6 @@ __global__ void __launch_bounds__(kSampleThreads)
       found = sh.found;
     }
     result.token = sample_reduce(found, SampleMaxInt{}, sh, g);
-    // Kept tokens and their mass in double (for kSampling), over the same set.
-    int kept = 0;
-    double kept_mass = 0.0;
-    for (int i = g.lo + tid; i < g.hi; i += kSampleThreads) {
-      const float e = weight(i);
-      if (e > 0.0f && e >= min_p && member(i, sample_key(w[i]))) {
-        ++kept;
-        kept_mass += e;
-      }
-    }
-    result.kept = sample_reduce(kept, SampleSum{}, sh, g);
-    kept_mass = sample_reduce(kept_mass, SampleSum{}, sh, g);
-    if (p.logprob_mode == 2) log_norm = log(kept_mass);
   }
   if (tid != 0 || rank != 0) return;
   const int tok = result.token;
