@@ -44,6 +44,12 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::strin
                           const ProcessLimits& limits) {
   MIND4_CHECK(!argv.empty(), Status::kInvalidArgument, "run_process: empty command");
   PipePair in, out, err, exec_status;
+  // The argument list is made before the fork: the child may not allocate (not async-signal-safe,
+  // and under a memory limit an allocator that needs a new mapping fails; AddressSanitizer's did,
+  // now and then, in CI).
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
   const pid_t pid = ::fork();
   MIND4_CHECK(pid >= 0, Status::kIoError, "fork: ", std::strerror(errno));
   if (pid == 0) {
@@ -62,9 +68,6 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::strin
       (void)!::write(exec_status.fd[1], &e, sizeof e);
       ::_exit(127);
     }
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
     ::execvp(args[0], args.data());
     int e = errno;
     (void)!::write(exec_status.fd[1], &e, sizeof e);
