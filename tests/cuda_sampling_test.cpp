@@ -443,6 +443,15 @@ TEST(CudaSamplingContext, TokensDrawnIntoTheirStepsMatchTheCpuLine) {
   ahead.append_sampled(one, c, LogprobMode::kRaw);
   ahead.process();
   EXPECT_EQ(ahead.tokens(a[0]).back(), ahead.drawn(a[0]).token);
+  // drawn() before process(): the draw runs then, and its token is queued as any other.
+  ahead.append_sampled(one, c, LogprobMode::kRaw);
+  const int early = ahead.drawn(a[0]).token;
+  EXPECT_EQ(ahead.tokens(a[0]).back(), early);
+  EXPECT_EQ(ahead.processed(a[0]) + 1, int(ahead.tokens(a[0]).size()));
+  ahead.process();
+  ahead.append_sampled(one, c, LogprobMode::kRaw);  // nothing is left queued
+  ahead.process();
+  EXPECT_GE(ahead.drawn(a[0]).token, 0);
 }
 
 #else

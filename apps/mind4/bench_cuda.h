@@ -11,7 +11,7 @@ struct CudaBenchArgs {
   int prefill_tokens, decode_context, decode_tokens, runs;
   std::vector<int> batch_sizes;
   bool json;
-  bool sampling = false;  // also batched decode that samples (on the host, then on the GPU)
+  bool sampling = false;  // also decode that samples (on the host, then on the GPU)
 };
 
 // Prints the figures (or JSON); kUnsupported in a build without the CUDA line.

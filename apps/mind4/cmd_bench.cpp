@@ -157,8 +157,9 @@ void setup_bench(CLI::App& app) {
       ->delimiter(',');
   app.add_option("--runs", o->runs, "CUDA: timed runs per figure (the median is printed)");
   app.add_flag("--sampling", o->sampling,
-               "CUDA: also time batched decode that samples each token (temperature 1, top-p "
-               "0.9) with the host sampler and with GPU sampling");
+               "CUDA: also time decode that samples each token (temperature 1, top-p 0.9; one "
+               "sequence and each --batch-sizes) with the host sampler and on the GPU, each "
+               "token drawn into its own step as generate runs");
   app.callback([o] { run_bench(*o); });
 }
 

@@ -62,10 +62,12 @@ struct Context::Impl {
     return slot;
   }
 
-  // Brings a draw of append_sampled() still in the backend into the sequence's tokens.
+  // Brings a draw of append_sampled() still in the backend into the sequence's tokens. A draw
+  // no process() has run yet runs now; its token is then an ordinary queued one.
   void resolve_draw(int slot) {
     Sequence& s = seqs[slot];
     if (s.draw_at < 0) return;
+    if (s.processed <= s.draw_at) --draws_queued;
     try {
       s.drawn = backend->take_drawn(slot);
     } catch (const Error&) {  // the token never existed: drop it and what came after
