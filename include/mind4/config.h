@@ -53,6 +53,10 @@ struct SamplingConfig {
   float presence_penalty = 0.0f;
   float frequency_penalty = 0.0f;
   uint64_t seed = 0;
+  // Whether any penalty is on (they count the sequence's tokens).
+  bool has_penalties() const {
+    return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;
+  }
 };
 
 struct ExecutionConfig {

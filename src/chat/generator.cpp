@@ -227,10 +227,7 @@ GenerateStats Generator::generate(std::span<const int> prompt, const GenerateLim
     // needs no step) or would not fit (the next turn samples it as before and stops), or the top
     // alternatives are wanted (the host needs the whole row), or penalties are on (they count the
     // tokens on the host).
-    const SamplingConfig& sc = sampler_.config();
-    const bool penalties = sc.repetition_penalty != 1.0f || sc.presence_penalty != 0.0f ||
-                           sc.frequency_penalty != 0.0f;
-    if (ctx_->draws_on_device() && !penalties && limits.logprobs == 0 &&
+    if (ctx_->draws_on_device() && !sampler_.config().has_penalties() && limits.logprobs == 0 &&
         stats.generated + 1 < limits.max_new_tokens &&
         ctx_->processed(seq_) + 1 <= context_length_) {
       const SampleRequest request{seq_, sampler_.config().seed, sampler_.step()};

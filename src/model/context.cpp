@@ -322,9 +322,7 @@ void Context::append_sampled(std::span<const SampleRequest> requests, const Samp
                 " tokens; one more would exceed context_length ", m.options.context_length);
     m.resolve_draw(slot);
   }
-  const bool penalties = config.repetition_penalty != 1.0f || config.presence_penalty != 0.0f ||
-                         config.frequency_penalty != 0.0f;
-  if (!m.backend->draws_on_device() || penalties) {
+  if (!m.backend->draws_on_device() || config.has_penalties()) {
     m.drawn_now.resize(requests.size());
     sample(requests, config, mode, m.drawn_now);
     for (size_t i = 0; i < requests.size(); ++i) {

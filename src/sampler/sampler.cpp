@@ -116,9 +116,7 @@ int Sampler::prepare(std::span<const float> logits, std::span<const int> history
     MIND4_CHECK(history[j] >= 0 && history[j] < n, Status::kTokenOutOfRange, "sampler: history[", j,
                 "] = ", history[j], " is outside the ", n, "-token vocabulary");
   }
-  const bool penalties = config_.repetition_penalty != 1.0f || config_.presence_penalty != 0.0f ||
-                         config_.frequency_penalty != 0.0f;
-  if (penalties && !history.empty()) {
+  if (config_.has_penalties() && !history.empty()) {
     uint32_t* counts = counts_.data();
     for (int t : history) ++counts[t];
     const float rep = config_.repetition_penalty;
