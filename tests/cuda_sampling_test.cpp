@@ -140,17 +140,8 @@ TEST_P(CudaSampling, AgreesWithTheCpuSamplerOnRandomLogits) {
         if (count[t] > 0) pairs.insert(pairs.end(), {t, count[t]});
       jobs[j].pen_end = int(pairs.size() / 2);
     }
-    cuda::SampleParams p;
     const SamplingConfig& c = tc.config;
-    p.greedy = c.temperature == 0.0f;
-    p.inv_temperature = p.greedy ? 1.0f : 1.0f / c.temperature;
-    p.top_k = c.top_k;
-    p.top_p = c.top_p;
-    p.min_p = c.min_p;
-    p.repetition_penalty = c.repetition_penalty;
-    p.presence_penalty = c.presence_penalty;
-    p.frequency_penalty = c.frequency_penalty;
-    p.logprob_mode = int(tc.mode);
+    const cuda::SampleParams p = cuda::sample_params(c, tc.mode);
     auto d_logits = upload(logits);
     auto d_jobs = upload(jobs);
     auto d_pairs = upload(pairs.empty() ? std::vector<int>{0, 0} : pairs);

@@ -383,21 +383,6 @@ class CudaBackend final : public StepBackend {
     return {logits_host_.data<float>(), size_t(L) * V};
   }
 
-  static cuda::SampleParams sample_params(const SamplingConfig& config, LogprobMode mode) {
-    cuda::SampleParams p;
-    // As the CPU sampler: a temperature so small that 1/T overflows can only pick the argmax.
-    p.greedy = config.temperature == 0.0f || !std::isfinite(1.0f / config.temperature);
-    p.inv_temperature = p.greedy ? 1.0f : 1.0f / config.temperature;
-    p.top_k = config.top_k;
-    p.top_p = config.top_p;
-    p.min_p = config.min_p;
-    p.repetition_penalty = config.repetition_penalty;
-    p.presence_penalty = config.presence_penalty;
-    p.frequency_penalty = config.frequency_penalty;
-    p.logprob_mode = mode == LogprobMode::kRaw ? 0 : mode == LogprobMode::kProcessed ? 1 : 2;
-    return p;
-  }
-
   // A draw's result with the CPU sampler's errors, per sequence.
   SampledToken checked_draw(const cuda::SampleOut& o, int slot) const {
     const int V = c_.vocab_size;
@@ -434,7 +419,7 @@ class CudaBackend final : public StepBackend {
 
   void sample(std::span<const SlotSample> jobs, const SamplingConfig& config, LogprobMode mode,
               std::span<SampledToken> out) override {
-    run_sample(jobs, sample_params(config, mode), out);
+    run_sample(jobs, cuda::sample_params(config, mode), out);
   }
 
   // sample() with its parameters made: the jobs up, one kernel, the tokens down.
@@ -502,7 +487,7 @@ class CudaBackend final : public StepBackend {
   void queue_draws(std::span<const SlotSample> jobs, const SamplingConfig& config,
                    LogprobMode mode) override {
     MIND4_CHECK(queued_.empty(), Status::kInternal, "CudaBackend: draws queued twice");
-    draw_params_ = sample_params(config, mode);
+    draw_params_ = cuda::sample_params(config, mode);
     for (const SlotSample& j : jobs) {
       MIND4_CHECK(j.history.empty(), Status::kInternal,
                   "CudaBackend: a queued draw with penalties");

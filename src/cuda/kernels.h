@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <string>
 
+#include "mind4/sampler.h"
+
 namespace mind4::cuda {
 
 enum class ActType { kF32, kBF16 };
@@ -225,6 +227,9 @@ struct SampleParams {
   float repetition_penalty = 1.0f, presence_penalty = 0.0f, frequency_penalty = 0.0f;
   int logprob_mode = 1;  // LogprobMode's order: 0 raw, 1 processed, 2 sampling
 };
+// The kernel's parameters for a SamplingConfig and LogprobMode (as the CPU sampler: a temperature
+// so small that 1/T overflows can only pick the argmax).
+SampleParams sample_params(const SamplingConfig& config, LogprobMode mode);
 struct SampleJob {
   int64_t row;  // the logits row
   uint64_t seed, step;

@@ -662,6 +662,20 @@ void store_logit_rows(const float* logits, const int* dest_slot, int L, int V, f
   check_launch("store_logit_rows_kernel");
 }
 
+SampleParams sample_params(const SamplingConfig& config, LogprobMode mode) {
+  SampleParams p;
+  p.greedy = config.temperature == 0.0f || !std::isfinite(1.0f / config.temperature);
+  p.inv_temperature = p.greedy ? 1.0f : 1.0f / config.temperature;
+  p.top_k = config.top_k;
+  p.top_p = config.top_p;
+  p.min_p = config.min_p;
+  p.repetition_penalty = config.repetition_penalty;
+  p.presence_penalty = config.presence_penalty;
+  p.frequency_penalty = config.frequency_penalty;
+  p.logprob_mode = mode == LogprobMode::kRaw ? 0 : mode == LogprobMode::kProcessed ? 1 : 2;
+  return p;
+}
+
 int sample_max_ranks() {
   static const int ranks = [] {
     // 16 blocks a cluster is beyond the portable 8: allowed where the card can place one.

@@ -49,7 +49,6 @@ struct Context::Impl {
   std::unique_ptr<Sampler> sampler;
   std::vector<StepBackend::SlotSample> slot_samples;
   std::vector<SampledToken> drawn_now;  // append_sampled() drawing at once
-  int draws_queued = 0;                 // draws of append_sampled() that await process()
 
   Impl(std::shared_ptr<const Model> m, ContextOptions o) : model(std::move(m)), options(o) {}
 
@@ -62,12 +61,18 @@ struct Context::Impl {
     return slot;
   }
 
+  // Whether a draw of append_sampled() still awaits process() (its token not processed yet).
+  bool draw_queued() const {
+    for (const Sequence& s : seqs)
+      if (s.active && s.draw_at >= 0 && s.processed <= s.draw_at) return true;
+    return false;
+  }
+
   // Brings a draw of append_sampled() still in the backend into the sequence's tokens. A draw
   // no process() has run yet runs now; its token is then an ordinary queued one.
   void resolve_draw(int slot) {
     Sequence& s = seqs[slot];
     if (s.draw_at < 0) return;
-    if (s.processed <= s.draw_at) --draws_queued;
     try {
       s.drawn = backend->take_drawn(slot);
     } catch (const Error&) {  // the token never existed: drop it and what came after
@@ -214,7 +219,6 @@ void Context::process() {
       }
     }
     const std::span<const float> step_logits = m.backend->forward(m.rows, m.logit_rows);
-    for (const StepRow& row : m.rows) m.draws_queued -= row.token == kDrawnToken ? 1 : 0;
     for (size_t i = 0; i < m.logit_rows.size(); ++i) {
       Sequence& s = m.seqs[m.logit_dest[i]];
       const float* src = step_logits.empty() ? nullptr : step_logits.data() + int64_t(i) * V;
@@ -306,7 +310,7 @@ void Context::append_sampled(std::span<const SampleRequest> requests, const Samp
   MIND4_CHECK(requests.size() <= size_t(m.options.max_sequences), Status::kInvalidArgument,
               "append_sampled: ", requests.size(),
               " requests in one call; at most max_sequences = ", m.options.max_sequences);
-  MIND4_CHECK(m.draws_queued == 0, Status::kInvalidArgument,
+  MIND4_CHECK(!m.draw_queued(), Status::kInvalidArgument,
               "append_sampled: the tokens drawn by the last append_sampled() are still queued; "
               "call process() first");
   for (const SampleRequest& r : requests) {
@@ -343,7 +347,6 @@ void Context::append_sampled(std::span<const SampleRequest> requests, const Samp
     s.tokens.push_back(kDrawnToken);
     s.has_drawn = true;
   }
-  m.draws_queued = int(requests.size());
 }
 
 bool Context::draws_on_device() const {
@@ -405,10 +408,7 @@ void Context::truncate(int seq, int length) {
   MIND4_CHECK(length >= 0 && length <= int(s.tokens.size()), Status::kInvalidArgument,
               "truncate: sequence ", seq, " has ", s.tokens.size(), " tokens; cannot keep ",
               length);
-  if (s.draw_at >= length) {
-    if (s.processed <= s.draw_at) --impl_->draws_queued;  // its step will never run
-    impl_->drop_draw(slot);
-  }
+  if (s.draw_at >= length) impl_->drop_draw(slot);
   s.has_drawn = false;
   s.tokens.resize(size_t(length));
   // Attention reads the cache only up to each row's own position, so rows past `length` need no
@@ -424,7 +424,6 @@ void Context::truncate(int seq, int length) {
 void Context::release(int seq) {
   const int slot = impl_->slot_of(seq, "release");
   Sequence& s = impl_->seqs[slot];
-  if (s.draw_at >= 0 && s.processed <= s.draw_at) --impl_->draws_queued;
   impl_->drop_draw(slot);
   s.active = false;
   s.generation = (s.generation + 1) % (INT32_MAX / impl_->options.max_sequences);
