@@ -214,6 +214,17 @@ TEST_P(CudaMoeTest, Mxfp4Int8DecodeRouteMatchesCpu) {
     cuda::moe_mlp1_swiglu_mf4_q8(t, d_xq.data<int8_t>(), d_xd.data<float>(), d_b1.data<uint8_t>(),
                                  d_s1.data<uint8_t>(), d_bias1.data<float>(), gr.g, max_active,
                                  tokens_hint, H, I, 7.0f, d_act.data(), nullptr);
+    if (B == 1) {
+      // The one-row kernel (no grouping reads: slot y is assignment y, of row 0) computes the
+      // same sums in the same order as the general one, which is checked against the CPU below.
+      auto d_act1 = poisoned(size_t(A) * I * 2);
+      cuda::moe_mlp1_swiglu_mf4_q8(t, d_xq.data<int8_t>(), d_xd.data<float>(), d_b1.data<uint8_t>(),
+                                   d_s1.data<uint8_t>(), d_bias1.data<float>(), gr.g, max_active,
+                                   tokens_hint, H, I, 7.0f, d_act1.data(), nullptr,
+                                   /*one_row=*/true);
+      EXPECT_EQ(download<uint16_t>(d_act1, size_t(A) * I), download<uint16_t>(d_act, size_t(A) * I))
+          << "one-row mlp1, K=" << K << " E=" << E << " H=" << H << " I=" << I;
+    }
     cuda::quantize_q8_32(t, d_act.data(), A, I, d_aq.data<int8_t>(), d_ad.data<float>(), nullptr);
     cuda::moe_mlp2_mf4_q8(d_aq.data<int8_t>(), d_ad.data<float>(), d_b2.data<uint8_t>(),
                           d_s2.data<uint8_t>(), d_bias2.data<float>(), gr.g, max_active,

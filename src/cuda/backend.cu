@@ -649,7 +649,7 @@ class CudaBackend final : public StepBackend {
         mark("norm_router_group_q8");
         cuda::moe_mlp1_swiglu_mf4_q8(act_, xq_.data<int8_t>(), xd_.data<float>(), lw.mlp1_blocks,
                                      lw.mlp1_scales, lw.mlp1_b, groups_, max_active, tokens_hint, H,
-                                     I, c_.swiglu_limit, act_buf_.data(), s);
+                                     I, c_.swiglu_limit, act_buf_.data(), s, /*one_row=*/B == 1);
         mark("moe_mlp1_swiglu_q8");
         // The second product quantizes mlp1's output itself (no quantization launch between).
         cuda::moe_mlp2_mf4_q8_combine(aq_.data<int8_t>(), ad_.data<float>(), lw.mlp2_blocks,
@@ -703,7 +703,7 @@ class CudaBackend final : public StepBackend {
         cuda::quantize_q8_32(act_, t, B, H, xq_.data<int8_t>(), xd_.data<float>(), s);
         cuda::moe_mlp1_swiglu_mf4_q8(act_, xq_.data<int8_t>(), xd_.data<float>(), lw.mlp1_blocks,
                                      lw.mlp1_scales, lw.mlp1_b, groups_, max_active, tokens_hint, H,
-                                     I, c_.swiglu_limit, act_buf_.data(), s);
+                                     I, c_.swiglu_limit, act_buf_.data(), s, /*one_row=*/B == 1);
         mark("moe_mlp1_swiglu_q8");
         cuda::quantize_q8_32(act_, act_buf_.data(), A, I, aq_.data<int8_t>(), ad_.data<float>(), s);
         cuda::moe_mlp2_mf4_q8(aq_.data<int8_t>(), ad_.data<float>(), lw.mlp2_blocks, lw.mlp2_scales,

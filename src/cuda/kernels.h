@@ -149,10 +149,13 @@ void quantize_q8_32(ActType t, const void* x, int rows, int cols, int8_t* q, flo
 // into int8 by byte permutes and multiplied with dp4a. mlp1 reads rows group_row[a] of (xq, xd)
 // [B, H]; mlp2 reads rows a of (aq, ad) [A, I]. tokens_hint (about A / max_active) sizes the
 // group of assignments that share one conversion of each weight (1, 2 or 4); any count works.
+// one_row: the step is one row (B = 1), whose K distinct experts hold one assignment each, so
+// active slot y's assignment is y and its row 0 whatever grouping wrote g; mlp1 then reads
+// neither offsets nor group_row (two round trips to L2 before its activations).
 void moe_mlp1_swiglu_mf4_q8(ActType t, const int8_t* xq, const float* xd, const uint8_t* blocks,
                             const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
                             int tokens_hint, int H, int I, float limit, void* act_out,
-                            cudaStream_t stream);
+                            cudaStream_t stream, bool one_row = false);
 void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
                      const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
                      int tokens_hint, int H, int I, float* y, cudaStream_t stream);

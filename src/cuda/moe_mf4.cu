@@ -338,7 +338,7 @@ __device__ __forceinline__ int mf4_dot_i8(const int (&wi)[8], const int4& xa, co
 // at a time: a weight is loaded and turned into int8 once for the group and multiplied with each
 // assignment's activations (dp4a), so a batched step's expert costs about one pass over its
 // weights per TOK assignments instead of one per assignment.
-template <bool SWIGLU, int TOK>
+template <bool SWIGLU, int TOK, bool ONE_ROW = false>
 __device__ __forceinline__ void mf4_q8_gemv_rows(
     const int8_t* __restrict__ xq, const float* __restrict__ xd, const uint8_t* __restrict__ blocks,
     const uint8_t* __restrict__ scales, const float* __restrict__ bias, const MoeGroups& g, int N,
@@ -361,7 +361,7 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
 #pragma unroll
     for (int tt = 0; tt < TOK; ++tt) {
       const int a = a0 + t0 + min(tt, nt - 1);  // past nt: the group's last (never stored)
-      src[tt] = SWIGLU ? g.group_row[a] : a;
+      src[tt] = SWIGLU ? (ONE_ROW ? 0 : g.group_row[a]) : a;
     }
     float acc[TOK][kGemvRows] = {};
     for (int j0 = 0; j0 < nb; j0 += 32 * kGemvIters) {
@@ -421,22 +421,30 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
 
 // Six blocks per multiprocessor (80 registers): the plain kernel's natural size. Groups of 2 or 4
 // assignments keep an accumulator pair each and spilled at 80: four blocks (up to 128 registers).
-template <bool SWIGLU, int TOK = 1>
+// ONE_ROW (mlp1 of a step of one row, TOK 1): the grouping of one row's K distinct experts is
+// known without reading it (moe_group_one_row): active slot y holds assignment y, of row 0. So
+// the block reads only its expert before its weight and activation loads, not two more dependent
+// round trips to L2 (offsets, then group_row) before the activations: +0.9% at batch 1 on an
+// H100 with the change to mlp2's count below (docs/perf-notes.md, S17.2). Asking L1 for the
+// activations first (prefetch.global.L1) made this kernel three times slower.
+template <bool SWIGLU, int TOK = 1, bool ONE_ROW = false>
 __global__ void __launch_bounds__(kMf4Warps * 32, TOK == 1 ? 6 : 4)
     moe_mf4w_q8_gemv_kernel(const int8_t* __restrict__ xq, const float* __restrict__ xd,
                             const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
                             const float* __restrict__ bias, MoeGroups g, int N, int Kd, float limit,
                             __nv_bfloat16* __restrict__ act_out, float* __restrict__ y_out) {
+  static_assert(!ONE_ROW || (SWIGLU && TOK == 1), "one row: mlp1's single-assignment kernel");
   pdl_wait();  // the grouping and the activations come from the kernels before
+  const int nb = Kd / 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   // Both reads in flight at once (active holds 1 + E values; past n_active e is not used).
   const int n_active = g.active[0], e = g.active[1 + blockIdx.y];
   if (int(blockIdx.y) >= n_active) return;
-  const int a0 = g.offsets[e], count = g.offsets[e + 1] - a0;
-  const int nb = Kd / 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int a0 = ONE_ROW ? int(blockIdx.y) : g.offsets[e];
+  const int count = ONE_ROW ? 1 : g.offsets[e + 1] - a0;
   const int r0 = (blockIdx.x * kMf4Warps + warp) * kGemvRows;
   if (r0 < N)
-    mf4_q8_gemv_rows<SWIGLU, TOK>(xq, xd, blocks, scales, bias, g, N, Kd, limit, act_out, y_out, e,
-                                  a0, count, nb, lane, r0);
+    mf4_q8_gemv_rows<SWIGLU, TOK, ONE_ROW>(xq, xd, blocks, scales, bias, g, N, Kd, limit, act_out,
+                                           y_out, e, a0, count, nb, lane, r0);
 }
 
 // mlp2 of the folded decode chain with the combine: warp (n, r) computes output n of every slot
@@ -486,17 +494,28 @@ __device__ __forceinline__ void mlp2_quantize_part(const __nv_bfloat16* __restri
   }
 }
 
-// A product block waits until every quantizing block has counted itself in ready[0].
-__device__ __forceinline__ void mlp2_wait_quantized(unsigned* __restrict__ ready, int nq,
-                                                    unsigned product_blocks) {
+// A product block waits until every quantizing block has counted itself in ready[0], then counts
+// itself in ready[1]. Returns that count's old value in thread 0, for mlp2_reset_if_last at the
+// block's end: the atomic's round trip to L2 then overlaps the block's products instead of
+// delaying them (it stood between the wait and the first activation read).
+__device__ __forceinline__ unsigned mlp2_wait_quantized(unsigned* __restrict__ ready, int nq) {
+  unsigned passed = 0;
   if (threadIdx.x == 0) {
     unsigned seen;
     do {
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(ready) : "memory");
     } while (seen < unsigned(nq));
-    if (atomicAdd(ready + 1, 1u) == product_blocks - 1) ready[0] = 0u, ready[1] = 0u;
+    passed = atomicAdd(ready + 1, 1u);
   }
   __syncthreads();
+  return passed;
+}
+
+// The last product block past the wait (every other one has passed it: none still polls) sets
+// both counters back to 0 for the next launch. Thread 0 only.
+__device__ __forceinline__ void mlp2_reset_if_last(unsigned* __restrict__ ready, unsigned passed,
+                                                   unsigned product_blocks) {
+  if (threadIdx.x == 0 && passed == product_blocks - 1) ready[0] = 0u, ready[1] = 0u;
 }
 
 __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_kernel(
@@ -514,7 +533,7 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
   const int n = (blockIdx.x - nq) * kMf4Warps + (threadIdx.x >> 5), r = blockIdx.y;
   if (n >= N) {
     pdl_wait();
-    if (act) mlp2_wait_quantized(ready, nq, product_blocks);
+    if (act) mlp2_reset_if_last(ready, mlp2_wait_quantized(ready, nq), product_blocks);
     return;
   }
   const int nb = Kd / 32, lane = threadIdx.x & 31;
@@ -526,6 +545,7 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
   // wrote it three launches before this one (the router and mlp1 come between).
   const float x_old = lane == 0 ? x[int64_t(r) * N + n] : 0.0f;
   float m = 0.0f;
+  unsigned passed = 0;  // thread 0: mlp2_wait_quantized's count
   for (int s0 = 0; s0 < K; s0 += 2) {
     // Slot s0 + p's assignment and expert; past K: slot K - 1 again (not added). Taken again
     // where used rather than held (at 80 registers holding them spilled).
@@ -552,7 +572,7 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
       // by the router, which completed before the kernel before this one began (see the launcher).
       if (s0 == 0 && j0 == 0) {
         pdl_wait();
-        if (act) mlp2_wait_quantized(ready, nq, product_blocks);
+        if (act) passed = mlp2_wait_quantized(ready, nq);
       }
 #pragma unroll
       for (int it = 0; it < kGemvIters; ++it) {
@@ -577,6 +597,7 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
     }
   }
   if (lane == 0) x[int64_t(r) * N + n] = x_old + m;
+  if (act) mlp2_reset_if_last(ready, passed, product_blocks);
 }
 
 template <typename T, bool SWIGLU>
@@ -653,7 +674,8 @@ namespace {
 template <bool SWIGLU>
 void launch_q8_gemv(const int8_t* xq, const float* xd, const uint8_t* blocks, const uint8_t* scales,
                     const float* bias, MoeGroups g, int max_active, int tokens_hint, int N, int Kd,
-                    float limit, __nv_bfloat16* act_out, float* y_out, cudaStream_t stream) {
+                    float limit, __nv_bfloat16* act_out, float* y_out, cudaStream_t stream,
+                    bool one_row = false) {
   const int rows_per_block = kMf4Warps * kGemvRows;
   const dim3 grid((N + rows_per_block - 1) / rows_per_block, max_active);
   auto go = [&](auto kernel) {
@@ -661,6 +683,9 @@ void launch_q8_gemv(const int8_t* xq, const float* xd, const uint8_t* blocks, co
                dim3(kMf4Warps * 32), 0, stream, xq, xd, blocks, scales, bias, g, N, Kd, limit,
                act_out, y_out);
   };
+  if constexpr (SWIGLU) {
+    if (one_row) return go(moe_mf4w_q8_gemv_kernel<true, 1, true>);
+  }
   if (tokens_hint <= 1)
     go(moe_mf4w_q8_gemv_kernel<SWIGLU, 1>);
   else if (tokens_hint <= 2)
@@ -674,13 +699,13 @@ void launch_q8_gemv(const int8_t* xq, const float* xd, const uint8_t* blocks, co
 void moe_mlp1_swiglu_mf4_q8(ActType t, const int8_t* xq, const float* xd, const uint8_t* blocks,
                             const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
                             int tokens_hint, int H, int I, float limit, void* act_out,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, bool one_row) {
   moe_mf4_check("moe_mlp1_swiglu_mf4_q8", xq, blocks, scales, bias, g, max_active, H, I);
   MIND4_CUDA_ARG(xd && act_out && t == ActType::kBF16, "moe_mlp1_swiglu_mf4_q8",
                  "null pointer, or activations not bf16 (the int8 route is bf16 mode's)");
   if (max_active == 0) return;
   launch_q8_gemv<true>(xq, xd, blocks, scales, bias, g, max_active, tokens_hint, 2 * I, H, limit,
-                       static_cast<__nv_bfloat16*>(act_out), nullptr, stream);
+                       static_cast<__nv_bfloat16*>(act_out), nullptr, stream, one_row);
 }
 
 void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
