@@ -2,7 +2,8 @@
 // reference or double-precision loops: the router that norms and quantizes its own input
 // (router_norm_group), the QKV product that norms its own input (decode_qkv_rope_norm), and the
 // second expert product that adds the experts' combine into the residual
-// (moe_mlp2_mf4_q8_combine); then the whole model with the folded chain against the chain of
+// (moe_mlp2_mf4_q8_combine; the first, which quantizes its own output at one row, is checked in
+// cuda_moe_test.cpp); then the whole model with the folded chain against the chain of
 // separate launches (MIND4_CUDA_FOLD_NORMS=0) and the CPU line. Fresh random inputs every run
 // (the seed is printed on failure), outputs poisoned with NaN before each launch, edge shapes
 // (more experts than chunks of the row and fewer, idle warps, partial tiles, several rows).
@@ -219,37 +220,16 @@ TEST_F(CudaDecodeFoldTest, QkvRopeNormGathersTheEmbeddingRowAtTheFirstLayer) {
 TEST_F(CudaDecodeFoldTest, Mlp2CombineAddsTheWeightedExpertsToTheResidual) {
   SCOPED_TRACE(seed);
   // (B, K, E, H, I): gpt-oss-20b; several rows, one expert shared by rows likely; a partial last
-  // pass over I; one int8 block per row of mlp2 (I = 32); one slot. Each with the int8
-  // activations given, and with the kernel quantizing bf16 activations itself (its counters
-  // reused across the calls, as the decode chain's layers reuse them).
-  cuda::DeviceBuffer ready(8);
-  cuda::check(cudaMemset(ready.data(), 0, 8), "test memset");
-  for (auto [B, K, E, H, I, quantize] : {std::tuple{1, 4, 32, 2880, 2880, false},
-                                         {1, 4, 32, 2880, 2880, true},
-                                         {3, 2, 4, 64, 96, false},
-                                         {3, 2, 4, 64, 96, true},
-                                         {2, 3, 7, 160, 4160, false},
-                                         {2, 3, 7, 160, 4160, true},
-                                         {1, 1, 3, 32, 32, false},
-                                         {1, 1, 3, 32, 32, true}}) {
+  // pass over I; one int8 block per row of mlp2 (I = 32); one slot.
+  for (auto [B, K, E, H, I] : {std::tuple{1, 4, 32, 2880, 2880},
+                               {3, 2, 4, 64, 96},
+                               {2, 3, 7, 160, 4160},
+                               {1, 1, 3, 32, 32}}) {
     const int A = B * K, max_active = std::min(E, A), nb = I / 32;
     TestGroups gr = random_groups(rng, B, K, E);
     auto aq = bytes(size_t(A) * I, 0, 255);  // int8 bits: -128 .. 127
     std::vector<float> ad(size_t(A) * nb);
     for (float& v : ad) v = 0.002f + 0.01f * float(rng() % 1000) / 1000.0f;
-    // The bf16 activations the kernel quantizes, and their int8 blocks as quantize_q8_32 computes
-    // them (d = max |v| / 127, q = round(v / d), in float).
-    const auto act_bf16 = rounded(normal(size_t(A) * I, 1.5f), ActType::kBF16);
-    if (quantize)
-      for (size_t blk = 0; blk < ad.size(); ++blk) {
-        float amax = 0.0f;
-        for (int i = 0; i < 32; ++i) amax = std::max(amax, std::abs(act_bf16[blk * 32 + i]));
-        ad[blk] = amax / 127.0f;
-        for (int i = 0; i < 32; ++i)
-          aq[blk * 32 + i] = uint8_t(
-              int8_t(ad[blk] > 0.0f ? int(std::nearbyint(act_bf16[blk * 32 + i] / ad[blk])) : 0));
-      }
-    auto d_act = upload(to_act(act_bf16, ActType::kBF16));
     const auto b2 = bytes(size_t(E) * H * I / 2, 0, 255);
     const auto s2 = bytes(size_t(E) * H * I / 32, 118, 122);
     const auto bias2 = normal(size_t(E) * H, 0.5f), x0 = normal(size_t(B) * H, 2.0f);
@@ -259,8 +239,8 @@ TEST_F(CudaDecodeFoldTest, Mlp2CombineAddsTheWeightedExpertsToTheResidual) {
       for (int s = 0; s < K; ++s) sum += tw[r * K + s] = 0.1f + float(rng() % 1000) / 1000.0f;
       for (int s = 0; s < K; ++s) tw[r * K + s] /= sum;
     }
-    auto d_aq = quantize ? poisoned(aq.size()) : upload(aq);
-    auto d_ad = quantize ? poisoned(ad.size() * 4) : upload(ad);
+    auto d_aq = upload(aq);
+    auto d_ad = upload(ad);
     auto d_b2 = upload(b2), d_s2 = upload(s2);
     auto d_bias2 = upload(bias2), d_tw = upload(tw), d_x = upload(x0);
     auto d_y = poisoned(size_t(A) * H * 4);
@@ -269,14 +249,7 @@ TEST_F(CudaDecodeFoldTest, Mlp2CombineAddsTheWeightedExpertsToTheResidual) {
       cuda::moe_mlp2_mf4_q8_combine(d_aq.data<int8_t>(), d_ad.data<float>(), d_b2.data<uint8_t>(),
                                     d_s2.data<uint8_t>(), d_bias2.data<float>(), gr.g, max_active,
                                     H, I, d_y.data<float>(), d_tw.data<float>(), B, K,
-                                    d_x.data<float>(), nullptr, quantize ? d_act.data() : nullptr,
-                                    quantize ? ready.data<unsigned>() : nullptr);
-    if (quantize) {  // the kernel's int8 blocks: quantize_q8_32's, bit for bit
-      ASSERT_EQ(download<uint8_t>(d_aq, aq.size()), aq) << "B=" << B << " I=" << I;
-      ASSERT_EQ(download<float>(d_ad, ad.size()), ad) << "B=" << B << " I=" << I;
-      ASSERT_EQ(download<unsigned>(ready, 2), (std::vector<unsigned>{0u, 0u}))
-          << "the counters are left at 0";
-    }
+                                    d_x.data<float>(), nullptr);
     const auto y = download<float>(d_y, size_t(A) * H);
     const auto x = download<float>(d_x, size_t(B) * H);
     const auto all = download<int>(gr.buf, size_t(2 * (E + 1) + 3 * A));
@@ -359,15 +332,14 @@ TEST_F(CudaDecodeFoldTest, LaunchersRejectBadArguments) {
                                       b.data<float>(), b.data<float>(), 1, 4, nullptr, nullptr);
       },
       "moe_mlp2_mf4_q8_combine");
-  // Activations to quantize without the counters the product blocks wait on.
+  // The quantizing first expert product without somewhere to put its int8 blocks.
   expect_error(
       [&] {
-        cuda::moe_mlp2_mf4_q8_combine(b.data<int8_t>(), b.data<float>(), b.data<uint8_t>(),
-                                      b.data<uint8_t>(), b.data<float>(), g, 4, 64, 64,
-                                      b.data<float>(), b.data<float>(), 1, 4, b.data<float>(),
-                                      nullptr, b.data(), nullptr);
+        cuda::moe_mlp1_swiglu_mf4_q8_one_row(b.data<int8_t>(), b.data<float>(), b.data<uint8_t>(),
+                                             b.data<uint8_t>(), b.data<float>(), g, 4, 64, 64, 7.0f,
+                                             b.data(), nullptr, b.data<float>(), nullptr);
       },
-      "moe_mlp2_mf4_q8_combine");
+      "moe_mlp1_swiglu_mf4_q8_one_row");
   // The L2 prefetch: no address, an address the copy engine cannot take.
   expect_error([&] { cuda::l2_prefetch(nullptr, 4096, nullptr); }, "l2_prefetch");
   expect_error([&] { cuda::l2_prefetch(b.data<char>() + 8, 4096, nullptr); }, "l2_prefetch");

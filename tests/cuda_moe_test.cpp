@@ -214,18 +214,32 @@ TEST_P(CudaMoeTest, Mxfp4Int8DecodeRouteMatchesCpu) {
     cuda::moe_mlp1_swiglu_mf4_q8(t, d_xq.data<int8_t>(), d_xd.data<float>(), d_b1.data<uint8_t>(),
                                  d_s1.data<uint8_t>(), d_bias1.data<float>(), gr.g, max_active,
                                  tokens_hint, H, I, 7.0f, d_act.data(), nullptr);
+    cuda::quantize_q8_32(t, d_act.data(), A, I, d_aq.data<int8_t>(), d_ad.data<float>(), nullptr);
     if (B == 1) {
-      // The one-row kernel (no grouping reads: slot y is assignment y, of row 0) computes the
-      // same sums in the same order as the general one, which is checked against the CPU below.
-      auto d_act1 = poisoned(size_t(A) * I * 2);
+      // The one-row kernels read no grouping (slot y is assignment y, of row 0) and compute the
+      // same sums in the same order as the general one, which is checked against the CPU below;
+      // the quantizing one also writes quantize_q8_32's blocks of its output.
+      auto d_act1 = poisoned(size_t(A) * I * 2), d_act2 = poisoned(size_t(A) * I * 2);
+      auto d_aq2 = poisoned(size_t(A) * I), d_ad2 = poisoned(size_t(A) * I / 32 * 4);
       cuda::moe_mlp1_swiglu_mf4_q8(t, d_xq.data<int8_t>(), d_xd.data<float>(), d_b1.data<uint8_t>(),
                                    d_s1.data<uint8_t>(), d_bias1.data<float>(), gr.g, max_active,
                                    tokens_hint, H, I, 7.0f, d_act1.data(), nullptr,
                                    /*one_row=*/true);
-      EXPECT_EQ(download<uint16_t>(d_act1, size_t(A) * I), download<uint16_t>(d_act, size_t(A) * I))
-          << "one-row mlp1, K=" << K << " E=" << E << " H=" << H << " I=" << I;
+      cuda::moe_mlp1_swiglu_mf4_q8_one_row(
+          d_xq.data<int8_t>(), d_xd.data<float>(), d_b1.data<uint8_t>(), d_s1.data<uint8_t>(),
+          d_bias1.data<float>(), gr.g, max_active, H, I, 7.0f, d_act2.data(), d_aq2.data<int8_t>(),
+          d_ad2.data<float>(), nullptr);
+      const auto act_bits = download<uint16_t>(d_act, size_t(A) * I);
+      const std::string shape = " K=" + std::to_string(K) + " E=" + std::to_string(E) +
+                                " H=" + std::to_string(H) + " I=" + std::to_string(I);
+      EXPECT_EQ(download<uint16_t>(d_act1, size_t(A) * I), act_bits) << "one-row mlp1" << shape;
+      EXPECT_EQ(download<uint16_t>(d_act2, size_t(A) * I), act_bits) << "quantizing mlp1" << shape;
+      EXPECT_EQ(download<int8_t>(d_aq2, size_t(A) * I), download<int8_t>(d_aq, size_t(A) * I))
+          << "quantizing mlp1's int8 blocks" << shape;
+      EXPECT_EQ(download<float>(d_ad2, size_t(A) * I / 32),
+                download<float>(d_ad, size_t(A) * I / 32))
+          << "quantizing mlp1's scales" << shape;
     }
-    cuda::quantize_q8_32(t, d_act.data(), A, I, d_aq.data<int8_t>(), d_ad.data<float>(), nullptr);
     cuda::moe_mlp2_mf4_q8(d_aq.data<int8_t>(), d_ad.data<float>(), d_b2.data<uint8_t>(),
                           d_s2.data<uint8_t>(), d_bias2.data<float>(), gr.g, max_active,
                           tokens_hint, H, I, d_y.data<float>(), nullptr);

@@ -185,10 +185,10 @@ class CudaBackend final : public StepBackend {
     decode_attn_kernel_ = da && std::string(da) == "cuda-cores"
                               ? cuda::DecodeAttnKernel::kCudaCores
                               : cuda::DecodeAttnKernel::kTensorCores;
-    // router_group's block counter, then moe_mlp2_mf4_q8_combine's two (the folded chain).
-    step_counters_ = dev(12, "cudaMalloc (step counters)");
-    // Zeroed on the step stream, ahead of every kernel that uses them.
-    cuda::check(cudaMemsetAsync(step_counters_.data(), 0, 12, stream_.get()),
+    // router_group's (and router_norm_group's) block counter.
+    step_counters_ = dev(4, "cudaMalloc (step counters)");
+    // Zeroed on the step stream, ahead of every kernel that uses it.
+    cuda::check(cudaMemsetAsync(step_counters_.data(), 0, 4, stream_.get()),
                 "cudaMemsetAsync (step counters)");
     // The folded decode chain (one row on the int8 expert route, see run_layers): the norms,
     // the first quantization and the experts' combine move into the neighbouring kernels.
@@ -572,12 +572,11 @@ class CudaBackend final : public StepBackend {
     // the QKV product on an H100; they convert every weight once per row).
     const bool fused_gemv =
         fused && act_ == ActType::kBF16 && B == 1 && H % 8 == 0 && (NH * D) % 8 == 0;
-    // The folded chain: per layer the QKV product norms its own input, the router norms and
-    // quantizes the experts' input, and the second expert product quantizes its input and adds
-    // the combine into the residual; 6 launches instead of 10 (docs/perf-notes.md, CUDA decode,
-    // session 5, and S12.4).
-    const bool fold = fold_norms_ && fused_gemv && B <= kFusedRouterMaxRows && dm_.experts_mxfp4 &&
-                      tokens_hint <= 1;
+    // The folded chain (one row: fused_gemv): per layer the QKV product norms its own input, the
+    // router norms and quantizes the experts' input, the first expert product quantizes its
+    // output, and the second adds the combine into the residual; 6 launches instead of 10
+    // (docs/perf-notes.md, CUDA decode, session 5, S12.4 and S17.3).
+    const bool fold = fold_norms_ && fused_gemv && dm_.experts_mxfp4 && tokens_hint <= 1;
     const cuda::PdlScope pdl(fused && pdl_decode_);
     prof_.begin(s, B);
     auto mark = [&](const char* op) { prof_.mark(s, op); };
@@ -647,15 +646,15 @@ class CudaBackend final : public StepBackend {
                                 topk_e_.data<int>(), topk_w_.data<float>(), groups_, t,
                                 xq_.data<int8_t>(), xd_.data<float>(), s);
         mark("norm_router_group_q8");
-        cuda::moe_mlp1_swiglu_mf4_q8(act_, xq_.data<int8_t>(), xd_.data<float>(), lw.mlp1_blocks,
-                                     lw.mlp1_scales, lw.mlp1_b, groups_, max_active, tokens_hint, H,
-                                     I, c_.swiglu_limit, act_buf_.data(), s, /*one_row=*/B == 1);
+        // One row (the folded chain's only case): mlp1 quantizes its output for mlp2 itself.
+        cuda::moe_mlp1_swiglu_mf4_q8_one_row(xq_.data<int8_t>(), xd_.data<float>(), lw.mlp1_blocks,
+                                             lw.mlp1_scales, lw.mlp1_b, groups_, max_active, H, I,
+                                             c_.swiglu_limit, act_buf_.data(), aq_.data<int8_t>(),
+                                             ad_.data<float>(), s);
         mark("moe_mlp1_swiglu_q8");
-        // The second product quantizes mlp1's output itself (no quantization launch between).
         cuda::moe_mlp2_mf4_q8_combine(aq_.data<int8_t>(), ad_.data<float>(), lw.mlp2_blocks,
                                       lw.mlp2_scales, lw.mlp2_b, groups_, max_active, H, I,
-                                      y_.data<float>(), topk_w_.data<float>(), B, K, x, s,
-                                      act_buf_.data(), step_counters_.data<unsigned>() + 1);
+                                      y_.data<float>(), topk_w_.data<float>(), B, K, x, s);
         mark("moe_mlp2_q8_combine");
         continue;
       }
@@ -830,7 +829,7 @@ class CudaBackend final : public StepBackend {
   cuda::MoeGemmVariant gemm_variant_ = cuda::MoeGemmVariant::kMma;
   DeviceBuffer xq_, xd_, aq_, ad_;  // int8 decode route (bf16 mode) only
   int q8_max_tokens_ = 1;           // the int8 route up to this many rows an expert
-  DeviceBuffer step_counters_;      // block counters: router_group, mlp2's quantization
+  DeviceBuffer step_counters_;      // the routers' block counter
   // GPU sampling: each slot's last logits, the jobs and results, and (penalties only, grown on
   // first use) the (token, count) pairs and the penalised rows.
   DeviceBuffer slot_logits_, sample_jobs_, sample_out_, pen_dev_, work_;

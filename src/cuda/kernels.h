@@ -156,6 +156,12 @@ void moe_mlp1_swiglu_mf4_q8(ActType t, const int8_t* xq, const float* xd, const 
                             const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
                             int tokens_hint, int H, int I, float limit, void* act_out,
                             cudaStream_t stream, bool one_row = false);
+// mlp1 of a step of one row (B = 1) that also quantizes its output act_out [K, I] into aq, ad as
+// quantize_q8_32 does, for moe_mlp2_mf4_q8_combine without its own quantization (act = null).
+void moe_mlp1_swiglu_mf4_q8_one_row(const int8_t* xq, const float* xd, const uint8_t* blocks,
+                                    const uint8_t* scales, const float* bias, MoeGroups g,
+                                    int max_active, int H, int I, float limit, void* act_out,
+                                    int8_t* aq, float* ad, cudaStream_t stream);
 void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
                      const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
                      int tokens_hint, int H, int I, float* y, cudaStream_t stream);
@@ -324,13 +330,11 @@ void decode_qkv_rope_norm(float* x, const float* norm_scale, float eps, const vo
 // residual as moe_combine_rmsnorm adds it (x f32 [B, H] += sum_s weights[r, s] * y[assign_at[r,
 // s]], slots in order), without the norm; one warp computes every slot of one output (decode: a few
 // rows).
-// With act (bf16 [B * K, I], mlp1's output, assignment rows) the kernel first quantizes it into
-// aq, ad itself, as quantize_q8_32 does, in its first blocks, which the product blocks wait for
-// through ready (two unsigned of device memory, 0 before the first call and left 0): it follows
-// mlp1 without a quantization launch between. Without act, aq and ad are its input.
-void moe_mlp2_mf4_q8_combine(int8_t* aq, float* ad, const uint8_t* blocks, const uint8_t* scales,
-                             const float* bias, MoeGroups g, int max_active, int H, int I, float* y,
-                             const float* weights, int B, int K, float* x, cudaStream_t stream,
-                             const void* act = nullptr, unsigned* ready = nullptr);
+// aq, ad: mlp1's output quantized (quantize_q8_32's blocks, assignment rows), from
+// moe_mlp1_swiglu_mf4_q8_one_row or quantize_q8_32.
+void moe_mlp2_mf4_q8_combine(const int8_t* aq, const float* ad, const uint8_t* blocks,
+                             const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
+                             int H, int I, float* y, const float* weights, int B, int K, float* x,
+                             cudaStream_t stream);
 
 }  // namespace mind4::cuda

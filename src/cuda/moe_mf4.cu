@@ -339,7 +339,7 @@ __device__ __forceinline__ int mf4_dot_i8(const int (&wi)[8], const int4& xa, co
 // assignment's activations (dp4a), so a batched step's expert costs about one pass over its
 // weights per TOK assignments instead of one per assignment.
 template <bool SWIGLU, int TOK, bool ONE_ROW = false>
-__device__ __forceinline__ void mf4_q8_gemv_rows(
+__device__ __forceinline__ float mf4_q8_gemv_rows(
     const int8_t* __restrict__ xq, const float* __restrict__ xd, const uint8_t* __restrict__ blocks,
     const uint8_t* __restrict__ scales, const float* __restrict__ bias, const MoeGroups& g, int N,
     int Kd, float limit, __nv_bfloat16* __restrict__ act_out, float* __restrict__ y_out, int e,
@@ -351,6 +351,7 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
   uint4 w[kGemvIters][kGemvRows];
   uint32_t sc[kGemvIters][kGemvRows];
   mf4_gemv_issue_rows<kGemvRows>(wrow, srow, nb, 0, lane, w, sc);
+  float first = 0.0f;  // returned: mlp1's stored output of assignment a0 (lane 0)
   // The bias too (lane 0 adds it), so that its round trip does not end the warp's work.
   float b[kGemvRows];
 #pragma unroll
@@ -408,8 +409,10 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
       if (lane == 0) {
         const int64_t a = a0 + t0 + tt;
         if constexpr (SWIGLU) {
-          act_out[a * (N / 2) + r0 / 2] =
+          const __nv_bfloat16 v =
               __float2bfloat16_rn(moe_swiglu(acc[tt][0] + b[0], acc[tt][1] + b[1], limit));
+          act_out[a * (N / 2) + r0 / 2] = v;
+          if (t0 + tt == 0) first = __bfloat162float(v);
         } else {
 #pragma unroll
           for (int rr = 0; rr < kGemvRows; ++rr) y_out[a * N + r0 + rr] = acc[tt][rr] + b[rr];
@@ -417,6 +420,7 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
       }
     }
   }
+  return first;
 }
 
 // Six blocks per multiprocessor (80 registers): the plain kernel's natural size. Groups of 2 or 4
@@ -424,9 +428,9 @@ __device__ __forceinline__ void mf4_q8_gemv_rows(
 // ONE_ROW (mlp1 of a step of one row, TOK 1): the grouping of one row's K distinct experts is
 // known without reading it (moe_group_one_row): active slot y holds assignment y, of row 0. So
 // the block reads only its expert before its weight and activation loads, not two more dependent
-// round trips to L2 (offsets, then group_row) before the activations: +0.9% at batch 1 on an
-// H100 with the change to mlp2's count below (docs/perf-notes.md, S17.2). Asking L1 for the
-// activations first (prefetch.global.L1) made this kernel three times slower.
+// round trips to L2 (offsets, then group_row) before the activations (docs/perf-notes.md, S17.2;
+// the folded chain's quantizing mlp1 below computes its rows the same way). Asking L1 for the
+// activations first (prefetch.global.L1) made the kernel three times slower on an H100.
 template <bool SWIGLU, int TOK = 1, bool ONE_ROW = false>
 __global__ void __launch_bounds__(kMf4Warps * 32, TOK == 1 ? 6 : 4)
     moe_mf4w_q8_gemv_kernel(const int8_t* __restrict__ xq, const float* __restrict__ xd,
@@ -447,6 +451,45 @@ __global__ void __launch_bounds__(kMf4Warps * 32, TOK == 1 ? 6 : 4)
                                            y_out, e, a0, count, nb, lane, r0);
 }
 
+// mlp1 of a step of one row that also quantizes its output for mlp2 (quantize_q8_32's int8 blocks
+// of 32 values): a block of kQ1Warps warps owns 32 consecutive outputs (row pairs) of one slot,
+// warp w the pairs w, w + kQ1Warps, ...; once all are written, warp 0 turns them into the int8
+// block and its scale. mlp2 then reads its input right after its wait, with no quantizing blocks
+// and no count to poll in front of its products. Each output is the one-pair kernel's (same
+// loads, same order); aq and ad are the bits quantize_q8_32 writes. On an H100 (docs/perf-notes.md,
+// S17.3): mlp1 16.3 -> 16.7 us and mlp2 9.7 -> 7.9 us a layer, decode at batch 1 +2.3%. The 360
+// blocks (three a multiprocessor) run in one wave; letting mlp2 launch only at their end (the PDL
+// trigger after the products instead of at the wait) was 3% slower.
+constexpr int kQ1Warps = 8;
+constexpr int kQ1Outputs = 32;  // one int8 block
+
+__global__ void __launch_bounds__(kQ1Warps * 32, 3)
+    moe_mf4w_q8_mlp1_quant_kernel(const int8_t* __restrict__ xq, const float* __restrict__ xd,
+                                  const uint8_t* __restrict__ blocks,
+                                  const uint8_t* __restrict__ scales,
+                                  const float* __restrict__ bias, MoeGroups g, int N, int Kd,
+                                  float limit, __nv_bfloat16* __restrict__ act_out,
+                                  int8_t* __restrict__ aq, float* __restrict__ ad) {
+  __shared__ float out[kQ1Outputs];
+  pdl_wait();
+  const int nb = Kd / 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, I = N / 2;
+  const int y = blockIdx.y, e = g.active[1 + y];
+  if (y < g.active[0]) {  // the same for the whole block
+    for (int k = warp; k < kQ1Outputs; k += kQ1Warps) {
+      const int i = blockIdx.x * kQ1Outputs + k;
+      const float v = mf4_q8_gemv_rows<true, 1, true>(xq, xd, blocks, scales, bias, g, N, Kd, limit,
+                                                      act_out, nullptr, e, y, 1, nb, lane, 2 * i);
+      if (lane == 0) out[k] = v;
+    }
+    __syncthreads();
+    if (warp == 0) {  // quantize_q8_32's arithmetic
+      const float v = out[lane], d = q8_scale(warp_max(fabsf(v)));
+      aq[int64_t(y) * I + blockIdx.x * kQ1Outputs + lane] = int8_t(q8_round(v, d));
+      if (lane == 0) ad[int64_t(y) * (I / 32) + blockIdx.x] = d;
+    }
+  }
+}
+
 // mlp2 of the folded decode chain with the combine: warp (n, r) computes output n of every slot
 // s < K of residual row r (assignment a = assign_at[r, s], grouped; expert group_expert[a]), two
 // slots at a time with all their weight loads in flight, writes y[a, n] = the product + bias, and
@@ -456,84 +499,17 @@ __global__ void __launch_bounds__(kMf4Warps * 32, TOK == 1 ? 6 : 4)
 // multiplied per expert and let the last block of each output tile add the combine (a counter,
 // two fences, y read back through L2) took 13.9 us a layer at batch 1 on the H100, against 7.5 us
 // for a kernel that only reads those 17.7 MB (docs/perf-notes.md, S8.9).
-// With act (mlp1's bf16 output) the first mlp2_quant_blocks(A, Kd) blocks (low indices: a block is
-// dispatched no later than those after it, so they run whatever the others do) quantize it into
-// xq, xd as quantize_q8_32 does, each adding 1 to ready[0] when its part is written; the product
-// blocks issue their first weight loads, wait for the kernel before (mlp1) and then for ready[0]
-// to count every quantizing block. So the kernel follows mlp1 directly: its blocks start, and
-// issue their weights, during mlp1's last wave instead of after a separate quantization launch.
-// The last product block past the wait sets both counters back to 0 (ready[1] counts them).
-constexpr int kQuantPerWarp = 4;  // int8 blocks of 32 values a warp quantizes
-
-__host__ __device__ constexpr int mlp2_quant_blocks(int A, int Kd) {
-  const int per_block = kMf4Warps * kQuantPerWarp;
-  return (A * (Kd / 32) + per_block - 1) / per_block;
-}
-
-__device__ __forceinline__ void mlp2_quantize_part(const __nv_bfloat16* __restrict__ act, int A,
-                                                   int Kd, int8_t* __restrict__ xq,
-                                                   float* __restrict__ xd,
-                                                   unsigned* __restrict__ ready) {
-  const int lane = threadIdx.x & 31, nblocks = A * (Kd / 32);
-  const int first = (blockIdx.x * kMf4Warps + (threadIdx.x >> 5)) * kQuantPerWarp;
-  float v[kQuantPerWarp];
-#pragma unroll
-  for (int i = 0; i < kQuantPerWarp; ++i)
-    v[i] = first + i < nblocks ? __bfloat162float(act[int64_t(first + i) * 32 + lane]) : 0.0f;
-#pragma unroll
-  for (int i = 0; i < kQuantPerWarp; ++i) {
-    if (first + i >= nblocks) break;
-    const float scale = q8_scale(warp_max(fabsf(v[i])));
-    xq[int64_t(first + i) * 32 + lane] = int8_t(q8_round(v[i], scale));
-    if (lane == 0) xd[first + i] = scale;
-  }
-  __syncthreads();  // the block's part is written
-  if (threadIdx.x == 0) {
-    __threadfence();
-    atomicAdd(ready, 1u);
-  }
-}
-
-// A product block waits until every quantizing block has counted itself in ready[0], then counts
-// itself in ready[1]. Returns that count's old value in thread 0, for mlp2_reset_if_last at the
-// block's end: the atomic's round trip to L2 then overlaps the block's products instead of
-// delaying them (it stood between the wait and the first activation read).
-__device__ __forceinline__ unsigned mlp2_wait_quantized(unsigned* __restrict__ ready, int nq) {
-  unsigned passed = 0;
-  if (threadIdx.x == 0) {
-    unsigned seen;
-    do {
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(ready) : "memory");
-    } while (seen < unsigned(nq));
-    passed = atomicAdd(ready + 1, 1u);
-  }
-  __syncthreads();
-  return passed;
-}
-
-// The last product block past the wait (every other one has passed it: none still polls) sets
-// both counters back to 0 for the next launch. Thread 0 only.
-__device__ __forceinline__ void mlp2_reset_if_last(unsigned* __restrict__ ready, unsigned passed,
-                                                   unsigned product_blocks) {
-  if (threadIdx.x == 0 && passed == product_blocks - 1) ready[0] = 0u, ready[1] = 0u;
-}
-
+// Its input comes quantized from mlp1 (moe_mf4w_q8_mlp1_quant_kernel at one row, or
+// quantize_q8_32), so its blocks wait only for the kernel before them. Until session 17 its own
+// first blocks quantized mlp1's bf16 output and the product blocks polled a count of them: about
+// 1.8 us more a layer at batch 1 on an H100 (docs/perf-notes.md, S17.3).
 __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_kernel(
-    int8_t* __restrict__ xq, float* __restrict__ xd, const uint8_t* __restrict__ blocks,
+    const int8_t* __restrict__ xq, const float* __restrict__ xd, const uint8_t* __restrict__ blocks,
     const uint8_t* __restrict__ scales, const float* __restrict__ bias, MoeGroups g, int N, int Kd,
-    float* __restrict__ y_out, const float* __restrict__ weights, int K, float* __restrict__ x,
-    const __nv_bfloat16* __restrict__ act, unsigned* __restrict__ ready) {
-  const int nq = act ? mlp2_quant_blocks(gridDim.y * K, Kd) : 0;
-  if (int(blockIdx.x) < nq) {  // a quantizing block (row 0 of the grid only)
-    pdl_wait();
-    if (blockIdx.y == 0) mlp2_quantize_part(act, gridDim.y * K, Kd, xq, xd, ready);
-    return;
-  }
-  const unsigned product_blocks = (gridDim.x - nq) * gridDim.y;
-  const int n = (blockIdx.x - nq) * kMf4Warps + (threadIdx.x >> 5), r = blockIdx.y;
+    float* __restrict__ y_out, const float* __restrict__ weights, int K, float* __restrict__ x) {
+  const int n = blockIdx.x * kMf4Warps + (threadIdx.x >> 5), r = blockIdx.y;
   if (n >= N) {
     pdl_wait();
-    if (act) mlp2_reset_if_last(ready, mlp2_wait_quantized(ready, nq), product_blocks);
     return;
   }
   const int nb = Kd / 32, lane = threadIdx.x & 31;
@@ -545,7 +521,6 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
   // wrote it three launches before this one (the router and mlp1 come between).
   const float x_old = lane == 0 ? x[int64_t(r) * N + n] : 0.0f;
   float m = 0.0f;
-  unsigned passed = 0;  // thread 0: mlp2_wait_quantized's count
   for (int s0 = 0; s0 < K; s0 += 2) {
     // Slot s0 + p's assignment and expert; past K: slot K - 1 again (not added). Taken again
     // where used rather than held (at 80 registers holding them spilled).
@@ -570,10 +545,7 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
       }
       // The first weight loads are in flight before the wait: the routing they need was written
       // by the router, which completed before the kernel before this one began (see the launcher).
-      if (s0 == 0 && j0 == 0) {
-        pdl_wait();
-        if (act) passed = mlp2_wait_quantized(ready, nq);
-      }
+      if (s0 == 0 && j0 == 0) pdl_wait();
 #pragma unroll
       for (int it = 0; it < kGemvIters; ++it) {
         const int j = j0 + it * 32 + lane;
@@ -597,7 +569,6 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
     }
   }
   if (lane == 0) x[int64_t(r) * N + n] = x_old + m;
-  if (act) mlp2_reset_if_last(ready, passed, product_blocks);
 }
 
 template <typename T, bool SWIGLU>
@@ -708,6 +679,18 @@ void moe_mlp1_swiglu_mf4_q8(ActType t, const int8_t* xq, const float* xd, const 
                        static_cast<__nv_bfloat16*>(act_out), nullptr, stream, one_row);
 }
 
+void moe_mlp1_swiglu_mf4_q8_one_row(const int8_t* xq, const float* xd, const uint8_t* blocks,
+                                    const uint8_t* scales, const float* bias, MoeGroups g,
+                                    int max_active, int H, int I, float limit, void* act_out,
+                                    int8_t* aq, float* ad, cudaStream_t stream) {
+  moe_mf4_check("moe_mlp1_swiglu_mf4_q8_one_row", xq, blocks, scales, bias, g, max_active, H, I);
+  MIND4_CUDA_ARG(xd && act_out && aq && ad, "moe_mlp1_swiglu_mf4_q8_one_row", "null pointer");
+  if (max_active == 0) return;
+  launch_pdl("moe_mlp1_swiglu_bf16_q8a_mf4w_quant", moe_mf4w_q8_mlp1_quant_kernel,
+             dim3(I / kQ1Outputs, max_active), dim3(kQ1Warps * 32), 0, stream, xq, xd, blocks,
+             scales, bias, g, 2 * I, H, limit, static_cast<__nv_bfloat16*>(act_out), aq, ad);
+}
+
 void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
                      const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
                      int tokens_hint, int H, int I, float* y, cudaStream_t stream) {
@@ -718,12 +701,12 @@ void moe_mlp2_mf4_q8(const int8_t* aq, const float* ad, const uint8_t* blocks,
                         nullptr, y, stream);
 }
 
-void moe_mlp2_mf4_q8_combine(int8_t* aq, float* ad, const uint8_t* blocks, const uint8_t* scales,
-                             const float* bias, MoeGroups g, int max_active, int H, int I, float* y,
-                             const float* weights, int B, int K, float* x, cudaStream_t stream,
-                             const void* act, unsigned* ready) {
+void moe_mlp2_mf4_q8_combine(const int8_t* aq, const float* ad, const uint8_t* blocks,
+                             const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
+                             int H, int I, float* y, const float* weights, int B, int K, float* x,
+                             cudaStream_t stream) {
   moe_mf4_check("moe_mlp2_mf4_q8_combine", aq, blocks, scales, bias, g, max_active, H, I);
-  MIND4_CUDA_ARG(ad && y && weights && x && g.assign_at && g.group_expert && (!act || ready),
+  MIND4_CUDA_ARG(ad && y && weights && x && g.assign_at && g.group_expert,
                  "moe_mlp2_mf4_q8_combine", "null pointer");
   MIND4_CUDA_ARG(B >= 1 && B <= 65535 && K >= 1 && K <= 32 && max_active >= 1,
                  "moe_mlp2_mf4_q8_combine", "B = ", B, " (1 to 65535), K = ", K,
@@ -731,11 +714,9 @@ void moe_mlp2_mf4_q8_combine(int8_t* aq, float* ad, const uint8_t* blocks, const
   // With PDL the kernel reads the routing (g) before it waits: the grouping must come from a
   // kernel at least two launches earlier (the folded chain: router, mlp1, this), since a chain
   // kernel lets the next launch only after its own wait.
-  const int nq = act ? mlp2_quant_blocks(B * K, I) : 0;
   launch_pdl("moe_mlp2_combine_f32_q8a_mf4w", moe_mf4w_q8_mlp2_combine_kernel,
-             dim3(nq + (H + kMf4Warps - 1) / kMf4Warps, B), dim3(kMf4Warps * 32), 0, stream, aq, ad,
-             blocks, scales, bias, g, H, I, y, weights, K, x,
-             static_cast<const __nv_bfloat16*>(act), ready);
+             dim3((H + kMf4Warps - 1) / kMf4Warps, B), dim3(kMf4Warps * 32), 0, stream, aq, ad,
+             blocks, scales, bias, g, H, I, y, weights, K, x);
 }
 
 }  // namespace mind4::cuda
