@@ -517,6 +517,9 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
   // all slots); each pair of slots takes them by shuffles.
   const int slot_a = lane < K ? g.assign_at[r * K + lane] : 0;
   const int slot_e = lane < K ? g.group_expert[slot_a] : 0;
+  // And slot s's combine weight: read after each pair of slots, it was a round trip to L2 between
+  // that pair's products and the next pair's weight loads.
+  const float slot_w = lane < K ? weights[r * K + lane] : 0.0f;
   // The residual value this warp adds to, read now rather than at the end: the out projection
   // wrote it three launches before this one (the router and mlp1 come between).
   const float x_old = lane == 0 ? x[int64_t(r) * N + n] : 0.0f;
@@ -565,7 +568,7 @@ __global__ void __launch_bounds__(kMf4Warps * 32, 6) moe_mf4w_q8_mlp2_combine_ke
       if (s0 + p >= K) break;
       const float y = warp_sum(acc[p]) + b[p];
       if (lane == 0) y_out[int64_t(a[p]) * N + n] = y;
-      m += weights[r * K + s0 + p] * y;
+      m += __shfl_sync(0xffffffffu, slot_w, s0 + p) * y;
     }
   }
   if (lane == 0) x[int64_t(r) * N + n] = x_old + m;
