@@ -150,13 +150,11 @@ __device__ __forceinline__ DgQkvInputs dg_qkv_inputs(int h, int j, int B, int D,
 
 // The QKV epilogue of warp pair (h, j): bias, RoPE of q and k, q into qkv, k and v into the cache.
 template <int MAXB>
-__device__ __forceinline__ void dg_qkv_store(const float (&acc)[MAXB][2], const DgQkvInputs& in,
-                                             int h, int j, int B, int NH, int NKV, int D,
-                                             const float* __restrict__ cos_table,
-                                             const float* __restrict__ sin_table,
-                                             __nv_bfloat16* __restrict__ qkv,
-                                             __nv_bfloat16* __restrict__ k_cache,
-                                             __nv_bfloat16* __restrict__ v_cache, int positions) {
+__device__ __forceinline__ void dg_qkv_store(
+    const float (&acc)[MAXB][2], const DgQkvInputs& in, int h, int j, int B, int NH, int NKV, int D,
+    const float* __restrict__ cos_table, const float* __restrict__ sin_table,
+    __nv_bfloat16* __restrict__ qkv, __nv_bfloat16* __restrict__ k_cache,
+    __nv_bfloat16* __restrict__ v_cache, int positions, const float* rotation = nullptr) {
   const int half = D / 2, n0 = h * D + j, n1 = n0 + half;
   const int lane = threadIdx.x & 31;
   if (lane >= B) return;
@@ -170,7 +168,9 @@ __device__ __forceinline__ void dg_qkv_store(const float (&acc)[MAXB][2], const 
   const int r = lane, ps = in.pos;
   const int64_t width = int64_t(NKV) * D, at = (int64_t(in.slot) * positions + ps) * width;
   if (h < NH + NKV) {
-    const float c = cos_table[int64_t(ps) * half + j], s = sin_table[int64_t(ps) * half + j];
+    // rotation: cos and sin already fetched (shared memory; one row).
+    const float c = rotation ? rotation[0] : cos_table[int64_t(ps) * half + j];
+    const float s = rotation ? rotation[1] : sin_table[int64_t(ps) * half + j];
     const float y0 = v0 * c - v1 * s, y1 = v1 * c + v0 * s;
     if (h < NH) {
       __nv_bfloat16* row = qkv + int64_t(r) * (NH + 2 * NKV) * D;
@@ -293,6 +293,7 @@ __global__ void __launch_bounds__(kDgNormWarps * 32, kDgMinBlocks* kDgWarps / kD
   // f32, copied in before the wait (a weight: the kernel before this one does not write it).
   extern __shared__ uint4 dg_normed_row[];
   __shared__ float dg_partial[kDgNormWarps];
+  __shared__ float dg_rotation[kDgNormWarps][2];  // each warp's cos and sin at the row's position
   float* scale_s = reinterpret_cast<float*>(dg_normed_row + K / 8);
   for (int c = threadIdx.x; c < K / 4; c += blockDim.x)
     cp_async16(scale_s + 4 * c, norm_scale + 4 * c, 16);
@@ -317,12 +318,22 @@ __global__ void __launch_bounds__(kDgNormWarps * 32, kDgMinBlocks* kDgWarps / kD
         else
           dg_norm_row<kDgNormWarps>(DgRowF32{reinterpret_cast<const float4*>(x)}, scale_s, eps, K,
                                     out, dg_partial, nullptr);
+        // The rotation of the warp's pair, copied in while the products run: read at the end it
+        // was a round trip to L2 after the last product (the position is the step's input, held
+        // since the start; into registers before the products, the kernel spilled).
+        if ((threadIdx.x & 31) == 0 && !idle && h < NH + NKV) {
+          const int64_t at = int64_t(in.pos) * half + j;
+          cp_async4(smem_addr(&dg_rotation[threadIdx.x >> 5][0]), cos_table + at, 4);
+          cp_async4(smem_addr(&dg_rotation[threadIdx.x >> 5][1]), sin_table + at, 4);
+        }
+        cp_async_commit();
         return reinterpret_cast<const __nv_bfloat16*>(dg_normed_row);
       },
       1, K, acc);
   if (idle) return;
-  dg_qkv_store(acc, in, h, j, 1, NH, NKV, D, cos_table, sin_table, qkv, k_cache, v_cache,
-               positions);
+  cp_async_wait<0>();  // the rotation (this lane's own copies)
+  dg_qkv_store(acc, in, h, j, 1, NH, NKV, D, cos_table, sin_table, qkv, k_cache, v_cache, positions,
+               dg_rotation[threadIdx.x >> 5]);
 }
 
 // Pair p of rows 2p, 2p + 1 (Q warps, parts of K): resid[r, n] += acc + bias[n] (add), or
