@@ -331,6 +331,10 @@ __global__ void __launch_bounds__(32 * W)
   const int t0 = begin + tile_of(0) * KT;
   if (my_tiles > 0)
     flash_load_kv_tile<DP, KT, S>(ks, vs, k0, v0, width, D, t0, min(end, p), 0, lane, 32);
+  // The sinks of this lane's two heads (weights) for the store at the end, where their read was
+  // a round trip to memory after the last tile.
+  const float sink0 = splits == 1 && fr0 < G ? sinks[kvh * G + fr0] * kLog2e : 0.0f;
+  const float sink1 = splits == 1 && fr1 < G ? sinks[kvh * G + fr1] * kLog2e : 0.0f;
   pdl_wait();
   if (my_tiles > 0 && p >= t0 && p < min(end, t0 + KT)) {
     constexpr int kChunks = DP / 8;  // 16-byte chunks of a row: K in lanes below kChunks, then V
@@ -400,12 +404,12 @@ __global__ void __launch_bounds__(32 * W)
     }
   }
 
-  auto store_row = [&](int f, float m, float l, int e0) {
+  auto store_row = [&](int f, float m, float l, int e0, float sink) {
     if (f >= G) return;
     const int head = kvh * G + f;
     if (splits == 1) {  // every row has at least one key, so m is finite
-      flash_store_row<DP>(out + int64_t(r) * NH * D + int64_t(head) * D, D, st.acc, e0, m, l,
-                          sinks[head] * kLog2e, c2);
+      flash_store_row<DP>(out + int64_t(r) * NH * D + int64_t(head) * D, D, st.acc, e0, m, l, sink,
+                          c2);
     } else {  // m = -inf, l = 0 when the split holds no key of this row: combined with weight 0
       float* part = partial + ((int64_t(r) * NH + head) * splits + blockIdx.y) * (D + 2);
       if (c2 == 0) part[0] = m, part[1] = l;
@@ -416,8 +420,8 @@ __global__ void __launch_bounds__(32 * W)
       }
     }
   };
-  store_row(fr0, st.m0, st.l0, 0);
-  store_row(fr1, st.m1, st.l1, 2);
+  store_row(fr0, st.m0, st.l0, 0, sink0);
+  store_row(fr1, st.m1, st.l1, 2, sink1);
 }
 
 // The splits of one (row, head): max and sums in base 2, the sink joins here.
