@@ -234,10 +234,22 @@ TEST_P(CudaMoeTest, Mxfp4Int8DecodeRouteMatchesCpu) {
                                 " H=" + std::to_string(H) + " I=" + std::to_string(I);
       EXPECT_EQ(download<uint16_t>(d_act1, size_t(A) * I), act_bits) << "one-row mlp1" << shape;
       EXPECT_EQ(download<uint16_t>(d_act2, size_t(A) * I), act_bits) << "quantizing mlp1" << shape;
-      EXPECT_EQ(download<int8_t>(d_aq2, size_t(A) * I), download<int8_t>(d_aq, size_t(A) * I))
+      // Its int8 blocks as quantize_q8_32 defines them, computed here from the bf16 outputs: d =
+      // max |v| / 127 and q = round(v / d) in float, ties to even.
+      const auto act_f = download_act(d_act, size_t(A) * I, t);
+      std::vector<int8_t> q_want(act_f.size());
+      std::vector<float> d_want(act_f.size() / 32);
+      for (size_t blk = 0; blk < d_want.size(); ++blk) {
+        float amax = 0.0f;
+        for (int i = 0; i < 32; ++i) amax = std::max(amax, std::abs(act_f[blk * 32 + i]));
+        d_want[blk] = amax / 127.0f;
+        for (int i = 0; i < 32; ++i)
+          q_want[blk * 32 + i] = int8_t(
+              d_want[blk] > 0.0f ? int(std::nearbyint(act_f[blk * 32 + i] / d_want[blk])) : 0);
+      }
+      EXPECT_EQ(download<int8_t>(d_aq2, q_want.size()), q_want)
           << "quantizing mlp1's int8 blocks" << shape;
-      EXPECT_EQ(download<float>(d_ad2, size_t(A) * I / 32),
-                download<float>(d_ad, size_t(A) * I / 32))
+      EXPECT_EQ(download<float>(d_ad2, d_want.size()), d_want)
           << "quantizing mlp1's scales" << shape;
     }
     cuda::moe_mlp2_mf4_q8(d_aq.data<int8_t>(), d_ad.data<float>(), d_b2.data<uint8_t>(),

@@ -191,7 +191,7 @@ class CudaBackend final : public StepBackend {
     cuda::check(cudaMemsetAsync(step_counters_.data(), 0, 4, stream_.get()),
                 "cudaMemsetAsync (step counters)");
     // The folded decode chain (one row on the int8 expert route, see run_layers): the norms,
-    // the first quantization and the experts' combine move into the neighbouring kernels.
+    // both quantizations and the experts' combine move into the neighbouring kernels.
     // MIND4_CUDA_FOLD_NORMS=0 keeps the separate launches (for comparisons).
     const char* fn = std::getenv("MIND4_CUDA_FOLD_NORMS");
     fold_norms_ = fused_decode_ && xq_.bytes() > 0 && !(fn && std::string(fn) == "0") &&

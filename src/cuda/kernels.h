@@ -157,7 +157,7 @@ void moe_mlp1_swiglu_mf4_q8(ActType t, const int8_t* xq, const float* xd, const 
                             int tokens_hint, int H, int I, float limit, void* act_out,
                             cudaStream_t stream, bool one_row = false);
 // mlp1 of a step of one row (B = 1) that also quantizes its output act_out [K, I] into aq, ad as
-// quantize_q8_32 does, for moe_mlp2_mf4_q8_combine without its own quantization (act = null).
+// quantize_q8_32 does: moe_mlp2_mf4_q8_combine's input, with no quantization launch between.
 void moe_mlp1_swiglu_mf4_q8_one_row(const int8_t* xq, const float* xd, const uint8_t* blocks,
                                     const uint8_t* scales, const float* bias, MoeGroups g,
                                     int max_active, int H, int I, float limit, void* act_out,
