@@ -1,5 +1,5 @@
-// The folded decode chain (one row, bf16, MXFP4 experts on the int8 route) against the CPU
-// reference or double-precision loops: the router that norms and quantizes its own input
+// The folded decode chain (one row, bf16, MXFP4 experts on the int8/int16 route) against the CPU
+// reference or double-precision loops: the router that norms and quantizes the experts' input
 // (router_norm_group), the QKV product that norms its own input (decode_qkv_rope_norm), and the
 // second expert product that adds the experts' combine into the residual
 // (moe_mlp2_mf4_q8_combine; the first, which quantizes its own output at one row, is checked in
@@ -83,14 +83,14 @@ TEST_F(CudaDecodeFoldTest, RouterNormGroupNormsQuantizesAndRoutes) {
     auto d_x = upload(x), d_scale = upload(scale), d_w = upload(w), d_bias = upload(bias);
     auto d_logits = poisoned(size_t(B) * E * 4), d_e = poisoned(size_t(B) * K * 4),
          d_wt = poisoned(size_t(B) * K * 4), d_t = poisoned(size_t(B) * H * 2),
-         d_q = poisoned(size_t(B) * H), d_d = poisoned(size_t(B) * H / 32 * 4);
+         d_q = poisoned(size_t(B) * H * 2), d_d = poisoned(size_t(B) * H / 32 * 4);
     TestGroups gr = poisoned_groups(B, K, E);
     cuda::router_norm_group(d_x.data<float>(), d_scale.data<float>(), kFoldEps, d_w.data<float>(),
                             d_bias.data<float>(), B, H, E, K, d_logits.data<float>(),
                             done.data<unsigned>(), d_e.data<int>(), d_wt.data<float>(), gr.g,
-                            d_t.data(), d_q.data<int8_t>(), d_d.data<float>(), nullptr);
+                            d_t.data(), d_q.data<int16_t>(), d_d.data<float>(), nullptr);
     const auto t = download_act(d_t, size_t(B) * H, ActType::kBF16);
-    const auto q = download<int8_t>(d_q, size_t(B) * H);
+    const auto q = download<int16_t>(d_q, size_t(B) * H);
     const auto d = download<float>(d_d, size_t(B) * H / 32);
     const auto experts = download<int>(d_e, size_t(B) * K);
     const auto weights = download<float>(d_wt, size_t(B) * K);
@@ -100,12 +100,12 @@ TEST_F(CudaDecodeFoldTest, RouterNormGroupNormsQuantizesAndRoutes) {
     // The normed row in bf16: one rounding of the CPU norm.
     EXPECT_LT(rel_error(t, std::vector<double>(xn.begin(), xn.end())), 3e-3)
         << "B=" << B << " E=" << E << " H=" << H;
-    // Its int8 blocks: quantize_q8_32's scale (max / 127) of the bf16 values written, and every
-    // value within half a step.
+    // Its int16 blocks (mlp1's input): the scale max / 32767 of the bf16 values written, and
+    // every value within half a step.
     for (size_t blk = 0; blk < d.size(); ++blk) {
       float amax = 0.0f;
       for (int i = 0; i < 32; ++i) amax = std::max(amax, std::abs(t[blk * 32 + i]));
-      ASSERT_NEAR(d[blk], amax / 127.0f, 1e-6f * amax) << "block " << blk;
+      ASSERT_NEAR(d[blk], amax / 32767.0f, 1e-6f * amax / 32767.0f) << "block " << blk;
       for (int i = 0; i < 32; ++i)
         ASSERT_LE(std::abs(q[blk * 32 + i] * d[blk] - t[blk * 32 + i]), 0.5001f * d[blk] + 1e-30f)
             << "value " << blk * 32 + i;
@@ -303,7 +303,7 @@ TEST_F(CudaDecodeFoldTest, LaunchersRejectBadArguments) {
         [&] {
           cuda::router_norm_group(b.data<float>(), b.data<float>(), kFoldEps, b.data<float>(),
                                   b.data<float>(), 1, H, 32, 4, b.data<float>(), b.data<unsigned>(),
-                                  b.data<int>(), b.data<float>(), g, b.data(), b.data<int8_t>(),
+                                  b.data<int>(), b.data<float>(), g, b.data(), b.data<int16_t>(),
                                   b.data<float>(), nullptr);
         },
         "router_norm_group");
@@ -335,7 +335,7 @@ TEST_F(CudaDecodeFoldTest, LaunchersRejectBadArguments) {
   // The quantizing first expert product without somewhere to put its int8 blocks.
   expect_error(
       [&] {
-        cuda::moe_mlp1_swiglu_mf4_q8_one_row(b.data<int8_t>(), b.data<float>(), b.data<uint8_t>(),
+        cuda::moe_mlp1_swiglu_mf4_q8_one_row(b.data<int16_t>(), b.data<float>(), b.data<uint8_t>(),
                                              b.data<uint8_t>(), b.data<float>(), g, 4, 64, 64, 7.0f,
                                              b.data(), nullptr, b.data<float>(), nullptr);
       },

@@ -2,13 +2,15 @@
 // 2e-2 * max|logit|, f32 within 1e-3 * max|logit|), prefill and token-by-token decode (the decode
 // steps run as captured CUDA graphs after their first occurrence), several sequences in one
 // Context against the CPU line, and the errors a user can meet (no CUDA line in the build, no
-// GPU, an unsupported dtype). A bf16 miss is excused (reported as skipped, with the numbers) only
-// where the CPU line's router has a near-tie below bf16's resolution: bf16 may then pick another
-// expert than float64 HF, and the f32 case of the same fixture is the check.
+// GPU, an unsupported dtype). In bf16 the positions from the CPU line's first router near-tie
+// below bf16's resolution on are excused (bf16 may pick another expert there than float64 HF, and
+// every later position attends to it; the f32 case of the same fixture checks them): the bound
+// holds on the positions before it, on every route, decode through the folded chain included.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <span>
@@ -76,11 +78,13 @@ class CudaFixture
   void SetUp() override { MIND4_REQUIRE_GPU(); }
 };
 
-// The smallest router margin over layers and prompt positions (tests/router_margins.h): a margin
-// below bf16's perturbation of router logits (about 1e-2) may flip an expert.
-double cpu_min_router_gap(const std::string& dir, const std::vector<int>& tokens) {
+// The first prompt position where the CPU line's router margin (tests/router_margins.h) is below
+// bf16's perturbation of router logits (about 1e-2), where an expert may flip; T if none.
+int cpu_first_router_near_tie(const std::string& dir, const std::vector<int>& tokens) {
   const std::vector<double> m = test::cpu_router_margins(dir, tokens);
-  return m.empty() ? INFINITY : *std::min_element(m.begin(), m.end());
+  int p = 0;
+  while (p < int(m.size()) && m[size_t(p)] >= 1e-2) ++p;
+  return p;
 }
 
 TEST_P(CudaFixture, MatchesTransformers) {
@@ -93,10 +97,17 @@ TEST_P(CudaFixture, MatchesTransformers) {
   const bool f32 = dtype == ActivationDType::kFloat32;
   const double bound = (f32 ? 1e-3 : 2e-2) * cuda_max_abs(want.logits);
   const int total = T + int(want.greedy.size());
+  // The positions checked: all in f32, those before the first router near-tie in bf16.
+  const int clear =
+      f32 ? T : cpu_first_router_near_tie(layout == "original" ? dir : dir + "/hf", want.tokens);
+  if (clear == 0)
+    GTEST_SKIP() << name << "/" << layout << " bf16: the CPU line's router has a near-tie below "
+                 << "bf16 resolution at position 0, so no position is comparable with float64 HF; "
+                 << "this fixture is checked in f32 mode";
 
   // Prefill in steps of 16 rows: CUDA-core kernels; then in one step through the tensor-core
   // route that large steps take (forced down to small steps by the environment variable).
-  double worst_prefill[2] = {0, 0};
+  double worst_prefill[2] = {0, 0}, worst_all = 0;  // before `clear`; over every position
   for (const bool tensor_route : {false, true}) {
     if (tensor_route) setenv("MIND4_CUDA_PREFILL_MIN_ROWS", "2", 1);
     Context prefill(model, {.context_length = total,
@@ -108,9 +119,12 @@ TEST_P(CudaFixture, MatchesTransformers) {
     prefill.process();
     auto all = prefill.all_logits(a);
     ASSERT_EQ(all.size(), want.logits.size());
-    for (size_t i = 0; i < all.size(); ++i)
-      worst_prefill[tensor_route] =
-          std::max(worst_prefill[tensor_route], double(std::abs(all[i] - want.logits[i])));
+    for (size_t i = 0; i < all.size(); ++i) {
+      const double err = std::abs(all[i] - want.logits[i]);
+      worst_all = std::max(worst_all, err);
+      if (int(i / size_t(V)) < clear)
+        worst_prefill[tensor_route] = std::max(worst_prefill[tensor_route], err);
+    }
   }
   // Decode token by token (steps replayed from a CUDA graph after the first).
   Context decode(model, {.context_length = total});
@@ -123,23 +137,23 @@ TEST_P(CudaFixture, MatchesTransformers) {
     auto step = decode.logits(b);
     for (int v = 0; v < V; ++v) {
       const double err = std::abs(step[v] - want.logits[size_t(t) * V + v]);
-      if (err > worst_decode) worst_decode = err, worst_at = t;
+      worst_all = std::max(worst_all, err);
+      if (t < clear && err > worst_decode) worst_decode = err, worst_at = t;
     }
   }
-  const double worst = std::max({worst_prefill[0], worst_prefill[1], worst_decode});
-  if (!f32 && worst > bound) {
-    // Only an expert choice that bf16 cannot resolve excuses a miss: then f32 mode is the check.
-    const double gap = cpu_min_router_gap(layout == "original" ? dir : dir + "/hf", want.tokens);
-    if (gap < 1e-2)
-      GTEST_SKIP() << name << "/" << layout << " bf16: max |logit - HF| " << worst << " > " << bound
-                   << ", and the CPU line's router has a near-tie (k-th minus (k+1)-th "
-                   << "logit " << gap << ") below bf16 resolution, so bf16 may route differently "
-                   << "from float64 HF; this fixture is checked in f32 mode";
-  }
-  EXPECT_LE(worst_prefill[0], bound) << name << "/" << layout << ": prefill, all positions";
-  EXPECT_LE(worst_prefill[1], bound) << name << "/" << layout << ": prefill, tensor-core route";
-  EXPECT_LE(worst_decode, bound) << name << "/" << layout << ": decode, worst at position "
-                                 << worst_at;
+  if (clear < T)
+    std::printf(
+        "%s/%s bf16: first router near-tie at position %d of %d; max |logit - HF| before "
+        "it: prefill %.4g, tensor-core route %.4g, decode %.4g; over every position %.4g "
+        "(bound %.4g)\n",
+        name.c_str(), layout.c_str(), clear, T, worst_prefill[0], worst_prefill[1], worst_decode,
+        worst_all, bound);
+  const std::string where =
+      name + "/" + layout +
+      (clear < T ? ", the " + std::to_string(clear) + " positions before a router near-tie" : "");
+  EXPECT_LE(worst_prefill[0], bound) << where << ": prefill in steps of 16 rows";
+  EXPECT_LE(worst_prefill[1], bound) << where << ": prefill, tensor-core route";
+  EXPECT_LE(worst_decode, bound) << where << ": decode, worst at position " << worst_at;
   if (!f32) return;  // bf16 rounding may flip a near-tie of the greedy choice
   std::vector<int> got;
   for (size_t i = 0; i < want.greedy.size(); ++i) {

@@ -157,7 +157,7 @@ class CudaBackend final : public StepBackend {
     const char* q8 = std::getenv("MIND4_CUDA_Q8_DECODE");
     if (q8 && std::string(q8) == "batched") q8_max_tokens_ = kQ8MaxTokens;
     if (act_ == ActType::kBF16 && dm_.experts_mxfp4 && !(q8 && std::string(q8) == "0")) {
-      xq_ = dev(B * H, "cudaMalloc (decode scratch)");
+      xq_ = dev(B * H * 2, "cudaMalloc (decode scratch)");  // int8 rows, or the folded int16 row
       xd_ = dev(B * H / 32 * 4, "cudaMalloc (decode scratch)");
       aq_ = dev(A * I, "cudaMalloc (decode scratch)");
       ad_ = dev(A * I / 32 * 4, "cudaMalloc (decode scratch)");
@@ -644,10 +644,11 @@ class CudaBackend final : public StepBackend {
         cuda::router_norm_group(x, lw.mlp_norm, kCudaRmsEps, lw.gate_w, lw.gate_b, B, H, E, K,
                                 gate_.data<float>(), step_counters_.data<unsigned>(),
                                 topk_e_.data<int>(), topk_w_.data<float>(), groups_, t,
-                                xq_.data<int8_t>(), xd_.data<float>(), s);
+                                xq_.data<int16_t>(), xd_.data<float>(), s);
         mark("norm_router_group_q8");
-        // One row (the folded chain's only case): mlp1 quantizes its output for mlp2 itself.
-        cuda::moe_mlp1_swiglu_mf4_q8_one_row(xq_.data<int8_t>(), xd_.data<float>(), lw.mlp1_blocks,
+        // One row (the folded chain's only case): mlp1 takes the router's int16 row and quantizes
+        // its output for mlp2 itself.
+        cuda::moe_mlp1_swiglu_mf4_q8_one_row(xq_.data<int16_t>(), xd_.data<float>(), lw.mlp1_blocks,
                                              lw.mlp1_scales, lw.mlp1_b, groups_, max_active, H, I,
                                              c_.swiglu_limit, act_buf_.data(), aq_.data<int8_t>(),
                                              ad_.data<float>(), s);

@@ -156,9 +156,10 @@ void moe_mlp1_swiglu_mf4_q8(ActType t, const int8_t* xq, const float* xd, const 
                             const uint8_t* scales, const float* bias, MoeGroups g, int max_active,
                             int tokens_hint, int H, int I, float limit, void* act_out,
                             cudaStream_t stream, bool one_row = false);
-// mlp1 of a step of one row (B = 1) that also quantizes its output act_out [K, I] into aq, ad as
-// quantize_q8_32 does: moe_mlp2_mf4_q8_combine's input, with no quantization launch between.
-void moe_mlp1_swiglu_mf4_q8_one_row(const int8_t* xq, const float* xd, const uint8_t* blocks,
+// mlp1 of a step of one row (B = 1) from router_norm_group's int16 blocks (xq int16 [H], xd f32
+// [H / 32]) that also quantizes its output act_out [K, I] into aq, ad as quantize_q8_32 does:
+// moe_mlp2_mf4_q8_combine's input, with no quantization launch between.
+void moe_mlp1_swiglu_mf4_q8_one_row(const int16_t* xq, const float* xd, const uint8_t* blocks,
                                     const uint8_t* scales, const float* bias, MoeGroups g,
                                     int max_active, int H, int I, float limit, void* act_out,
                                     int8_t* aq, float* ad, cudaStream_t stream);
@@ -308,14 +309,15 @@ void l2_prefetch(const void* p, int64_t bytes, cudaStream_t stream);
 // ---- The folded decode chain (one row, bf16, MXFP4 experts on the int8 route): the one-block
 // norm, quantization and combine launches folded into their neighbours.
 // router.cu: router_group with the norm before it: xn = RMSNorm(x f32 [B, H]) * norm_scale is
-// computed by every block; t_out bf16 [B, H] = xn, (q_out int8 [B, H], d_out f32 [B, H / 32]) =
-// quantize_q8_32 of t_out, and logits/experts/weights/groups as router_group computes them from
-// xn in f32. H % 32 == 0 and H <= 4096 (router_norm_group_supported). One row of at most 32
+// computed by every block; t_out bf16 [B, H] = xn, (q_out int16 [B, H], d_out f32 [B, H / 32]) =
+// t_out in int16 blocks of 32 values (d = max |v| / 32767, q = round(v / d); mlp1's input in
+// moe_mlp1_swiglu_mf4_q8_one_row), and logits/experts/weights/groups as router_group computes them
+// from xn in f32. H % 32 == 0 and H <= 4096 (router_norm_group_supported). One row of at most 32
 // experts runs as one cluster of 8 blocks (done is not used), other steps as E x B blocks.
 bool router_norm_group_supported(int H);
 void router_norm_group(const float* x, const float* norm_scale, float eps, const float* w,
                        const float* bias, int B, int H, int E, int K, float* logits, unsigned* done,
-                       int* experts, float* weights, MoeGroups g, void* t_out, int8_t* q_out,
+                       int* experts, float* weights, MoeGroups g, void* t_out, int16_t* q_out,
                        float* d_out, cudaStream_t stream);
 // decode_gemv.cu: decode_qkv_rope at one row whose input is RMSNorm(x f32 [1, K]) * norm_scale,
 // rounded to bf16: every block norms the row itself (no norm launch before it). With an embedding

@@ -316,6 +316,28 @@ __device__ __forceinline__ int mf4_dot_q8(const uint4& w, const int4& xa, const 
   return pos - neg;
 }
 
+// mf4_dot_q8 with int16 activations (x: 16 words of two, in order): each four weights' two
+// lookups as there, each dp4a two dp2a (int16 times the low or high two int8 of the weights).
+// The folded chain's mlp1 takes its input so: int8 activations there cost about 2% of the largest
+// logit against HF on the fixtures (docs/perf-notes.md, S17.7). |sum| < 32 * 32767 * 12 < 2^24.
+__device__ __forceinline__ int mf4_dot_q16(const uint4& w, const int (&x)[16]) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+  int pos = 0, neg = 0;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const uint32_t v = words[q], flipped = v ^ 0x88888888u;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // weights 8q + 4h .. 8q + 4h + 3
+      const int p4 = mf4_nonnegative_i8x4(v >> (16 * h));
+      const int n4 = mf4_nonnegative_i8x4(flipped >> (16 * h));
+      const int x01 = x[4 * q + 2 * h], x23 = x[4 * q + 2 * h + 1];
+      pos = __dp2a_hi(x23, p4, __dp2a_lo(x01, p4, pos));
+      neg = __dp2a_hi(x23, n4, __dp2a_lo(x01, n4, neg));
+    }
+  }
+  return pos - neg;
+}
+
 // 32 int8 weights times 32 int8 activations: 8 dp4a.
 __device__ __forceinline__ int mf4_dot_i8(const int (&wi)[8], const int4& xa, const int4& xb) {
   int s = 0;
@@ -338,9 +360,9 @@ __device__ __forceinline__ int mf4_dot_i8(const int (&wi)[8], const int4& xa, co
 // at a time: a weight is loaded and turned into int8 once for the group and multiplied with each
 // assignment's activations (dp4a), so a batched step's expert costs about one pass over its
 // weights per TOK assignments instead of one per assignment.
-template <bool SWIGLU, int TOK, bool ONE_ROW = false>
+template <bool SWIGLU, int TOK, bool ONE_ROW = false, typename XQ = int8_t>
 __device__ __forceinline__ float mf4_q8_gemv_rows(
-    const int8_t* __restrict__ xq, const float* __restrict__ xd, const uint8_t* __restrict__ blocks,
+    const XQ* __restrict__ xq, const float* __restrict__ xd, const uint8_t* __restrict__ blocks,
     const uint8_t* __restrict__ scales, const float* __restrict__ bias, const MoeGroups& g, int N,
     int Kd, float limit, __nv_bfloat16* __restrict__ act_out, float* __restrict__ y_out, int e,
     int a0, int count, int nb, int lane, int r0) {
@@ -371,7 +393,20 @@ __device__ __forceinline__ float mf4_q8_gemv_rows(
       for (int it = 0; it < kGemvIters; ++it) {
         const int j = j0 + it * 32 + lane;
         if (j >= nb) break;
-        if constexpr (TOK == 1) {  // the conversion interleaved with the dp4a (fewer registers)
+        if constexpr (TOK == 1 && sizeof(XQ) == 2) {  // int16 activations (one row)
+          const int4* xr = reinterpret_cast<const int4*>(xq + int64_t(src[0]) * Kd + j * 32);
+          int xv[16];
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const int4 u = xr[k];
+            xv[4 * k] = u.x, xv[4 * k + 1] = u.y, xv[4 * k + 2] = u.z, xv[4 * k + 3] = u.w;
+          }
+          const float dx = 0.5f * xd[int64_t(src[0]) * nb + j];  // 0.5: e2m1 values doubled
+#pragma unroll
+          for (int rr = 0; rr < kGemvRows; ++rr)
+            acc[0][rr] += float(mf4_dot_q16(w[it][rr], xv)) * (dx * mf4_scale(uint8_t(sc[it][rr])));
+        } else if constexpr (TOK ==
+                             1) {  // the conversion interleaved with the dp4a (fewer registers)
           const int8_t* xr = xq + int64_t(src[0]) * Kd + j * 32;
           const int4 xa = *reinterpret_cast<const int4*>(xr);
           const int4 xb = *reinterpret_cast<const int4*>(xr + 16);
@@ -464,7 +499,7 @@ constexpr int kQ1Warps = 8;
 constexpr int kQ1Outputs = 32;  // one int8 block
 
 __global__ void __launch_bounds__(kQ1Warps * 32, 3)
-    moe_mf4w_q8_mlp1_quant_kernel(const int8_t* __restrict__ xq, const float* __restrict__ xd,
+    moe_mf4w_q8_mlp1_quant_kernel(const int16_t* __restrict__ xq, const float* __restrict__ xd,
                                   const uint8_t* __restrict__ blocks,
                                   const uint8_t* __restrict__ scales,
                                   const float* __restrict__ bias, MoeGroups g, int N, int Kd,
@@ -477,8 +512,9 @@ __global__ void __launch_bounds__(kQ1Warps * 32, 3)
   if (y < g.active[0]) {  // the same for the whole block
     for (int k = warp; k < kQ1Outputs; k += kQ1Warps) {
       const int i = blockIdx.x * kQ1Outputs + k;
-      const float v = mf4_q8_gemv_rows<true, 1, true>(xq, xd, blocks, scales, bias, g, N, Kd, limit,
-                                                      act_out, nullptr, e, y, 1, nb, lane, 2 * i);
+      const float v =
+          mf4_q8_gemv_rows<true, 1, true, int16_t>(xq, xd, blocks, scales, bias, g, N, Kd, limit,
+                                                   act_out, nullptr, e, y, 1, nb, lane, 2 * i);
       if (lane == 0) out[k] = v;
     }
     __syncthreads();
@@ -682,12 +718,14 @@ void moe_mlp1_swiglu_mf4_q8(ActType t, const int8_t* xq, const float* xd, const 
                        static_cast<__nv_bfloat16*>(act_out), nullptr, stream, one_row);
 }
 
-void moe_mlp1_swiglu_mf4_q8_one_row(const int8_t* xq, const float* xd, const uint8_t* blocks,
+void moe_mlp1_swiglu_mf4_q8_one_row(const int16_t* xq, const float* xd, const uint8_t* blocks,
                                     const uint8_t* scales, const float* bias, MoeGroups g,
                                     int max_active, int H, int I, float limit, void* act_out,
                                     int8_t* aq, float* ad, cudaStream_t stream) {
   moe_mf4_check("moe_mlp1_swiglu_mf4_q8_one_row", xq, blocks, scales, bias, g, max_active, H, I);
   MIND4_CUDA_ARG(xd && act_out && aq && ad, "moe_mlp1_swiglu_mf4_q8_one_row", "null pointer");
+  MIND4_CUDA_ARG(reinterpret_cast<uintptr_t>(xq) % 16 == 0, "moe_mlp1_swiglu_mf4_q8_one_row",
+                 "xq must be 16-byte aligned");
   if (max_active == 0) return;
   launch_pdl("moe_mlp1_swiglu_bf16_q8a_mf4w_quant", moe_mf4w_q8_mlp1_quant_kernel,
              dim3(I / kQ1Outputs, max_active), dim3(kQ1Warps * 32), 0, stream, xq, xd, blocks,

@@ -180,7 +180,7 @@ __global__ void __launch_bounds__(kRgThreads)
 // router_group with the norm before it folded in (decode at one row): block (e, r) recomputes the
 // RMSNorm of residual row r itself (H <= kRnMaxH floats, held in registers in the float4 layout of
 // its weight row: the row is only a few KB and read from L2 by E blocks), writes its share of the
-// normed row as bf16 and as quantize_q8_32's int8 blocks (the experts' input), then computes logit
+// normed row as bf16 and as int16 blocks (rn_write_q16: the experts' input), then computes logit
 // (r, e) from the f32 normed values and finishes as router_group does. It replaces
 // residual_rmsnorm + quantize_q8_32 + router_group: two one-block launches fewer per layer.
 constexpr int kRnMaxH = kRgPre * kRgThreads * 4;
@@ -203,13 +203,14 @@ __device__ __forceinline__ uint2 rn_pack_bf16x4(const __nv_bfloat16 (&b)[4]) {
   return make_uint2(bits(b[0]) | bits(b[1]) << 16, bits(b[2]) | bits(b[3]) << 16);
 }
 
-// Normed values 4c .. 4c + 3 of row r (n, f32) as bf16 into t_out and as quantize_q8_32's int8
-// blocks into q_out and d_out. Called by a whole warp for 128 consecutive values (chunk c / 32 of
-// the row; 8 lanes an int8 block); lanes past the row (c >= H / 4) write nothing. H % 32 == 0, so
-// an int8 block lies wholly inside or wholly past the row.
-__device__ __forceinline__ void rn_write_q8(const float (&n)[4], int c, int r, int H,
-                                            __nv_bfloat16* __restrict__ t_out,
-                                            int8_t* __restrict__ q_out, float* __restrict__ d_out) {
+// Normed values 4c .. 4c + 3 of row r (n, f32) as bf16 into t_out and as int16 blocks of 32
+// (q16_scale of the bf16 values) into q_out and d_out: mlp1's input. Called by a whole warp for 128
+// consecutive values (chunk c / 32 of the row; 8 lanes a block); lanes past the row (c >= H / 4)
+// write nothing. H % 32 == 0, so a block lies wholly inside or wholly past the row.
+__device__ __forceinline__ void rn_write_q16(const float (&n)[4], int c, int r, int H,
+                                             __nv_bfloat16* __restrict__ t_out,
+                                             int16_t* __restrict__ q_out,
+                                             float* __restrict__ d_out) {
   __nv_bfloat16 b[4];
   float amax = 0.0f;
 #pragma unroll
@@ -220,15 +221,14 @@ __device__ __forceinline__ void rn_write_q8(const float (&n)[4], int c, int r, i
 #pragma unroll
   for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
   if (c >= H / 4) return;
-  // quantize_q8_32's arithmetic on the bf16 value.
-  const float d = q8_scale(amax);
-  uint32_t q = 0;
+  const float d = q16_scale(amax);
+  uint32_t q[2] = {0, 0};
 #pragma unroll
   for (int k = 0; k < 4; ++k)
-    q |= uint32_t(uint8_t(int8_t(q8_round(__bfloat162float(b[k]), d)))) << (8 * k);
+    q[k / 2] |= uint32_t(uint16_t(int16_t(q8_round(__bfloat162float(b[k]), d)))) << (16 * (k % 2));
   const int64_t at = int64_t(r) * H + 4 * int64_t(c);
   *reinterpret_cast<uint2*>(t_out + at) = rn_pack_bf16x4(b);
-  *reinterpret_cast<uint32_t*>(q_out + at) = q;
+  *reinterpret_cast<uint2*>(q_out + at) = make_uint2(q[0], q[1]);
   if ((threadIdx.x & 7) == 0) d_out[int64_t(r) * (H / 32) + c / 8] = d;
 }
 
@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(kRgThreads)
                              int B, int H, int E, int K, float* __restrict__ logits,
                              unsigned* __restrict__ done, int* __restrict__ experts,
                              float* __restrict__ weights, MoeGroups g,
-                             __nv_bfloat16* __restrict__ t_out, int8_t* __restrict__ q_out,
+                             __nv_bfloat16* __restrict__ t_out, int16_t* __restrict__ q_out,
                              float* __restrict__ d_out) {
   __shared__ float partial[kRgThreads / 32];
   const int e = blockIdx.x, r = blockIdx.y, H4 = H / 4, warp = threadIdx.x >> 5;
@@ -273,11 +273,11 @@ __global__ void __launch_bounds__(kRgThreads)
     const float n[4] = {xv[i].x * rstd * sc.x, xv[i].y * rstd * sc.y, xv[i].z * rstd * sc.z,
                         xv[i].w * rstd * sc.w};
     s += wv[i].x * n[0] + wv[i].y * n[1] + wv[i].z * n[2] + wv[i].w * n[3];
-    // Chunk (i, warp) is 128 consecutive values, four int8 blocks of 8 lanes each; block e writes
-    // the chunks ch with ch % E == e (a warp-uniform test; H % 32 == 0, so an int8 block lies
+    // Chunk (i, warp) is 128 consecutive values, four int16 blocks of 8 lanes each; block e writes
+    // the chunks ch with ch % E == e (a warp-uniform test; H % 32 == 0, so a block lies
     // wholly inside or wholly past the row).
     const int ch = i * (kRgThreads / 32) + warp;
-    if (ch % E == e) rn_write_q8(n, c, r, H, t_out, q_out, d_out);
+    if (ch % E == e) rn_write_q16(n, c, r, H, t_out, q_out, d_out);
   }
   router_group_finish(s, r, e, bias, B, E, K, logits, done, experts, weights, g);
 }
@@ -306,7 +306,7 @@ __global__ void __cluster_dims__(kRcBlocks, 1, 1) __launch_bounds__(kRcThreads)
                                      int H, int E, int K, float* __restrict__ logits,
                                      int* __restrict__ experts, float* __restrict__ weights,
                                      MoeGroups g, __nv_bfloat16* __restrict__ t_out,
-                                     int8_t* __restrict__ q_out, float* __restrict__ d_out) {
+                                     int16_t* __restrict__ q_out, float* __restrict__ d_out) {
   constexpr int kWarps = kRcThreads / 32;
   __shared__ float partial[kWarps][1 + kRcExperts];
   __shared__ float row_logits[kRcBlocks * kRcExperts];  // block 0's: every block's, biased
@@ -399,7 +399,7 @@ __global__ void __cluster_dims__(kRcBlocks, 1, 1) __launch_bounds__(kRcThreads)
     if (rank == 0 || 1 + ch % (kRcBlocks - 1) != rank || (ch * 32) >= H4) continue;  // uniform
     const float4 a = xv[i], sc = scv[i];
     const float n[4] = {a.x * rstd * sc.x, a.y * rstd * sc.y, a.z * rstd * sc.z, a.w * rstd * sc.w};
-    rn_write_q8(n, c, 0, H, t_out, q_out, d_out);
+    rn_write_q16(n, c, 0, H, t_out, q_out, d_out);
   }
   if (rank != 0 || warp != 0) return;  // nothing reads the other blocks' shared memory
   asm volatile(
@@ -453,7 +453,7 @@ bool router_norm_group_supported(int H) {
 
 void router_norm_group(const float* x, const float* norm_scale, float eps, const float* w,
                        const float* bias, int B, int H, int E, int K, float* logits, unsigned* done,
-                       int* experts, float* weights, MoeGroups g, void* t_out, int8_t* q_out,
+                       int* experts, float* weights, MoeGroups g, void* t_out, int16_t* q_out,
                        float* d_out, cudaStream_t stream) {
   MIND4_CUDA_ARG(x && norm_scale && w && bias && logits && done && experts && weights &&
                      g.offsets && g.active && g.group_row && g.group_expert && g.assign_at &&
@@ -466,9 +466,9 @@ void router_norm_group(const float* x, const float* norm_scale, float eps, const
                  kRnMaxH, "), eps = ", eps);
   auto misaligned = [](const void* p, int n) { return reinterpret_cast<uintptr_t>(p) % n != 0; };
   MIND4_CUDA_ARG(!misaligned(x, 16) && !misaligned(norm_scale, 16) && !misaligned(w, 16) &&
-                     !misaligned(t_out, 8) && !misaligned(q_out, 4),
+                     !misaligned(t_out, 8) && !misaligned(q_out, 8),
                  "router_norm_group",
-                 "x, norm_scale and w must be 16-byte aligned, t_out 8-byte, q_out 4-byte");
+                 "x, norm_scale and w must be 16-byte aligned, t_out and q_out 8-byte");
   if (B == 1 && E <= kRcBlocks * kRcExperts) {
     launch_pdl("router_norm_group_cluster_f32", router_norm_group_cluster_kernel, dim3(kRcBlocks),
                dim3(kRcThreads), 0, stream, x, norm_scale, eps, w, bias, H, E, K, logits, experts,
