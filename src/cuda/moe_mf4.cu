@@ -486,13 +486,13 @@ __global__ void __launch_bounds__(kMf4Warps * 32, TOK == 1 ? 6 : 4)
                                            y_out, e, a0, count, nb, lane, r0);
 }
 
-// mlp1 of a step of one row that also quantizes its output for mlp2 (quantize_q8_32's int8 blocks
-// of 32 values): a block of kQ1Warps warps owns 32 consecutive outputs (row pairs) of one slot,
-// warp w the pairs w, w + kQ1Warps, ...; once all are written, warp 0 turns them into the int8
-// block and its scale. mlp2 then reads its input right after its wait, with no quantizing blocks
-// and no count to poll in front of its products. Each output is the one-pair kernel's (same
-// loads, same order); aq and ad are the bits quantize_q8_32 writes. On an H100 (docs/perf-notes.md,
-// S17.3): mlp1 16.3 -> 16.7 us and mlp2 9.7 -> 7.9 us a layer, decode at batch 1 +2.3%. The 360
+// mlp1 of a step of one row, on the router's int16 row (mf4_dot_q16), that also quantizes its
+// output for mlp2 (quantize_q8_32's int8 blocks of 32 values). A block of kQ1Warps warps owns 32
+// consecutive outputs (row pairs) of one slot, warp w the pairs w, w + kQ1Warps, ...; once all are
+// written, warp 0 turns them into the int8 block and its scale. mlp2 then reads its input right
+// after its wait, with no quantizing blocks and no count to poll in front of its products. On an
+// H100 (docs/perf-notes.md, S17.3, then on int8 inputs): mlp1 16.3 -> 16.7 us and mlp2 9.7 -> 7.9
+// us a layer, decode at batch 1 +2.3%; the int16 inputs then cost 1.5 us more (S17.7). The 360
 // blocks (three a multiprocessor) run in one wave; letting mlp2 launch only at their end (the PDL
 // trigger after the products instead of at the wait) was 3% slower.
 constexpr int kQ1Warps = 8;
