@@ -71,6 +71,22 @@ double mf4_row_dot(const std::vector<uint8_t>& blocks, const std::vector<uint8_t
   return s;
 }
 
+// v in blocks of 32 values as the decode route quantizes them (Q: int8 for quantize_q8_32, int16
+// for the folded chain's mlp1 input): d = max |v| / qmax, q = round(v / d) in float, ties to even.
+template <typename Q>
+void quantize_blocks_ref(const std::vector<float>& v, std::vector<Q>& q, std::vector<float>& d) {
+  const float qmax = sizeof(Q) == 1 ? 127.0f : 32767.0f;
+  q.assign(v.size(), 0);
+  d.assign(v.size() / 32, 0.0f);
+  for (size_t blk = 0; blk < d.size(); ++blk) {
+    float amax = 0.0f;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::abs(v[blk * 32 + i]));
+    d[blk] = amax / qmax;
+    for (int i = 0; i < 32; ++i)
+      q[blk * 32 + i] = Q(d[blk] > 0.0f ? int(std::nearbyint(v[blk * 32 + i] / d[blk])) : 0);
+  }
+}
+
 double swiglu_ref(double g, double l, double limit) {
   g = std::min(g, limit);
   l = std::clamp(l, -limit, limit);
@@ -227,16 +243,9 @@ TEST_P(CudaMoeTest, Mxfp4Int8DecodeRouteMatchesCpu) {
                                    d_s1.data<uint8_t>(), d_bias1.data<float>(), gr.g, max_active,
                                    tokens_hint, H, I, 7.0f, d_act1.data(), nullptr,
                                    /*one_row=*/true);
-      std::vector<int16_t> x16(x.size());
-      std::vector<float> d16(x.size() / 32);
-      for (size_t blk = 0; blk < d16.size(); ++blk) {
-        float amax = 0.0f;
-        for (int i = 0; i < 32; ++i) amax = std::max(amax, std::abs(x[blk * 32 + i]));
-        d16[blk] = amax / 32767.0f;
-        for (int i = 0; i < 32; ++i)
-          x16[blk * 32 + i] =
-              int16_t(d16[blk] > 0.0f ? int(std::nearbyint(x[blk * 32 + i] / d16[blk])) : 0);
-      }
+      std::vector<int16_t> x16;
+      std::vector<float> d16;
+      quantize_blocks_ref(x, x16, d16);
       auto d_x16 = upload(x16), d_d16 = upload(d16);
       cuda::moe_mlp1_swiglu_mf4_q8_one_row(
           d_x16.data<int16_t>(), d_d16.data<float>(), d_b1.data<uint8_t>(), d_s1.data<uint8_t>(),
@@ -263,16 +272,9 @@ TEST_P(CudaMoeTest, Mxfp4Int8DecodeRouteMatchesCpu) {
       // int16 inputs: about bf16's rounding of the outputs (the int8 route above needs 1.5e-2).
       EXPECT_LT(rel_error(got2, want2), 5e-3) << "quantizing mlp1" << shape;
       // Its int8 blocks as quantize_q8_32 defines them, computed here from its bf16 outputs.
-      std::vector<int8_t> q_want(act2.size());
-      std::vector<float> d_want(act2.size() / 32);
-      for (size_t blk = 0; blk < d_want.size(); ++blk) {
-        float amax = 0.0f;
-        for (int i = 0; i < 32; ++i) amax = std::max(amax, std::abs(act2[blk * 32 + i]));
-        d_want[blk] = amax / 127.0f;
-        for (int i = 0; i < 32; ++i)
-          q_want[blk * 32 + i] = int8_t(
-              d_want[blk] > 0.0f ? int(std::nearbyint(act2[blk * 32 + i] / d_want[blk])) : 0);
-      }
+      std::vector<int8_t> q_want;
+      std::vector<float> d_want;
+      quantize_blocks_ref(act2, q_want, d_want);
       EXPECT_EQ(download<int8_t>(d_aq2, q_want.size()), q_want)
           << "quantizing mlp1's int8 blocks" << shape;
       EXPECT_EQ(download<float>(d_ad2, d_want.size()), d_want)
