@@ -306,8 +306,9 @@ void router_group(const float* x, const float* w, const float* bias, int B, int 
 // writes nothing. A hint: on GPUs older than sm_90 it does nothing.
 void l2_prefetch(const void* p, int64_t bytes, cudaStream_t stream);
 
-// ---- The folded decode chain (one row, bf16, MXFP4 experts on the int8 route): the one-block
-// norm, quantization and combine launches folded into their neighbours.
+// ---- The folded decode chain (one row, bf16, MXFP4 experts on the int8 route, mlp1's input in
+// int16): the one-block norm, quantization and combine launches folded into their neighbours.
+//
 // router.cu: router_group with the norm before it: xn = RMSNorm(x f32 [B, H]) * norm_scale is
 // computed by every block; t_out bf16 [B, H] = xn, (q_out int16 [B, H], d_out f32 [B, H / 32]) =
 // t_out in int16 blocks of 32 values (d = max |v| / 32767, q = round(v / d); mlp1's input in
