@@ -56,8 +56,9 @@ __device__ __forceinline__ float q8_scale(float amax) {
 __device__ __forceinline__ int q8_round(float v, float d) {
   return d > 0.0f ? __float2int_rn(v / d) : 0;
 }
-// The folded decode chain's mlp1 input at one row: int16 blocks of 32 values, d = max |v| / 32767
-// (int8 there cost about 2% of the largest logit against HF; docs/perf-notes.md, S17.7).
+// The folded decode chain's mlp1 input at one row: int16 blocks of 32 values, d = max |v| / 32767,
+// each value rounded by q8_round (int8 there cost about 2% of the largest logit against HF;
+// docs/perf-notes.md, S17.7).
 __device__ __forceinline__ float q16_scale(float amax) {
   return amax / 32767.0f;
 }
