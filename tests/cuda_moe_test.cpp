@@ -99,6 +99,7 @@ TEST_P(CudaMoeTest, Mxfp4ExpertsMatchCpuDecode) {
   // (B, K, E, H, I): one row per expert (GEMV tile), 4 and 8 row tiles, partial tiles, 20b shape.
   for (auto [B, K, E, H, I] : {std::tuple{1, 4, 32, 2880, 2880},
                                {1, 2, 4, 64, 96},
+                               {1, 3, 5, 3200, 64},
                                {5, 2, 4, 64, 64},
                                {33, 4, 8, 96, 160},
                                {64, 4, 32, 128, 64},
@@ -200,11 +201,12 @@ TEST_P(CudaMoeTest, Mxfp4Int8DecodeRouteMatchesCpu) {
   SCOPED_TRACE(seed);
   if (GetParam() != ActType::kBF16) GTEST_SKIP() << "the int8 route serves bf16 mode only";
   const ActType t = ActType::kBF16;
-  // Shapes: gpt-oss-20b at one row; small odd shapes; 4 rows over 8 experts (one row an expert
-  // for most, two for some); batched decode (16 and 64 rows over 32 experts, 40 rows over 4:
-  // groups of 2 and 4 rows an expert with remainders).
+  // Shapes: gpt-oss-20b at one row; small odd shapes (rows of more than 96 blocks of 32 too); 4
+  // rows over 8 experts (one row an expert for most, two for some); batched decode (16 and 64 rows
+  // over 32 experts, 40 rows over 4: groups of 2 and 4 rows an expert with remainders).
   for (auto [B, K, E, H, I] : {std::tuple{1, 4, 32, 2880, 2880},
                                {1, 2, 4, 64, 96},
+                               {1, 3, 5, 3200, 64},
                                {4, 2, 8, 256, 128},
                                {3, 1, 8, 32, 4160},
                                {2, 3, 7, 160, 32},

@@ -360,9 +360,9 @@ __device__ __forceinline__ int mf4_dot_i8(const int (&wi)[8], const int4& xa, co
 // at a time: a weight is loaded and turned into int8 once for the group and multiplied with each
 // assignment's activations (dp4a), so a batched step's expert costs about one pass over its
 // weights per TOK assignments instead of one per assignment.
-template <bool SWIGLU, int TOK, bool ONE_ROW = false, typename XQ = int8_t>
-__device__ __forceinline__ float mf4_q8_gemv_rows(
-    const XQ* __restrict__ xq, const float* __restrict__ xd, const uint8_t* __restrict__ blocks,
+template <bool SWIGLU, int TOK, bool ONE_ROW = false>
+__device__ __forceinline__ void mf4_q8_gemv_rows(
+    const int8_t* __restrict__ xq, const float* __restrict__ xd, const uint8_t* __restrict__ blocks,
     const uint8_t* __restrict__ scales, const float* __restrict__ bias, const MoeGroups& g, int N,
     int Kd, float limit, __nv_bfloat16* __restrict__ act_out, float* __restrict__ y_out, int e,
     int a0, int count, int nb, int lane, int r0) {
@@ -373,7 +373,6 @@ __device__ __forceinline__ float mf4_q8_gemv_rows(
   uint4 w[kGemvIters][kGemvRows];
   uint32_t sc[kGemvIters][kGemvRows];
   mf4_gemv_issue_rows<kGemvRows>(wrow, srow, nb, 0, lane, w, sc);
-  float first = 0.0f;  // returned: mlp1's stored output of assignment a0 (lane 0)
   // The bias too (lane 0 adds it), so that its round trip does not end the warp's work.
   float b[kGemvRows];
 #pragma unroll
@@ -393,20 +392,7 @@ __device__ __forceinline__ float mf4_q8_gemv_rows(
       for (int it = 0; it < kGemvIters; ++it) {
         const int j = j0 + it * 32 + lane;
         if (j >= nb) break;
-        if constexpr (TOK == 1 && sizeof(XQ) == 2) {  // int16 activations (one row)
-          const int4* xr = reinterpret_cast<const int4*>(xq + int64_t(src[0]) * Kd + j * 32);
-          int xv[16];
-#pragma unroll
-          for (int k = 0; k < 4; ++k) {
-            const int4 u = xr[k];
-            xv[4 * k] = u.x, xv[4 * k + 1] = u.y, xv[4 * k + 2] = u.z, xv[4 * k + 3] = u.w;
-          }
-          const float dx = 0.5f * xd[int64_t(src[0]) * nb + j];  // 0.5: e2m1 values doubled
-#pragma unroll
-          for (int rr = 0; rr < kGemvRows; ++rr)
-            acc[0][rr] += float(mf4_dot_q16(w[it][rr], xv)) * (dx * mf4_scale(uint8_t(sc[it][rr])));
-        } else if constexpr (TOK ==
-                             1) {  // the conversion interleaved with the dp4a (fewer registers)
+        if constexpr (TOK == 1) {  // the conversion interleaved with the dp4a (fewer registers)
           const int8_t* xr = xq + int64_t(src[0]) * Kd + j * 32;
           const int4 xa = *reinterpret_cast<const int4*>(xr);
           const int4 xb = *reinterpret_cast<const int4*>(xr + 16);
@@ -447,7 +433,6 @@ __device__ __forceinline__ float mf4_q8_gemv_rows(
           const __nv_bfloat16 v =
               __float2bfloat16_rn(moe_swiglu(acc[tt][0] + b[0], acc[tt][1] + b[1], limit));
           act_out[a * (N / 2) + r0 / 2] = v;
-          if (t0 + tt == 0) first = __bfloat162float(v);
         } else {
 #pragma unroll
           for (int rr = 0; rr < kGemvRows; ++rr) y_out[a * N + r0 + rr] = acc[tt][rr] + b[rr];
@@ -455,7 +440,6 @@ __device__ __forceinline__ float mf4_q8_gemv_rows(
       }
     }
   }
-  return first;
 }
 
 // Six blocks per multiprocessor (80 registers): the plain kernel's natural size. Groups of 2 or 4
@@ -488,15 +472,57 @@ __global__ void __launch_bounds__(kMf4Warps * 32, TOK == 1 ? 6 : 4)
 
 // mlp1 of a step of one row, on the router's int16 row (mf4_dot_q16), that also quantizes its
 // output for mlp2 (quantize_q8_32's int8 blocks of 32 values). A block of kQ1Warps warps owns 32
-// consecutive outputs (row pairs) of one slot, warp w the pairs w, w + kQ1Warps, ...; once all are
-// written, warp 0 turns them into the int8 block and its scale. mlp2 then reads its input right
-// after its wait, with no quantizing blocks and no count to poll in front of its products. On an
-// H100 (docs/perf-notes.md, S17.3, then on int8 inputs): mlp1 16.3 -> 16.7 us and mlp2 9.7 -> 7.9
-// us a layer, decode at batch 1 +2.3%; the int16 inputs then cost 1.5 us more (S17.7). The 360
+// consecutive outputs (row pairs) of one slot, warp w the pairs w, w + kQ1Warps, ... (by block
+// column: mf4_q16_mlp1_pairs); once all are written, warp 0 turns them into the int8 block and its
+// scale. mlp2 then reads its input right after its wait, with no quantizing blocks and no count to
+// poll in front of its products. On an H100 (docs/perf-notes.md, S17.3, then on int8 inputs): mlp1
+// 16.3 -> 16.7 us and mlp2 9.7 -> 7.9 us a layer, decode at batch 1 +2.3%; the int16 inputs then
+// cost 1.5 us more (S17.7), reading them by column 1.3 us less (S18.2). The 360
 // blocks (three a multiprocessor) run in one wave; letting mlp2 launch only at their end (the PDL
 // trigger after the products instead of at the wait) was 3% slower.
 constexpr int kQ1Warps = 8;
 constexpr int kQ1Outputs = 32;  // one int8 block
+constexpr int kQ1Pairs = kQ1Outputs / kQ1Warps;
+
+// Warp w's products of the quantizing mlp1: its kQ1Pairs row pairs (outputs i0, i0 + kQ1Warps,
+// ...) of expert e, one block column (j = lane, lane + 32, ...) of all of them at a time, so that
+// the lane reads its 64 bytes of int16 activations once a column for eight rows rather than once a
+// pair: a pair at a time (mf4_q8_gemv_rows' loop), the activations were twice the weights' bytes
+// through L1, and the kernel took 18.1 instead of 16.8 us a layer on an H100, decode at batch 1
+// 2% slower (docs/perf-notes.md, S18.2).
+__device__ __forceinline__ void mf4_q16_mlp1_pairs(const int16_t* __restrict__ xq,
+                                                   const float* __restrict__ xd,
+                                                   const uint8_t* __restrict__ blocks,
+                                                   const uint8_t* __restrict__ scales, int N,
+                                                   int nb, int e, int i0, int lane,
+                                                   float (&acc)[kQ1Pairs][kGemvRows]) {
+  for (int j = lane; j < nb; j += 32) {
+    uint4 w[kQ1Pairs][kGemvRows];
+    uint32_t sc[kQ1Pairs][kGemvRows];
+#pragma unroll
+    for (int p = 0; p < kQ1Pairs; ++p) {
+      const int64_t row0 = int64_t(e) * N + 2 * (i0 + p * kQ1Warps);
+#pragma unroll
+      for (int rr = 0; rr < kGemvRows; ++rr) {
+        w[p][rr] = __ldg(reinterpret_cast<const uint4*>(blocks + ((row0 + rr) * nb + j) * 16));
+        sc[p][rr] = scales[(row0 + rr) * nb + j];
+      }
+    }
+    const int4* xr = reinterpret_cast<const int4*>(xq + int64_t(j) * 32);
+    int xv[16];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int4 u = xr[k];
+      xv[4 * k] = u.x, xv[4 * k + 1] = u.y, xv[4 * k + 2] = u.z, xv[4 * k + 3] = u.w;
+    }
+    const float dx = 0.5f * xd[j];  // 0.5: e2m1 values doubled
+#pragma unroll
+    for (int p = 0; p < kQ1Pairs; ++p)
+#pragma unroll
+      for (int rr = 0; rr < kGemvRows; ++rr)
+        acc[p][rr] += float(mf4_dot_q16(w[p][rr], xv)) * (dx * mf4_scale(uint8_t(sc[p][rr])));
+  }
+}
 
 __global__ void __launch_bounds__(kQ1Warps * 32, 3)
     moe_mf4w_q8_mlp1_quant_kernel(const int16_t* __restrict__ xq, const float* __restrict__ xd,
@@ -510,12 +536,22 @@ __global__ void __launch_bounds__(kQ1Warps * 32, 3)
   const int nb = Kd / 32, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, I = N / 2;
   const int y = blockIdx.y, e = g.active[1 + y];
   if (y < g.active[0]) {  // the same for the whole block
-    for (int k = warp; k < kQ1Outputs; k += kQ1Warps) {
-      const int i = blockIdx.x * kQ1Outputs + k;
-      const float v =
-          mf4_q8_gemv_rows<true, 1, true, int16_t>(xq, xd, blocks, scales, bias, g, N, Kd, limit,
-                                                   act_out, nullptr, e, y, 1, nb, lane, 2 * i);
-      if (lane == 0) out[k] = v;
+    const int i0 = blockIdx.x * kQ1Outputs + warp;
+    // Lane 2p + rr holds pair p's bias of row rr (one register, not eight: the kernel is at 80).
+    const int bias_lane = min(lane, 2 * kQ1Pairs - 1);
+    const float bias_of_lane =
+        bias[int64_t(e) * N + 2 * (i0 + (bias_lane / 2) * kQ1Warps) + bias_lane % 2];
+    float acc[kQ1Pairs][kGemvRows] = {};
+    mf4_q16_mlp1_pairs(xq, xd, blocks, scales, N, nb, e, i0, lane, acc);
+#pragma unroll
+    for (int p = 0; p < kQ1Pairs; ++p) {
+      const float gate = warp_sum(acc[p][0]) + __shfl_sync(~0u, bias_of_lane, 2 * p),
+                  linear = warp_sum(acc[p][1]) + __shfl_sync(~0u, bias_of_lane, 2 * p + 1);
+      if (lane == 0) {
+        const __nv_bfloat16 v = __float2bfloat16_rn(moe_swiglu(gate, linear, limit));
+        act_out[int64_t(y) * I + i0 + p * kQ1Warps] = v;
+        out[warp + p * kQ1Warps] = __bfloat162float(v);
+      }
     }
     __syncthreads();
     if (warp == 0) {  // quantize_q8_32's arithmetic
