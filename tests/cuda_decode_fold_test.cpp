@@ -64,8 +64,10 @@ TEST_F(CudaDecodeFoldTest, RouterNormGroupNormsQuantizesAndRoutes) {
   cuda::check(cudaMemset(done.data(), 0, 4), "test memset");
   // (B, E, K, H): gpt-oss-20b; fewer experts than 128-value chunks of the row (each block writes
   // several); more experts than chunks; the largest row; one int8 block; several rows. One row of
-  // at most 32 experts takes the cluster kernel (one expert, an odd count, blocks without experts,
-  // a partial chunk), 33 the 32-block kernel.
+  // at most 32 experts takes the 8-block cluster kernel (one expert, an odd count, blocks without
+  // experts, a partial chunk); 33 to 128 experts on rows up to 3072 the 16-block one
+  // (gpt-oss-120b's 128, and where no cluster of 16 fits, the E-block kernel); more experts or a
+  // longer row the E-block kernel, whose last block groups one row as the cluster kernels do.
   int rows_checked = 0;
   for (auto [B, E, K, H] : {std::tuple{1, 32, 4, 2880},
                             {1, 5, 3, 2880},
@@ -76,6 +78,10 @@ TEST_F(CudaDecodeFoldTest, RouterNormGroupNormsQuantizesAndRoutes) {
                             {1, 1, 1, 32},
                             {1, 13, 2, 160},
                             {1, 33, 4, 2880},
+                            {1, 128, 4, 2880},
+                            {1, 77, 3, 3072},
+                            {1, 64, 4, 4096},
+                            {1, 129, 4, 64},
                             {1, 32, 4, 2880}}) {
     const auto x = normal(size_t(B) * H, 2.0f), scale = normal(H, 0.3f, 1.0f);
     const auto w = normal(size_t(E) * H, 1.0f / std::sqrt(float(H)));

@@ -37,26 +37,36 @@ __device__ __forceinline__ void moe_group_block(const int* experts, int A, int K
   }
 }
 
-// moe_group_block's result for one row of K distinct experts out of E <= 32, by one warp: every
-// chosen expert holds exactly one assignment, so its offset is the number of chosen experts below
-// it (a ballot and a popcount), and the fill order cannot differ. The decode router's last block
-// spent about half of its time in the general sort's barriers and serial prefix sum. mine: slot
-// `lane`'s expert in lanes below K (from the top-k's registers, not read back from memory).
+// moe_group_block's result for one row of K distinct experts out of E (at most 32 * 8), by one
+// warp: every chosen expert holds exactly one assignment, so its offset is the number of chosen
+// experts below it, and the fill order cannot differ. The decode router's last block spent about
+// half of its time in the general sort's barriers and serial prefix sum. mine: slot `lane`'s
+// expert in lanes below K (from the top-k's registers, not read back from memory).
 __device__ __forceinline__ void moe_group_one_row(int mine, int K, int E, MoeGroups g) {
   const int lane = threadIdx.x & 31;
   if (lane >= K) mine = -1;
-  bool chosen = false;
-  for (int s = 0; s < K; ++s) chosen |= __shfl_sync(0xffffffffu, mine, s) == lane;
-  const unsigned mask = __ballot_sync(0xffffffffu, chosen && lane < E);
-  const auto below = [&](int e) { return __popc(mask & ((1u << e) - 1u)); };
-  if (lane < E) g.offsets[lane] = below(lane);
+  int rank = 0;   // slot lane's place among the chosen experts, ascending
+  if (E <= 32) {  // expert e is lane e: a ballot and a popcount
+    bool chosen = false;
+    for (int s = 0; s < K; ++s) chosen |= __shfl_sync(0xffffffffu, mine, s) == lane;
+    const unsigned mask = __ballot_sync(0xffffffffu, chosen && lane < E);
+    const auto below = [&](int e) { return __popc(mask & ((1u << e) - 1u)); };
+    if (lane < E) g.offsets[lane] = below(lane);
+    rank = below(max(mine, 0));
+  } else {  // expert e0 + lane of each 32, counting the K chosen below it
+    for (int e0 = 0; e0 < E; e0 += 32) {
+      int below = 0;
+      for (int s = 0; s < K; ++s) below += __shfl_sync(0xffffffffu, mine, s) < e0 + lane;
+      if (e0 + lane < E) g.offsets[e0 + lane] = below;
+    }
+    for (int s = 0; s < K; ++s) rank += __shfl_sync(0xffffffffu, mine, s) < mine;
+  }
   if (lane == 0) g.offsets[E] = K, g.active[0] = K;
-  if (chosen && lane < E) g.active[1 + below(lane)] = lane;
   if (lane < K) {
-    const int at = below(mine);
-    g.group_row[at] = 0;
-    g.group_expert[at] = mine;
-    g.assign_at[lane] = at;
+    g.active[1 + rank] = mine;
+    g.group_row[rank] = 0;
+    g.group_expert[rank] = mine;
+    g.assign_at[lane] = rank;
   }
 }
 

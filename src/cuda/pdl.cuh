@@ -32,23 +32,37 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...), with programmatic serialisation when
+// kernel<<<grid, block, smem, stream>>>(args...) in clusters of cluster_x blocks along x (0: no
+// clusters, or the kernel's own __cluster_dims__), with programmatic serialisation when
 // pdl_launches is set; a failed launch throws, naming `name`.
 template <typename... KernelArgs, typename... Args>
-void launch_pdl(const char* name, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
-                cudaStream_t stream, Args&&... args) {
+void launch_pdl_clusters(const char* name, void (*kernel)(KernelArgs...), unsigned cluster_x,
+                         dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (pdl_launches) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster_x > 0) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n++].val.clusterDim = {cluster_x, 1, 1};
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_launches ? 1 : 0;
+  cfg.numAttrs = n;
   check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), name);
   check_launch(name);
+}
+
+template <typename... KernelArgs, typename... Args>
+void launch_pdl(const char* name, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                cudaStream_t stream, Args&&... args) {
+  launch_pdl_clusters(name, kernel, 0, grid, block, smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace mind4::cuda

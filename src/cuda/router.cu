@@ -2,6 +2,7 @@
 // to 8 of the E <= 256 logits; k rounds of a warp-wide arg-max pick the experts (ties go to the
 // lower index, as on the CPU line). For small steps (decode) router_group does the router's
 // product, this epilogue and the grouping by expert in one launch.
+#include <atomic>
 #include <cmath>
 
 #include "cuda/moe_group.cuh"
@@ -131,7 +132,7 @@ __device__ __forceinline__ void router_group_finish(float s, int r, int e,
   __syncthreads();
   if (!last) return;
   __threadfence();
-  if (B == 1 && E <= 32) {  // decode at one row: one warp, no block barriers (see the helper)
+  if (B == 1) {  // decode at one row: one warp, no block barriers (see the helper)
     if (threadIdx.x < 32) {
       moe_group_one_row(router_topk_row(logits, bias, E, K, experts, weights), K, E, g);
       if (threadIdx.x == 0) *done = 0u;
@@ -282,36 +283,58 @@ __global__ void __launch_bounds__(kRgThreads)
   router_group_finish(s, r, e, bias, B, E, K, logits, done, experts, weights, g);
 }
 
-// The folded router of one row as a cluster of kRcBlocks blocks (decode at batch 1): block c
-// holds experts c, c + kRcBlocks, ... (at most kRcExperts; weights and the norm's scale in
+// The folded router of one row as a cluster of kBlocks blocks (decode at batch 1): block c
+// holds experts c, c + kBlocks, ... (at most kExperts; weights and the norm's scale in
 // registers, loaded before the PDL wait), norms the row itself and stores its logits (plus bias)
-// into block 0's shared memory with st.async, counted by an mbarrier there; blocks 1 .. 7 then
+// into block 0's shared memory with st.async, counted by an mbarrier there; the other blocks then
 // write the chunks of the normed row as router_norm_group_kernel does, while block 0 waits on its
 // mbarrier and takes the top-k and the grouping. No fence, atomic or read back through L2 as in
 // the 32-block kernel's last-block handover, and no release barrier (it waited for the block's
 // earlier stores): the router's step 6.2 -> 3.4 us a layer on an H100 (docs/perf-notes.md,
-// S12.2-S12.3). A logit is rstd * sum(w * x * scale) here, the 32-block kernel's
-// sum(w * (x * rstd * scale)) rounded in another order.
-constexpr int kRcBlocks = 8;  // the portable cluster size
+// S12.2-S12.3). A logit is rstd * sum(w * x * scale) here, the E-block kernel's
+// sum(w * (x * rstd * scale)) rounded in another order. Two shapes: up to 32 experts, 8 blocks
+// (the portable cluster size) of 4; up to 128 (gpt-oss-120b), 16 blocks of 8 on rows of at most
+// 3072 (a cluster larger than 8 must be allowed and fit a GPC: router_cluster16_fits).
 constexpr int kRcThreads = 256;
-constexpr int kRcPre = 4;      // float4 of the row a thread: H <= 4096
-constexpr int kRcExperts = 4;  // experts a block: E <= 32
-static_assert(kRcPre * kRcThreads * 4 >= kRnMaxH,
-              "the cluster router holds every row router_norm_group accepts");
 
-__global__ void __cluster_dims__(kRcBlocks, 1, 1) __launch_bounds__(kRcThreads)
-    router_norm_group_cluster_kernel(const float* __restrict__ x,
-                                     const float* __restrict__ norm_scale, float eps,
-                                     const float* __restrict__ w, const float* __restrict__ bias,
-                                     int H, int E, int K, float* __restrict__ logits,
-                                     int* __restrict__ experts, float* __restrict__ weights,
-                                     MoeGroups g, __nv_bfloat16* __restrict__ t_out,
-                                     int16_t* __restrict__ q_out, float* __restrict__ d_out) {
+// The cluster routers' arguments (router_norm_group's, less B, the counter and the row's
+// float4 count).
+struct RouterClusterArgs {
+  const float* x;
+  const float* norm_scale;
+  float eps;
+  const float* w;
+  const float* bias;
+  int H, E, K;
+  float* logits;
+  int* experts;
+  float* weights;
+  MoeGroups g;
+  __nv_bfloat16* t_out;
+  int16_t* q_out;
+  float* d_out;
+};
+
+template <int kBlocks, int kExperts, int kPre>
+__device__ __forceinline__ void router_norm_group_cluster(const RouterClusterArgs& a) {
+  const float* __restrict__ x = a.x;
+  const float* __restrict__ norm_scale = a.norm_scale;
+  const float* __restrict__ w = a.w;
+  const float* __restrict__ bias = a.bias;
+  const float eps = a.eps;
+  const int H = a.H, E = a.E, K = a.K;
+  float* __restrict__ logits = a.logits;
+  float* __restrict__ weights = a.weights;
+  float* __restrict__ d_out = a.d_out;
+  int* __restrict__ experts = a.experts;
+  const MoeGroups g = a.g;
+  __nv_bfloat16* __restrict__ t_out = a.t_out;
+  int16_t* __restrict__ q_out = a.q_out;
   constexpr int kWarps = kRcThreads / 32;
-  __shared__ float partial[kWarps][1 + kRcExperts];
-  __shared__ float row_logits[kRcBlocks * kRcExperts];  // block 0's: every block's, biased
-  __shared__ alignas(8) uint64_t logits_in;             // block 0's: complete once E are in
-  const int rank = blockIdx.x, H4 = H / 4;              // the grid is one cluster
+  __shared__ float partial[kWarps][1 + kExperts];
+  __shared__ float row_logits[kBlocks * kExperts];  // block 0's: every block's, biased
+  __shared__ alignas(8) uint64_t logits_in;         // block 0's: complete once E are in
+  const int rank = blockIdx.x, H4 = H / 4;          // the grid is one cluster
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   // Block 0's barrier expects E logits (4 bytes each, stored by st.async from every block); the
   // cluster barrier (arrive now, wait before the first store) makes its initialisation visible.
@@ -326,45 +349,45 @@ __global__ void __cluster_dims__(kRcBlocks, 1, 1) __launch_bounds__(kRcThreads)
   asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
   const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   const float4* sc4 = reinterpret_cast<const float4*>(norm_scale);
-  float4 wv[kRcExperts][kRcPre], scv[kRcPre];
+  float4 wv[kExperts][kPre], scv[kPre];
 #pragma unroll
-  for (int i = 0; i < kRcPre; ++i) {
+  for (int i = 0; i < kPre; ++i) {
     const int c = threadIdx.x + i * kRcThreads;
     scv[i] = c < H4 ? __ldg(sc4 + c) : zero;
 #pragma unroll
-    for (int j = 0; j < kRcExperts; ++j) {
-      const int e = rank + j * kRcBlocks;
+    for (int j = 0; j < kExperts; ++j) {
+      const int e = rank + j * kBlocks;
       wv[j][i] =
           e < E && c < H4 ? __ldg(reinterpret_cast<const float4*>(w + int64_t(e) * H) + c) : zero;
     }
   }
-  const int my_e = rank + int(threadIdx.x) * kRcBlocks;  // thread j < kRcExperts: expert j's
-  const float my_bias = threadIdx.x < kRcExperts && my_e < E ? bias[my_e] : 0.0f;
+  const int my_e = rank + int(threadIdx.x) * kBlocks;  // thread j < kExperts: expert j's
+  const float my_bias = threadIdx.x < kExperts && my_e < E ? bias[my_e] : 0.0f;
   pdl_wait();
   const float4* xr = reinterpret_cast<const float4*>(x);
-  float4 xv[kRcPre];
+  float4 xv[kPre];
 #pragma unroll
-  for (int i = 0; i < kRcPre; ++i) {
+  for (int i = 0; i < kPre; ++i) {
     const int c = threadIdx.x + i * kRcThreads;
     xv[i] = c < H4 ? xr[c] : zero;
   }
-  float ss = 0.0f, dot[kRcExperts] = {};
+  float ss = 0.0f, dot[kExperts] = {};
 #pragma unroll
-  for (int i = 0; i < kRcPre; ++i) {
+  for (int i = 0; i < kPre; ++i) {
     const float4 a = xv[i], sc = scv[i];
     ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
     const float4 xs = make_float4(a.x * sc.x, a.y * sc.y, a.z * sc.z, a.w * sc.w);
 #pragma unroll
-    for (int j = 0; j < kRcExperts; ++j)
+    for (int j = 0; j < kExperts; ++j)
       dot[j] += wv[j][i].x * xs.x + wv[j][i].y * xs.y + wv[j][i].z * xs.z + wv[j][i].w * xs.w;
   }
   ss = warp_sum(ss);
 #pragma unroll
-  for (int j = 0; j < kRcExperts; ++j) dot[j] = warp_sum(dot[j]);
+  for (int j = 0; j < kExperts; ++j) dot[j] = warp_sum(dot[j]);
   if (lane == 0) {
     partial[warp][0] = ss;
 #pragma unroll
-    for (int j = 0; j < kRcExperts; ++j) partial[warp][1 + j] = dot[j];
+    for (int j = 0; j < kExperts; ++j) partial[warp][1 + j] = dot[j];
   }
   __syncthreads();
   float total = 0.0f;  // every thread adds the warps' partials in one order
@@ -372,14 +395,14 @@ __global__ void __cluster_dims__(kRcBlocks, 1, 1) __launch_bounds__(kRcThreads)
   for (int v = 0; v < kWarps; ++v) total += partial[v][0];
   const float rstd = rsqrtf(total / H + eps);
   float my_logit = 0.0f;
-  if (threadIdx.x < kRcExperts && my_e < E) {
+  if (threadIdx.x < kExperts && my_e < E) {
     float t = 0.0f;
 #pragma unroll
     for (int v = 0; v < kWarps; ++v) t += partial[v][1 + threadIdx.x];
     my_logit = rstd * t;
   }
   asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
-  if (threadIdx.x < kRcExperts && my_e < E) {
+  if (threadIdx.x < kExperts && my_e < E) {
     // Into block 0's row_logits[my_e], counted by its barrier: no fence, no cluster barrier
     // (a release barrier there cost about 0.8 us).
     uint32_t to = static_cast<uint32_t>(__cvta_generic_to_shared(row_logits + my_e)), bar;
@@ -392,11 +415,11 @@ __global__ void __cluster_dims__(kRcBlocks, 1, 1) __launch_bounds__(kRcThreads)
     logits[my_e] = my_logit;
   }
   // The chunks of the normed row while block 0 picks the experts (chunk i * kWarps + warp belongs
-  // to block 1 + chunk % (kRcBlocks - 1)).
+  // to block 1 + chunk % (kBlocks - 1)).
 #pragma unroll
-  for (int i = 0; i < kRcPre; ++i) {
+  for (int i = 0; i < kPre; ++i) {
     const int c = threadIdx.x + i * kRcThreads, ch = i * kWarps + warp;
-    if (rank == 0 || 1 + ch % (kRcBlocks - 1) != rank || (ch * 32) >= H4) continue;  // uniform
+    if (rank == 0 || 1 + ch % (kBlocks - 1) != rank || (ch * 32) >= H4) continue;  // uniform
     const float4 a = xv[i], sc = scv[i];
     const float n[4] = {a.x * rstd * sc.x, a.y * rstd * sc.y, a.z * rstd * sc.z, a.w * rstd * sc.w};
     rn_write_q16(n, c, 0, H, t_out, q_out, d_out);
@@ -409,6 +432,51 @@ __global__ void __cluster_dims__(kRcBlocks, 1, 1) __launch_bounds__(kRcThreads)
       : "memory");
   moe_group_one_row(router_topk_pick([&](int e) { return row_logits[e]; }, E, K, experts, weights),
                     K, E, g);
+}
+
+// The two cluster shapes: 8 blocks of 4 experts on rows up to kRnMaxH; 16 blocks of 8 on rows up
+// to 3072 (three float4 a thread; 96 registers of weights, as many as the first shape's 64 and
+// the row's 32 together).
+// The 8-block one keeps its cluster shape in the kernel (a launch attribute measured 0.2% slower
+// at batch 1 on an H100, within the noise); 16 is given at launch (see router_cluster16_fits).
+__global__ void __cluster_dims__(8, 1, 1) __launch_bounds__(kRcThreads)
+    router_norm_group_cluster8_kernel(const RouterClusterArgs a) {
+  router_norm_group_cluster<8, 4, 4>(a);
+}
+__global__ void __launch_bounds__(kRcThreads)
+    router_norm_group_cluster16_kernel(const RouterClusterArgs a) {
+  router_norm_group_cluster<16, 8, 3>(a);
+}
+constexpr auto kRouterCluster16 = router_norm_group_cluster16_kernel;
+static_assert(4 * kRcThreads * 4 >= kRnMaxH, "the 8-block router holds every row accepted");
+constexpr int kRc16MaxH = 3 * kRcThreads * 4;
+
+// Whether the 16-block router serves E experts on rows of H: E <= 128, H <= kRc16MaxH, and a
+// cluster of 16 fits on this device (non-portable: asked for once a device, and the driver's
+// count of such clusters that fit at once must be at least one).
+bool router_cluster16_fits(int E, int H) {
+  if (E > 128 || H > kRc16MaxH) return false;
+  static std::atomic<int> known[64] = {};  // per device: 0 unknown, 1 fits, -1 does not
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev >= 64) return false;
+  if (known[dev] != 0) return known[dev] > 0;
+  int fits = 0;
+  if (cudaFuncSetAttribute(kRouterCluster16, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) ==
+      cudaSuccess) {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(16);
+    cfg.blockDim = dim3(kRcThreads);
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim = {16, 1, 1};
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    if (cudaOccupancyMaxActiveClusters(&fits, kRouterCluster16, &cfg) != cudaSuccess) fits = 0;
+  }
+  cudaGetLastError();  // an unsupported attribute is an answer here, not an error to keep
+  known[dev] = fits > 0 ? 1 : -1;
+  return fits > 0;
 }
 
 }  // namespace
@@ -469,10 +537,18 @@ void router_norm_group(const float* x, const float* norm_scale, float eps, const
                      !misaligned(t_out, 8) && !misaligned(q_out, 8),
                  "router_norm_group",
                  "x, norm_scale and w must be 16-byte aligned, t_out and q_out 8-byte");
-  if (B == 1 && E <= kRcBlocks * kRcExperts) {
-    launch_pdl("router_norm_group_cluster_f32", router_norm_group_cluster_kernel, dim3(kRcBlocks),
-               dim3(kRcThreads), 0, stream, x, norm_scale, eps, w, bias, H, E, K, logits, experts,
-               weights, g, static_cast<__nv_bfloat16*>(t_out), q_out, d_out);
+  if (B == 1 && (E <= 32 || router_cluster16_fits(E, H))) {
+    auto* t16 = static_cast<__nv_bfloat16*>(t_out);
+    const RouterClusterArgs args{x,      norm_scale, eps,     w, bias, H,     E,    K,
+                                 logits, experts,    weights, g, t16,  q_out, d_out};
+    auto go = [&](auto kernel, unsigned cluster, const char* name) {  // one cluster
+      launch_pdl_clusters(name, kernel, cluster, dim3(E <= 32 ? 8 : 16), dim3(kRcThreads), 0,
+                          stream, args);
+    };
+    if (E <= 32)
+      go(router_norm_group_cluster8_kernel, 0, "router_norm_group_cluster_f32");
+    else
+      go(kRouterCluster16, 16, "router_norm_group_cluster16_f32");
     return;
   }
   launch_pdl("router_norm_group_f32", router_norm_group_kernel, dim3(E, B), dim3(kRgThreads), 0,
