@@ -438,9 +438,10 @@ __device__ __forceinline__ void router_norm_group_cluster(const RouterClusterArg
 // to 3072 (three float4 a thread; 96 registers of weights, as many as the first shape's 64 and
 // the row's 32 together).
 // The 8-block one keeps its cluster shape in the kernel, 16 is given at launch (see
-// router_cluster16_fits). Both take their arguments in one struct: with the arguments one by one
-// and both shapes given at launch, gpt-oss-20b's decode at batch 1 was 0.2% slower than with the
-// first kernel alone, and as here 0.9% faster (H100, docs/perf-notes.md, S18.4).
+// router_cluster16_fits). Both take their arguments in one struct. Against the single 8-block
+// kernel before them, gpt-oss-20b's decode at batch 1 measured 0.2% slower with the arguments one
+// by one and both shapes given at launch, and 0.9% faster as here (H100, docs/perf-notes.md,
+// S18.4).
 __global__ void __cluster_dims__(8, 1, 1) __launch_bounds__(kRcThreads)
     router_norm_group_cluster8_kernel(const RouterClusterArgs a) {
   router_norm_group_cluster<8, 4, 4>(a);
