@@ -465,19 +465,21 @@ bool router_cluster16_fits(int E, int H) {
   if (dev >= 64) return false;
   if (known[dev] != 0) return known[dev] > 0;
   int fits = 0;
-  if (cudaFuncSetAttribute(kRouterCluster16, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) ==
-      cudaSuccess) {
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(16);
-    cfg.blockDim = dim3(kRcThreads);
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim = {16, 1, 1};
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    if (cudaOccupancyMaxActiveClusters(&fits, kRouterCluster16, &cfg) != cudaSuccess) fits = 0;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(16);
+  cfg.blockDim = dim3(kRcThreads);
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim = {16, 1, 1};
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  cudaError_t err =
+      cudaFuncSetAttribute(kRouterCluster16, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveClusters(&fits, kRouterCluster16, &cfg);
+  if (err != cudaSuccess) {  // an unsupported size is an answer here, not an error to keep
+    fits = 0;
+    cudaGetLastError();
   }
-  cudaGetLastError();  // an unsupported attribute is an answer here, not an error to keep
   known[dev] = fits > 0 ? 1 : -1;
   return fits > 0;
 }
