@@ -92,8 +92,8 @@ std::vector<Planned> plan(const ModelWeights& w, ActType a, DeviceModel* m, size
 
 ActType act_type_for(const ExecutionConfig& e) {
   MIND4_CHECK(e.dtype != ActivationDType::kFloat16, Status::kUnsupported,
-              "backend cuda: activation dtype float16 is not implemented on the CUDA line; use "
-              "bfloat16 (the default for cuda) or float32");
+              "backend cuda: activation dtype float16 is not one the CUDA line computes in; it "
+              "takes bfloat16 (the default for cuda) or float32");
   return e.dtype == ActivationDType::kFloat32 ? ActType::kF32 : ActType::kBF16;
 }
 

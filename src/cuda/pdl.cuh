@@ -59,6 +59,32 @@ void launch_pdl_clusters(const char* name, void (*kernel)(KernelArgs...), unsign
   check_launch(name);
 }
 
+// Whether `kernel` can run in clusters of `blocks` blocks of `threads` threads on the current
+// device: beyond the portable 8, a cluster size must be allowed (non-portable) and the driver must
+// count at least one such cluster that fits at once. A refusal is an answer here, not an error to
+// keep, so the error state is cleared after one.
+template <typename... KernelArgs>
+bool cluster_fits(void (*kernel)(KernelArgs...), unsigned blocks, unsigned threads) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(threads);
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim = {blocks, 1, 1};
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  int clusters = 0;
+  cudaError_t err = cudaSuccess;
+  if (blocks > 8)
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return clusters > 0;
+}
+
 template <typename... KernelArgs, typename... Args>
 void launch_pdl(const char* name, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
                 cudaStream_t stream, Args&&... args) {

@@ -450,13 +450,11 @@ __global__ void __launch_bounds__(kRcThreads)
     router_norm_group_cluster16_kernel(const RouterClusterArgs a) {
   router_norm_group_cluster<16, 8, 3>(a);
 }
-constexpr auto kRouterCluster16 = router_norm_group_cluster16_kernel;
 static_assert(4 * kRcThreads * 4 >= kRnMaxH, "the 8-block router holds every row accepted");
 constexpr int kRc16MaxH = 3 * kRcThreads * 4;
 
 // Whether the 16-block router serves E experts on rows of H: E <= 128, H <= kRc16MaxH, and a
-// cluster of 16 fits on this device (non-portable: asked for once a device, and the driver's
-// count of such clusters that fit at once must be at least one).
+// cluster of 16 fits on this device (asked once a device).
 bool router_cluster16_fits(int E, int H) {
   if (E > 128 || H > kRc16MaxH) return false;
   static std::atomic<int> known[64] = {};  // per device: 0 unknown, 1 fits, -1 does not
@@ -464,24 +462,9 @@ bool router_cluster16_fits(int E, int H) {
   check(cudaGetDevice(&dev), "cudaGetDevice");
   if (dev >= 64) return false;
   if (known[dev] != 0) return known[dev] > 0;
-  int fits = 0;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(16);
-  cfg.blockDim = dim3(kRcThreads);
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim = {16, 1, 1};
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  cudaError_t err =
-      cudaFuncSetAttribute(kRouterCluster16, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-  if (err == cudaSuccess) err = cudaOccupancyMaxActiveClusters(&fits, kRouterCluster16, &cfg);
-  if (err != cudaSuccess) {  // an unsupported size is an answer here, not an error to keep
-    fits = 0;
-    cudaGetLastError();
-  }
-  known[dev] = fits > 0 ? 1 : -1;
-  return fits > 0;
+  const bool fits = cluster_fits(router_norm_group_cluster16_kernel, 16, kRcThreads);
+  known[dev] = fits ? 1 : -1;
+  return fits;
 }
 
 }  // namespace
@@ -553,7 +536,7 @@ void router_norm_group(const float* x, const float* norm_scale, float eps, const
     if (E <= 32)
       go(router_norm_group_cluster8_kernel, 0, "router_norm_group_cluster_f32");
     else
-      go(kRouterCluster16, 16, "router_norm_group_cluster16_f32");
+      go(router_norm_group_cluster16_kernel, 16, "router_norm_group_cluster16_f32");
     return;
   }
   launch_pdl("router_norm_group_f32", router_norm_group_kernel, dim3(E, B), dim3(kRgThreads), 0,

@@ -26,6 +26,7 @@
 #include <cooperative_groups.h>
 
 #include "cuda/device_util.cuh"
+#include "cuda/pdl.cuh"
 #include "sampler/philox.h"
 #include "sampler/sampler_math.h"
 
@@ -664,6 +665,7 @@ void store_logit_rows(const float* logits, const int* dest_slot, int L, int V, f
 
 SampleParams sample_params(const SamplingConfig& config, LogprobMode mode) {
   SampleParams p;
+  // As the CPU sampler: a temperature so small that 1/T overflows can only pick the argmax.
   p.greedy = config.temperature == 0.0f || !std::isfinite(1.0f / config.temperature);
   p.inv_temperature = p.greedy ? 1.0f : 1.0f / config.temperature;
   p.top_k = config.top_k;
@@ -677,29 +679,9 @@ SampleParams sample_params(const SamplingConfig& config, LogprobMode mode) {
 }
 
 int sample_max_ranks() {
-  static const int ranks = [] {
-    // 16 blocks a cluster is beyond the portable 8: allowed where the card can place one.
-    if (cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
-        cudaSuccess) {
-      cudaGetLastError();
-      return 8;
-    }
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(kSampleMaxRanks);
-    cfg.blockDim = dim3(kSampleThreads);
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = kSampleMaxRanks;
-    attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, sample_kernel, &cfg) != cudaSuccess) {
-      cudaGetLastError();
-      clusters = 0;
-    }
-    return clusters > 0 ? kSampleMaxRanks : 8;
-  }();
+  // 16 blocks a cluster is beyond the portable 8: allowed where the card can place one.
+  static const int ranks =
+      cluster_fits(sample_kernel, kSampleMaxRanks, kSampleThreads) ? kSampleMaxRanks : 8;
   return ranks;
 }
 
